@@ -1,0 +1,19 @@
+"""The `noodle` command: one Typer app per stage, composed into one CLI.
+
+Stages import TensorFlow inside their commands, so `noodle --help` and the
+edge commands never pay for it.
+"""
+import typer
+
+from train.cli import app as train_app
+
+app = typer.Typer(
+    help="noodle: from a folder of photos to an int8 classifier on a Raspberry Pi.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(train_app)
+
+if __name__ == "__main__":
+    app()
