@@ -22,7 +22,7 @@ DATA_DIR := $(if $(DATA),$(DATA),$(SAMPLE))
 RUN      := $(OUT)/$(basename $(notdir $(abspath $(DATA_DIR))))-$(ARCH)
 NOODLE   := $(BIN)/noodle
 
-.PHONY: setup data train export test lint clean help
+.PHONY: setup edge-env data train export test lint clean help
 
 help:
 	@sed -n '2,8p' Makefile
@@ -33,6 +33,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[train,litert,camera,dev]'
+	touch $@
+
+# The device's environment: the edge package and its interpreter only, no
+# TensorFlow. On Python <= 3.11 that is tflite-runtime 2.14 with numpy < 2,
+# what Raspberry Pi OS Bookworm runs; the exporter validates every model in it.
+EDGE_VENV ?= .venv-edge
+edge-env: $(EDGE_VENV)/.installed
+$(EDGE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/pip install --quiet --upgrade pip
+	$(EDGE_VENV)/bin/pip install --quiet -e '.[edge]'
 	touch $@
 
 # The embedded default dataset (only made when DATA is not given).
