@@ -29,7 +29,8 @@ def data_sample(
     from train.sample import write_sample
 
     counts = write_sample(out, seed, train_per_class, test_per_class)
-    typer.echo(f"wrote {sum(counts.values())} JPEGs to {out} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    detail = ", ".join(f"{k} {v}" for k, v in counts.items())
+    typer.echo(f"wrote {sum(counts.values())} JPEGs to {out} ({detail})")
 
 
 def default_run_dir(data: Path, arch: str) -> Path:
@@ -39,18 +40,25 @@ def default_run_dir(data: Path, arch: str) -> Path:
 @app.command("train")
 @one_line_errors
 def train_command(
-    data: Annotated[Path, typer.Argument(help="Photos: class folders, Kaggle flat names, or a file,label CSV.")],
-    out: Annotated[Path | None, typer.Option(help="Run folder to write [default: runs/<data>-<arch>].")] = None,
-    arch: Annotated[str, typer.Option(help="noodle (small, int8-friendly) or seed (the classic recipe).")] = "noodle",
-    epochs: Annotated[int | None, typer.Option(help="Upper bound; early stopping picks the best epoch.")] = None,
+    data: Annotated[Path, typer.Argument(
+        help="Photos: class folders, Kaggle flat names (cat.0.jpg), or a file,label CSV.")],
+    out: Annotated[Path | None, typer.Option(
+        help="Run folder to write [default: runs/<data>-<arch>].")] = None,
+    arch: Annotated[str, typer.Option(
+        help="noodle (small, int8-friendly) or seed (the classic recipe).")] = "noodle",
+    epochs: Annotated[int | None, typer.Option(
+        help="Upper bound; early stopping picks the best epoch.")] = None,
     image_size: Annotated[int, typer.Option(help="Square input side in pixels.")] = 64,
     batch_size: Annotated[int, typer.Option(help="Per device.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    patience: Annotated[int, typer.Option(help="Epochs without better validation loss before stopping.")] = 10,
+    patience: Annotated[int, typer.Option(
+        help="Epochs without a better validation loss before stopping.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed for weights, shuffling and augmentation.")] = 0,
-    mixed_precision: Annotated[bool, typer.Option(help="float16 compute on GPUs (Volta or newer).")] = False,
-    cpu_replicas: Annotated[int, typer.Option(help="Mirror over N logical CPU devices (testing).", hidden=True)] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch progress bars.")] = False,
+    mixed_precision: Annotated[bool, typer.Option(
+        help="float16 compute on GPUs (Volta or newer).")] = False,
+    cpu_replicas: Annotated[int, typer.Option(
+        help="Mirror over N logical CPU devices (testing).", hidden=True)] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch progress.")] = False,
 ) -> None:
     """Train a classifier on DATA and write model.keras with its manifest."""
     from train.models import ARCHITECTURES
@@ -58,7 +66,7 @@ def train_command(
     if arch not in ARCHITECTURES:
         from train.data import DataError
 
-        raise DataError(f"--arch {arch}: unknown architecture; choose one of {', '.join(ARCHITECTURES)}")
+        raise DataError(f"--arch {arch}: unknown architecture; choose {' or '.join(ARCHITECTURES)}")
     run_dir = out or default_run_dir(data, arch)
     from train.fit import TrainConfig, train
 

@@ -96,14 +96,16 @@ def augmentation(arch: str, seed: int):
     )
 
 
-def _dataset(x: np.ndarray, y: np.ndarray, batch: int, shuffle: bool, seed: int, augment=None):
+def _dataset(x: np.ndarray, y: np.ndarray, batch: int, shuffle: bool, seed: int, augment=None,
+             drop_remainder: bool = False):
     import tensorflow as tf
 
     if isinstance(x, np.memmap):
         # Too big for memory: stream index batches from the memory-mapped cache.
         def gen():
             order = np.random.default_rng(seed).permutation(len(x)) if shuffle else np.arange(len(x))
-            for i in range(0, len(order), batch):
+            stop = len(order) - (len(order) % batch if drop_remainder and len(order) >= batch else 0)
+            for i in range(0, stop, batch):
                 idx = np.sort(order[i : i + batch])
                 yield x[idx], y[idx]
 
@@ -113,16 +115,23 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch: int, shuffle: bool, seed: int,
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         if shuffle:
             ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch)
+        ds = ds.batch(batch, drop_remainder=drop_remainder and len(x) >= batch)
     ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=tf.data.AUTOTUNE)
     if augment is not None:
         ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def predict_probabilities(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Class probabilities (n, classes) for uint8 pixels, sigmoid widened to two columns."""
-    p = np.asarray(model.predict(x.astype(np.float32), batch_size=batch, verbose=0), np.float64)
+def predict_probabilities(model, x: np.ndarray, batch: int = 256, replicas: int = 1) -> np.ndarray:
+    """Class probabilities (n, classes) for uint8 pixels, sigmoid widened to two columns.
+
+    Padded to a multiple of `replicas` (and the padding's outputs dropped) so
+    every replica gets an equal share of the last batch.
+    """
+    pad = -len(x) % replicas
+    padded = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    p = np.asarray(model.predict(padded.astype(np.float32), batch_size=batch, verbose=0), np.float64)
+    p = p[: len(x)]
     return np.concatenate([1 - p, p], axis=1) if p.shape[1] == 1 else p
 
 
@@ -210,9 +219,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
             loss="binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
+    # Replicas must get equal shares of every batch: Keras cannot merge unequal
+    # per-replica batches, and batch norm fails on a replica left with none. So
+    # training drops its ragged last batch (it is reshuffled every epoch), and
+    # validation is trimmed to a multiple of the replica count (< 1 image each).
     train_ds = _dataset(decoded["train"].x, decoded["train"].y, global_batch, True, cfg.seed,
-                        augmentation(cfg.arch, cfg.seed))
-    val_ds = _dataset(decoded["val"].x, decoded["val"].y, global_batch, False, cfg.seed)
+                        augmentation(cfg.arch, cfg.seed), drop_remainder=True)
+    n_val = len(decoded["val"].y) // replicas * replicas
+    val_ds = _dataset(decoded["val"].x[:n_val], decoded["val"].y[:n_val], global_batch, False, cfg.seed)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
@@ -242,7 +256,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                "best_epoch": int(np.argmin([h["val_loss"] for h in history])) + 1 if history else None}
     for split in ("val", "test"):
         if split in decoded and len(decoded[split].y):
-            probs = predict_probabilities(model, decoded[split].x)
+            probs = predict_probabilities(model, decoded[split].x, replicas=replicas)
             metrics[split] = classification_metrics(decoded[split].y, probs, dataset.classes)
 
     manifest = {
