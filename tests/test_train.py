@@ -86,3 +86,34 @@ def test_unknown_arch_is_one_line_error(sample_data, tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "unknown architecture" in errors[0]
     assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()
+
+
+def test_a_killed_run_resumes_where_it_stopped(sample_data, tmp_path):
+    """BackupAndRestore: kill mid-run, start again, the epochs continue."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(out),
+           "--epochs", "5", "--patience", "50", "-q"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    progress = out / ".backup" / "history.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None:
+        if progress.exists() and len(progress.read_text().splitlines()) >= 3:  # header + 2 epochs
+            break
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (out / "manifest.json").exists(), "the first run finished before it was killed"
+    epochs_before = len(progress.read_text().splitlines()) - 1
+    assert epochs_before >= 2
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    with open(out / "history.csv") as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    # Resumed after the last finished epoch, not from scratch: five epochs in all.
+    assert epochs == list(range(5))
