@@ -239,6 +239,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         keras.callbacks.BackupAndRestore(str(backup / "state")),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                       restore_best_weights=True),
+        EpochTimer(n_train=len(decoded["train"].y)),  # before CSVLogger, which writes its logs
         keras.callbacks.CSVLogger(str(history_log), append=True),
         keras.callbacks.TensorBoard(str(cfg.out / "tensorboard"), histogram_freq=0),
     ]
@@ -290,6 +291,23 @@ def train(cfg: TrainConfig, log=print) -> dict:
     write_json(cfg.out / "manifest.json", manifest)
     _remove_tree(backup)
     return manifest
+
+
+def EpochTimer(n_train: int):
+    """A callback adding each epoch's seconds and training images/s to its logs."""
+    import keras
+
+    class _EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.started
+            if logs is not None:
+                logs["epoch_seconds"] = round(seconds, 3)
+                logs["images_per_second"] = round(n_train / seconds, 1)
+
+    return _EpochTimer()
 
 
 def _read_history(path: Path) -> list[dict]:
