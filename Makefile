@@ -4,6 +4,8 @@
 #   make export                      sample data -> train -> export -> compare
 #   make export DATA=path/to/photos  the same on your photos
 #   make test                        ruff + the test suite
+#   make bundle [MODEL=int8]         dist/noodle-edge-<version>.tar.gz for a Raspberry Pi
+#   make pi-check                    run that bundle on Debian 12 arm64 (qemu), labels vs x86
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,16 +18,19 @@ ARCH   ?= noodle
 EPOCHS ?=
 # Where run folders go: $(OUT)/<data name>-<arch>/.
 OUT    ?= runs
+# The variant `make bundle` ships: int8 is a quarter of float32's size and
+# runs on the Pi's integer kernels.
+MODEL  ?= int8
 
 SAMPLE   := data/sample
 DATA_DIR := $(if $(DATA),$(DATA),$(SAMPLE))
 RUN      := $(OUT)/$(basename $(notdir $(abspath $(DATA_DIR))))-$(ARCH)
 NOODLE   := $(BIN)/noodle
 
-.PHONY: setup edge-env data train export test lint clean help
+.PHONY: setup edge-env data train export bundle pi-check pi-tools test lint clean help
 
 help:
-	@sed -n '2,8p' Makefile
+	@sed -n '2,10p' Makefile
 
 # The virtual environment, rebuilt when pyproject.toml changes.
 setup: $(VENV)/.installed
@@ -60,10 +65,42 @@ train: setup data
 $(RUN)/manifest.json: | $(VENV)/.installed $(if $(DATA),,$(SAMPLE)/.complete)
 	$(NOODLE) train $(DATA_DIR) --arch $(ARCH) --out $(RUN) $(if $(EPOCHS),--epochs $(EPOCHS))
 
+# Convert and validate (ai-edge-litert here, tflite-runtime 2.14 in the device
+# environment), then compare, which ends by printing the table. When only some
+# variant failed (exit 1) the table is still printed, then make fails.
+export: setup data edge-env $(RUN)/manifest.json
+	status=0; $(NOODLE) export $(RUN) || status=$$?; \
+	if [ $$status -le 1 ]; then $(NOODLE) compare $(RUN) || exit $$?; fi; exit $$status
+
+# An exported run, made once for `make bundle`; `make export` redoes it. Exit 1
+# means some variant failed: bundling the chosen one still says whether it exists.
+$(RUN)/export/manifest.json: | $(VENV)/.installed $(EDGE_VENV)/.installed $(RUN)/manifest.json
+	$(NOODLE) export $(RUN) || [ $$? -eq 1 ]
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+BUNDLE  := dist/noodle-edge-$(VERSION).tar.gz
+bundle: setup $(RUN)/export/manifest.json
+	$(NOODLE) bundle $(RUN) --model $(MODEL) --out dist
+
+# The bundle on the Pi's platform: a Debian 12 bookworm arm64 root (cached in
+# PI_ROOT) runs it under qemu-aarch64-static; its labels must equal x86's.
+# Photos: the shared test photos when they are beside the checkout, else the data's.
+PI_ROOT ?= .cache/pi-root
+PHOTOS  ?= $(firstword $(wildcard ../shared/data/cats-vs-dogs/test $(DATA_DIR)/test) $(DATA_DIR))
+SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
+pi-check: bundle edge-env pi-tools
+	$(BIN)/python -m export.pi_check $(BUNDLE) $(PHOTOS) --root $(PI_ROOT)
+
+pi-tools:
+	@command -v debootstrap >/dev/null && command -v qemu-aarch64-static >/dev/null || \
+	{ $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap qemu-user-static; }
+
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+# edge-env: the export tests run every model under tflite-runtime 2.14 in it.
+test: setup lint edge-env
 	$(BIN)/python -m pytest
 
 clean:

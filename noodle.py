@@ -5,6 +5,10 @@ edge commands never pay for it.
 """
 import typer
 
+from edge.cli import app as edge_app
+from export.bench import app as bench_app
+from export.bundle import app as bundle_app
+from export.cli import app as export_app
 from train.cli import app as train_app
 
 app = typer.Typer(
@@ -14,6 +18,10 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(train_app)
+app.add_typer(export_app)
+app.add_typer(bundle_app)
+app.add_typer(bench_app)
+app.add_typer(edge_app, name="edge")
 
 if __name__ == "__main__":
     app()

@@ -7,9 +7,11 @@ numpy, Pillow and an interpreter only: this file ships to the device.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,9 @@ RUNTIMES = {
 }
 # Set to one of RUNTIMES' names to insist on it (validation runs each in turn).
 RUNTIME_ENV = "NOODLE_RUNTIME"
+# Bytes 4-8 of every TFLite flatbuffer: checked first, so a wrong file gets a
+# plain message rather than the interpreter's.
+TFLITE_IDENTIFIER = b"TFL3"
 
 
 class RuntimeMissing(NoodleError):
@@ -62,6 +67,44 @@ def find_runtime(name: str | None = None):
                          f"{sys.version_info.major}.{sys.version_info.minor}; {install_hint()}")
 
 
+def check_tflite(path: Path) -> None:
+    """Refuse a file that is not a TFLite flatbuffer, naming it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model ({exc.strerror or exc})") from None
+    if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
+        raise ModelError(f"{path}: not a TFLite model (no {TFLITE_IDENTIFIER.decode()} identifier); "
+                         "pass a .tflite written by `noodle export`")
+
+
+@contextlib.contextmanager
+def quiet_info():
+    """Drop the `INFO:` lines the interpreters print from C++ (XNNPACK created); keep the rest.
+
+    They land on stderr below Python, so fd 2 is captured while the block runs.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced (pytest, IDEs): nothing to filter
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if not line.startswith("INFO: "):
+                    print(line, file=sys.stderr)
+
+
 def model_entry(manifest: dict, model_path: Path) -> tuple[str, dict]:
     """The manifest's entry (variant name, details) for this model file."""
     for variant, entry in manifest.get("models", {}).items():
@@ -79,6 +122,7 @@ class Classifier:
         self.path = Path(model_path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such model file; pass a .tflite written by `noodle export`")
+        check_tflite(self.path)
         self.manifest = manifest if manifest is not None else read_manifest(self.path.parent)
         self.variant, entry = model_entry(self.manifest, self.path)
         if verify and entry.get("sha256") and sha256_file(self.path) != entry["sha256"]:
@@ -88,8 +132,9 @@ class Classifier:
         self.size = image_size(self.manifest)
         self.runtime, interpreter_class = find_runtime(runtime)
         try:
-            self.interpreter = interpreter_class(model_path=str(self.path), num_threads=threads)
-            self.interpreter.allocate_tensors()
+            with quiet_info():
+                self.interpreter = interpreter_class(model_path=str(self.path), num_threads=threads)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{self.path}: {self.runtime} cannot load it ({first}); "
@@ -100,7 +145,11 @@ class Classifier:
         if tuple(self._input["shape"][1:]) != expected:
             raise ModelError(f"{self.path}: model input {tuple(self._input['shape'][1:])} but manifest "
                              f"says {expected}; the model and manifest come from different exports")
-        self.batch = 1
+        self.batch = int(self._input["shape"][0])
+        # A batch dimension of -1 in the signature lets invoke() resize it; a
+        # model saved with a fixed one is run an image at a time.
+        signature = self._input.get("shape_signature", self._input["shape"])
+        self.batchable = len(signature) > 0 and int(signature[0]) == -1
 
     @property
     def input_dtype(self) -> np.dtype:
@@ -136,10 +185,23 @@ class Classifier:
 
     def invoke(self, pixels: np.ndarray) -> np.ndarray:
         """Raw model outputs (dequantized) for a (n, h, w, 3) uint8 batch."""
+        if not self.batchable and len(pixels) != self.batch:
+            return self._fixed_batches(pixels)
         self._resize(len(pixels))
         self.interpreter.set_tensor(self._input["index"], self._quantize(pixels))
         self.interpreter.invoke()
         return self._dequantize(self.interpreter.get_tensor(self._output["index"]))
+
+    def _fixed_batches(self, pixels: np.ndarray) -> np.ndarray:
+        """Run a model whose batch size is fixed: chunks of that size, the last one padded."""
+        outs = []
+        for i in range(0, len(pixels), self.batch):
+            chunk = pixels[i : i + self.batch]
+            short = self.batch - len(chunk)
+            if short:
+                chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(self.invoke(chunk)[: self.batch - short])
+        return np.concatenate(outs)
 
     def probabilities(self, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
         """(n, classes) probabilities; a sigmoid output becomes two columns."""
@@ -151,4 +213,4 @@ class Classifier:
 
     def top_k(self, probs: np.ndarray, k: int = 1) -> list[list[tuple[str, float]]]:
         order = np.argsort(-probs, axis=1)[:, :k]
-        return [[(self.labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+        return [[(self.labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order, strict=True)]

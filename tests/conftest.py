@@ -43,3 +43,18 @@ def trained_run(sample_data, tmp_path_factory) -> Path:
     train(TrainConfig(data=sample_data, out=out, epochs=4, patience=10, verbose=0),
           log=lambda *_: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def exported_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of `trained_run` with all four variants exported to RUN/export/."""
+    import shutil
+
+    from export.convert import export_run
+
+    out = tmp_path_factory.mktemp("exported") / trained_run.name
+    out.mkdir()
+    for name in ("model.keras", "manifest.json"):
+        shutil.copy2(trained_run / name, out / name)
+    export_run(out, log=lambda *_: None)
+    return out

@@ -1,0 +1,81 @@
+"""`noodle-edge bench`: what a model costs on this machine, in the runner's own code.
+
+Three figures: decode time per file on one core (Pillow, draft mode),
+interpreter latency per invoke (batch 1 and the chosen batch, p50/p99), and
+files per second end to end through edge.files.classify, the code `classify`
+runs: the decode pool and batched invokes together, printing aside.
+
+numpy, Pillow and an interpreter only: this file ships to the device.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from edge.files import BATCH, classify, default_workers
+
+# Invokes before timing (the first ones allocate and fill caches), and timed ones.
+WARMUP = 5
+INVOKES = 200
+
+
+def _latency_ms(clf, pixels: np.ndarray, runs: int) -> dict:
+    clf.invoke(pixels)  # sets the input (and size) once; only invoke() is timed
+    for _ in range(WARMUP):
+        clf.interpreter.invoke()
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter_ns()
+        clf.interpreter.invoke()
+        times[i] = (time.perf_counter_ns() - start) / 1e6
+    return {"batch": len(pixels), "p50_ms": float(np.percentile(times, 50)),
+            "p99_ms": float(np.percentile(times, 99)),
+            "per_image_ms": float(np.percentile(times, 50)) / len(pixels)}
+
+
+def bench(clf, files: list[str], batch: int | None = None, workers: int | None = None,
+          repeat: int = 3) -> dict:
+    workers = workers or default_workers()
+    start = time.perf_counter()
+    decoded = [clf.preprocess(f) for f in files[:INVOKES]]
+    decode_ms = (time.perf_counter() - start) / len(decoded) * 1000
+    pixels = np.stack(decoded)
+    batch = min(batch or BATCH, len(pixels)) if clf.batchable else 1
+    latency = [_latency_ms(clf, pixels[:1], INVOKES)]
+    if batch > 1:
+        tiled = np.resize(pixels, (batch, *pixels.shape[1:]))  # repeats photos when there are fewer
+        latency.append(_latency_ms(clf, tiled, max(20, INVOKES // batch)))
+    passes, failed = [], 0
+    for _ in range(repeat):
+        start = time.perf_counter()
+        failed = sum(r.error is not None for r in classify(clf, files, batch=batch, workers=workers))
+        passes.append(time.perf_counter() - start)
+    best = min(passes)
+    return {
+        "model": str(clf.path), "variant": clf.variant, "runtime": clf.runtime,
+        "files": len(files), "unreadable": failed, "batch": batch, "decode_workers": workers,
+        "decode_ms_per_file": decode_ms, "latency": latency,
+        "end_to_end_seconds": passes, "files_per_second": len(files) / best,
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "cpus": default_workers(),
+    }
+
+
+def report(f: dict) -> str:
+    lines = [
+        f"model         {f['model']} ({f['variant']}, {f['runtime']}, "
+        f"{f['interpreter_threads']} interpreter thread(s), {f['decode_workers']} decode thread(s))",
+        f"photos        {f['files']}" + (f" ({f['unreadable']} unreadable)" if f["unreadable"] else ""),
+        f"decode        {f['decode_ms_per_file']:.2f} ms per file on one core",
+    ]
+    for lat in f["latency"]:
+        lines.append(f"invoke b={lat['batch']:<3}  p50 {lat['p50_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms "
+                     f"({lat['per_image_ms']:.3f} ms per image)")
+    lines.append(f"end to end    {f['files_per_second']:.0f} files/s (best of "
+                 f"{', '.join(f'{s:.3f}' for s in f['end_to_end_seconds'])} s; batch {f['batch']})")
+    if f["loadavg"]:
+        load = " ".join(f"{x:.2f}" for x in f["loadavg"])
+        lines.append(f"machine       {f['cpus']} cpu(s), loadavg {load}")
+    return "\n".join(lines)

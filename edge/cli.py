@@ -1,0 +1,202 @@
+"""`noodle-edge` (also `python -m edge`, `noodle edge`): classify files, a camera, or time it.
+
+Start-up time is the device's first impression, so this module imports only
+typer; numpy, Pillow and the interpreter load inside the commands.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge.errors import NoodleError, one_line_errors
+
+app = typer.Typer(
+    name="edge",
+    help="The device side: classify photos or camera frames with a .tflite from `noodle export`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Model = Annotated[Path, typer.Argument(
+    help="A .tflite with the manifest.json `noodle export` wrote beside it.")]
+Threads = Annotated[int | None, typer.Option(
+    help="Interpreter threads (default: 1 for classify and bench, where decoding fills the other "
+         "cores; one per core for camera, where each frame waits for its invoke).")]
+Runtime = Annotated[str | None, typer.Option(
+    help="Insist on tflite-runtime, ai-edge-litert or tensorflow (default: the first installed).")]
+Batch = Annotated[int | None, typer.Option(
+    min=1, help="Images per invoke (default: edge.files.BATCH); a model with a fixed batch runs 1.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say which runtime and settings run.")]
+
+
+def _load(model: Path, threads: int | None, runtime: str | None, verbose: bool):
+    from edge.runtime import Classifier
+
+    clf = Classifier(model, threads=threads, runtime=runtime)
+    if verbose:
+        print(f"model {model} ({clf.variant}, {clf.size[0]}x{clf.size[1]}, labels {', '.join(clf.labels)}); "
+              f"runtime {clf.runtime} {_version(clf.runtime)}; "
+              f"interpreter threads {threads or 'default'}", file=sys.stderr)
+    return clf
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "(version unknown)"
+
+
+@app.command()
+@one_line_errors
+def classify(
+    model: Model,
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels to show per file.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV with a header row.")] = False,
+    threads: Threads = None,
+    workers: Annotated[int | None, typer.Option(help="Decode threads (default: one per core).")] = None,
+    batch: Batch = None,
+    runtime: Runtime = None,
+    verbose: Verbose = False,
+) -> None:
+    """Classify image files; unreadable ones are reported on stderr and the exit code is 1."""
+    if as_json and as_csv:
+        raise NoodleError("--json and --csv: choose one output format")
+    from edge.files import classify as run
+    from edge.files import expand
+
+    clf = _load(model, threads or 1, runtime, verbose)
+    top_k = min(top_k, len(clf.labels))
+    files, problems = expand(paths)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not files:
+        raise NoodleError(f"nothing to classify in {' '.join(paths)}; pass image files, folders or globs")
+    write = _writer(as_json, as_csv, top_k, files, clf.labels)
+    start, failed = time.perf_counter(), 0
+    try:
+        for result in run(clf, files, k=top_k, batch=batch, workers=workers):
+            if result.error is None:
+                write(result)
+            else:
+                failed += 1
+                print(f"error: {result.path}: {result.error}", file=sys.stderr)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        sys.stderr.close()
+        raise SystemExit(0) from None
+    seconds = time.perf_counter() - start
+    if failed or problems or verbose or not (as_json or as_csv):
+        print(f"{len(files) - failed} of {len(files)} files classified in {seconds:.2f} s "
+              f"({len(files) / seconds:.0f} files/s)"
+              + (f"; {failed + len(problems)} problem(s) above" if failed or problems else ""),
+              file=sys.stderr)
+    if failed or problems:
+        raise SystemExit(1)
+
+
+def _writer(as_json: bool, as_csv: bool, k: int, files: list[str], labels: list[str]):
+    """A function printing one Result in the chosen format (a header first for table and CSV)."""
+    if as_json:
+        import json
+
+        def write(r):
+            top = [{"label": label, "score": round(score, 6)} for label, score in r.top]
+            print(json.dumps({"file": r.path, "label": top[0]["label"], "score": top[0]["score"],
+                              "top": top}))
+        return write
+    if as_csv:
+        import csv
+
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["file", "label", "score"]
+                     + [f"{c}_{i}" for i in range(2, k + 1) for c in ("label", "score")])
+        return lambda r: out.writerow([r.path] + [v for label, s in r.top for v in (label, f"{s:.6f}")])
+    # Widths from all paths up front, so rows stream out aligned.
+    wide = min(max(len(f) for f in files), 80)
+    lw = max(5, *(len(label) for label in labels))
+    print(f"{'file':<{wide}}  {'label':<{lw}}  score" + ("  next" if k > 1 else ""))
+
+    def row(r):
+        (label, score), rest = r.top[0], r.top[1:]
+        line = f"{r.path:<{wide}}  {label:<{lw}}  {score:.3f}"
+        print(line + ("  " + ", ".join(f"{n} {s:.3f}" for n, s in rest) if rest else ""))
+    return row
+
+
+@app.command()
+@one_line_errors
+def camera(
+    model: Model,
+    source: Annotated[str, typer.Option(
+        help="OpenCV source: 0 for /dev/video0, a video file or a stream URL.")] = "0",
+    picamera: Annotated[bool, typer.Option(
+        "--picamera", help="Read the Raspberry Pi camera via picamera2.")] = False,
+    every: Annotated[int, typer.Option(min=1, help="Print a line every N frames.")] = 30,
+    max_frames: Annotated[int | None, typer.Option(
+        min=1, help="Stop after N frames (default: run until Ctrl-C).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per printed line.")] = False,
+    retries: Annotated[int, typer.Option(
+        min=0, help="Reopen attempts after a failed read before giving up.")] = 5,
+    show: Annotated[bool, typer.Option(
+        "--show", help="Draw the label on a window when there is a display.")] = False,
+    threads: Threads = None,
+    runtime: Runtime = None,
+    verbose: Verbose = False,
+) -> None:
+    """Classify camera or video frames: centre-crop, the same preprocessing, label and FPS."""
+    from edge import camera as cam
+    from edge.files import default_workers
+
+    frames = cam.Frames(source, picamera=picamera, retries=retries)
+    clf = _load(model, threads or default_workers(), runtime, verbose)
+    summary = cam.run(clf, frames, every=every, max_frames=max_frames, as_json=as_json, show=show)
+    if summary.lost is not None:
+        print(f"error: {summary.lost}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+@app.command()
+@one_line_errors
+def bench(
+    model: Model,
+    photos: Annotated[list[str], typer.Argument(help="Image files, folders or globs to time on.")],
+    threads: Threads = None,
+    workers: Annotated[int | None, typer.Option(help="Decode threads (default: one per core).")] = None,
+    batch: Batch = None,
+    repeat: Annotated[int, typer.Option(
+        min=1, help="End-to-end passes over the photos; the best is reported.")] = 3,
+    runtime: Runtime = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of the table.")] = False,
+) -> None:
+    """Time it: invoke latency p50/p99 and end-to-end files per second (decode + invoke)."""
+    from edge.bench import bench as run
+    from edge.bench import report
+    from edge.files import expand
+
+    files, problems = expand(photos)
+    if problems or not files:
+        raise NoodleError("; ".join(problems) or "no photos to time on")
+    clf = _load(model, threads or 1, runtime, verbose=False)
+    figures = run(clf, files, batch=batch, workers=workers, repeat=repeat)
+    figures["interpreter_threads"] = threads or 1
+    if as_json:
+        import json
+
+        print(json.dumps(figures))
+    else:
+        print(report(figures))
+
+
+def main() -> None:
+    """The `noodle-edge` console script."""
+    app(prog_name="noodle-edge")

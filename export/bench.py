@@ -1,0 +1,416 @@
+"""`noodle bench` (`make bench`): noodle's speed claims measured side by side.
+
+Six rows (issue 5): the noodle clock (each stage of `make export` as a
+subprocess), the device path against the seed's Keras loop, classify against
+its decode floor, cold start and memory, int8 against float32, and training
+throughput. Every comparison runs its sides back to back in one run,
+`repeats` times interleaved; the report gives medians with min and max, and
+ratios of medians. The edge side is the edge runner's own `bench` (start-up
+not counted) in the device environment (.venv-edge, tflite-runtime 2.14, the
+Pi's runtime) and in this one (ai-edge-litert). TensorFlow loads only in the
+child processes. Writes BENCHMARKS.md and bench.json, each atomically.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge.errors import NoodleError, one_line_errors
+
+ROOT = Path(__file__).resolve().parent.parent
+# The photos issue 5 names (400 test photos); $NOODLE_SHARED_PHOTOS moves them, as for the tests.
+SHARED = Path(os.environ.get("NOODLE_SHARED_PHOTOS", ROOT.parent / "shared/data/cats-vs-dogs"))
+# Repetitions of every comparison: odd, so the median is one of the runs.
+REPEATS = 3
+# The clock's data and run folders: under runs/, git-ignored, apart from the user's runs.
+WORK = Path("runs/bench")
+# What ships (int8) and the reference it is measured against (float32).
+VARIANTS = ("int8", "float32")
+# Interpreter threads: classify's default, and the two cores of this machine and of a Pi-class one.
+THREADS = (1, 2)
+# A training run on a slow machine; any other measured step.
+STAGE_TIMEOUT = 3600
+STEP_TIMEOUT = 900
+
+
+class BenchError(NoodleError):
+    pass
+
+
+class StepFailed(Exception):
+    """One measured step failed; its message becomes that figure's "not measured" reason."""
+
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+
+@app.command("bench")
+@one_line_errors
+def bench_command(
+    repeats: Annotated[int, typer.Option(min=1, help="Repetitions of every comparison.")] = REPEATS,
+    photos: Annotated[Path | None, typer.Option(
+        help="Photos to classify (default: the shared test photos when present, else the run's test split).")
+    ] = None,
+    run: Annotated[Path | None, typer.Option(
+        help="Reuse this exported run folder and skip the clock (default: train and export afresh).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for BENCHMARKS.md and bench.json.")] = Path("."),
+    work: Annotated[Path, typer.Option(help="Folder for the clock's data and run folders.")] = WORK,
+) -> None:
+    """Benchmark noodle against the seed's way and the limits; write BENCHMARKS.md and bench.json."""
+    report = run_bench(repeats=repeats, photos=photos, run=run, out=out, work=work, log=typer.echo)
+    met = sum(t["met"] is True for t in report["targets"])
+    typer.echo(f"wrote {out / 'BENCHMARKS.md'} and {out / 'bench.json'} "
+               f"({met} of {len(report['targets'])} targets met)")
+
+
+def run_bench(repeats: int = REPEATS, photos: Path | None = None, run: Path | None = None,
+              out: Path = Path("."), work: Path = WORK, log=print) -> dict:
+    """Measure everything, write out/BENCHMARKS.md and out/bench.json, return the report."""
+    from edge.files import default_workers
+    from edge.manifest import write_bytes, write_json
+    from export.bench_report import render, targets
+
+    command = ["noodle bench", f"--repeats {repeats}"] + ([f"--photos {photos}"] if photos else []) \
+        + ([f"--run {run}"] if run else [])
+    report = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "command": " ".join(command), "repeats": repeats, "machine": machine(),
+              "loadavg": {"before": loadavg()}}
+    envs = environments(log)
+    report["environments"] = envs
+    if run is None:
+        datasets = [None] + ([rel(SHARED)] if (SHARED / "train").is_dir() else [])
+        report["clock"] = {"runs": [clock(d, Path(work), log) for d in datasets]}
+        usable = [c for c in report["clock"]["runs"] if "failed" not in c]
+        if not usable:
+            raise BenchError(f"the clock's runs failed ({report['clock']['runs'][-1]['failed']}); "
+                             "see the logs under " + str(work))
+        run = Path(usable[-1]["run"])
+    else:
+        report["clock"] = {"skipped": f"--run {run} given: the run was reused, the clock not run"}
+    run_dir, models, manifest = exported_run(Path(run))
+    folder, files = photo_list(photos, run_dir)
+    report.update(run=str(run_dir), models={v: str(p) if p else None for v, p in models.items()},
+                  photos={"folder": str(folder), "count": len(files)})
+    warm(files + [str(p) for p in models.values() if p])
+    workers = default_workers()
+    log(f"comparing on {len(files)} photos from {folder}, {repeats} repeat(s), {workers} decode thread(s)")
+    size = (manifest["input"]["height"], manifest["input"]["width"])
+    keras_model = run_dir / "model.keras"
+    report["sides"] = sides(envs, models, keras_model, [str(folder)], size, workers, repeats, log)
+    report["cold_start"] = cold_start(envs, models.get("int8"), keras_model, files[0], repeats, log)
+    report["sizes"] = {v: e["bytes"] for v, e in manifest["models"].items() if v in VARIANTS}
+    report["failed_variants"] = {v: m for v, m in manifest.get("failed", {}).items() if v in VARIANTS}
+    runs = [(c["data"], Path(c["run"]), "this bench's clock") for c in report["clock"].get("runs", [])
+            if "failed" not in c]
+    report["training"] = training(runs or [(str(run_dir), run_dir, "the run's own history.csv")])
+    report["loadavg"]["after"] = loadavg()
+    report["targets"] = targets(report)
+    write_json(Path(out) / "bench.json", report)
+    write_bytes(Path(out) / "BENCHMARKS.md", render(report).encode())
+    return report
+
+
+# --- the machine and the environments -------------------------------------------------------
+
+def machine() -> dict:
+    from edge.files import default_workers
+
+    cpu = platform.processor() or platform.machine()
+    memory = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+        with open("/proc/meminfo") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
+            memory = round(kb / 1024 / 1024, 1)
+    except (OSError, StopIteration, ValueError):
+        pass  # not Linux: the model name from platform, memory unknown
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": default_workers(), "memory_gib": memory,
+            "os": platform.platform(), "machine": platform.machine()}
+
+
+def rel(path: str | os.PathLike) -> Path:
+    """A path as seen from the working directory: reports name no machine's folders."""
+    return Path(os.path.relpath(path))
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def environments(log) -> list[dict]:
+    """The device environment (tflite-runtime) and this one (ai-edge-litert), with their versions."""
+    from export.validate import edge_python
+
+    edge = edge_python()
+    pairs = [("tflite-runtime", edge and rel(edge),
+              None if edge else "no device environment; run `make edge-env`"),
+             ("ai-edge-litert", rel(sys.executable), None)]
+    envs = []
+    for runtime, python, missing in pairs:
+        env = {"runtime": runtime, "venv": python.parent.parent.name if python else None,
+               "python": str(python) if python else None, "versions": {}, "missing": missing}
+        if python:
+            try:
+                env["versions"] = json_step([python, "-m", "export.bench_probe", "versions"])
+            except StepFailed as exc:
+                env["missing"] = f"{python} cannot run the probe: {exc}"
+            if not env["missing"] and not env["versions"].get(runtime):
+                env["missing"] = f"{runtime} is not installed in {env['venv']}"
+        log(f"{runtime}: " + (env["missing"] or f"{env['versions'][runtime]} in {env['venv']}"))
+        envs.append(env)
+    return envs
+
+
+# --- running children ------------------------------------------------------------------------
+
+def child_env() -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    env.pop("NOODLE_RUNTIME", None)  # each side names its runtime
+    return env
+
+
+def json_step(cmd: list, timeout: int = STEP_TIMEOUT) -> dict:
+    """Run a child that prints one JSON line; its object, or StepFailed with its last error line."""
+    cmd = [str(c) for c in cmd]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise StepFailed(f"timed out after {timeout} s") from None
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StepFailed(f"exit {done.returncode}: {tail}")
+    return json.loads(lines[-1])
+
+
+def attempt(fn, *args) -> dict:
+    try:
+        return fn(*args)
+    except StepFailed as exc:
+        return {"error": str(exc)}
+
+
+def first_label(cmd: list, marker: str, timeout: int = STEP_TIMEOUT) -> dict:
+    """Seconds from process start to the first stdout line naming `marker`; the child's peak RSS."""
+    import tempfile
+
+    cmd = [str(c) for c in cmd]
+    with tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, env=child_env(), text=True)
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        seconds = None
+        for line in proc.stdout:
+            if seconds is None and marker in line:
+                seconds = time.perf_counter() - start
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage alone
+        killer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.stdout.close()
+        if proc.returncode != 0 or seconds is None:
+            errors.seek(0)
+            tail = (errors.read().decode(errors="replace").strip().splitlines() or ["no label printed"])[-1]
+            raise StepFailed(f"exit {proc.returncode}: {tail}")
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    rss = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
+    return {"seconds": seconds, "peak_rss_mb": rss / 1e6}
+
+
+# --- row 1: the noodle clock -----------------------------------------------------------------
+
+def clock(data: Path | None, work: Path, log) -> dict:
+    """Time each stage of `make export` as the Makefile runs it, into a fresh run folder under `work`."""
+    from train.cli import default_run_dir
+    from train.fit import TrainConfig
+
+    arch = TrainConfig.arch  # the Makefile's ARCH default is the CLI's
+    noodle = [rel(sys.executable), "-m", "noodle"]
+    result = {"data": "embedded default (noodle data sample)" if data is None else str(data)}
+    stages = []
+    if data is None:
+        data = work / "data" / "sample"
+        shutil.rmtree(data, ignore_errors=True)
+        stages.append(("data", [*noodle, "data", "sample", data]))
+    run = work / default_run_dir(data, arch).name  # the Makefile's $(RUN) naming
+    shutil.rmtree(run, ignore_errors=True)
+    stages += [("train", [*noodle, "train", data, "--arch", arch, "--out", run]),
+               ("export", [*noodle, "export", run]), ("compare", [*noodle, "compare", run])]
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    result.update(run=str(run), arch=arch, stages={}, loadavg_before=loadavg())
+    for name, cmd in stages:
+        log(f"clock: {name} ({result['data']})")
+        path = logs / f"{run.name}-{name}.log"
+        start = time.perf_counter()
+        with open(path, "w") as f:
+            try:
+                rc = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT,
+                                    env=child_env(), timeout=STAGE_TIMEOUT).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+        result["stages"][name] = {"seconds": time.perf_counter() - start, "exit": rc, "log": str(path)}
+        # `make export` goes on to compare when export exits 1 (some variant failed).
+        if rc != 0 and not (name == "export" and rc == 1):
+            lines = path.read_text(errors="replace").strip().splitlines() or ["no output"]
+            result["failed"] = f"{name} exited {rc}: {lines[-1]}"
+            log(f"clock: {result['failed']}")
+            return result
+    result["total_seconds"] = sum(s["seconds"] for s in result["stages"].values())
+    result["loadavg_after"] = loadavg()
+    result["accuracy"] = accuracy(run)
+    log(f"clock: {result['total_seconds']:.1f} s in all")
+    return result
+
+
+def accuracy(run: Path) -> dict:
+    """Test accuracy of the Keras model and of each exported variant, as compare reported it."""
+    metrics = json.loads((run / "manifest.json").read_text())["metrics"]
+    out = {"keras": metrics.get("test", {}).get("accuracy")}
+    report = run / "export" / "report.json"
+    if report.is_file():
+        for row in json.loads(report.read_text())["rows"]:
+            out[row["variant"]] = row["accuracy"]
+    return out
+
+
+# --- the run and the photos ------------------------------------------------------------------
+
+def exported_run(run: Path) -> tuple[Path, dict, dict]:
+    from edge.manifest import read_manifest
+
+    if not (run / "model.keras").is_file():
+        raise BenchError(f"{run}: no model.keras; pass a run folder written by `noodle train`")
+    manifest = read_manifest(run / "export")
+    models = {v: run / "export" / manifest["models"][v]["file"] if v in manifest["models"] else None
+              for v in VARIANTS}
+    if not any(models.values()):
+        raise BenchError(f"{run}/export: neither int8 nor float32 was exported; run `noodle export {run}`")
+    return run, models, manifest
+
+
+def photo_list(photos: Path | None, run: Path) -> tuple[Path, list[str]]:
+    from edge.files import expand
+    from edge.manifest import read_manifest
+
+    if photos is None:
+        root = read_manifest(run).get("data", {}).get("root")
+        candidates = [rel(SHARED / "test")] + ([Path(root) / "test"] if root else [])
+        photos = next((c for c in candidates if c.is_dir()), None)
+        if photos is None:
+            raise BenchError(f"no test photos found (looked in {', '.join(map(str, candidates))}); "
+                             "pass --photos DIR")
+    files, problems = expand([str(photos)])
+    if problems or not files:
+        raise BenchError(f"--photos {photos}: {'; '.join(problems) or 'no images'}")
+    return photos, files
+
+
+def warm(paths: list[str]) -> None:
+    """Read every file once, so no side pays for the first read from disk."""
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+
+
+# --- rows 2, 3 and 5: the device path, its floor, the seed's loop ----------------------------
+
+def edge_bench(env: dict, model: Path, photos: list[str], threads: int, workers: int) -> dict:
+    """One end-to-end pass of `noodle-edge bench --json` (edge.bench), plus its latency figures."""
+    return json_step([env["python"], "-m", "edge", "bench", model, *photos, "--json", "--repeat", 1,
+                      "--threads", threads, "--workers", workers, "--runtime", env["runtime"]])
+
+
+def sides(envs, models, keras_model, photos, size, workers, repeats, log) -> dict:
+    """Every side, one pass each per repeat, interleaved: edge runs, the floor, the seed's loop."""
+    samples: dict = {"seed": [], "floor": {}, "edge": {}}
+    for rep in range(repeats):
+        log(f"repeat {rep + 1} of {repeats}: seed loop, edge runner, decode floor")
+        samples["seed"].append(attempt(json_step, [rel(sys.executable), "-m", "export.bench_probe",
+                                                   "seed-loop", keras_model, *photos]))
+        for env in envs:
+            if env["missing"]:
+                continue
+            for variant, model in models.items():
+                for threads in THREADS:
+                    key = f"{env['runtime']}/{variant}/{threads}"
+                    samples["edge"].setdefault(key, []).append(
+                        attempt(edge_bench, env, model, photos, threads, workers) if model
+                        else {"error": f"{variant} was not exported"})
+            samples["floor"].setdefault(env["runtime"], []).append(attempt(
+                json_step, [env["python"], "-m", "export.bench_probe", "floor", *size,
+                            "--workers", workers, *photos]))
+    return samples
+
+
+# --- row 4: cold start and memory ------------------------------------------------------------
+
+def cold_start(envs, int8: Path | None, keras_model: Path, photo: str, repeats: int, log) -> dict:
+    """`noodle-edge classify MODEL one.jpg` per environment against the seed's way as a script."""
+    commands = {}
+    for env in envs:
+        if env["missing"] or int8 is None:
+            commands[env["runtime"]] = env["missing"] or "int8 was not exported"
+            continue
+        script = Path(env["python"]).parent / "noodle-edge"
+        edge = [script] if script.is_file() else [env["python"], "-m", "edge"]
+        commands[env["runtime"]] = [*edge, "classify", int8, photo, "--runtime", env["runtime"]]
+    commands["keras"] = [rel(sys.executable), "-m", "export.bench_probe", "seed-one", keras_model, photo]
+    samples = {side: [] if isinstance(cmd, list) else [{"error": cmd}] for side, cmd in commands.items()}
+    log(f"cold start: {', '.join(commands)}, {repeats} time(s) each")
+    for _ in range(repeats):
+        for side, cmd in commands.items():
+            if isinstance(cmd, list):
+                samples[side].append(attempt(first_label, cmd, photo))
+    return {"photo": photo, "commands": {s: [str(c) for c in cmd] if isinstance(cmd, list) else None
+                                         for s, cmd in commands.items()}, "samples": samples}
+
+
+# --- row 6: training throughput --------------------------------------------------------------
+
+def training(runs: list[tuple[str, Path, str]]) -> list[dict]:
+    """Images/s per epoch from each run's history.csv: the first epoch (plus decoding), the rest."""
+    rows = []
+    for label, run, source in runs:
+        manifest = json.loads((run / "manifest.json").read_text())
+        with open(run / "history.csv", newline="") as f:
+            history = list(csv.DictReader(f))
+        row = {"data": label, "run": str(run), "source": source,
+               "device": manifest["training"].get("device", "CPU"),
+               "train_images": sum(manifest["data"]["counts"]["train"].values()),
+               "decode_seconds": manifest["metrics"].get("decode_seconds"), "epochs": len(history)}
+        if not history or "images_per_second" not in history[0]:
+            row["not_measured"] = f"{run}/history.csv has no images_per_second (trained by an older noodle)"
+        else:
+            first = history[0]
+            row["first_epoch"] = {"seconds": float(first["epoch_seconds"]),
+                                  "images_per_second": float(first["images_per_second"])}
+            if row["decode_seconds"] is not None:
+                row["first_epoch"]["with_decode_images_per_second"] = (
+                    row["train_images"] / (row["decode_seconds"] + float(first["epoch_seconds"])))
+            later = [float(h["images_per_second"]) for h in history[1:]]
+            row["later_epochs"] = stats(later) if later else {"not_measured": "only one epoch ran"}
+        rows.append(row)
+    return rows
+
+
+def stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}

@@ -1,0 +1,398 @@
+"""What `noodle bench` measured, reduced to figures, checked against issue 5's targets, as Markdown.
+
+`summarize` turns the raw samples into medians (min, max) and ratios of
+medians; `targets` checks them; `render` writes BENCHMARKS.md. A figure that
+could not be measured carries {"not_measured": reason}, and every table cell
+shows either a figure or that reason.
+"""
+from __future__ import annotations
+
+import statistics
+
+# Issue 5's targets: the clock on the real photos, classify against the
+# seed's loop and against its decode floor, and the edge runner's cold start.
+CLOCK_SECONDS = 120
+SPEEDUP = 50
+FLOOR_FRACTION = 0.8
+COLD_SECONDS = 0.3
+COLD_RSS_MB = 80
+# What the rows compare (the same as export.bench's).
+VARIANTS = ("int8", "float32")
+THREADS = (1, 2)
+
+
+def figure(samples: list[dict] | None, key, reason: str | None = None) -> dict:
+    """Median, min and max of one value over the samples that did not fail."""
+    get = key if callable(key) else (lambda s: s[key])
+    good = [get(s) for s in samples or [] if "error" not in s]
+    if not good:
+        errors = [s["error"] for s in samples or [] if "error" in s]
+        return {"not_measured": reason or (errors[0] if errors else "no samples")}
+    return {"median": statistics.median(good), "min": min(good), "max": max(good), "n": len(good)}
+
+
+def ratio(a: dict, b: dict) -> dict:
+    for side in (a, b):
+        if "not_measured" in side:
+            return {"not_measured": side["not_measured"]}
+    return {"value": a["median"] / b["median"]}
+
+
+def summarize(report: dict) -> dict:
+    sides = report["sides"]
+    seed = figure(sides["seed"], "files_per_second")
+    out = {"seed": {"files_per_second": seed,
+                    "preprocess_ms": figure(sides["seed"], "preprocess_ms_per_file"),
+                    "predict_ms": figure(sides["seed"], "predict_ms_per_file")},
+           "edge": {}, "floor": {}, "cold_start": {}}
+    for env in report["environments"]:
+        rt, missing = env["runtime"], env["missing"]
+        floor = figure(sides["floor"].get(rt), "files_per_second", missing)
+        out["floor"][rt] = floor
+        for variant in VARIANTS:
+            for threads in THREADS:
+                samples = sides["edge"].get(f"{rt}/{variant}/{threads}")
+                fps = figure(samples, "files_per_second", missing)
+                out["edge"][f"{rt}/{variant}/{threads}"] = {
+                    "files_per_second": fps, "vs_seed": ratio(fps, seed), "vs_floor": ratio(fps, floor),
+                    "decode_ms": figure(samples, "decode_ms_per_file", missing),
+                    "p50_ms": figure(samples, lambda s: s["latency"][0]["p50_ms"], missing),
+                    "p99_ms": figure(samples, lambda s: s["latency"][0]["p99_ms"], missing),
+                    # The last latency entry is the batched one (batch 1 when the model has a fixed batch).
+                    "batch_ms_per_image": figure(samples, lambda s: s["latency"][-1]["per_image_ms"],
+                                                 missing),
+                }
+    for side, samples in report["cold_start"]["samples"].items():
+        out["cold_start"][side] = {"seconds": figure(samples, "seconds"),
+                                   "peak_rss_mb": figure(samples, "peak_rss_mb")}
+    gpus = next((s["gpus"] for s in sides["seed"] if "error" not in s), None)
+    out["gpus"] = gpus
+    out["tensorflow"] = next((s["tensorflow"] for s in sides["seed"] if "error" not in s), None)
+    return out
+
+
+def _target(row, what, fig: dict, target: float, higher: bool, unit: str, key="median") -> dict:
+    t = {"row": row, "what": what, "target": target, "unit": unit, "higher_is_better": higher}
+    if "not_measured" in fig:
+        return {**t, "measured": None, "met": None, "not_measured": fig["not_measured"]}
+    value = fig[key]
+    return {**t, "measured": value, "met": value >= target if higher else value <= target}
+
+
+def targets(report: dict) -> list[dict]:
+    summary = report.setdefault("summary", summarize(report))
+    clock = report["clock"]
+    real = [c for c in clock.get("runs", []) if not c["data"].startswith("embedded")]
+    if "skipped" in clock:
+        fig = {"not_measured": clock["skipped"]}
+    elif not real:
+        fig = {"not_measured": "the shared photos (../shared/data/cats-vs-dogs) are not beside the checkout"}
+    elif "failed" in real[0]:
+        fig = {"not_measured": real[0]["failed"]}
+    else:
+        fig = {"value": real[0]["total_seconds"]}
+    out = [_target(1, "noodle clock on the real photos (data + train + export + compare)", fig,
+                   CLOCK_SECONDS, False, "s", key="value")]
+    for env in report["environments"]:
+        rt = env["runtime"]
+        for variant in VARIANTS:
+            e = summary["edge"][f"{rt}/{variant}/1"]
+            out.append(_target(2, f"classify {variant} ({rt}) vs the seed's Keras loop, files/s",
+                               e["vs_seed"], SPEEDUP, True, "x", key="value"))
+    for env in report["environments"]:
+        rt = env["runtime"]
+        for variant in VARIANTS:
+            e = summary["edge"][f"{rt}/{variant}/1"]
+            out.append(_target(3, f"classify {variant} ({rt}) vs its decode floor", e["vs_floor"],
+                               FLOOR_FRACTION, True, "of floor", key="value"))
+    cold = summary["cold_start"]["tflite-runtime"]
+    out.append(_target(4, "cold start: `noodle-edge classify` int8, one photo (tflite-runtime)",
+                       cold["seconds"], COLD_SECONDS, False, "s"))
+    out.append(_target(4, "peak RSS of that process", cold["peak_rss_mb"], COLD_RSS_MB, False, "MB"))
+    return out
+
+
+# --- Markdown ----------------------------------------------------------------------------------
+
+def fmt(fig: dict, digits: int = 1, unit: str = "") -> str:
+    if "not_measured" in fig:
+        return f"not measured: {fig['not_measured']}"
+    if "value" in fig:
+        return f"{fig['value']:.{digits}f}{unit}"
+    text = f"{fig['median']:.{digits}f}{unit}"
+    if fig["n"] > 1:
+        text += f" ({fig['min']:.{digits}f}–{fig['max']:.{digits}f})"
+    return text
+
+
+def _pct(fig: dict) -> str:
+    return fmt({"value": fig["value"] * 100} if "value" in fig else fig, 0, " %")
+
+
+def table(head: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |"
+    return [line(head), "|" + "---|" * len(head)] + [line(r) for r in rows] + [""]
+
+
+def _measured(t: dict) -> str:
+    if t["measured"] is None:
+        return f"not measured: {t['not_measured']}"
+    if t["unit"] == "of floor":
+        return f"{t['measured'] * 100:.0f} %"
+    if t["unit"] == "x":
+        return f"{t['measured']:.1f}x"
+    return f"{t['measured']:.2f} {t['unit']}" if t["unit"] == "s" and t["measured"] < 10 \
+        else f"{t['measured']:.1f} {t['unit']}"
+
+
+def _target_text(t: dict) -> str:
+    value = f"{t['target'] * 100:.0f} %" if t["unit"] == "of floor" else (
+        f"{t['target']:g}x" if t["unit"] == "x" else f"{t['target']:g} {t['unit']}")
+    return (">= " if t["higher_is_better"] else "<= ") + value
+
+
+def _env_label(env: dict) -> str:
+    if env["missing"]:
+        return f"{env['runtime']} (not measured: {env['missing']})"
+    return f"{env['runtime']} {env['versions'][env['runtime']]} ({env['venv']})"
+
+
+def render(report: dict) -> str:
+    s = report.setdefault("summary", summarize(report))
+    envs = report["environments"]
+    lines = ["# noodle benchmarks", "",
+             f"Written by `make bench` (`{report['command']}`) on {report['generated']}. Each comparison "
+             f"ran its sides back to back in this one run, {report['repeats']} time(s) interleaved; figures "
+             "are medians with (min–max) over the repeats, and ratios are ratios of medians. "
+             "Regenerate with `make bench`; the raw samples are in bench.json.", ""]
+    lines += _machine(report, s)
+    lines += ["## Targets (issue 5)", ""]
+    lines += table(["row", "what", "measured", "target", "met"],
+                   [[t["row"], t["what"], _measured(t), _target_text(t),
+                     "not measured" if t["met"] is None else ("yes" if t["met"] else "**no**")]
+                    for t in report["targets"]])
+    lines += _clock(report)
+    lines += _device_path(report, s, envs)
+    lines += _floor(report, s, envs)
+    lines += _cold(report, s, envs)
+    lines += _variants(report, s, envs)
+    lines += _training(report, s)
+    lines += _limits(report, s, envs)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _machine(report: dict, s: dict) -> list[str]:
+    m, la = report["machine"], report["loadavg"]
+    here = next((e for e in report["environments"] if e["runtime"] == "ai-edge-litert"), {"versions": {}})
+    v = here["versions"]
+    gpus = s["gpus"]
+    gpu = ("unknown: the Keras side did not run" if gpus is None
+           else ", ".join(gpus) if gpus else f"none seen by TensorFlow {s['tensorflow']}")
+    models = ", ".join(f"{path} ({report['sizes'].get(v_, 0):,} bytes)" if path else f"{v_}: not exported"
+                       for v_, path in report["models"].items())
+    source = ("trained and exported by this run's clock" if "runs" in report["clock"]
+              else "reused (--run), trained and exported earlier")
+    rows = [
+        ["CPU", f"{m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable by this process)"],
+        ["memory", f"{m['memory_gib']} GiB" if m["memory_gib"] else "unknown"],
+        ["OS", m["os"]],
+        ["Python", ", ".join(f"{e['versions']['python']} ({e['venv']})"
+                             for e in report["environments"] if e["versions"])],
+        ["TensorFlow, Keras", f"{v.get('tensorflow')}, {v.get('keras')}"],
+        ["runtimes", "; ".join(
+            _env_label(e) + ("" if e["missing"] else f", numpy {e['versions']['numpy']}, "
+                             f"Pillow {e['versions']['pillow']}") for e in report["environments"])],
+        ["GPU", gpu],
+        ["load average (1, 5, 15 min)", f"before {la['before']}, after {la.get('after')}"],
+        ["photos", f"{report['photos']['count']} from {report['photos']['folder']}"],
+        ["models", f"{models}; {source}"],
+    ]
+    return ["## What was measured, on what", ""] + table(["", ""], rows)
+
+
+def _clock(report: dict) -> list[str]:
+    lines = ["## 1. The noodle clock", "",
+             "Wall time of each stage of `make export`, run as the Makefile runs it (a subprocess each, "
+             "start-up included), into a fresh run folder; set-up (the virtual environments) excluded. "
+             "One pass per dataset: a training run takes minutes and is not repeated.", ""]
+    clock = report["clock"]
+    if "skipped" in clock:
+        return lines + [f"Not measured: {clock['skipped']}.", ""]
+    rows = []
+    for c in clock["runs"]:
+        st = c["stages"]
+
+        def cell(name, c=c, st=st):
+            if name not in st:
+                return "(no data step: photos given)" if name == "data" and "failed" not in c else "not run"
+            exit_code = st[name]["exit"]
+            return f"{st[name]['seconds']:.1f}" + ("" if exit_code == 0 else f" (exit {exit_code})")
+        acc = c.get("accuracy", {})
+        pct = [f"{acc[k] * 100:.1f} %" if acc.get(k) is not None else "n/a"
+               for k in ("keras", "float32", "int8")]
+        rows.append([c["data"], cell("data"), cell("train"), cell("export"), cell("compare"),
+                     f"{c['total_seconds']:.1f}" if "total_seconds" in c else f"failed: {c['failed']}",
+                     " / ".join(pct), f"{c['loadavg_before']} → {c.get('loadavg_after')}"])
+    return lines + table(["data", "data s", "train s", "export s", "compare s", "total s",
+                          "test accuracy Keras / float32 / int8", "load average before → after"], rows)
+
+
+def _edge_rows(s: dict, envs: list[dict], key: str, digits: int, unit: str = "", threads: int = 1):
+    return {(e["runtime"], v): fmt(s["edge"][f"{e['runtime']}/{v}/{threads}"][key], digits, unit)
+            for e in envs for v in VARIANTS}
+
+
+def _device_path(report: dict, s: dict, envs: list[dict]) -> list[str]:
+    seed = s["seed"]
+    here = next((e for e in envs if e["runtime"] == "ai-edge-litert"), {"versions": {}})["versions"]
+    rows = [["the seed's loop: `load_img`, `img_to_array`, `expand_dims`, `model.predict` per file",
+             f"Keras {here.get('keras')} (TensorFlow {here.get('tensorflow')})",
+             fmt(seed["files_per_second"]), "1x"]]
+    for e in envs:
+        for v in VARIANTS:
+            fig = s["edge"][f"{e['runtime']}/{v}/1"]
+            rows.append([f"`noodle-edge classify` {v}", _env_label(e), fmt(fig["files_per_second"]),
+                         fmt(fig["vs_seed"], 1, "x")])
+    return ["## 2. The device path against the seed's way", "",
+            f"Files per second over the same {report['photos']['count']} photos. The edge side is the "
+            "runner's own end-to-end measure (`noodle-edge bench --json`: edge.files.classify, the decode "
+            "pool and batched invokes, 1 interpreter thread as `classify` defaults to), one pass per repeat; "
+            "start-up "
+            "and model loading are excluded on both sides, and the seed's loop gets one untimed warm-up "
+            f"file. The seed's loop spends {fmt(seed['preprocess_ms'], 2)} ms per file in "
+            f"`load_img` + `img_to_array` and {fmt(seed['predict_ms'], 2)} ms in `model.predict`.", ""] \
+        + table(["side", "runtime", "files/s", "vs the seed's loop"], rows)
+
+
+def _floor(report: dict, s: dict, envs: list[dict]) -> list[str]:
+    rows = []
+    for e in envs:
+        rt = e["runtime"]
+        i8, f32 = s["edge"][f"{rt}/int8/1"], s["edge"][f"{rt}/float32/1"]
+        rows.append([_env_label(e), fmt(s["floor"][rt]), fmt(i8["files_per_second"]), _pct(i8["vs_floor"]),
+                     fmt(f32["files_per_second"]), _pct(f32["vs_floor"]), fmt(i8["decode_ms"], 2),
+                     f"{fmt(i8['batch_ms_per_image'], 3)} / {fmt(f32['batch_ms_per_image'], 3)}"])
+    workers = report["machine"]["usable_cores"]
+    return ["## 3. Against the decode limit", "",
+            "The floor is the bare work under `classify`: edge.preprocess.load_image of the same files on "
+            f"a pool of {workers} threads (classify's decode threads), no model, in the same environment.",
+            ""] \
+        + table(["runtime", "floor files/s", "classify int8 files/s", "int8 of floor",
+                 "classify float32 files/s", "float32 of floor", "decode ms/file, one core",
+                 "invoke ms/image at batch 16, 1 thread (int8 / float32)"], rows)
+
+
+def _cold(report: dict, s: dict, envs: list[dict]) -> list[str]:
+    cold = report["cold_start"]
+    rows = []
+    for e in envs:
+        c = s["cold_start"][e["runtime"]]
+        rows.append([f"`noodle-edge classify int8.tflite {cold['photo']}`", _env_label(e),
+                     fmt(c["seconds"], 3), fmt(c["peak_rss_mb"], 1)])
+    here = next((e for e in envs if e["runtime"] == "ai-edge-litert"), {"versions": {}})["versions"]
+    c = s["cold_start"]["keras"]
+    rows.append(["the seed's way as a script: load model.keras, `load_img`, `predict`, print "
+                 "(`python -m export.bench_probe seed-one`)", f"Keras {here.get('keras')}",
+                 fmt(c["seconds"], 3), fmt(c["peak_rss_mb"], 1)])
+    return ["## 4. Cold start and memory", "",
+            "Wall time from just before the process is started to the first label line read from its "
+            "stdout, and its peak RSS (ru_maxrss from os.wait4 of that child; MB = 10^6 bytes).", ""] \
+        + table(["command", "runtime", "first label s", "peak RSS MB"], rows)
+
+
+def _variants(report: dict, s: dict, envs: list[dict]) -> list[str]:
+    rows = []
+    for v in VARIANTS:
+        size = report["sizes"].get(v)
+        for e in envs:
+            for t in THREADS:
+                f = s["edge"][f"{e['runtime']}/{v}/{t}"]
+                bytes_ = f"{size:,}" if size else \
+                    f"not measured: not exported ({report['failed_variants'].get(v, 'absent')})"
+                rows.append([v, bytes_, _env_label(e), t, fmt(f["p50_ms"], 3), fmt(f["p99_ms"], 3),
+                             fmt(f["batch_ms_per_image"], 3), fmt(f["files_per_second"])])
+    return ["## 5. int8 against float32", "",
+            "`interpreter.invoke()` alone at batch 1 (edge.bench: 200 timed invokes after 5 warm-ups per "
+            "repeat; the table gives the median over repeats of each repeat's p50 and p99), the per-image "
+            "cost at batch 16, and end-to-end classify files/s at that interpreter thread count.", ""] \
+        + table(["variant", "file bytes", "runtime", "threads", "invoke p50 ms", "invoke p99 ms",
+                 "ms/image at batch 16", "classify files/s"], rows)
+
+
+def _training(report: dict, s: dict) -> list[str]:
+    rows = []
+    for r in report["training"]:
+        if "not_measured" in r:
+            rows.append([r["data"], r["device"], r["train_images"], "—", "—", "—",
+                         f"not measured: {r['not_measured']}", r["epochs"]])
+            continue
+        first = r["first_epoch"]
+        with_decode = first.get("with_decode_images_per_second")
+        rows.append([r["data"], r["device"], r["train_images"],
+                     "n/a" if r["decode_seconds"] is None else f"{r['decode_seconds']:.1f}",
+                     "n/a" if with_decode is None else f"{with_decode:.0f}",
+                     f"{first['images_per_second']:.0f}", fmt(r["later_epochs"], 0), r["epochs"]])
+    devices = {r["device"] for r in report["training"]}
+    gpus = s["gpus"]
+    if "GPU" not in devices:
+        reason = ("TensorFlow did not run on the Keras side" if gpus is None
+                  else f"no GPU on this machine (TensorFlow {s['tensorflow']} sees none)" if not gpus
+                  else "the clock's runs trained on the CPU")
+        rows.append(["—", "GPU", "—", "—", "—", "—", f"not measured: {reason}", "—"])
+    if "CPU" not in devices:
+        rows.append(["—", "CPU", "—", "—", "—", "—", "not measured: the runs trained on the GPU", "—"])
+    source = "; ".join(sorted({r["source"] for r in report["training"]}))
+    return ["## 6. Training throughput", "",
+            f"Training images per second per epoch, from {source} (history.csv's epoch_seconds and "
+            "images_per_second). Photos are decoded once before the first epoch (decode s, all splits); "
+            "the first epoch also builds the graph; later epochs read the decoded pixels from memory.", ""] \
+        + table(["data", "device", "training photos", "decode s", "epoch 1 images/s incl. decoding",
+                 "epoch 1 images/s", "later epochs images/s", "epochs"], rows)
+
+
+def _limits(report: dict, s: dict, envs: list[dict]) -> list[str]:
+    """For each target not met, the figures that bound it (computed, not asserted)."""
+    notes = []
+    failed = {(t["row"], t["what"]) for t in report["targets"] if t["met"] is False}
+    rows = {row for row, _ in failed}
+    if 1 in rows:
+        c = next(c for c in report["clock"]["runs"] if not c["data"].startswith("embedded"))
+        st = c["stages"]
+        t = next((r for r in report["training"] if r["run"] == c["run"]), None)
+        later = fmt(t["later_epochs"], 0) if t and "later_epochs" in t else "n/a"
+        notes.append(f"Clock: train {st['train']['seconds']:.1f} s of {c['total_seconds']:.1f} s "
+                     f"({t['epochs'] if t else '?'} epochs, later ones {later} images/s on "
+                     f"{t['device'] if t else '?'}); export {st['export']['seconds']:.1f} s, compare "
+                     f"{st['compare']['seconds']:.1f} s.")
+    seed = s["seed"]
+    for e in envs:
+        for v in VARIANTS:
+            f = s["edge"][f"{e['runtime']}/{v}/1"]
+            label = f"classify {v} ({e['runtime']})"
+            if "median" not in f["files_per_second"] or "median" not in f["batch_ms_per_image"]:
+                continue
+            per_file = 1000 / f["files_per_second"]["median"]
+            decode, invoke = f["decode_ms"]["median"], f["batch_ms_per_image"]["median"]
+            cores = report["machine"]["usable_cores"]
+            if (2, f"{label} vs the seed's Keras loop, files/s") in failed and "median" in seed["predict_ms"]:
+                notes.append(f"{label} vs the seed: the seed's loop costs "
+                             f"{seed['preprocess_ms']['median'] + seed['predict_ms']['median']:.1f} ms/file "
+                             f"(`model.predict` {seed['predict_ms']['median']:.1f} ms of it); classify "
+                             f"{per_file:.2f} ms/file (decode {decode:.2f} ms/file on one core, invoke "
+                             f"{invoke:.3f} ms/image at batch 16 on one thread).")
+            if (3, f"{label} vs its decode floor") in failed:
+                cpu_bound = cores * 1000 / (decode + invoke)
+                notes.append(f"{label} vs the floor: invoke {invoke:.3f} ms/image on one interpreter thread "
+                             f"alone caps it at {1000 / invoke:.0f} files/s; decode + invoke cost "
+                             f"{decode + invoke:.2f} CPU ms/file, at most {cpu_bound:.0f} "
+                             f"files/s on {cores} cores; the floor is "
+                             f"{fmt(s['floor'][e['runtime']], 0)} files/s, classify {per_file:.2f} ms/file.")
+    if 4 in rows:
+        c = s["cold_start"].get("tflite-runtime", {})
+        notes.append(f"Cold start (tflite-runtime): {fmt(c.get('seconds', {}), 3)} s, "
+                     f"{fmt(c.get('peak_rss_mb', {}), 1)} MB peak RSS: Python, typer, numpy, Pillow and the "
+                     "interpreter's import, the model's load and one invoke.")
+    if not notes:
+        return []
+    return ["## What limits the targets not met", ""] + [f"- {n}" for n in notes] + [""]

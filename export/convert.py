@@ -1,0 +1,335 @@
+"""`noodle export`: one trained Keras model to four TFLite files, a SavedModel and a manifest.
+
+Reads top to bottom: defaults, the run folder, calibration pixels, the four
+converter set-ups, then `export_run`, which writes RUN/export/. Every file goes
+through `atomic_output`, the manifest last, so a killed export never leaves a
+half-written file under a final name. TensorFlow is imported inside functions.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edge.check import describe
+from edge.errors import NoodleError
+from edge.manifest import FORMAT, MANIFEST_NAME, SCHEMA, atomic_output, read_manifest, sha256_file, write_json
+from edge.manifest import image_size as manifest_image_size
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# In this order: float32 is the reference every other variant is measured against.
+VARIANTS = ("float32", "float16", "dynamic", "int8")
+# A few hundred shuffled training photos pin every activation range; more
+# changes the int8 model very little and costs conversion time.
+CALIBRATION_SAMPLES = 300
+# A fixed shuffle: the same model and data always convert to the same int8 file.
+CALIBRATION_SEED = 0
+# uint8 input takes raw camera pixels unchanged (scale 1, zero point 0);
+# int8 is for accelerators that only take signed tensors.
+IO_TYPES = ("uint8", "int8")
+EXPORT_DIR = "export"
+MODEL_FILE = "model.keras"
+
+
+class ExportError(NoodleError):
+    """A run folder that cannot be exported as given; the message names the fix."""
+
+
+class ExportFailed(NoodleError):
+    """Some variant could not be written or validated; the others were."""
+
+    exit_code = 1
+
+
+def export_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / EXPORT_DIR
+
+
+# ---------------------------------------------------------------- the run folder
+
+def read_run(run_dir: str | os.PathLike) -> dict:
+    """The training manifest of RUN_DIR, checked to be one `noodle train` wrote."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir}: no such run folder; train one with "
+                          f"`noodle train DATA --out {run_dir}` (or `make export`)")
+    manifest = read_manifest(run_dir)
+    if manifest.get("kind") != "model":
+        raise ExportError(f"{run_dir / MANIFEST_NAME}: a {manifest.get('kind')!r} manifest, not a "
+                          "training run's; pass the run folder that `noodle train` wrote")
+    if not (run_dir / MODEL_FILE).is_file():
+        raise ExportError(f"{run_dir / MODEL_FILE}: no model in the run folder; "
+                          f"re-run `noodle train DATA --out {run_dir}`")
+    return manifest
+
+
+def load_model(run_dir: Path, manifest: dict):
+    """The Keras model, checked to take (batch, height, width, 3) images as the manifest says."""
+    import keras
+
+    path = run_dir / MODEL_FILE
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{path}: cannot load the model ({first}); "
+                          f"re-run `noodle train DATA --out {run_dir}`") from None
+    shape = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None
+    expected = (*manifest_image_size(manifest), 3)
+    if shape is None or len(shape) != 4 or tuple(shape[1:]) != expected:
+        raise ExportError(f"{path}: input {shape if shape else len(model.inputs)} is not the "
+                          f"image (batch, {', '.join(map(str, expected))}) its manifest describes; "
+                          "noodle exports image classifiers made by `noodle train`")
+    return model
+
+
+# ------------------------------------------------------------- calibration pixels
+
+def evaluation_data(manifest: dict, data: str | os.PathLike | None = None):
+    """The training data set of a run, found again from its manifest (or `data`)."""
+    from train.data import find_dataset
+
+    root = Path(data) if data is not None else Path(manifest.get("data", {}).get("root", ""))
+    if not root.exists() or str(root) in ("", "."):
+        raise ExportError(f"training data {str(root) or '(none recorded)'} not found; calibration and "
+                          "validation need it: pass --data PATH (the folder the model was trained on)")
+    dataset = find_dataset(root)
+    if dataset.classes != list(manifest["labels"]):
+        raise ExportError(f"{root}: classes {dataset.classes} but the model was trained on "
+                          f"{manifest['labels']}; pass the training data with --data")
+    return dataset
+
+
+def calibration_pixels(manifest: dict, samples: int = CALIBRATION_SAMPLES,
+                       seed: int = CALIBRATION_SEED, data: str | os.PathLike | None = None) -> np.ndarray:
+    """`samples` training photos, shuffled, decoded exactly as training decoded them.
+
+    Raw 0-255 pixels as float32, no augmentation: the model rescales itself.
+    Shuffled because the split is sorted by class, and the first few hundred
+    photos of one class calibrate ranges the other class overflows.
+    """
+    from train.data import decode
+
+    items = list(evaluation_data(manifest, data).splits["train"])
+    random.Random(seed).shuffle(items)
+    decoded = decode(items[:samples], manifest_image_size(manifest))
+    if not len(decoded.x):
+        raise ExportError("no readable training photos to calibrate int8 on; check --data")
+    return decoded.x.astype(np.float32)
+
+
+# ---------------------------------------------------------------- the converters
+
+def convert(model, variant: str, calibration: np.ndarray | None = None, io: str = "uint8") -> bytes:
+    """One variant's .tflite bytes."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if variant == "float16":
+        # float16 weights, dequantized at load: half the size, float32 accuracy.
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "dynamic":
+        # int8 weights, float activations: a quarter of the size, no calibration.
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == "int8":
+        if calibration is None or not len(calibration):
+            raise ExportError("int8 needs calibration pixels")
+
+        def representative():
+            for i in range(len(calibration)):
+                yield [calibration[i : i + 1].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        # Integer kernels only, so it runs on integer-only accelerators (Edge TPU, NPUs).
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = getattr(tf, io)
+        converter.inference_output_type = getattr(tf, io)
+    elif variant != "float32":
+        raise ExportError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    with quiet_stdout(), warnings.catch_warnings():
+        # Raised whenever the input is uint8/int8: its range comes from the
+        # representative data, which is what we want, so the warning says nothing.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Silence stdout, Python's and the C++ one: the converter saves the Keras
+    model with every variable printed, and the quantizer prints its settings."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def inspect(path: Path) -> dict:
+    """Input/output quantization and integer-ness, read back from the written file."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # the exporter's environment always has TensorFlow's
+        from tensorflow.lite import Interpreter
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    info = describe(interpreter)
+    info.pop("tensor_dtypes")
+    return info
+
+
+def write_saved_model(model, dest: Path) -> None:
+    """model.export into a temporary folder, then swapped in whole."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        with quiet_stdout():
+            model.export(str(tmp / "model"), format="tf_saved_model", verbose=False)
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp / "model", dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the export
+
+def parse_variants(variants) -> list[str]:
+    """A list, or comma-separated names, in the canonical order; None means all four."""
+    if not variants:
+        return list(VARIANTS)
+    names = [v.strip() for item in variants for v in str(item).split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise ExportError(f"--variants {','.join(unknown)}: unknown; choose from {','.join(VARIANTS)}")
+    return [v for v in VARIANTS if v in names]
+
+
+def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
+               calibration_samples: int = CALIBRATION_SAMPLES, io: str = "uint8", log=print,
+               calibration: np.ndarray | None = None, data: str | os.PathLike | None = None) -> dict:
+    """Write RUN_DIR/export/ and return its manifest.
+
+    calibration: float32 pixels (n, h, w, 3) to calibrate int8 on instead of
+        `calibration_samples` shuffled training photos, for experiments (the
+        tests feed 0-1 pixels here to show that a wrong scale is caught).
+    data: the training data, when it has moved since `noodle train`.
+    log: called with each progress line; an exception it raises stops the
+        export between two files, as a kill would.
+    A variant that fails to convert is listed under "failed"; the rest are written.
+    """
+    run_dir = Path(run_dir)
+    variants = parse_variants(variants)
+    if io not in IO_TYPES:
+        raise ExportError(f"--io {io}: choose uint8 (raw camera pixels) or int8")
+    if calibration_samples < 1:
+        raise ExportError(f"--calibration-samples {calibration_samples}: must be at least 1")
+    train_manifest = read_run(run_dir)
+    model = load_model(run_dir, train_manifest)
+    import keras
+    import tensorflow as tf
+
+    out = export_dir(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source = {"model": MODEL_FILE, "sha256": sha256_file(run_dir / MODEL_FILE),
+              "arch": train_manifest.get("arch"), "params": train_manifest.get("params")}
+    models = _reusable_entries(out, source["sha256"], keep=[v for v in VARIANTS if v not in variants])
+    # From here until the new manifest is written, the folder has none: a killed
+    # export is never mistaken for a complete one with stale checksums.
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for leftover in out.glob(".*.tmp*"):  # temporary files of a killed export
+        if leftover.is_file():
+            leftover.unlink()
+
+    calibration_info = None
+    if "int8" in variants:
+        if calibration is None:
+            calibration = calibration_pixels(train_manifest, calibration_samples, data=data)
+            calibration_info = {"samples": len(calibration), "from": "train split",
+                                "shuffle_seed": CALIBRATION_SEED, "pixels": "raw 0-255 float32"}
+        else:
+            calibration = np.asarray(calibration, np.float32)
+            calibration_info = {"samples": len(calibration), "from": "given by the caller",
+                                "pixel_range": [float(calibration.min()), float(calibration.max())]}
+
+    failed: dict[str, str] = {}
+    for variant in variants:
+        dest = out / f"{variant}.tflite"
+        try:
+            blob = convert(model, variant, calibration, io)
+            with atomic_output(dest) as tmp:
+                tmp.write_bytes(blob)
+            models[variant] = {"file": dest.name, "sha256": sha256_file(dest), "bytes": dest.stat().st_size,
+                               **inspect(dest)}
+            if variant == "int8":
+                models[variant]["calibration"] = calibration_info
+        except Exception as exc:  # one variant's converter error must not lose the others
+            failed[variant] = _first_line(exc)
+            models.pop(variant, None)
+            dest.unlink(missing_ok=True)
+            log(f"failed   {dest.name}: {failed[variant]}")
+            continue
+        log(f"wrote    {dest}  ({models[variant]['bytes']:,} bytes)")
+    try:
+        write_saved_model(model, out / "saved_model")
+        log(f"wrote    {out / 'saved_model'}/")
+    except Exception as exc:  # the SavedModel is a by-product; its failure is reported
+        failed["saved_model"] = _first_line(exc)
+        log(f"failed   saved_model: {failed['saved_model']}")
+    for stale in VARIANTS:
+        if stale not in models:
+            (out / f"{stale}.tflite").unlink(missing_ok=True)
+
+    manifest = {
+        "format": FORMAT,
+        "schema": SCHEMA,
+        "kind": "export",
+        "labels": list(train_manifest["labels"]),
+        "input": {k: train_manifest["input"][k] for k in ("height", "width", "channels")},
+        "output": train_manifest["output"],
+        "preprocessing": train_manifest["preprocessing"],
+        "source": source,
+        "converter": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "models": {v: models[v] for v in VARIANTS if v in models},
+        "saved_model": None if "saved_model" in failed else "saved_model/",
+        "failed": failed,
+    }
+    write_json(out / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _reusable_entries(out: Path, source_sha: str, keep: list[str]) -> dict:
+    """Entries of a previous export of the same model for variants not being redone."""
+    try:
+        previous = read_manifest(out)
+    except NoodleError:
+        return {}
+    if previous.get("source", {}).get("sha256") != source_sha:
+        return {}
+    kept = {}
+    for variant in keep:
+        entry = previous.get("models", {}).get(variant)
+        path = out / f"{variant}.tflite"
+        if entry and path.is_file() and sha256_file(path) == entry.get("sha256"):
+            kept[variant] = entry
+    return kept
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

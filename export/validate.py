@@ -1,0 +1,222 @@
+"""Validate an export: run every .tflite with the edge runner's code on held-out photos.
+
+A separate step from conversion (as in optimum's exporter): it reads only what
+`export_run` wrote. Each file runs through `edge.runtime.Classifier`, the code
+the device runs, under ai-edge-litert in this process and under tflite-runtime
+2.14 (the Pi's) in the device environment `.venv-edge` via `edge.check`.
+float32 must match the Keras model; every variant gets accuracy, its delta
+and agreement with float32, probability differences and per-class accuracy,
+written to RUN/export/validation.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edge.manifest import read_manifest, sha256_file, write_json
+from edge.runtime import Classifier, RuntimeMissing
+from export.convert import (
+    MODEL_FILE,
+    ExportError,
+    ExportFailed,
+    evaluation_data,
+    export_dir,
+    load_model,
+    read_run,
+)
+
+# float32 is the same graph as the Keras model: only float summation order may
+# differ, so labels agree on (nearly) every image and probabilities to 1e-4.
+PARITY_AGREEMENT = 0.999
+PARITY_MAX_DIFF = 1e-4
+# The in-process interpreter, and the Pi's one checked in the device environment.
+RUNTIME = "ai-edge-litert"
+EDGE_RUNTIME = "tflite-runtime"
+# The device environment `make edge-env` builds; $NOODLE_EDGE_PYTHON overrides it.
+EDGE_PYTHON_ENV = "NOODLE_EDGE_PYTHON"
+DEFAULT_EDGE_PYTHON = Path(__file__).resolve().parent.parent / ".venv-edge" / "bin" / "python"
+VALIDATION_FILE = "validation.json"
+
+
+class ParityError(ExportFailed):
+    """float32.tflite does not compute what model.keras computes."""
+
+
+def edge_python(path: str | os.PathLike | None = None) -> Path | None:
+    """The device environment's Python, or None when it has not been made."""
+    candidate = Path(path or os.environ.get(EDGE_PYTHON_ENV) or DEFAULT_EDGE_PYTHON)
+    return candidate if candidate.is_file() else None
+
+
+def run_edge_check(python: Path, models: list[Path], pixels: np.ndarray | None, workdir: Path,
+                   runtime: str = EDGE_RUNTIME, latency: int = 0, threads: str = "1") -> dict:
+    """`python -m edge.check` in another environment; its one-line JSON report."""
+    args = [str(python), "-m", "edge.check", *map(str, models), "--runtime", runtime,
+            "--latency", str(latency), "--threads", threads]
+    if pixels is not None:
+        np.save(workdir / "pixels.npy", pixels)
+        args += ["--pixels", str(workdir / "pixels.npy"), "--out", str(workdir / "probabilities")]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("NOODLE_RUNTIME", None)
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ExportError(f"{python} -m edge.check failed ({tail}); rebuild the device "
+                          "environment with `make edge-env`")
+    report = json.loads(lines[-1])
+    if "error" in report:
+        raise ExportError(f"{python} -m edge.check: {report['error']}")
+    return report
+
+
+def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], reference: np.ndarray | None) -> dict:
+    pred = probs.argmax(1)
+    out = {
+        "accuracy": float((pred == y).mean()),
+        "per_class_accuracy": {c: float((pred[y == i] == i).mean()) if (y == i).any() else None
+                               for i, c in enumerate(labels)},
+    }
+    if reference is not None:
+        diff = np.abs(probs - reference)
+        out.update(agreement=float((pred == reference.argmax(1)).mean()),
+                   mean_prob_diff=float(diff.mean()), max_prob_diff=float(diff.max()))
+    return out
+
+
+def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
+                    edge: str | os.PathLike | None = None, log=print) -> dict:
+    """Validate RUN/export/, write validation.json, return it.
+
+    Raises ParityError when float32 does not match the Keras model, and
+    ExportFailed when a file does not load under one of the runtimes; the
+    report is written first either way. A file tflite-runtime 2.14 cannot
+    load moves from "models" to "failed" in the export manifest.
+    """
+    from train.data import decode
+    from train.fit import predict_probabilities
+
+    run_dir = Path(run_dir)
+    train_manifest = read_run(run_dir)
+    out = export_dir(run_dir)
+    manifest = read_manifest(out)
+    if manifest.get("kind") != "export":
+        raise ExportError(f"{out}: not an export; run `noodle export {run_dir}`")
+    if manifest["source"]["sha256"] != sha256_file(run_dir / MODEL_FILE):
+        raise ExportError(f"{out}: exported from another model.keras (retrained since?); "
+                          f"run `noodle export {run_dir}` again")
+    if not manifest["models"]:
+        raise ExportFailed(f"{out}: no variant was written ("
+                           + "; ".join(f"{v}: {m}" for v, m in manifest["failed"].items()) + ")")
+    dataset = evaluation_data(train_manifest, data)
+    split = "test" if dataset.splits.get("test") else "val"
+    decoded = decode(dataset.splits[split], (manifest["input"]["height"], manifest["input"]["width"]))
+    x, y, labels = decoded.x, decoded.y, list(manifest["labels"])
+    log(f"validating on the {split} split: {len(y)} photos")
+
+    keras_probs = predict_probabilities(load_model(run_dir, train_manifest), x)
+    probs, variants, failed = {}, {}, {}
+    for variant, entry in manifest["models"].items():
+        try:
+            clf = Classifier(out / entry["file"], manifest=manifest, runtime=RUNTIME)
+            probs[variant] = clf.probabilities(x).astype(np.float64)
+        except RuntimeMissing:
+            raise
+        except Exception as exc:  # any load or run error of one file is that file's failure
+            failed[variant] = f"{RUNTIME} cannot run it: {str(exc).strip().splitlines()[0]}"
+    reference = probs.get("float32")
+    for variant, p in probs.items():
+        variants[variant] = {"file": manifest["models"][variant]["file"],
+                             "bytes": manifest["models"][variant]["bytes"],
+                             "fully_integer": manifest["models"][variant]["fully_integer"],
+                             **metrics(y, p, labels, reference),
+                             "vs_keras": metrics(y, p, labels, keras_probs)}
+        if reference is not None:
+            delta = variants[variant]["accuracy"] - variants["float32"]["accuracy"]
+            variants[variant]["accuracy_delta"] = delta
+        variants[variant]["runtimes"] = {RUNTIME: {"ok": True}}
+
+    edge_report = _check_on_device_runtime(out, manifest, x, probs, variants, failed, edge, log)
+    keras_metrics = metrics(y, keras_probs, labels, None)
+    parity = None
+    if "float32" in variants:
+        k = variants["float32"]["vs_keras"]
+        parity = {"agreement": k["agreement"], "max_prob_diff": k["max_prob_diff"],
+                  "required": {"agreement": PARITY_AGREEMENT, "max_prob_diff": PARITY_MAX_DIFF},
+                  "ok": k["agreement"] >= PARITY_AGREEMENT and k["max_prob_diff"] <= PARITY_MAX_DIFF}
+    report = {
+        "split": split, "count": int(len(y)), "labels": labels,
+        "source_sha256": manifest["source"]["sha256"],
+        "files_sha256": {v: manifest["models"][v]["sha256"] for v in variants if v in manifest["models"]},
+        "keras": keras_metrics, "parity": parity,
+        "runtimes": {RUNTIME: _version("ai-edge-litert"),
+                     EDGE_RUNTIME: edge_report.get("version") if edge_report else None},
+        "edge_python": edge_report.get("python_path") if edge_report else None,
+        "variants": variants, "failed": failed,
+    }
+    if failed:
+        # A file a runtime cannot load is a failed export: out of the manifest and off the disk.
+        for variant, message in failed.items():
+            manifest["failed"][variant] = message
+            entry = manifest["models"].pop(variant, None)
+            if entry:
+                (out / entry["file"]).unlink(missing_ok=True)
+            variants.pop(variant, None)
+        write_json(out / "manifest.json", manifest)
+        report["files_sha256"] = {v: manifest["models"][v]["sha256"] for v in variants}
+    write_json(out / VALIDATION_FILE, report)
+    for variant, v in variants.items():
+        log(f"{variant:<8} accuracy {v['accuracy']:.2%}"
+            + (f"  delta {v['accuracy_delta'] * 100:+.2f} pp  agreement {v['agreement']:.2%}"
+               f"  max |dp| {v['max_prob_diff']:.2g}" if "agreement" in v else ""))
+    if parity is not None and not parity["ok"]:
+        raise ParityError(
+            f"{out / 'float32.tflite'}: differs from model.keras (labels agree on "
+            f"{parity['agreement']:.2%} of {len(y)} photos, need {PARITY_AGREEMENT:.1%}; max "
+            f"|prob diff| {parity['max_prob_diff']:.2g}, need <= {PARITY_MAX_DIFF:g}); "
+            "the converter changed the model: re-export, and report it if it persists")
+    if failed:
+        raise ExportFailed("; ".join(f"{v}: {m}" for v, m in failed.items()))
+    return report
+
+
+def _check_on_device_runtime(out: Path, manifest: dict, x: np.ndarray, probs: dict, variants: dict,
+                             failed: dict, edge, log) -> dict | None:
+    """Load and run every file under tflite-runtime 2.14 in the device environment."""
+    python = edge_python(edge)
+    if python is None:
+        log(f"warning: no device environment ({edge or DEFAULT_EDGE_PYTHON.parent.parent.name}); "
+            f"files NOT checked under {EDGE_RUNTIME} 2.14: run `make edge-env`")
+        for v in variants.values():
+            v["runtimes"][EDGE_RUNTIME] = {"ok": None, "error": "not checked: no device environment"}
+        return None
+    models = [out / manifest["models"][v]["file"] for v in variants]
+    with tempfile.TemporaryDirectory(prefix="noodle-check-") as tmp:
+        report = run_edge_check(python, models, x, Path(tmp))
+        for variant, path in zip(list(variants), models, strict=True):
+            result = report["models"][str(path)]
+            if not result["ok"]:
+                failed[variant] = f"{EDGE_RUNTIME} {report['version']} cannot load it: {result['error']}"
+                variants[variant]["runtimes"][EDGE_RUNTIME] = {"ok": False, "error": result["error"]}
+                continue
+            edge_probs = np.load(result["probabilities"]).astype(np.float64)
+            agree = float((edge_probs.argmax(1) == probs[variant].argmax(1)).mean())
+            variants[variant]["runtimes"][EDGE_RUNTIME] = {
+                "ok": True, "agreement_with_litert": agree,
+                "max_prob_diff_vs_litert": float(np.abs(edge_probs - probs[variant]).max())}
+    report["python_path"] = str(python)
+    return report
+
+
+def _version(package: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
