@@ -6,6 +6,7 @@
 #   make test                        ruff + the test suite
 #   make bundle [MODEL=int8]         dist/noodle-edge-<version>.tar.gz for a Raspberry Pi
 #   make pi-check                    run that bundle on Debian 12 arm64 (qemu), labels vs x86
+#   make bench [REPEATS=3]           BENCHMARKS.md: the noodle clock, edge vs Keras (minutes)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -27,10 +28,10 @@ DATA_DIR := $(if $(DATA),$(DATA),$(SAMPLE))
 RUN      := $(OUT)/$(basename $(notdir $(abspath $(DATA_DIR))))-$(ARCH)
 NOODLE   := $(BIN)/noodle
 
-.PHONY: setup edge-env data train export bundle pi-check pi-tools test lint clean help
+.PHONY: setup edge-env data train export bundle pi-check pi-tools bench test lint clean help
 
 help:
-	@sed -n '2,10p' Makefile
+	@sed -n '2,9p' Makefile
 
 # The virtual environment, rebuilt when pyproject.toml changes.
 setup: $(VENV)/.installed
@@ -95,6 +96,14 @@ pi-tools:
 	@command -v debootstrap >/dev/null && command -v qemu-aarch64-static >/dev/null || \
 	{ $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap qemu-user-static; }
+
+# Not part of `make test`: it trains twice (the embedded default and, when
+# present, ../shared/data/cats-vs-dogs) under runs/bench/ to time each stage,
+# then times the edge runner (.venv-edge's tflite-runtime and ai-edge-litert)
+# against the seed's Keras loop. Writes BENCHMARKS.md and bench.json.
+REPEATS ?= 3
+bench: setup edge-env
+	$(NOODLE) bench --repeats $(REPEATS)
 
 lint: setup
 	$(BIN)/ruff check .

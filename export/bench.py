@@ -83,6 +83,10 @@ def run_bench(repeats: int = REPEATS, photos: Path | None = None, run: Path | No
     from edge.manifest import write_bytes, write_json
     from export.bench_report import render, targets
 
+    if run is not None:  # bad input fails now, not after minutes of measuring
+        exported_run(Path(run))
+    if run is not None or photos is not None:
+        photo_list(photos, Path(run) if run else None)
     command = ["noodle bench", f"--repeats {repeats}"] + ([f"--photos {photos}"] if photos else []) \
         + ([f"--run {run}"] if run else [])
     report = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -306,7 +310,7 @@ def exported_run(run: Path) -> tuple[Path, dict, dict]:
     return run, models, manifest
 
 
-def photo_list(photos: Path | None, run: Path) -> tuple[Path, list[str]]:
+def photo_list(photos: Path | None, run: Path | None) -> tuple[Path, list[str]]:
     from edge.files import expand
     from edge.manifest import read_manifest
 
@@ -340,7 +344,7 @@ def edge_bench(env: dict, model: Path, photos: list[str], threads: int, workers:
 
 
 def sides(envs, models, keras_model, photos, size, workers, repeats, log) -> dict:
-    """Every side, one pass each per repeat, interleaved: edge runs, the floor, the seed's loop."""
+    """Every side, one pass each per repeat, interleaved: the seed's loop, the edge runs, the floor."""
     samples: dict = {"seed": [], "floor": {}, "edge": {}}
     for rep in range(repeats):
         log(f"repeat {rep + 1} of {repeats}: seed loop, edge runner, decode floor")
@@ -380,8 +384,29 @@ def cold_start(envs, int8: Path | None, keras_model: Path, photo: str, repeats: 
         for side, cmd in commands.items():
             if isinstance(cmd, list):
                 samples[side].append(attempt(first_label, cmd, photo))
+    device = next((e for e in envs if e["runtime"] == "tflite-runtime" and not e["missing"]), None)
+    imports = attempt(import_times, [device["python"], "-X", "importtime", "-m", "edge", "classify", int8,
+                                     photo, "--runtime", "tflite-runtime"]) \
+        if device and int8 else {"error": "no device environment or no int8 model"}
     return {"photo": photo, "commands": {s: [str(c) for c in cmd] if isinstance(cmd, list) else None
-                                         for s, cmd in commands.items()}, "samples": samples}
+                                         for s, cmd in commands.items()}, "samples": samples,
+            "imports": imports}
+
+
+def import_times(cmd: list) -> dict:
+    """Where the edge runner's start-up goes: ms per top-level import (`python -X importtime`), once."""
+    cmd = [str(c) for c in cmd]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=STEP_TIMEOUT)
+    top = {}
+    for line in done.stderr.splitlines():
+        parts = line.split("|")
+        # "import time: self [us] | cumulative | name": a top-level import's name is not indented.
+        if line.startswith("import time:") and len(parts) == 3 and parts[1].strip().isdigit() \
+                and not parts[2].startswith("  "):
+            top[parts[2].strip()] = top.get(parts[2].strip(), 0) + int(parts[1]) / 1000
+    if done.returncode != 0 or not top:
+        raise StepFailed(f"exit {done.returncode}: no import times")
+    return {"total_ms": sum(top.values()), "top_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:6])}
 
 
 # --- row 6: training throughput --------------------------------------------------------------
@@ -391,13 +416,17 @@ def training(runs: list[tuple[str, Path, str]]) -> list[dict]:
     rows = []
     for label, run, source in runs:
         manifest = json.loads((run / "manifest.json").read_text())
-        with open(run / "history.csv", newline="") as f:
-            history = list(csv.DictReader(f))
+        history = []
+        if (run / "history.csv").is_file():
+            with open(run / "history.csv", newline="") as f:
+                history = list(csv.DictReader(f))
         row = {"data": label, "run": str(run), "source": source,
                "device": manifest["training"].get("device", "CPU"),
                "train_images": sum(manifest["data"]["counts"]["train"].values()),
                "decode_seconds": manifest["metrics"].get("decode_seconds"), "epochs": len(history)}
-        if not history or "images_per_second" not in history[0]:
+        if not history:
+            row["not_measured"] = f"{run} has no history.csv"
+        elif "images_per_second" not in history[0]:
             row["not_measured"] = f"{run}/history.csv has no images_per_second (trained by an older noodle)"
         else:
             first = history[0]

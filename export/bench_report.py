@@ -208,7 +208,7 @@ def _machine(report: dict, s: dict) -> list[str]:
         ["photos", f"{report['photos']['count']} from {report['photos']['folder']}"],
         ["models", f"{models}; {source}"],
     ]
-    return ["## What was measured, on what", ""] + table(["", ""], rows)
+    return ["## What was measured, on what", ""] + table(["what", "here"], rows)
 
 
 def _clock(report: dict) -> list[str]:
@@ -295,10 +295,15 @@ def _cold(report: dict, s: dict, envs: list[dict]) -> list[str]:
     rows.append(["the seed's way as a script: load model.keras, `load_img`, `predict`, print "
                  "(`python -m export.bench_probe seed-one`)", f"Keras {here.get('keras')}",
                  fmt(c["seconds"], 3), fmt(c["peak_rss_mb"], 1)])
+    imports = cold.get("imports", {})
+    where = ([f"The edge runner's imports (tflite-runtime, one run under `python -X importtime`): "
+              f"{imports['total_ms']:.0f} ms, most in "
+              + ", ".join(f"{name} {ms:.0f} ms" for name, ms in imports["top_ms"].items()) + ".", ""]
+             if "total_ms" in imports else [])
     return ["## 4. Cold start and memory", "",
             "Wall time from just before the process is started to the first label line read from its "
             "stdout, and its peak RSS (ru_maxrss from os.wait4 of that child; MB = 10^6 bytes).", ""] \
-        + table(["command", "runtime", "first label s", "peak RSS MB"], rows)
+        + table(["command", "runtime", "first label s", "peak RSS MB"], rows) + where
 
 
 def _variants(report: dict, s: dict, envs: list[dict]) -> list[str]:
@@ -390,9 +395,13 @@ def _limits(report: dict, s: dict, envs: list[dict]) -> list[str]:
                              f"{fmt(s['floor'][e['runtime']], 0)} files/s, classify {per_file:.2f} ms/file.")
     if 4 in rows:
         c = s["cold_start"].get("tflite-runtime", {})
-        notes.append(f"Cold start (tflite-runtime): {fmt(c.get('seconds', {}), 3)} s, "
-                     f"{fmt(c.get('peak_rss_mb', {}), 1)} MB peak RSS: Python, typer, numpy, Pillow and the "
-                     "interpreter's import, the model's load and one invoke.")
+        imports = report["cold_start"].get("imports", {})
+        spent = ("; imports alone (one run under `python -X importtime`) took "
+                 f"{imports['total_ms']:.0f} ms: "
+                 + ", ".join(f"{name} {ms:.0f} ms" for name, ms in imports["top_ms"].items())
+                 if "total_ms" in imports else "")
+        notes.append(f"Cold start (tflite-runtime): {fmt(c.get('seconds', {}), 3)} s to the first label, "
+                     f"{fmt(c.get('peak_rss_mb', {}), 1)} MB peak RSS{spent}.")
     if not notes:
         return []
     return ["## What limits the targets not met", ""] + [f"- {n}" for n in notes] + [""]

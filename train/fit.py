@@ -31,11 +31,13 @@ class TrainConfig:
     # The seed recipe's 64x64: big enough for cats vs dogs at this data size,
     # small enough that a Pi classifies hundreds of frames a second.
     image_size: int = 64
-    # An upper bound: early stopping on validation loss picks the epoch.
+    # None: the architecture's own count (EPOCHS). Early stopping on validation
+    # loss picks the epoch whose weights are kept.
     epochs: int | None = None
     # Per replica; the global batch grows with the number of devices.
     batch_size: int = 32
-    # Adam's default; both architectures train well at it.
+    # Adam's default; both architectures train well at it. For cosine-scheduled
+    # architectures (COSINE) it is the starting rate, decayed to zero by the last epoch.
     learning_rate: float = 1e-3
     # Epochs without a better validation loss before stopping (best weights kept).
     patience: int = 10
@@ -48,9 +50,15 @@ class TrainConfig:
     verbose: int = 1
 
 
-# Per-architecture epoch caps: the seed overfits fast; ours is regularized by
-# batch norm and augmentation and keeps improving longer.
-EPOCHS = {"seed": 25, "noodle": 60}
+# Per-architecture epoch counts. The seed's is a cap: it overfits fast and
+# early stopping ends it. Ours runs its 30 to the end under a cosine schedule:
+# on 800 cats-vs-dogs photos validation accuracy levels off in the last third,
+# and 30 epochs fit the 90 s budget on two CPU cores.
+EPOCHS = {"seed": 25, "noodle": 30}
+# Architectures trained with a cosine-decayed learning rate instead of a
+# constant one: big steps early, settled weights at the end, and no long
+# patience spent waiting for a plateau. The seed keeps the classic constant rate.
+COSINE = {"noodle"}
 
 
 class TrainError(NoodleError):
@@ -212,10 +220,21 @@ def train(cfg: TrainConfig, log=print) -> dict:
     epochs = cfg.epochs or EPOCHS.get(cfg.arch, 50)
     num_classes = len(dataset.classes)
 
+    cosine = cfg.arch in COSINE
+    learning_rate = cfg.learning_rate
+    if cosine:
+        steps = epochs * max(1, len(decoded["train"].y) // global_batch)  # ragged batch dropped
+        learning_rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps)
+    # While the rate is high, validation loss on a few hundred photos swings
+    # by 0.1 from one epoch to the next (batch-norm statistics chase moving
+    # weights), so a minimum there is luck; early stopping watches from the
+    # last third of a cosine schedule, when the rate has come down.
+    watch_from = epochs * 2 // 3 if cosine else 0
+
     with strategy.scope():
         model = build(cfg.arch, (*size, 3), num_classes)
         model.compile(
-            optimizer=keras.optimizers.Adam(cfg.learning_rate),
+            optimizer=keras.optimizers.Adam(learning_rate),
             loss="binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
@@ -238,23 +257,25 @@ def train(cfg: TrainConfig, log=print) -> dict:
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup / "state")),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                      restore_best_weights=True),
+                                      restore_best_weights=True, start_from_epoch=watch_from),
         EpochTimer(n_train=len(decoded["train"].y)),  # before CSVLogger, which writes its logs
         keras.callbacks.CSVLogger(str(history_log), append=True),
         keras.callbacks.TensorBoard(str(cfg.out / "tensorboard"), histogram_freq=0),
     ]
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     log(f"training {cfg.arch} ({model.count_params():,} params) on {replicas} {device} replica(s), "
-        f"up to {epochs} epochs, batch {global_batch}")
+        f"{'cosine-decayed rate over' if cosine else 'up to'} {epochs} epochs, batch {global_batch}")
     started = time.perf_counter()
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
               verbose=cfg.verbose)
     train_seconds = time.perf_counter() - started
 
     history = _read_history(history_log)
+    # The epochs early stopping watched, hence the one whose weights were kept.
+    watched = range(watch_from if len(history) > watch_from else 0, len(history))
     metrics = {"train_seconds": round(train_seconds, 1), "decode_seconds": round(decode_seconds, 1),
                "epochs_run": len(history),
-               "best_epoch": int(np.argmin([h["val_loss"] for h in history])) + 1 if history else None}
+               "best_epoch": min(watched, key=lambda i: history[i]["val_loss"]) + 1 if history else None}
     for split in ("val", "test"):
         if split in decoded and len(decoded[split].y):
             probs = predict_probabilities(model, decoded[split].x, replicas=replicas)

@@ -45,17 +45,27 @@ def _conv_bn(x, filters: int, stride: int = 1):
 def noodle(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     """The default: a small all-convolutional net that quantizes cleanly.
 
-    Width doubles as resolution halves; global average pooling instead of a
-    big dense layer keeps it around a tenth of the seed's size.
+    A stride-2 stem sees the 64x64 input once with 16 filters, so everything
+    after it runs at 32x32 or less; width grows as resolution halves, and
+    global average pooling instead of a big dense layer keeps it at about
+    0.76 M parameters, 39 % of the seed's. Plain 3x3 convolutions, not
+    depthwise-separable ones: int8 stores a float scale and an int64 zero
+    point per output channel, which outweigh a depthwise filter's 9 weights
+    (a MobileNet-like variant's int8 file was a third of its float32 one, not
+    a quarter). With most weights in layers of fan-in 3x3x128 or more, the
+    int8 file is 25.8 % of the float32 one.
     """
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1 / 255.0)(inputs)
-    x = _conv_bn(x, 24, stride=2)
-    for filters in (32, 64, 128):
-        x = _conv_bn(x, filters)
-        x = _conv_bn(x, filters)
-        x = layers.MaxPooling2D(2)(x)
-    x = _conv_bn(x, 160)
+    x = _conv_bn(x, 16, stride=2)  # 32x32
+    x = _conv_bn(x, 32)
+    x = layers.MaxPooling2D(2)(x)  # 16x16
+    x = _conv_bn(x, 64)
+    x = layers.MaxPooling2D(2)(x)  # 8x8
+    x = _conv_bn(x, 128)
+    x = _conv_bn(x, 192)
+    x = layers.MaxPooling2D(2)(x)  # 4x4
+    x = _conv_bn(x, 256)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3)(x)
     return keras.Model(inputs, _head(x, num_classes), name="noodle")

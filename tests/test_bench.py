@@ -1,0 +1,120 @@
+"""`noodle bench` on a tiny input: every row of BENCHMARKS.md is a figure or says why not.
+
+A smoke test of the harness, not of speed: figures are printed by `make bench`,
+never asserted here beyond being measured and positive.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from export.bench_report import render, summarize, targets
+from export.validate import edge_python
+from noodle import app
+
+SECTIONS = ("## What was measured", "## Targets", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.")
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    """Cells of every table row (header and separator lines left out)."""
+    rows, header_next = [], True
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            header_next = True
+            continue
+        if header_next or set(line) <= set("|-"):
+            header_next = False
+            continue
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def check_filled(markdown: str) -> None:
+    for heading in SECTIONS:
+        assert heading in markdown, heading
+    rows = table_rows(markdown)
+    assert rows
+    for cells in rows:
+        assert all(cells), f"empty cell in {cells}"
+        if not any(c.startswith("not measured") for c in cells):
+            assert any(ch.isdigit() for c in cells[1:] for ch in c), f"no figure in {cells}"
+
+
+@pytest.fixture(scope="module")
+def photos(sample_data, tmp_path_factory):
+    """Three test photos per class."""
+    out = tmp_path_factory.mktemp("bench-photos")
+    for cls in sorted((sample_data / "test").iterdir()):
+        (out / cls.name).mkdir()
+        for f in sorted(cls.iterdir())[:3]:
+            shutil.copy2(f, out / cls.name / f.name)
+    return out
+
+
+@pytest.mark.slow
+def test_bench_smoke(exported_run, trained_run, photos, tmp_path):
+    run = tmp_path / exported_run.name  # with its training history, which row 6 reads
+    shutil.copytree(exported_run, run)
+    shutil.copy2(trained_run / "history.csv", run / "history.csv")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["bench", "--run", str(run), "--photos", str(photos),
+                                      "--repeats", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "bench.json").read_text())
+    markdown = (out / "BENCHMARKS.md").read_text()
+    check_filled(markdown)
+
+    assert report["photos"]["count"] == 6
+    rows = {t["row"] for t in report["targets"]}
+    assert rows == {1, 2, 3, 4}
+    for t in report["targets"]:
+        assert (t["measured"] is None) == bool(t.get("not_measured")), t
+    clock = next(t for t in report["targets"] if t["row"] == 1)
+    assert "--run" in clock["not_measured"]
+
+    # The sides that can run here did run, and gave positive figures.
+    s = report["summary"]
+    assert s["seed"]["files_per_second"]["median"] > 0
+    assert s["edge"]["ai-edge-litert/int8/1"]["files_per_second"]["median"] > 0
+    assert s["floor"]["ai-edge-litert"]["median"] > 0
+    assert s["cold_start"]["keras"]["peak_rss_mb"]["median"] > 0
+    if edge_python() is not None:
+        assert s["edge"]["tflite-runtime/int8/2"]["p99_ms"]["median"] > 0
+        assert s["cold_start"]["tflite-runtime"]["seconds"]["median"] > 0
+        assert report["cold_start"]["imports"]["total_ms"] > 0
+    assert report["training"][0]["first_epoch"]["images_per_second"] > 0
+    assert report["loadavg"]["after"] is not None
+
+    # Without the device environment every one of its cells says so instead of a figure.
+    missing = copy.deepcopy(report)
+    missing["environments"][0]["missing"] = "no device environment; run `make edge-env`"
+    for key in [k for k in missing["sides"]["edge"] if k.startswith("tflite-runtime/")]:
+        del missing["sides"]["edge"][key]
+    missing["sides"]["floor"].pop("tflite-runtime", None)
+    missing["cold_start"]["samples"]["tflite-runtime"] = [{"error": "no device environment"}]
+    del missing["summary"]
+    missing["summary"] = summarize(missing)
+    missing["targets"] = targets(missing)
+    check_filled(render(missing))
+    unmeasured = [t for t in missing["targets"] if "tflite-runtime" in t["what"]]
+    assert unmeasured and all(t["met"] is None for t in unmeasured)
+
+
+def test_bench_refuses_a_run_without_export(tmp_path):
+    (tmp_path / "model.keras").write_bytes(b"")
+    result = CliRunner().invoke(app, ["bench", "--run", str(tmp_path), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "manifest" in result.output and str(tmp_path / "export") in result.output
+    assert not (tmp_path / "BENCHMARKS.md").exists()
+
+
+def test_bench_refuses_empty_photos(exported_run, tmp_path):
+    result = CliRunner().invoke(app, ["bench", "--run", str(exported_run), "--photos", str(tmp_path),
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--photos" in result.output and "no images" in result.output
+    assert not (tmp_path / "bench.json").exists()
