@@ -266,7 +266,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     log(f"training {cfg.arch} ({model.count_params():,} params) on {replicas} {device} replica(s), "
         f"{'cosine-decayed rate over' if cosine else 'up to'} {epochs} epochs, batch {global_batch}")
     started = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
+    # shuffle=False: the tf.data pipeline already reshuffles every epoch.
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False,
               verbose=cfg.verbose)
     train_seconds = time.perf_counter() - started
 
