@@ -21,7 +21,8 @@ WARMUP = 5
 INVOKES = 200
 
 
-def _latency_ms(clf, pixels: np.ndarray, runs: int) -> dict:
+def invoke_times_ms(clf, pixels: np.ndarray, runs: int) -> np.ndarray:
+    """Milliseconds of each of `runs` bare `interpreter.invoke()` calls on `pixels`."""
     clf.invoke(pixels)  # sets the input (and size) once; only invoke() is timed
     for _ in range(WARMUP):
         clf.interpreter.invoke()
@@ -30,6 +31,11 @@ def _latency_ms(clf, pixels: np.ndarray, runs: int) -> dict:
         start = time.perf_counter_ns()
         clf.interpreter.invoke()
         times[i] = (time.perf_counter_ns() - start) / 1e6
+    return times
+
+
+def _latency_ms(clf, pixels: np.ndarray, runs: int) -> dict:
+    times = invoke_times_ms(clf, pixels, runs)
     return {"batch": len(pixels), "p50_ms": float(np.percentile(times, 50)),
             "p99_ms": float(np.percentile(times, 99)),
             "per_image_ms": float(np.percentile(times, 50)) / len(pixels)}

@@ -17,16 +17,14 @@ import json
 import os
 import resource
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from edge.bench import invoke_times_ms
 from edge.errors import NoodleError
 from edge.runtime import RUNTIMES, Classifier, find_runtime
 
-# Invokes before timing: the first ones allocate and warm caches.
-WARMUP = 10
 # Pixels used when none are passed: latency and memory do not depend on content.
 RANDOM_SEED = 0
 INTEGER_KINDS = "iub"  # signed, unsigned and boolean numpy kinds
@@ -64,14 +62,7 @@ def runtime_version(name: str) -> str | None:
 
 def latency_ms(clf: Classifier, pixels: np.ndarray, runs: int) -> dict:
     """Percentiles of `interpreter.invoke()` alone, batch 1, the input left set by one run."""
-    clf.invoke(pixels[:1])
-    for _ in range(WARMUP):
-        clf.interpreter.invoke()
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter_ns()
-        clf.interpreter.invoke()
-        times[i] = (time.perf_counter_ns() - start) / 1e6
+    times = invoke_times_ms(clf, pixels[:1], runs)
     return {"runs": runs, "p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
             "mean": float(times.mean())}
 
