@@ -12,7 +12,6 @@ one model. numpy and edge.runtime only: it must import where TensorFlow cannot.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import resource
@@ -22,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.bench import invoke_times_ms
-from edge.errors import NoodleError
-from edge.runtime import RUNTIMES, Classifier, find_runtime
+from edge.errors import NoodleError, first_line
+from edge.runtime import RUNTIMES, Classifier, find_runtime, package_version
 
 # Pixels used when none are passed: latency and memory do not depend on content.
 RANDOM_SEED = 0
@@ -53,13 +52,6 @@ def peak_rss_kb() -> int:
     return peak // 1024 if sys.platform == "darwin" else peak
 
 
-def runtime_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def latency_ms(clf: Classifier, pixels: np.ndarray, runs: int) -> dict:
     """Percentiles of `interpreter.invoke()` alone, batch 1, the input left set by one run."""
     times = invoke_times_ms(clf, pixels[:1], runs)
@@ -71,7 +63,7 @@ def check(models: list[Path], pixels: np.ndarray | None, runtime: str | None, ou
           latency_runs: int, threads: list[int]) -> dict:
     name, _ = find_runtime(runtime)
     baseline = peak_rss_kb()
-    report = {"runtime": name, "version": runtime_version(name), "python": sys.version.split()[0],
+    report = {"runtime": name, "version": package_version(name), "python": sys.version.split()[0],
               "numpy": np.__version__, "baseline_rss_kb": baseline, "models": {}}
     for path in models:
         entry: dict = {}
@@ -93,8 +85,7 @@ def check(models: list[Path], pixels: np.ndarray | None, runtime: str | None, ou
                     timed = clf if n == threads[0] else Classifier(path, runtime=name, threads=n)
                     entry["latency_ms"][str(n)] = latency_ms(timed, pixels, latency_runs)
         except (NoodleError, ValueError, RuntimeError) as exc:
-            entry = {"ok": False, "error": str(exc).strip().splitlines()[0] if str(exc).strip()
-                     else type(exc).__name__}
+            entry = {"ok": False, "error": first_line(exc)}
         report["models"][str(path)] = entry
     return report
 

@@ -35,23 +35,14 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say which runtim
 
 
 def _load(model: Path, threads: int | None, runtime: str | None, verbose: bool):
-    from edge.runtime import Classifier
+    from edge.runtime import Classifier, package_version
 
     clf = Classifier(model, threads=threads, runtime=runtime)
     if verbose:
         print(f"model {model} ({clf.variant}, {clf.size[0]}x{clf.size[1]}, labels {', '.join(clf.labels)}); "
-              f"runtime {clf.runtime} {_version(clf.runtime)}; "
+              f"runtime {clf.runtime} {package_version(clf.runtime) or '(version unknown)'}; "
               f"interpreter threads {threads or 'default'}", file=sys.stderr)
     return clf
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "(version unknown)"
 
 
 @app.command()

@@ -15,6 +15,12 @@ class NoodleError(Exception):
     exit_code = 2
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line of text (its type when it has none), for one-line reports."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def one_line_errors(command):
     """Decorate a CLI command: NoodleError -> `error: ...` on stderr, exit 2."""
 

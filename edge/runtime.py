@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import NoodleError
+from edge.errors import NoodleError, first_line
 from edge.manifest import ManifestError, image_size, read_manifest, sha256_file
 from edge.preprocess import load_image
 
@@ -65,6 +65,16 @@ def find_runtime(name: str | None = None):
     wanted = name or "no TFLite interpreter"
     raise RuntimeMissing(f"{wanted} is not installed for Python "
                          f"{sys.version_info.major}.{sys.version_info.minor}; {install_hint()}")
+
+
+def package_version(distribution: str) -> str | None:
+    """The installed version of a distribution (a runtime, numpy), or None."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def check_tflite(path: Path) -> None:
@@ -136,8 +146,7 @@ class Classifier:
                 self.interpreter = interpreter_class(model_path=str(self.path), num_threads=threads)
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{self.path}: {self.runtime} cannot load it ({first}); "
+            raise ModelError(f"{self.path}: {self.runtime} cannot load it ({first_line(exc)}); "
                              "re-export it with `noodle export`") from None
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.check import describe
-from edge.errors import NoodleError
+from edge.errors import NoodleError, first_line
 from edge.manifest import FORMAT, MANIFEST_NAME, SCHEMA, atomic_output, read_manifest, sha256_file, write_json
 from edge.manifest import image_size as manifest_image_size
 
@@ -79,8 +79,7 @@ def load_model(run_dir: Path, manifest: dict):
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{path}: cannot load the model ({first}); "
+        raise ExportError(f"{path}: cannot load the model ({first_line(exc)}); "
                           f"re-run `noodle train DATA --out {run_dir}`") from None
     shape = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None
     expected = (*manifest_image_size(manifest), 3)
@@ -331,5 +330,5 @@ def _reusable_entries(out: Path, source_sha: str, keep: list[str]) -> dict:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    # The type too: a converter's bare message ("Failed to ...") hides which stage failed.
+    return f"{type(exc).__name__}: {first_line(exc)}"

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.errors import first_line
 from edge.manifest import read_manifest, sha256_file, write_json
-from edge.runtime import Classifier, RuntimeMissing
+from edge.runtime import Classifier, RuntimeMissing, package_version
 from export.convert import (
     MODEL_FILE,
     ExportError,
@@ -128,7 +129,7 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
         except RuntimeMissing:
             raise
         except Exception as exc:  # any load or run error of one file is that file's failure
-            failed[variant] = f"{RUNTIME} cannot run it: {str(exc).strip().splitlines()[0]}"
+            failed[variant] = f"{RUNTIME} cannot run it: {first_line(exc)}"
     reference = probs.get("float32")
     for variant, p in probs.items():
         variants[variant] = {"file": manifest["models"][variant]["file"],
@@ -154,7 +155,7 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
         "source_sha256": manifest["source"]["sha256"],
         "files_sha256": {v: manifest["models"][v]["sha256"] for v in variants if v in manifest["models"]},
         "keras": keras_metrics, "parity": parity,
-        "runtimes": {RUNTIME: _version("ai-edge-litert"),
+        "runtimes": {RUNTIME: package_version("ai-edge-litert"),
                      EDGE_RUNTIME: edge_report.get("version") if edge_report else None},
         "edge_python": edge_report.get("python_path") if edge_report else None,
         "variants": variants, "failed": failed,
@@ -213,10 +214,3 @@ def _check_on_device_runtime(out: Path, manifest: dict, x: np.ndarray, probs: di
     return report
 
 
-def _version(package: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
