@@ -3,9 +3,10 @@
 #
 #   make export                      sample data -> train -> export -> compare
 #   make export DATA=path/to/photos  the same on your photos
+#   make export MAX_DROP=1 [TEST=dir] [QUANTIZER=litert]  fail when a variant loses > 1 pp
 #   make test                        ruff + the test suite
-#   make bundle [MODEL=int8]         dist/noodle-edge-<version>.tar.gz for a Raspberry Pi
-#   make pi-check                    run that bundle on Debian 12 arm64 (qemu), labels vs x86
+#   make bundle [MODEL=int8]         dist/noodle-edge-<run>-<model>.tar.gz for a Raspberry Pi
+#   make pi-check                    install it offline on Pi OS Bookworm and Trixie (qemu), labels vs x86
 #   make bench [REPEATS=3]           BENCHMARKS.md: the noodle clock, edge vs Keras (minutes)
 
 PYTHON ?= python3
@@ -17,28 +18,44 @@ DATA   ?=
 ARCH   ?= noodle
 # Upper bound on epochs; empty lets noodle pick (early stopping decides).
 EPOCHS ?=
-# Where run folders go: $(OUT)/<data name>-<arch>/.
+# Where run folders go: $(OUT)/<data name>-<arch>-<8 hex>/, the hex from the
+# data's file list and the settings, so other data never reuses a model.
 OUT    ?= runs
 # The variant `make bundle` ships: int8 is a quarter of float32's size and
 # runs on the Pi's integer kernels.
 MODEL  ?= int8
+# Fail `make export` (exit 1, and diagnose int8) when a variant's accuracy is
+# more than this many points below float32's; empty: report only.
+MAX_DROP ?=
+# A labelled folder or CSV nobody trained on, to score the variants on
+# instead of the data's test split.
+TEST   ?=
+# litert: also int8 by the LiteRT Quantizer (int8-litert.tflite), side by side.
+QUANTIZER ?=
+EXPORT_FLAGS = $(if $(MAX_DROP),--max-drop $(MAX_DROP)) $(if $(TEST),--test $(TEST)) \
+	$(if $(QUANTIZER),--quantizer $(QUANTIZER))
 
 SAMPLE   := data/sample
 DATA_DIR := $(if $(DATA),$(DATA),$(SAMPLE))
-RUN      := $(OUT)/$(basename $(notdir $(abspath $(DATA_DIR))))-$(ARCH)
 NOODLE   := $(BIN)/noodle
+# The settings that name the run folder, given alike to `noodle train` and `noodle run-dir`.
+MODEL_FLAGS = --arch $(ARCH) $(if $(EPOCHS),--epochs $(EPOCHS))
+# The run folder, named by noodle itself (`noodle run-dir`). Recursively
+# expanded and memoized: only the recipes that use it pay for the look-up,
+# once, after `data` has made the sample; `make help` and `make test` never do.
+RUN = $(eval RUN := $$(shell $(NOODLE) run-dir $(DATA_DIR) $(MODEL_FLAGS) --runs $(OUT)))$(RUN)
 
-.PHONY: setup edge-env data train export bundle pi-check pi-tools bench test lint clean help
+.PHONY: setup edge-env data train trained exported export bundle pi-check pi-tools bench test lint clean help
 
 help:
-	@sed -n '2,9p' Makefile
+	@sed -n '2,10p' Makefile
 
 # The virtual environment, rebuilt when pyproject.toml changes.
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[train,litert,camera,dev]'
+	$(BIN)/pip install --quiet -e '.[train,litert,litert-quantizer,camera,dev]'
 	touch $@
 
 # The device's environment: the edge package and its interpreter only, no
@@ -59,38 +76,45 @@ $(SAMPLE)/.complete: | $(VENV)/.installed
 	touch $@
 
 # `make train` always trains; `make export` trains only when the run folder
-# for this DATA and ARCH has no model yet.
+# has no model of this DATA with these settings yet (`noodle train --reuse`).
 train: setup data
-	$(NOODLE) train $(DATA_DIR) --arch $(ARCH) --out $(RUN) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(NOODLE) train $(DATA_DIR) $(MODEL_FLAGS) --runs $(OUT)
 
-$(RUN)/manifest.json: | $(VENV)/.installed $(if $(DATA),,$(SAMPLE)/.complete)
-	$(NOODLE) train $(DATA_DIR) --arch $(ARCH) --out $(RUN) $(if $(EPOCHS),--epochs $(EPOCHS))
+trained: setup data
+	$(NOODLE) train $(DATA_DIR) $(MODEL_FLAGS) --runs $(OUT) --reuse
 
 # Convert and validate (ai-edge-litert here, tflite-runtime 2.14 in the device
 # environment), then compare, which ends by printing the table. When only some
 # variant failed (exit 1) the table is still printed, then make fails.
-export: setup data edge-env $(RUN)/manifest.json
-	status=0; $(NOODLE) export $(RUN) || status=$$?; \
-	if [ $$status -le 1 ]; then $(NOODLE) compare $(RUN) || exit $$?; fi; exit $$status
+export: setup data edge-env trained
+	status=0; $(NOODLE) export $(RUN) $(EXPORT_FLAGS) || status=$$?; \
+	if [ $$status -le 1 ]; then $(NOODLE) compare $(RUN) $(if $(TEST),--test $(TEST)) || exit $$?; fi; \
+	exit $$status
 
 # An exported run, made once for `make bundle`; `make export` redoes it. Exit 1
 # means some variant failed: bundling the chosen one still says whether it exists.
-$(RUN)/export/manifest.json: | $(VENV)/.installed $(EDGE_VENV)/.installed $(RUN)/manifest.json
-	$(NOODLE) export $(RUN) || [ $$? -eq 1 ]
+exported: trained edge-env
+	@test -f $(RUN)/export/manifest.json || $(NOODLE) export $(RUN) || [ $$? -eq 1 ]
 
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-BUNDLE  := dist/noodle-edge-$(VERSION).tar.gz
-bundle: setup $(RUN)/export/manifest.json
-	$(NOODLE) bundle $(RUN) --model $(MODEL) --out dist
+# WHEELS=1 puts the exact aarch64 wheels for Bookworm and Trixie in the
+# tarball (tens of MB, downloaded once into .cache/wheels), so the Pi installs
+# offline; WHEELS=0 makes a small one that installs from the index on the Pi.
+WHEELS ?= 1
+bundle: setup exported
+	$(NOODLE) bundle $(RUN) --model $(MODEL) --out dist \
+	  $(if $(filter 0,$(WHEELS)),--no-wheels,--wheel-cache .cache/wheels)
 
-# The bundle on the Pi's platform: a Debian 12 bookworm arm64 root (cached in
-# PI_ROOT) runs it under qemu-aarch64-static; its labels must equal x86's.
+# The bundle on each Raspberry Pi OS release: a Debian arm64 root per release
+# (cached in .cache/pi-root-<release>) runs the bundle's own install.sh,
+# offline, and its runner under qemu; the labels must equal x86's. It needs
+# root (chroot, namespaces, binfmt_misc): see bench/pi_check.py.
 # Photos: the shared test photos when they are beside the checkout, else the data's.
-PI_ROOT ?= .cache/pi-root
+PI_RELEASES ?= bookworm trixie
 PHOTOS  ?= $(firstword $(wildcard ../shared/data/cats-vs-dogs/test $(DATA_DIR)/test) $(DATA_DIR))
 SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
 pi-check: bundle edge-env pi-tools
-	$(BIN)/python -m export.pi_check $(BUNDLE) $(PHOTOS) --root $(PI_ROOT)
+	$(SUDO) $(BIN)/python -m bench.pi_check $(RUN) $(PHOTOS) --model $(MODEL) --dist dist \
+	  --releases "$(PI_RELEASES)" --cache .cache
 
 pi-tools:
 	@command -v debootstrap >/dev/null && command -v qemu-aarch64-static >/dev/null || \
@@ -103,7 +127,7 @@ pi-tools:
 # against the seed's Keras loop. Writes BENCHMARKS.md and bench.json.
 REPEATS ?= 3
 bench: setup edge-env
-	$(NOODLE) bench --repeats $(REPEATS)
+	$(BIN)/python -m bench --repeats $(REPEATS)
 
 lint: setup
 	$(BIN)/ruff check .

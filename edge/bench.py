@@ -3,18 +3,22 @@
 Three figures: decode time per file on one core (Pillow, draft mode),
 interpreter latency per invoke (batch 1 and the chosen batch, p50/p99), and
 files per second end to end through edge.files.classify, the code `classify`
-runs: the decode pool and batched invokes together, printing aside.
+runs: the decode pool and batched invokes together, printing aside. Then the
+process's peak memory: on copies of the largest file the decode budget
+accepts it shows what `--workers 4` costs at worst.
 
 numpy, Pillow and an interpreter only: this file ships to the device.
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
 
 from edge.files import BATCH, classify, default_workers
+from edge.preprocess import BUDGET, return_freed_decodes
 
 # Invokes before timing (the first ones allocate and fill caches), and timed ones.
 WARMUP = 5
@@ -44,6 +48,7 @@ def _latency_ms(clf, pixels: np.ndarray, runs: int) -> dict:
 def bench(clf, files: list[str], batch: int | None = None, workers: int | None = None,
           repeat: int = 3) -> dict:
     workers = workers or default_workers()
+    return_freed_decodes()
     start = time.perf_counter()
     decoded = [clf.preprocess(f) for f in files[:INVOKES]]
     decode_ms = (time.perf_counter() - start) / len(decoded) * 1000
@@ -60,6 +65,7 @@ def bench(clf, files: list[str], batch: int | None = None, workers: int | None =
         passes.append(time.perf_counter() - start)
     best = min(passes)
     return {
+        "peak_rss_mb": peak_rss_mb(), "decode_budget_mb": BUDGET.limit / 2**20,
         "model": str(clf.path), "variant": clf.variant, "runtime": clf.runtime,
         "files": len(files), "unreadable": failed, "batch": batch, "decode_workers": workers,
         "decode_ms_per_file": decode_ms, "latency": latency,
@@ -67,6 +73,16 @@ def bench(clf, files: list[str], batch: int | None = None, workers: int | None =
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "cpus": default_workers(),
     }
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6  # bytes there, KiB here
 
 
 def report(f: dict) -> str:
@@ -81,6 +97,9 @@ def report(f: dict) -> str:
                      f"({lat['per_image_ms']:.3f} ms per image)")
     lines.append(f"end to end    {f['files_per_second']:.0f} files/s (best of "
                  f"{', '.join(f'{s:.3f}' for s in f['end_to_end_seconds'])} s; batch {f['batch']})")
+    if f.get("peak_rss_mb"):
+        lines.append(f"memory        peak RSS {f['peak_rss_mb']:.0f} MB; decodes share a "
+                     f"{f['decode_budget_mb']:.0f} MiB budget")
     if f["loadavg"]:
         load = " ".join(f"{x:.2f}" for x in f["loadavg"])
         lines.append(f"machine       {f['cpus']} cpu(s), loadavg {load}")

@@ -1,10 +1,12 @@
-"""Classify a live camera, a video file or a stream, frame by frame.
+"""Classify a live camera, a video file or a stream, frame by frame; or save its frames as photos.
 
 Frames come from OpenCV (`--source 0`, a file, a URL) or picamera2
 (`--picamera`), are centre-cropped to a square and preprocessed by
 edge.preprocess.from_frame, then classified one at a time. A read that fails
-(a camera unplugged, a stream dropped) closes the source and reopens it after
-a growing pause; after `retries` failures in a row the run gives up.
+(a camera unplugged, a stream dropped, a file cut short) closes the source and
+reopens it after a growing pause; after `retries` failures in a row the run
+gives up and says how many frames it had. `capture` reads the same Frames and
+saves every so often a frame into a class folder, for `noodle train`.
 
 The seam for tests and other sources is `open_capture(source, picamera)`:
 the one place a capture is made. Anything with OpenCV's `read() -> (ok,
@@ -14,17 +16,19 @@ numpy and Pillow, plus OpenCV or picamera2 when they are installed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from edge.errors import NoodleError
-from edge.preprocess import from_frame
+from edge.errors import NoodleError, first_line
+from edge.preprocess import crop_square, from_frame
 
 # Pauses before each reopen, in seconds; the last repeats. Short first (a
 # glitch), then long enough for a USB camera to re-enumerate.
@@ -32,7 +36,15 @@ BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 # picamera2's capture size: 4:3 like the sensor, small enough to be cheap;
 # the centre crop and resize to the model's input happen afterwards anyway.
 PICAMERA_SIZE = (640, 480)
+# Seconds a picamera2 capture may take before it counts as a failed read: a
+# camera whose ribbon cable came loose never completes a request.
+CAPTURE_TIMEOUT = 5.0
 WINDOW = "noodle"
+# Saved training photos: high enough that JPEG artefacts are not what the model learns.
+JPEG_QUALITY = 95
+# `capture` from a live camera saves nothing in its first seconds: exposure and white
+# balance are still settling (picamera2's capture examples wait 2 s after start).
+SETTLE_SECONDS = 2.0
 
 
 class SourceError(NoodleError):
@@ -44,29 +56,51 @@ def log(message: str) -> None:
 
 
 class PiCamera:
-    """picamera2 behind OpenCV's capture interface."""
+    """picamera2 behind OpenCV's capture interface (frames B, G, R like OpenCV's).
+
+    picamera2 names formats after libcamera, whose "RGB888" is B, G, R in memory:
+    capture_array gives (h, w, 3) arrays in OpenCV's order, the one from_frame(bgr=True)
+    undoes, so camera and OpenCV frames take one path.
+
+    Only the main stream is configured. picamera2's examples feed models from
+    a small `lores` stream, but on a Pi 4 and earlier lores can only be YUV420
+    and it is scaled by the ISP, not by Pillow's bilinear resize: the model would
+    get pixels made differently from the ones it was trained on. The main
+    stream is kept small (PICAMERA_SIZE) instead, so that work stays cheap.
+    """
 
     def __init__(self, size: tuple[int, int] = PICAMERA_SIZE):
         from picamera2 import Picamera2
 
-        self.camera = Picamera2()
-        # libcamera's "RGB888" lays bytes out B, G, R: the order OpenCV frames have.
-        config = self.camera.create_preview_configuration(main={"format": "RGB888", "size": size})
-        self.camera.configure(config)
-        self.camera.start()
+        self.camera = None
+        self.problem: str | None = None
+        try:
+            self.camera = Picamera2()
+            config = self.camera.create_preview_configuration(main={"format": "RGB888", "size": size})
+            self.camera.configure(config)
+            self.camera.start()
+        except Exception as exc:  # noqa: BLE001 (no camera, busy, cable: each a failed open, retried)
+            self.problem = first_line(exc)
+            self.release()
 
     def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
-        return True
+        return self.camera is not None
 
     def read(self) -> tuple[bool, np.ndarray | None]:
+        if self.camera is None:
+            return False, None
         try:
-            return True, self.camera.capture_array()
-        except Exception:  # noqa: BLE001 (any driver error is a failed read, retried)
+            return True, self.camera.capture_array("main", wait=CAPTURE_TIMEOUT)
+        except Exception:  # noqa: BLE001 (a timeout or driver error is a failed read, retried)
             return False, None
 
     def release(self) -> None:
-        self.camera.stop()
-        self.camera.close()
+        camera, self.camera = self.camera, None
+        if camera is not None:
+            try:
+                camera.close()  # stops it first when it is running
+            except Exception:  # noqa: BLE001 (closing a camera that failed must not hide why)
+                pass
 
 
 def open_capture(source: str, picamera: bool = False):
@@ -91,63 +125,97 @@ def _is_file(source: str) -> bool:
 
 
 class Frames:
-    """Iterate over a source's frames, reopening it with back-off when a read fails."""
+    """Iterate over a source's frames, reopening it with back-off when a read fails.
+
+    A video file ends when it has given the frames its container counts, or,
+    when it counts none, when it still has the size it had when first opened; a
+    file that fails before that (truncated, deleted, a disk gone) is a failure
+    like a camera's, retried and then reported with the frames it gave.
+    """
 
     def __init__(self, source: str = "0", picamera: bool = False, retries: int = 5,
                  sleep: Callable[[float], None] = time.sleep):
         self.source, self.picamera, self.retries, self.sleep = source, picamera, retries, sleep
         self.name = "picamera" if picamera else f"source {source}"
         self.reopened = 0  # reopen attempts, reported in the summary
+        self.frames_read = 0  # frames given so far
         self.lost: str | None = None  # why it gave up, if it did
         self._file = not picamera and _is_file(source)
+        # What the file was at its first successful open: a failed reopen says nothing.
+        self._count: int | None = None
+        self._size: int | None = None
         if self._file and not os.path.exists(source):
             raise SourceError(f"{source}: no such video file; pass --source 0 for a camera, "
                               "a video file or a stream URL")
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        cap, read, failures = None, 0, 0
+        cap, failures = None, 0
         try:
             while True:
                 if cap is None:
                     cap = open_capture(self.source, self.picamera)
-                    if read and self._file:
-                        cap.set(1, read)  # cv2.CAP_PROP_POS_FRAMES: carry on where it failed
-                opened = cap.isOpened()
+                    opened = cap.isOpened()
+                    if opened and self._file:
+                        self._first_open(cap)
+                    if opened and self.frames_read and self._file:
+                        cap.set(1, self.frames_read)  # CAP_PROP_POS_FRAMES: carry on where it failed
                 ok, frame = cap.read() if opened else (False, None)
                 if ok and frame is not None:
                     failures = 0
-                    read += 1
+                    self.frames_read += 1
                     yield frame
                     continue
-                if read and self._at_end(cap, read):
+                if opened and self.frames_read and self._at_end():
                     return
+                why = getattr(cap, "problem", None)
                 cap.release()
                 cap = None
                 failures += 1
                 if failures > self.retries:
-                    if not read:
-                        raise SourceError(f"{self.name}: cannot open or read it; check the camera is "
-                                          "connected (ls /dev/video*) or the file/URL is right")
-                    self.lost = (f"{self.name}: no frames after {self.retries} "
-                                 f"{'retry' if self.retries == 1 else 'retries'}; giving up")
+                    if not self.frames_read:
+                        raise SourceError(f"{self.name}: cannot open or read it"
+                                          + (f" ({why})" if why else "")
+                                          + "; check the camera is connected (ls /dev/video*, "
+                                          "rpicam-hello --list-cameras) or the file/URL is right")
+                    self.lost = (f"{self.name}: failed after {self.frames_read} frame(s)"
+                                 + (f" of {self._count}" if self._count else "")
+                                 + f" and {self.retries} {'retry' if self.retries == 1 else 'retries'}; "
+                                 "giving up")
                     return
                 pause = BACKOFF[min(failures, len(BACKOFF)) - 1]
                 self.reopened += 1
-                what = f"read failed after {read} frame(s)" if opened else "cannot open it"
+                what = f"read failed after {self.frames_read} frame(s)" if opened else "cannot open it"
                 log(f"warning: {self.name}: {what}; retry {failures}/{self.retries} in {pause:g} s")
                 self.sleep(pause)
         finally:
             if cap is not None:
                 cap.release()
 
-    def _at_end(self, cap, read: int) -> bool:
+    @property
+    def is_file(self) -> bool:
+        """A video file (it ends), not a camera or stream (they never do)."""
+        return self._file
+
+    def _first_open(self, cap) -> None:
+        if self._size is not None:
+            return
+        with contextlib.suppress(OSError):
+            self._size = os.path.getsize(self.source)
+        # cv2.CAP_PROP_FRAME_COUNT: 0 when the container does not say.
+        count = int(cap.get(7)) if hasattr(cap, "get") else 0
+        self._count = count if count > 0 else None
+
+    def _at_end(self) -> bool:
         """A video file that has given all its frames ends; a camera or stream never does."""
-        if not self._file or not hasattr(cap, "get"):
+        if not self._file:
             return False
-        # cv2.CAP_PROP_FRAME_COUNT: 0 when the container does not say; some
-        # containers count one frame more than they decode.
-        total = cap.get(7)
-        return total <= 0 or read >= total - 1
+        if self._count:
+            # Some containers count one frame more than they decode.
+            return self.frames_read >= self._count - 1
+        try:
+            return os.path.getsize(self.source) == self._size
+        except OSError:
+            return False
 
 
 @dataclass
@@ -205,6 +273,93 @@ def run(clf, frames: Frames, every: int = 30, max_frames: int | None = None, as_
     else:
         out(summary.line())
     return summary
+
+
+def parse_every(text: str) -> float:
+    """`--every`: seconds between saved frames, as 1s, 500ms, 2m or a bare number of seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
+    number, unit = text.strip().lower(), "s"
+    for suffix in sorted(units, key=len, reverse=True):
+        if number.endswith(suffix):
+            number, unit = number[: -len(suffix)], suffix
+            break
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise NoodleError(f"--every {text}: not a time; write it like 1s, 500ms or 2m")
+    return seconds
+
+
+@dataclass
+class Captured:
+    saved: list[str] = field(default_factory=list)
+    frames: int = 0  # frames read, saved or not
+    interrupted: bool = False
+
+
+def capture(frames: Frames, folder: str | os.PathLike, every: float = 1.0, count: int = 100,
+            clock: Callable[[], float] = time.monotonic,
+            out: Callable[[str], None] = print) -> Captured:
+    """Save a frame every `every` seconds into `folder` as JPEG, until `count` are saved.
+
+    The frame is centre-cropped to a square first, as `camera` crops it before
+    classifying: `noodle train` squashes each photo to the model's size, so a
+    square photo trains on the very view the camera will later classify. Frames
+    in between are read and dropped, so a saved frame is fresh, not one that
+    waited in the driver's queue. A live camera gets SETTLE_SECONDS first.
+    """
+    from PIL import Image
+
+    from edge.manifest import atomic_output
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NoodleError(f"{folder}: exists and is not a folder; give OUT/LABEL, a folder per class")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    result = Captured()
+    due = clock() + (0.0 if frames.is_file else SETTLE_SECONDS)
+    try:
+        for frame in frames:
+            result.frames += 1
+            now = clock()
+            if now < due:
+                continue
+            due = now + every
+            if not result.saved:
+                # Made at the first photo: a camera that never opened leaves no empty
+                # class folder behind for `noodle train` to trip over.
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise NoodleError(f"{folder}: cannot make the folder ({exc.strerror or exc}); "
+                                      "give a folder you may write to") from None
+            square = crop_square(frame)
+            rgb = square if square.ndim == 2 else square[:, :, 2::-1]  # frames are B, G, R(, A)
+            path = _free_name(folder, f"{folder.name}-{stamp}-{len(result.saved) + 1:04d}")
+            try:
+                with atomic_output(path) as tmp:
+                    Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, "JPEG", quality=JPEG_QUALITY)
+            except OSError as exc:
+                raise NoodleError(f"{path}: cannot save the photo ({exc.strerror or exc}); free some "
+                                  f"space or give another folder ({len(result.saved)} saved)") from None
+            result.saved.append(str(path))
+            out(f"saved {path} ({len(result.saved)}/{count})")
+            if len(result.saved) >= count:
+                break
+    except KeyboardInterrupt:
+        result.interrupted = True
+    return result
+
+
+def _free_name(folder: Path, stem: str) -> Path:
+    """`stem`.jpg, or `stem`-2.jpg and on when a run in the same second left one."""
+    path, n = folder / f"{stem}.jpg", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}.jpg"
+    return path
 
 
 class _Window:

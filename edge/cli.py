@@ -1,4 +1,5 @@
-"""`noodle-edge` (also `python -m edge`, `noodle edge`): classify files, a camera, or time it.
+"""`noodle-edge` (also `python -m edge`, `noodle edge`): classify files or a camera, collect
+training photos from a camera, or time it.
 
 Start-up time is the device's first impression, so this module imports only
 typer; numpy, Pillow and the interpreter load inside the commands.
@@ -22,8 +23,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# readable=False: click's own check prints a boxed usage error; an unreadable
+# model gets our one line from the loader instead.
 Model = Annotated[Path, typer.Argument(
-    help="A .tflite with the manifest.json `noodle export` wrote beside it.")]
+    readable=False, help="A .tflite from `noodle export`, with the manifest.json written beside it, "
+                        "or alone (it carries its labels and input size).")]
 Threads = Annotated[int | None, typer.Option(
     help="Interpreter threads (default: 1 for classify and bench, where decoding fills the other "
          "cores; one per core for camera, where each frame waits for its invoke).")]
@@ -32,14 +36,18 @@ Runtime = Annotated[str | None, typer.Option(
 Batch = Annotated[int | None, typer.Option(
     min=1, help="Images per invoke (default: edge.files.BATCH); a model with a fixed batch runs 1.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say which runtime and settings run.")]
+NoVerify = Annotated[bool, typer.Option(
+    "--no-verify", help="Run a model whose manifest entry has no sha256 (with a warning); "
+                        "a recorded sha256 and the file's structure are always checked.")]
 
 
-def _load(model: Path, threads: int | None, runtime: str | None, verbose: bool):
+def _load(model: Path, threads: int | None, runtime: str | None, verbose: bool, no_verify: bool = False):
     from edge.runtime import Classifier, package_version
 
-    clf = Classifier(model, threads=threads, runtime=runtime)
+    clf = Classifier(model, threads=threads, runtime=runtime, allow_unverified=no_verify)
     if verbose:
-        print(f"model {model} ({clf.variant}, {clf.size[0]}x{clf.size[1]}, labels {', '.join(clf.labels)}); "
+        print(f"model {model} ({clf.variant}, {clf.size[0]}x{clf.size[1]}, labels {', '.join(clf.labels)} "
+              f"from its {clf.described_by}); "
               f"runtime {clf.runtime} {package_version(clf.runtime) or '(version unknown)'}; "
               f"interpreter threads {threads or 'default'}", file=sys.stderr)
     return clf
@@ -58,20 +66,27 @@ def classify(
     batch: Batch = None,
     runtime: Runtime = None,
     verbose: Verbose = False,
+    no_verify: NoVerify = False,
 ) -> None:
-    """Classify image files; unreadable ones are reported on stderr and the exit code is 1."""
+    """Classify image files; unreadable ones are reported on stderr and the exit code is 1.
+
+    Names that are not UTF-8 print escaped as `ls` does in the table and CSV
+    (byte 0xFF as \\377, a backslash as \\\\); JSON keeps Python's \\udcff
+    form, which os.fsencode turns back into the exact bytes.
+    """
     if as_json and as_csv:
         raise NoodleError("--json and --csv: choose one output format")
     from edge.files import classify as run
-    from edge.files import expand
+    from edge.files import escape_name, expand
 
-    clf = _load(model, threads or 1, runtime, verbose)
+    clf = _load(model, threads or 1, runtime, verbose, no_verify)
     top_k = min(top_k, len(clf.labels))
     files, problems = expand(paths)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if not files:
-        raise NoodleError(f"nothing to classify in {' '.join(paths)}; pass image files, folders or globs")
+        raise NoodleError(f"nothing to classify in {' '.join(map(escape_name, paths))}; "
+                          "pass image files, folders or globs")
     write = _writer(as_json, as_csv, top_k, files, clf.labels)
     start, failed = time.perf_counter(), 0
     try:
@@ -80,7 +95,7 @@ def classify(
                 write(result)
             else:
                 failed += 1
-                print(f"error: {result.path}: {result.error}", file=sys.stderr)
+                print(f"error: {escape_name(result.path)}: {result.error}", file=sys.stderr)
         sys.stdout.flush()
     except BrokenPipeError:  # `| head`: the reader has what it wanted
         sys.stderr.close()
@@ -96,7 +111,15 @@ def classify(
 
 
 def _writer(as_json: bool, as_csv: bool, k: int, files: list[str], labels: list[str]):
-    """A function printing one Result in the chosen format (a header first for table and CSV)."""
+    """A function printing one Result in the chosen format (a header first for table and CSV).
+
+    File names: JSON gives the name as Python holds it, a byte that is not UTF-8 as
+    its surrogate escape (\\udcff for 0xFF), so os.fsencode(json.loads(line)["file"])
+    is the exact name. The table and CSV print edge.files.escape_name's form
+    (0xFF as \\377, a backslash doubled), which edge.files.unescape_name reverses.
+    """
+    from edge.files import escape_name
+
     if as_json:
         import json
 
@@ -111,15 +134,16 @@ def _writer(as_json: bool, as_csv: bool, k: int, files: list[str], labels: list[
         out = csv.writer(sys.stdout, lineterminator="\n")
         out.writerow(["file", "label", "score"]
                      + [f"{c}_{i}" for i in range(2, k + 1) for c in ("label", "score")])
-        return lambda r: out.writerow([r.path] + [v for label, s in r.top for v in (label, f"{s:.6f}")])
+        return lambda r: out.writerow([escape_name(r.path)]
+                                      + [v for label, s in r.top for v in (label, f"{s:.6f}")])
     # Widths from all paths up front, so rows stream out aligned.
-    wide = min(max(len(f) for f in files), 80)
+    wide = min(max(len(escape_name(f)) for f in files), 80)
     lw = max(5, *(len(label) for label in labels))
     print(f"{'file':<{wide}}  {'label':<{lw}}  score" + ("  next" if k > 1 else ""))
 
     def row(r):
         (label, score), rest = r.top[0], r.top[1:]
-        line = f"{r.path:<{wide}}  {label:<{lw}}  {score:.3f}"
+        line = f"{escape_name(r.path):<{wide}}  {label:<{lw}}  {score:.3f}"
         print(line + ("  " + ", ".join(f"{n} {s:.3f}" for n, s in rest) if rest else ""))
     return row
 
@@ -143,16 +167,50 @@ def camera(
     threads: Threads = None,
     runtime: Runtime = None,
     verbose: Verbose = False,
+    no_verify: NoVerify = False,
 ) -> None:
     """Classify camera or video frames: centre-crop, the same preprocessing, label and FPS."""
     from edge import camera as cam
     from edge.files import default_workers
 
     frames = cam.Frames(source, picamera=picamera, retries=retries)
-    clf = _load(model, threads or default_workers(), runtime, verbose)
+    clf = _load(model, threads or default_workers(), runtime, verbose, no_verify)
     summary = cam.run(clf, frames, every=every, max_frames=max_frames, as_json=as_json, show=show)
     if summary.lost is not None:
         print(f"error: {summary.lost}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+@app.command()
+@one_line_errors
+def capture(
+    folder: Annotated[Path, typer.Argument(
+        readable=False, help="OUT/LABEL: the class folder to fill, the layout `noodle train` reads.")],
+    every: Annotated[str, typer.Option(
+        help="Time between saved frames: 1s, 500ms, 2m (0 saves every frame).")] = "1s",
+    count: Annotated[int, typer.Option(min=1, help="Frames to save.")] = 100,
+    source: Annotated[str, typer.Option(
+        help="OpenCV source: 0 for /dev/video0, a video file or a stream URL.")] = "0",
+    picamera: Annotated[bool, typer.Option(
+        "--picamera", help="Read the Raspberry Pi camera via picamera2.")] = False,
+    retries: Annotated[int, typer.Option(
+        min=0, help="Reopen attempts after a failed read before giving up.")] = 5,
+) -> None:
+    """Collect training photos: save camera frames as JPEGs into a class folder.
+
+    Each photo is the frame's centre square, the view `camera` classifies.
+    """
+    from edge import camera as cam
+
+    seconds = cam.parse_every(every)
+    frames = cam.Frames(source, picamera=picamera, retries=retries)
+    done = cam.capture(frames, folder, every=seconds, count=count)
+    print(f"{len(done.saved)} of {count} photo(s) saved in {folder} from {done.frames} frame(s)"
+          + ("; stopped by Ctrl-C" if done.interrupted else "")
+          + ("; the source ended first" if len(done.saved) < count and not (done.interrupted or frames.lost)
+             else ""), file=sys.stderr)
+    if frames.lost is not None:
+        print(f"error: {frames.lost}", file=sys.stderr)
         raise SystemExit(1)
 
 
@@ -168,6 +226,7 @@ def bench(
         min=1, help="End-to-end passes over the photos; the best is reported.")] = 3,
     runtime: Runtime = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of the table.")] = False,
+    no_verify: NoVerify = False,
 ) -> None:
     """Time it: invoke latency p50/p99 and end-to-end files per second (decode + invoke)."""
     from edge.bench import bench as run
@@ -177,7 +236,7 @@ def bench(
     files, problems = expand(photos)
     if problems or not files:
         raise NoodleError("; ".join(problems) or "no photos to time on")
-    clf = _load(model, threads or 1, runtime, verbose=False)
+    clf = _load(model, threads or 1, runtime, verbose=False, no_verify=no_verify)
     figures = run(clf, files, batch=batch, workers=workers, repeat=repeat)
     figures["interpreter_threads"] = threads or 1
     if as_json:

@@ -29,7 +29,9 @@ def one_line_errors(command):
         try:
             return command(*args, **kwargs)
         except NoodleError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            # One problem a line (a manifest may have several), each its own `error:` line.
+            for line in str(exc).splitlines() or [""]:
+                print(f"error: {line}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

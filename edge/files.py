@@ -9,8 +9,10 @@ numpy, Pillow and an interpreter only: this file ships to the device.
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.preprocess import IMAGE_SUFFIXES, ImageError, is_image_file
+from edge.preprocess import (
+    HEIF_FIX,
+    IMAGE_SUFFIXES,
+    ImageError,
+    heif_support,
+    is_heif_file,
+    is_image_file,
+    os_reason,
+    return_freed_decodes,
+)
 
 # Images per invoke. Measured on the int8 noodle model (2-core x86, 1 thread):
 # tflite-runtime 2.14 1.63 ms/image at batch 1, 1.44 at 8, 1.64 at 32;
@@ -51,16 +62,18 @@ def expand(args: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]]:
 
     A file named outright is kept whatever its suffix (decoding will say if it
     is no image); a folder contributes its image files, sorted. Each argument
-    that yields nothing becomes a one-line problem naming it. Duplicates are
-    dropped, first occurrence kept.
+    that yields nothing becomes a one-line problem naming it (escaped, see
+    escape_name). Duplicates are dropped, first occurrence kept.
     """
     files: list[str] = []
     problems: list[str] = []
     for arg in map(str, args):
+        shown = escape_name(arg)
         if os.path.isdir(arg):
-            found = _images_under(arg)
-            if not found:
-                problems.append(f"{arg}: folder has no images "
+            before = len(problems)
+            found = _images_under(arg, problems)
+            if not found and len(problems) == before:
+                problems.append(f"{shown}: folder has no images "
                                 f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
             files += found
         elif os.path.exists(arg):
@@ -68,21 +81,96 @@ def expand(args: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]]:
         elif GLOB_CHARS & set(arg):
             found = []
             for match in sorted(glob.glob(arg, recursive=True)):
-                found += _images_under(match) if os.path.isdir(match) else [match]
+                found += _images_under(match, problems) if os.path.isdir(match) else [match]
             if not found:
-                problems.append(f"{arg}: no file matches this pattern")
+                problems.append(f"{shown}: no file matches this pattern")
             files += found
         else:
-            problems.append(f"{arg}: no such file or folder")
+            problems.append(f"{shown}: {_missing(arg)}")
     return list(dict.fromkeys(files)), problems
 
 
-def _images_under(folder: str) -> list[str]:
+def _missing(path: str) -> str:
+    """Why a path that does not exist for os.path.exists cannot be used."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return f"broken symlink (to {escape_name(os.readlink(path))}); point it at a real file"
+        if exc.errno != errno.ENOENT:
+            return os_reason(exc) or str(exc)
+    return "no such file or folder"
+
+
+def _images_under(folder: str, problems: list[str]) -> list[str]:
     found = []
-    for root, dirs, names in os.walk(folder):
+
+    def unreadable(exc: OSError) -> None:
+        problems.append(f"{escape_name(exc.filename or folder)}: {os_reason(exc) or exc}")
+
+    for root, dirs, names in os.walk(folder, onerror=unreadable):
         dirs.sort()
-        found += [os.path.join(root, n) for n in sorted(names) if is_image_file(n)]
+        found += [os.path.join(root, n) for n in sorted(names) if is_image_file(n) or is_heif_file(n)]
+    heif = sum(map(is_heif_file, found))
+    if heif and not heif_support():
+        # Named once per folder with the fix, not once per file (a phone dump has hundreds).
+        print(f"warning: {escape_name(folder)}: skipped {heif} HEIC/HEIF photo(s); {HEIF_FIX} "
+              "to classify them too", file=sys.stderr)
+        found = [f for f in found if not is_heif_file(f)]
     return found
+
+
+# How a name is shown in the table, in CSV and on stderr: like `ls --quoting-style=escape`.
+# A backslash doubles; a byte that is not UTF-8 (a name the OS gave as bytes) and any
+# control or unprintable character become \ooo, three octal digits per byte (the usual
+# C escapes \t \n \r stay short); every other character is itself. unescape_name
+# reverses it to the name's exact bytes.
+_C_ESCAPES = {"\\": "\\\\", "\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v",
+              "\f": "\\f", "\r": "\\r"}
+_C_UNESCAPES = {v[1]: k.encode() for k, v in _C_ESCAPES.items()}
+
+
+def escape_name(name: str, encoding: str | None = None) -> str:
+    """A file name as printable text; `encoding` (default: stdout's) decides what else to escape."""
+    encoding = encoding or getattr(sys.stdout, "encoding", None) or "utf-8"
+    if "\\" not in name and name.isprintable() and _encodable(name, encoding):
+        return name  # nearly every name: no per-character work
+    out = []
+    for ch in name:
+        if ch in _C_ESCAPES:
+            out.append(_C_ESCAPES[ch])
+        elif "\udc80" <= ch <= "\udcff":  # os.fsdecode's stand-in for an undecodable byte
+            out.append(f"\\{ord(ch) - 0xDC00:03o}")
+        elif not ch.isprintable() or not _encodable(ch, encoding):
+            out.append("".join(f"\\{b:03o}" for b in ch.encode("utf-8", "surrogatepass")))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unescape_name(text: str) -> bytes:
+    """The exact bytes of a name that escape_name printed (for CSV and the table)."""
+    out, i = bytearray(), 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "\\":
+            out += ch.encode("utf-8", "surrogateescape")
+            i += 1
+        elif text[i + 1 : i + 2] in _C_UNESCAPES:
+            out += _C_UNESCAPES[text[i + 1]]
+            i += 2
+        else:
+            out.append(int(text[i + 1 : i + 4], 8))
+            i += 4
+    return bytes(out)
+
+
+def _encodable(text: str, encoding: str) -> bool:
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
 
 
 def _decode(load, path: str) -> np.ndarray | str:
@@ -99,6 +187,7 @@ def classify(clf, paths: list[str], k: int = 1, batch: int | None = None,
     """Yield a Result per path, in order; `clf` is an edge.runtime.Classifier."""
     batch = max(1, min((batch or BATCH) if clf.batchable else 1, len(paths) or 1))
     workers = workers or default_workers()
+    return_freed_decodes()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending: deque = deque()
         todo = iter(paths)

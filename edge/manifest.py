@@ -4,6 +4,14 @@ Class names, input size, preprocessing and (after export) each model file with
 its sha256 and quantization live here, written by `noodle train` and
 `noodle export`, read by every later stage and by the device. Also the atomic
 file writing every stage uses, so no artifact is ever half-written.
+
+The schema is written once, below, as dataclasses: `RunManifest` (what
+`noodle train` writes), `ExportManifest` with one `ModelEntry` per model
+file, and `EmbeddedMetadata` (what each .tflite carries about itself). Each
+`from_dict` checks types, ranges and required keys and reports every
+violation as one line naming the field; `to_dict` writes the same layout the
+stages write. Keys a reader does not know are ignored, so a newer writer's
+additions do not break an older reader of the same SCHEMA.
 """
 from __future__ import annotations
 
@@ -11,8 +19,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import NoodleError
@@ -23,8 +33,15 @@ FORMAT = "noodle"
 SCHEMA = 1
 
 
+# What the device can feed a model: RGB images.
+CHANNELS = 3
+OUTPUT_KINDS = ("sigmoid", "softmax")
+# The kinds of manifest and the command that writes each, for the fix in messages.
+WRITERS = {"model": "noodle train", "export": "noodle export"}
+
+
 class ManifestError(NoodleError, ValueError):
-    """A manifest that is missing, unreadable or from another version of noodle."""
+    """A manifest that is missing, unreadable, malformed or from another version of noodle."""
 
 
 @contextlib.contextmanager
@@ -71,8 +88,426 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(path: str | os.PathLike) -> dict:
-    """Read and check a manifest file (or the one inside a folder)."""
+# ------------------------------------------------------------------ checking fields
+
+class _Wrong(Exception):
+    """A value of the wrong type or range; str() says what was expected."""
+
+
+def _shown(value) -> str:
+    """A value as the JSON it was read from, short: "abc", 3, null, a list."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int(low: int = 0, what: str = "a non-negative integer") -> Callable:
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise _Wrong(what)
+        return value
+    return check
+
+
+_positive = _int(1, "a positive integer")
+_count = _int(0)
+
+
+def _any_int(value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Wrong("an integer")
+    return value
+
+
+def _number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        raise _Wrong("a non-negative number")
+    return float(value)
+
+
+def _text(value):
+    if not isinstance(value, str) or not value:
+        raise _Wrong("a non-empty string")
+    return value
+
+
+def _flag(value):
+    if not isinstance(value, bool):
+        raise _Wrong("true or false")
+    return value
+
+
+def _object(value):
+    if not isinstance(value, dict):
+        raise _Wrong("an object")
+    return value
+
+
+def _list(value):
+    if not isinstance(value, list):
+        raise _Wrong("a list")
+    return value
+
+
+def _one_of(*choices) -> Callable:
+    def check(value):
+        if value not in choices:
+            raise _Wrong(" or ".join(json.dumps(c) for c in choices))
+        return value
+    return check
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _sha256(value):
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise _Wrong("64 lowercase hex digits")
+    return value
+
+
+def _labels(value):
+    if not isinstance(value, list) or len(value) < 2:
+        raise _Wrong("a list of at least 2 class names")
+    if not all(isinstance(v, str) and v for v in value):
+        raise _Wrong("class names as non-empty strings")
+    if len(set(value)) != len(value):
+        raise _Wrong("distinct class names")
+    return list(value)
+
+
+def _shape(value):
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in value):
+        raise _Wrong("a list of non-negative integers")
+    return list(value)
+
+
+class _Fields:
+    """One JSON object being read; every problem becomes a line naming its field."""
+
+    def __init__(self, obj, prefix: str, problems: list[str]):
+        self.obj, self.prefix, self.problems = obj, prefix, problems
+
+    def at(self, key: str, check: Callable = lambda v: v, required: bool = True, default=None):
+        if key not in self.obj:
+            if required:
+                self.problems.append(f"{self.prefix}{key}: missing")
+            return default
+        value = self.obj[key]
+        if value is None and not required:
+            return default
+        try:
+            return check(value)
+        except _Wrong as exc:
+            self.problems.append(f"{self.prefix}{key}: expected {exc}, got {_shown(value)}")
+            return default
+
+    def child(self, key: str, cls, required: bool = True):
+        """A nested object read by `cls._read`, or None when absent or wrong."""
+        value = self.at(key, _object, required)
+        return None if value is None else cls._read(_Fields(value, f"{self.prefix}{key}.", self.problems))
+
+    def children(self, key: str, cls) -> dict:
+        value = self.at(key, _object, default={})
+        out = {}
+        for name, item in value.items():
+            if not isinstance(item, dict):
+                self.problems.append(f"{self.prefix}{key}.{name}: expected an object, got {_shown(item)}")
+                continue
+            out[name] = cls._read(_Fields(item, f"{self.prefix}{key}.{name}.", self.problems))
+        return out
+
+
+class _Schema:
+    """`from_dict` for every part of the schema: checked, or ManifestError with a line per problem."""
+
+    # Which manifest this is ("model", "export"), for the fix in messages; parts have none.
+    kind: str | None = None
+
+    @classmethod
+    def from_dict(cls, data, where: str = MANIFEST_NAME):
+        problems: list[str] = []
+        if not isinstance(data, dict):
+            problems.append(f"expected an object, got {_shown(data)}")
+            result = None
+        else:
+            result = cls._read(_Fields(data, "", problems))
+        if problems:
+            writer = WRITERS.get(cls.kind, "noodle export")
+            raise ManifestError("\n".join(f"{where}: {p}; re-run `{writer}` to write it again"
+                                          for p in problems))
+        return result
+
+
+def _common(f: _Fields) -> dict:
+    """The fields every manifest shares, checked against each other."""
+    labels = f.at("labels", _labels, default=[])
+    output = f.at("output", _one_of(*OUTPUT_KINDS))
+    if output == "sigmoid" and labels and len(labels) != 2:
+        f.problems.append(f"{f.prefix}labels: {len(labels)} labels, but a sigmoid output has 2 classes")
+    return {"labels": labels, "input": f.child("input", InputSpec), "output": output,
+            "preprocessing": f.child("preprocessing", Preprocessing)}
+
+
+# ------------------------------------------------------------------ the schema
+
+@dataclass
+class InputSpec(_Schema):
+    """The images a model takes. Training also records the dtype and range Keras sees."""
+
+    height: int
+    width: int
+    channels: int = CHANNELS
+    dtype: str | None = None
+    range: tuple[int, int] | None = None
+
+    @classmethod
+    def _read(cls, f: _Fields) -> InputSpec:
+        value_range = f.at("range", _list, required=False)
+        if value_range is not None and (len(value_range) != 2 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)):
+            f.problems.append(f"{f.prefix}range: expected [low, high], got {json.dumps(value_range)}")
+        return cls(f.at("height", _positive), f.at("width", _positive),
+                   f.at("channels", _one_of(CHANNELS)), f.at("dtype", _text, required=False),
+                   tuple(value_range) if value_range is not None else None)
+
+    def to_dict(self) -> dict:
+        out = {"height": self.height, "width": self.width, "channels": self.channels}
+        if self.dtype is not None:
+            out["dtype"] = self.dtype
+        if self.range is not None:
+            out["range"] = list(self.range)
+        return out
+
+
+@dataclass
+class Preprocessing(_Schema):
+    """How pixels are made (edge.preprocess.PREPROCESSING); name and version identify it."""
+
+    name: str
+    version: int
+    details: dict
+
+    @classmethod
+    def _read(cls, f: _Fields) -> Preprocessing:
+        return cls(f.at("name", _text), f.at("version", _positive),
+                   {k: v for k, v in f.obj.items() if k not in ("name", "version")})
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, **self.details}
+
+
+@dataclass
+class TensorSpec(_Schema):
+    """A model file's input or output tensor as the interpreter reports it."""
+
+    dtype: str
+    shape: list[int]
+    scale: float
+    zero_point: int
+
+    @classmethod
+    def _read(cls, f: _Fields) -> TensorSpec:
+        return cls(f.at("dtype", _text), f.at("shape", _shape), f.at("scale", _number),
+                   f.at("zero_point", _any_int))
+
+    def to_dict(self) -> dict:
+        return {"dtype": self.dtype, "shape": list(self.shape), "scale": self.scale,
+                "zero_point": self.zero_point}
+
+
+@dataclass
+class ModelEntry(_Schema):
+    """One exported .tflite. sha256 is None only in a hand-made manifest: see edge.runtime."""
+
+    file: str
+    sha256: str | None
+    bytes: int
+    input: TensorSpec
+    output: TensorSpec
+    fully_integer: bool
+    calibration: dict | None = None
+    compatibility: dict | None = None
+
+    @classmethod
+    def _read(cls, f: _Fields) -> ModelEntry:
+        # A missing or empty hash is read as None, so loading can refuse it with the fix.
+        sha = f.obj.get("sha256")
+        return cls(f.at("file", _text), f.at("sha256", _sha256, required=False) if sha else None,
+                   f.at("bytes", _count), f.child("input", TensorSpec), f.child("output", TensorSpec),
+                   f.at("fully_integer", _flag), f.at("calibration", _object, required=False),
+                   f.at("compatibility", _object, required=False))
+
+    def to_dict(self) -> dict:
+        out = {"file": self.file}
+        if self.sha256 is not None:
+            out["sha256"] = self.sha256
+        out.update(bytes=self.bytes, input=self.input.to_dict(), output=self.output.to_dict(),
+                   fully_integer=self.fully_integer)
+        if self.calibration is not None:
+            out["calibration"] = self.calibration
+        if self.compatibility is not None:
+            out["compatibility"] = self.compatibility
+        return out
+
+
+# A run manifest's training record, in the order `noodle train` writes it.
+RECORD = {"training": _object, "data": _object, "identity": _object, "skipped": _list, "metrics": _object,
+          "files": _object}
+
+
+@dataclass
+class RunManifest(_Schema):
+    """RUN/manifest.json, written by `noodle train` beside model.keras.
+
+    What export needs is required. The training record (seed, training, data,
+    identity, skipped, metrics, files) is checked when present but may be absent: a run
+    folder made by hand around a Keras model trained elsewhere has none.
+    """
+
+    kind = "model"
+    labels: list[str]
+    input: InputSpec
+    output: str
+    preprocessing: Preprocessing
+    arch: str
+    params: int
+    seed: int | None = None
+    training: dict | None = None
+    data: dict | None = None
+    identity: dict | None = None
+    skipped: list | None = None
+    metrics: dict | None = None
+    files: dict | None = None
+
+    @classmethod
+    def _read(cls, f: _Fields) -> RunManifest:
+        _check_header(f, cls.kind)
+        record = {"seed": f.at("seed", _any_int, required=False)}
+        for key, check in RECORD.items():
+            record[key] = f.at(key, check, required=False)
+        return cls(**_common(f), arch=f.at("arch", _text), params=f.at("params", _count), **record)
+
+    def to_dict(self) -> dict:
+        out = {**_header(self.kind), "labels": self.labels,
+               "input": self.input.to_dict(), "output": self.output,
+               "preprocessing": self.preprocessing.to_dict(), "arch": self.arch, "params": self.params}
+        for key in ("seed", *RECORD):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass
+class ExportManifest(_Schema):
+    """RUN/export/manifest.json, written by `noodle export`; a bundle ships it with one model.
+
+    failed is None in a bundle's copy, which leaves it out; validation is None
+    until validation has finished.
+    """
+
+    kind = "export"
+    labels: list[str]
+    input: InputSpec
+    output: str
+    preprocessing: Preprocessing
+    source: dict
+    converter: dict
+    models: dict[str, ModelEntry]
+    saved_model: str | None
+    failed: dict[str, str] | None = None
+    validation: dict | None = None
+
+    @classmethod
+    def _read(cls, f: _Fields) -> ExportManifest:
+        _check_header(f, cls.kind)
+        common = _common(f)
+        source = f.at("source", _object)
+        if source is not None:
+            _Fields(source, "source.", f.problems).at("sha256", _sha256)
+        validation = f.at("validation", _object, required=False)
+        if validation is not None:
+            _Fields(validation, "validation.", f.problems).at("passed", _flag)
+        failed = f.at("failed", _object, required=False)
+        for name, reason in (failed or {}).items():
+            if not isinstance(reason, str):
+                f.problems.append(f"failed.{name}: expected a string, got {_shown(reason)}")
+        return cls(**common, source=source, converter=f.at("converter", _object),
+                   models=f.children("models", ModelEntry), saved_model=f.at("saved_model", _text, False),
+                   failed=failed, validation=validation)
+
+    def entry(self, variant: str) -> ModelEntry | None:
+        return self.models.get(variant)
+
+    def to_dict(self) -> dict:
+        out = {**_header(self.kind), "labels": self.labels,
+               "input": self.input.to_dict(), "output": self.output,
+               "preprocessing": self.preprocessing.to_dict(), "source": self.source,
+               "converter": self.converter, "models": {v: e.to_dict() for v, e in self.models.items()},
+               "saved_model": self.saved_model}
+        if self.failed is not None:
+            out["failed"] = self.failed
+        out["validation"] = self.validation
+        return out
+
+
+@dataclass
+class EmbeddedMetadata(_Schema):
+    """What a .tflite says about itself, in its flatbuffer `metadata` (export/metadata.py).
+
+    Enough to classify with the file alone: labels, input size, output kind,
+    preprocessing, the variant, its input/output quantization, and the sha256
+    of its weights, which is how a file with no manifest beside it is checked.
+    """
+
+    kind = "tflite"
+    variant: str
+    labels: list[str]
+    input: InputSpec
+    output: str
+    preprocessing: Preprocessing
+    quantization: dict[str, TensorSpec]
+    weights_sha256: str
+
+    @classmethod
+    def _read(cls, f: _Fields) -> EmbeddedMetadata:
+        _check_header(f, cls.kind)
+        common = _common(f)
+        quant = f.at("quantization", _object, default={})
+        q = _Fields(quant, "quantization.", f.problems)
+        tensors = {side: q.child(side, TensorSpec) for side in ("input", "output")}
+        return cls(variant=f.at("variant", _text), **common, quantization=tensors,
+                   weights_sha256=f.at("weights_sha256", _sha256))
+
+    def to_dict(self) -> dict:
+        return {**_header(self.kind), "variant": self.variant,
+                "labels": self.labels, "input": self.input.to_dict(), "output": self.output,
+                "preprocessing": self.preprocessing.to_dict(),
+                "quantization": {k: v.to_dict() for k, v in self.quantization.items()},
+                "weights_sha256": self.weights_sha256}
+
+
+def _header(kind: str) -> dict:
+    """The first keys of every document noodle writes: what it is and which schema."""
+    return {"format": FORMAT, "schema": SCHEMA, "kind": kind}
+
+
+def _check_header(f: _Fields, kind: str) -> None:
+    for key, value in _header(kind).items():
+        f.at(key, _one_of(value))
+
+
+# ------------------------------------------------------------------ reading
+
+MANIFESTS = {cls.kind: cls for cls in (RunManifest, ExportManifest)}
+
+
+def _load(path: str | os.PathLike) -> tuple[Path, dict]:
+    """The JSON of a manifest file (or the one inside a folder), its format and schema checked."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
@@ -89,13 +524,38 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise ManifestError(f"{path}: not a noodle manifest; re-run the stage that wrote it")
     if manifest.get("schema") != SCHEMA:
         raise ManifestError(
-            f"{path}: manifest schema {manifest.get('schema')} is from another version of noodle "
+            f"{path}: manifest schema {_shown(manifest.get('schema'))} is from another version of noodle "
             f"(this one reads {SCHEMA}); re-run `noodle train`/`noodle export` with this version"
         )
-    for key in ("labels", "input", "preprocessing"):
-        if key not in manifest:
-            raise ManifestError(f"{path}: manifest lacks {key!r}; re-run the stage that wrote it")
+    if manifest.get("kind") not in MANIFESTS:
+        raise ManifestError(f"{path}: kind: expected {' or '.join(map(json.dumps, MANIFESTS))}, got "
+                            f"{_shown(manifest.get('kind'))}; re-run the stage that wrote it")
+    return path, manifest
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """Read a manifest file (or the one inside a folder) as a dict, checked against its schema."""
+    path, manifest = _load(path)
+    MANIFESTS[manifest["kind"]].from_dict(manifest, str(path))
     return manifest
+
+
+def _typed(path: str | os.PathLike, cls):
+    path, manifest = _load(path)
+    if manifest["kind"] != cls.kind:
+        raise ManifestError(f"{path}: kind {manifest['kind']!r} where {cls.kind!r} was expected; "
+                            f"pass the folder `{WRITERS[cls.kind]}` wrote")
+    return cls.from_dict(manifest, str(path))
+
+
+def load_run(path: str | os.PathLike) -> RunManifest:
+    """RUN/manifest.json (or the file named) as a checked RunManifest."""
+    return _typed(path, RunManifest)
+
+
+def load_export(path: str | os.PathLike) -> ExportManifest:
+    """RUN/export/manifest.json (or the file named) as a checked ExportManifest."""
+    return _typed(path, ExportManifest)
 
 
 def image_size(manifest: dict) -> tuple[int, int]:

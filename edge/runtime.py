@@ -2,13 +2,28 @@
 
 preprocess (edge.preprocess) -> quantize -> invoke -> dequantize -> probabilities.
 Quantization parameters come from the model's own tensor details, never from
-constants here, and labels and input size come from the manifest beside it.
-numpy, Pillow and an interpreter only: this file ships to the device.
+constants here. numpy, Pillow and an interpreter only: this file ships to the device.
+
+Which file is trusted, and how:
+- The file is read once, checked structurally (edge.tflite_file) and handed
+  to the interpreter as those same bytes, so a damaged file is one line
+  rather than a crash, and it cannot change between the check and the load.
+- With a manifest.json beside it (or passed in), the manifest rules: the
+  model's entry is found by file name, or by sha256 when the file was
+  renamed, and its sha256 must match. An entry without a sha256 is refused
+  unless the caller allows unverified models (`--no-verify`), with a warning.
+  Labels and input the model embeds (export/metadata.py) must agree with it.
+- With no manifest beside it, the model's embedded metadata gives labels,
+  input size and preprocessing, and the sha256 of its weights recorded there
+  must match, so a lone renamed .tflite runs and a damaged one does not.
+  A model with neither is refused.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
+import json
 import os
 import sys
 import tempfile
@@ -17,8 +32,17 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import NoodleError, first_line
-from edge.manifest import ManifestError, image_size, read_manifest, sha256_file
+from edge.manifest import (
+    MANIFEST_NAME,
+    EmbeddedMetadata,
+    InputSpec,
+    ManifestError,
+    image_size,
+    read_manifest,
+)
+from edge.postprocess import ranked, widen
 from edge.preprocess import load_image
+from edge.tflite_file import METADATA_NAME, TFLITE_IDENTIFIER, ModelError, ModelFile, read_model
 
 # Tried in this order: the Pi's runtime, its successor, then full TensorFlow
 # (which works but costs seconds of import and hundreds of MB).
@@ -29,17 +53,10 @@ RUNTIMES = {
 }
 # Set to one of RUNTIMES' names to insist on it (validation runs each in turn).
 RUNTIME_ENV = "NOODLE_RUNTIME"
-# Bytes 4-8 of every TFLite flatbuffer: checked first, so a wrong file gets a
-# plain message rather than the interpreter's.
-TFLITE_IDENTIFIER = b"TFL3"
 
 
 class RuntimeMissing(NoodleError):
     pass
-
-
-class ModelError(NoodleError):
-    """A model file that cannot be used: not TFLite, mismatched, or altered."""
 
 
 def install_hint() -> str:
@@ -77,35 +94,45 @@ def package_version(distribution: str) -> str | None:
         return None
 
 
-def check_tflite(path: Path) -> None:
-    """Refuse a file that is not a TFLite flatbuffer, naming it."""
+def read_checked(path: Path) -> ModelFile:
+    """The model file's bytes, checked structurally; ModelError naming it if not usable."""
     try:
         with open(path, "rb") as f:
+            # The identifier first: a photo or video passed by mistake is not read whole.
             head = f.read(8)
+            data = head + f.read() if head[4:8] == TFLITE_IDENTIFIER else head
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such model file; pass a .tflite written by `noodle export`") from None
     except OSError as exc:
-        raise ModelError(f"{path}: cannot read the model ({exc.strerror or exc})") from None
-    if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
-        raise ModelError(f"{path}: not a TFLite model (no {TFLITE_IDENTIFIER.decode()} identifier); "
-                         "pass a .tflite written by `noodle export`")
+        raise ModelError(f"{path}: cannot read the model ({exc.strerror or exc}); "
+                         "check the path and its permissions") from None
+    return read_model(data, str(path))
 
 
 @contextlib.contextmanager
-def quiet_info():
+def quiet_info(path: Path, runtime: str):
     """Drop the `INFO:` lines the interpreters print from C++ (XNNPACK created); keep the rest.
 
     They land on stderr below Python, so fd 2 is captured while the block runs.
+    A load that fails is one ModelError line; what the interpreter printed
+    about it is dropped, its exception says the same.
     """
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # stderr replaced (pytest, IDEs): nothing to filter
-        yield
+        with _load_errors(path, runtime):
+            yield
         return
     sys.stderr.flush()
     saved = os.dup(fd)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), fd)
         try:
-            yield
+            with _load_errors(path, runtime):
+                yield
+        except ModelError:
+            captured.truncate(0)
+            raise
         finally:
             os.dup2(saved, fd)
             os.close(saved)
@@ -115,50 +142,143 @@ def quiet_info():
                     print(line, file=sys.stderr)
 
 
-def model_entry(manifest: dict, model_path: Path) -> tuple[str, dict]:
-    """The manifest's entry (variant name, details) for this model file."""
-    for variant, entry in manifest.get("models", {}).items():
+@contextlib.contextmanager
+def _load_errors(path: Path, runtime: str):
+    try:
+        yield
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: {runtime} cannot load it ({first_line(exc)}); "
+                         "re-export it with `noodle export`") from None
+
+
+def model_entry(manifest: dict, model_path: Path, sha256: str) -> tuple[str, dict]:
+    """The manifest's entry (variant name, details) for this model file.
+
+    By file name; for a renamed copy, by its sha256.
+    """
+    models = manifest.get("models", {})
+    for variant, entry in models.items():
         if entry.get("file") == model_path.name:
             return variant, entry
-    raise ManifestError(f"{model_path}: not listed in its manifest; copy the manifest.json "
-                        "that `noodle export` wrote beside this model")
+    for variant, entry in models.items():
+        if entry.get("sha256") == sha256:
+            return variant, entry
+    raise ManifestError(f"{model_path}: not listed in its manifest, by name or sha256; copy the "
+                        "manifest.json that `noodle export` wrote beside this model")
+
+
+def embedded_metadata(model: ModelFile, path: Path) -> EmbeddedMetadata | None:
+    """What the model says about itself (export/metadata.py wrote it), or None."""
+    raw = model.metadata_bytes(METADATA_NAME)
+    if raw is None:
+        return None
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelError(f"{path}: its embedded noodle metadata is not JSON; re-export it "
+                         "with `noodle export`") from None
+    try:
+        return EmbeddedMetadata.from_dict(document, f"{path} (embedded metadata)")
+    except ManifestError as exc:
+        raise ModelError(str(exc)) from None
+
+
+def _describe(labels: list, spec: dict, output: str, preprocessing: dict) -> dict:
+    """What the manifest and the embedded metadata must agree on."""
+    return {"labels": list(labels), "input": InputSpec(spec["height"], spec["width"], spec["channels"]),
+            "output": output, "preprocessing": (preprocessing["name"], preprocessing["version"])}
+
+
+def _agree(path: Path, manifest: dict, embedded: EmbeddedMetadata) -> None:
+    ours = _describe(manifest["labels"], manifest["input"], manifest["output"], manifest["preprocessing"])
+    theirs = _describe(embedded.labels, embedded.input.to_dict(), embedded.output,
+                       embedded.preprocessing.to_dict())
+    wrong = [key for key in ours if ours[key] != theirs[key]]
+    if wrong:
+        key = wrong[0]
+        raise ModelError(f"{path}: its manifest and its embedded metadata disagree on "
+                         f"{', '.join(wrong)} ({key}: {ours[key]} vs {theirs[key]}); the manifest "
+                         "was edited or belongs to another export: copy both from the same export")
 
 
 class Classifier:
     """One loaded model: labels, input size and quantization from the model and manifest."""
 
     def __init__(self, model_path: str | os.PathLike, manifest: dict | None = None,
-                 threads: int | None = None, runtime: str | None = None, verify: bool = True):
+                 threads: int | None = None, runtime: str | None = None, allow_unverified: bool = False):
+        """manifest: the export manifest, read from beside the model when not given.
+        allow_unverified: run a model whose manifest entry has no sha256, with a warning.
+        """
         self.path = Path(model_path)
-        if not self.path.is_file():
-            raise ModelError(f"{self.path}: no such model file; pass a .tflite written by `noodle export`")
-        check_tflite(self.path)
-        self.manifest = manifest if manifest is not None else read_manifest(self.path.parent)
-        self.variant, entry = model_entry(self.manifest, self.path)
-        if verify and entry.get("sha256") and sha256_file(self.path) != entry["sha256"]:
-            raise ModelError(f"{self.path}: sha256 differs from its manifest; the file was altered "
-                             "or belongs to another export; copy both from the same export")
-        self.labels: list[str] = list(self.manifest["labels"])
-        self.size = image_size(self.manifest)
+        model = read_checked(self.path)
+        embedded = embedded_metadata(model, self.path)
+        sidecar = self.path.parent / MANIFEST_NAME
+        if manifest is None and sidecar.is_file():
+            manifest = read_manifest(sidecar)
+        elif manifest is None and embedded is None:
+            raise ManifestError(f"{sidecar}: no manifest, and {self.path.name} does not describe itself; "
+                                "keep the manifest.json `noodle export` wrote beside the model")
+        if manifest is not None:
+            self.variant = self._check_entry(manifest, model, allow_unverified)
+            self.labels: list[str] = list(manifest["labels"])
+            self.size = image_size(manifest)
+            # Where the labels came from, for messages.
+            self.described_by = "manifest"
+        else:
+            if embedded.weights_sha256 != model.weights_sha256():
+                raise ModelError(f"{self.path}: its weights differ from the sha256 its embedded metadata "
+                                 "records; the file was altered: copy it again from its export")
+            self.variant, self.labels = embedded.variant, list(embedded.labels)
+            self.size = (embedded.input.height, embedded.input.width)
+            self.described_by = "embedded metadata"
+        self._check_shapes(model)
+        if manifest is not None and embedded is not None:
+            _agree(self.path, manifest, embedded)
         self.runtime, interpreter_class = find_runtime(runtime)
-        try:
-            with quiet_info():
-                self.interpreter = interpreter_class(model_path=str(self.path), num_threads=threads)
-                self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"{self.path}: {self.runtime} cannot load it ({first_line(exc)}); "
-                             "re-export it with `noodle export`") from None
+        with quiet_info(self.path, self.runtime):
+            # The bytes just checked, not the path: the file cannot change in between.
+            self.interpreter = interpreter_class(model_content=model.data, num_threads=threads)
+            self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
-        expected = (self.size[0], self.size[1], 3)
-        if tuple(self._input["shape"][1:]) != expected:
-            raise ModelError(f"{self.path}: model input {tuple(self._input['shape'][1:])} but manifest "
-                             f"says {expected}; the model and manifest come from different exports")
         self.batch = int(self._input["shape"][0])
         # A batch dimension of -1 in the signature lets invoke() resize it; a
         # model saved with a fixed one is run an image at a time.
         signature = self._input.get("shape_signature", self._input["shape"])
         self.batchable = len(signature) > 0 and int(signature[0]) == -1
+
+    def _check_entry(self, manifest: dict, model: ModelFile, allow_unverified: bool) -> str:
+        """The variant of this file in `manifest`, its sha256 checked."""
+        sha256 = hashlib.sha256(model.data).hexdigest()
+        variant, entry = model_entry(manifest, self.path, sha256)
+        if not entry.get("sha256"):
+            if not allow_unverified:
+                raise ModelError(f"{self.path}: its manifest entry has no sha256, so the file cannot be "
+                                 "checked; re-run `noodle export`, or pass --no-verify to run it unchecked")
+            print(f"warning: {self.path}: not verified (its manifest entry has no sha256); "
+                  "answers from an altered file would be wrong", file=sys.stderr)
+        elif entry["sha256"] != sha256:
+            raise ModelError(f"{self.path}: sha256 differs from its manifest; the file was altered "
+                             "or belongs to another export; copy both from the same export")
+        return variant
+
+    def _check_shapes(self, model: ModelFile) -> None:
+        """One image input of the described size; one output whose width fits the labels."""
+        source = self.described_by
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise ModelError(f"{self.path}: {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                             "noodle runs image classifiers with one of each, written by `noodle export`")
+        shape = model.inputs[0].shape
+        expected = (self.size[0], self.size[1], 3)
+        if tuple(shape[1:]) != expected:
+            raise ModelError(f"{self.path}: model input {tuple(shape[1:])} but {source} says {expected}; "
+                             "the model and manifest come from different exports")
+        units = model.outputs[0].shape[-1] if model.outputs[0].shape else 0
+        wanted = 2 if units == 1 else units
+        if len(self.labels) != wanted:
+            kind = "a 1-unit sigmoid needs 2" if units == 1 else f"a {units}-unit softmax needs {units}"
+            raise ModelError(f"{self.path}: {len(self.labels)} labels in its {source}, but {kind}; "
+                             "the labels and the model come from different exports: copy both from one")
 
     @property
     def input_dtype(self) -> np.dtype:
@@ -196,9 +316,13 @@ class Classifier:
         """Raw model outputs (dequantized) for a (n, h, w, 3) uint8 batch."""
         if not self.batchable and len(pixels) != self.batch:
             return self._fixed_batches(pixels)
-        self._resize(len(pixels))
-        self.interpreter.set_tensor(self._input["index"], self._quantize(pixels))
-        self.interpreter.invoke()
+        try:
+            self._resize(len(pixels))
+            self.interpreter.set_tensor(self._input["index"], self._quantize(pixels))
+            self.interpreter.invoke()
+        except RuntimeError as exc:  # a model that loads but cannot run: damaged, or another runtime's
+            raise ModelError(f"{self.path}: {self.runtime} cannot run it ({first_line(exc)}); "
+                             "re-export it with `noodle export`") from None
         return self._dequantize(self.interpreter.get_tensor(self._output["index"]))
 
     def _fixed_batches(self, pixels: np.ndarray) -> np.ndarray:
@@ -216,10 +340,8 @@ class Classifier:
         """(n, classes) probabilities; a sigmoid output becomes two columns."""
         outs = [self.invoke(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
         out = np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
-        if out.shape[1] == 1 and len(self.labels) == 2:
-            out = np.concatenate([1.0 - out, out], axis=1)
-        return out
+        return widen(out)
 
     def top_k(self, probs: np.ndarray, k: int = 1) -> list[list[tuple[str, float]]]:
-        order = np.argsort(-probs, axis=1)[:, :k]
+        order = ranked(probs, k)
         return [[(self.labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order, strict=True)]

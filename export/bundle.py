@@ -1,18 +1,22 @@
 """`noodle bundle`: one tarball with all a Raspberry Pi needs to run a model.
 
-    noodle-edge-<version>/
-        edge/               the runner package, as it is in this checkout
-        model/              the chosen .tflite and its manifest (that model only)
-        requirements-pi.txt from the `edge` extra and base dependencies of pyproject.toml
-        install.sh          makes .venv and installs the requirements
-        noodle-edge         runs `python -m edge` from that venv
-        README-PI.md        the three commands to type on the Pi
+    noodle-edge-<run name>-<variant>/
+        edge/                the device modules of the runner package, nothing host-only
+        model/               the chosen .tflite and its manifest (that model only)
+        requirements-pi.in   the `edge` extra and base dependencies of pyproject.toml
+        requirements-pi.txt  with wheels: every wheel in wheels/ by version and sha256
+        wheels/              with wheels: aarch64 wheels for Bookworm and Trixie (export.wheelhouse)
+        install.sh           makes .venv (offline from wheels/ when present), --service for boot
+        noodle-edge          runs `python -m edge` from that venv
+        noodle-edge.service  the systemd unit template install.sh fills in
+        README-PI.md         the commands to type on the Pi
 
 The templates live in export/pi/. The tarball is written to a temporary name
 and renamed, so dist/ never holds half of one.
 """
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import io
 import json
@@ -26,6 +30,7 @@ import typer
 
 from edge.errors import NoodleError, one_line_errors
 from edge.manifest import MANIFEST_NAME, atomic_output, read_manifest, sha256_file
+from export.wheelhouse import TARGETS, pinned_requirements, pip_download, wheels_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "pi"
@@ -34,6 +39,11 @@ DISTRIBUTION = "noodle-kit"
 # The int8 model: a quarter of float32's size, and the Pi's integer kernels are its fast path.
 DEFAULT_MODEL = "int8"
 EXECUTABLE = {"install.sh", "noodle-edge"}
+TEMPLATE_FILES = ("install.sh", "noodle-edge", "noodle-edge.service", "README-PI.md")
+# Where `make bundle` keeps downloaded wheels, so bundling again is offline and fast.
+WHEEL_CACHE = Path(".cache/wheels")
+# Packages a device module may not import: the Pi has numpy, Pillow, typer and an interpreter.
+HOST_ONLY = {"train", "export", "bench", "tests", "tensorflow", "keras", "pytest"}
 
 
 class BundleError(NoodleError):
@@ -69,6 +79,26 @@ def pi_requirements() -> list[str]:
     return lines
 
 
+def device_sources() -> dict[str, bytes]:
+    """edge/*.py by archive name, refusing a module that imports host-only code."""
+    files = {}
+    for source in sorted(EDGE.glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_bytes(), str(source))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            host = [n for n in names if n.split(".")[0] in HOST_ONLY]
+            if host:
+                raise BundleError(f"{source}: imports {host[0]}, which the device does not have; "
+                                  "keep host-only code out of edge/")
+        files[f"edge/{source.name}"] = source.read_bytes()
+    return files
+
+
+def bundle_path(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | Path = "dist") -> Path:
+    """dist/noodle-edge-<run name>-<variant>.tar.gz: where `noodle bundle` writes, and pi-check looks."""
+    return Path(out) / f"noodle-edge-{Path(run_dir).resolve().name}-{variant}.tar.gz"
+
+
 def _render(name: str, values: dict[str, str]) -> bytes:
     text = (TEMPLATES / name).read_text()
     for key, value in values.items():
@@ -77,10 +107,21 @@ def _render(name: str, values: dict[str, str]) -> bytes:
 
 
 def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | Path = "dist",
-                 log=print) -> Path:
-    """Write dist/noodle-edge-<version>.tar.gz for RUN_DIR/export/<variant>; return its path."""
+                 log=print, wheel_cache: Path | None = None, download=pip_download) -> Path:
+    """Write OUT/noodle-edge-<run name>-<variant>.tar.gz; return its path.
+
+    With WHEEL_CACHE, the tarball carries every target release's wheels and
+    requirements-pi.txt pins them; without, the Pi installs from the index.
+    """
     export = Path(run_dir) / "export"
     manifest = read_manifest(export / MANIFEST_NAME)
+    # Only an export whose validation finished and passed ships: one killed
+    # during validation has files and a manifest but no proof they run.
+    validation = manifest.get("validation") or {}
+    if not validation.get("passed"):
+        state = "did not pass" if validation else "never finished"
+        raise BundleError(f"{export / MANIFEST_NAME}: the export's validation {state}; "
+                          f"run `noodle export {run_dir}` and bundle when it succeeds")
     entry = manifest.get("models", {}).get(variant)
     if entry is None:
         have = ", ".join(manifest.get("models", {})) or "none"
@@ -98,31 +139,41 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     shipped["models"] = {variant: entry}
 
     ver = version()
-    top = f"noodle-edge-{ver}"
+    dest = bundle_path(run_dir, variant, out)
+    top = dest.name.removesuffix(".tar.gz")
     h, w = manifest["input"]["height"], manifest["input"]["width"]
-    values = {"VERSION": ver, "MODEL_FILE": entry["file"], "VARIANT": variant, "SIZE": f"{h}x{w}",
-              "LABELS": ", ".join(manifest["labels"])}
-    files: dict[str, bytes] = {}
-    for source in sorted(EDGE.rglob("*.py")):
-        files[f"edge/{source.relative_to(EDGE).as_posix()}"] = source.read_bytes()
-    files[f"model/{entry['file']}"] = model.read_bytes()
+    values = {"VERSION": ver, "TOP": top, "MODEL_FILE": entry["file"], "VARIANT": variant,
+              "SIZE": f"{h}x{w}", "LABELS": ", ".join(manifest["labels"])}
+    files: dict[str, bytes | Path] = device_sources()
+    files[f"model/{entry['file']}"] = model
     files[f"model/{MANIFEST_NAME}"] = (json.dumps(shipped, indent=2) + "\n").encode()
-    files["requirements-pi.txt"] = ("# Written by `noodle bundle` from pyproject.toml: the runner's "
-                                    "dependencies and the `edge` extra.\n"
-                                    + "\n".join(pi_requirements()) + "\n").encode()
-    for name in ("install.sh", "noodle-edge", "README-PI.md"):
+    requirements = pi_requirements()
+    files["requirements-pi.in"] = ("# Written by `noodle bundle` from pyproject.toml: the runner's "
+                                   "dependencies and the `edge` extra.\n"
+                                   + "\n".join(requirements) + "\n").encode()
+    wheels = []
+    if wheel_cache is not None:
+        groups = {target: wheels_for(target, requirements, Path(wheel_cache), download) for target in TARGETS}
+        files["requirements-pi.txt"] = pinned_requirements(groups).encode()
+        wheels = sorted({wheel.path for group in groups.values() for wheel in group})
+        files.update({f"wheels/{path.name}": path for path in wheels})
+    for name in TEMPLATE_FILES:
         files[name] = _render(name, values)
 
-    dest = Path(out) / f"{top}.tar.gz"
     now = int(time.time())
-    with atomic_output(dest, suffix=".tar.gz") as tmp, tarfile.open(tmp, "w:gz") as tar:
+    # Wheels are already compressed: a light gzip level saves seconds and costs nothing in size.
+    with atomic_output(dest, suffix=".tar.gz") as tmp, tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(f"{top}/{name}")
-            info.size, info.mtime = len(data), now
-            info.mode = 0o755 if name in EXECUTABLE else 0o644
-            tar.addfile(info, io.BytesIO(data))
-    log(f"wrote {dest} ({dest.stat().st_size / 1024:.0f} KiB): {variant} model "
-        f"{entry['bytes'] / 1024:.0f} KiB, edge package, requirements-pi.txt, install.sh, README-PI.md")
+            info.size = data.stat().st_size if isinstance(data, Path) else len(data)
+            info.mtime, info.mode = now, 0o755 if name in EXECUTABLE else 0o644
+            with data.open("rb") if isinstance(data, Path) else io.BytesIO(data) as stream:
+                tar.addfile(info, stream)
+    shipped_wheels = (f"{len(wheels)} wheels for {', '.join(t.release for t in TARGETS)} "
+                      f"({sum(p.stat().st_size for p in wheels) / 2**20:.1f} MiB)" if wheels
+                      else "no wheels (the Pi installs from the index)")
+    log(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB): {variant} model "
+        f"{entry['bytes'] / 1024:.0f} KiB, {shipped_wheels}")
     return dest
 
 
@@ -135,6 +186,14 @@ def bundle_command(
     run_dir: Annotated[Path, typer.Argument(help="Run folder whose export/ holds the model.")],
     model: Annotated[str, typer.Option(help="Which exported variant to ship.")] = DEFAULT_MODEL,
     out: Annotated[Path, typer.Option(help="Folder for the tarball.")] = Path("dist"),
+    wheels: Annotated[bool, typer.Option(
+        help="Ship the aarch64 wheels for an offline install (about 60 MB); --no-wheels installs "
+             "from the index on the Pi.")] = True,
+    wheel_cache: Annotated[Path, typer.Option(help="Where downloaded wheels are kept.")] = WHEEL_CACHE,
 ) -> None:
-    """Write dist/noodle-edge-<version>.tar.gz: runner, model, requirements, install.sh, README-PI.md."""
-    write_bundle(run_dir, model, out, log=typer.echo)
+    """Write dist/noodle-edge-<run>-<variant>.tar.gz: runner, model, wheels, install.sh, README-PI.md.
+
+    The last line printed is the tarball's path.
+    """
+    path = write_bundle(run_dir, model, out, log=typer.echo, wheel_cache=wheel_cache if wheels else None)
+    typer.echo(path)

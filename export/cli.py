@@ -4,6 +4,7 @@ TensorFlow is imported inside the commands, so `noodle --help` stays fast.
 """
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,19 @@ DataOption = Annotated[Path | None, typer.Option(
     help="The training data, if it moved since training (default: the path in the run's manifest).")]
 EdgeOption = Annotated[Path | None, typer.Option(
     help="Python of the device environment with tflite-runtime 2.14 (default: .venv-edge/bin/python).")]
+TestOption = Annotated[Path | None, typer.Option(
+    "--test", help="A labelled folder or CSV nobody trained on, to score every variant on "
+                   "(default: the training data's test split).")]
+
+
+class Quantizer(str, Enum):
+    tflite = "tflite"
+    litert = "litert"
+
+
+class CalibrationSplit(str, Enum):
+    train = "train"
+    val = "val"
 
 
 @app.command("export")
@@ -27,35 +41,93 @@ def export_command(
     variants: Annotated[list[str] | None, typer.Option(
         help="Variants to write, comma-separated or repeated (default: all four).")] = None,
     calibration_samples: Annotated[int, typer.Option(
-        help="Shuffled training photos to calibrate int8 on.")] = 300,
+        help="Shuffled photos to calibrate int8 on (a warning below 100).")] = 300,
+    calibration_split: Annotated[CalibrationSplit, typer.Option(
+        help="The split those photos come from; never the test split, which scores the variants.")]
+    = CalibrationSplit.train,
     io: Annotated[str, typer.Option(
         help="int8 model's input/output type: uint8 (raw camera pixels) or int8.")] = "uint8",
+    quantizer: Annotated[Quantizer, typer.Option(
+        help="litert: also write int8-litert.tflite with the LiteRT Quantizer's static int8 recipe, "
+             "on the same calibration photos, to compare with the converter's int8.")] = Quantizer.tflite,
+    max_drop: Annotated[float | None, typer.Option(
+        min=0, help="Exit 1 when a variant's accuracy is more than this many points below float32's "
+             "(and diagnose int8).")] = None,
+    diagnose: Annotated[bool, typer.Option(
+        "--diagnose", help="Rank int8's layers by quantization error: export/diagnosis.md.")] = False,
+    float_layers: Annotated[str | None, typer.Option(
+        help="Also write int8-mixed.tflite with these layers kept float: auto (the suspect ones), "
+             "N (the N worst), or layer names, comma-separated.")] = None,
+    test: TestOption = None,
     data: DataOption = None,
     edge: EdgeOption = None,
 ) -> None:
     """Convert RUN_DIR/model.keras to TFLite files in RUN_DIR/export/ and validate each."""
-    from export.convert import ExportFailed, export_run
-    from export.validate import validate_export
+    from export.convert import ExportFailed, export_run, record_validation
+    from export.extras import make_extras
+    from export.validate import raise_for, validate_export
 
-    manifest = export_run(run_dir, variants=variants, calibration_samples=calibration_samples,
-                          io=io, log=typer.echo, data=data)
-    validate_export(run_dir, data=data, edge=edge, log=typer.echo)
+    export_run(run_dir, variants=variants, calibration_samples=calibration_samples,
+               calibration_split=calibration_split.value, io=io, log=typer.echo, data=data)
+    diagnosis = make_extras(run_dir, litert=quantizer is Quantizer.litert, float_layers=float_layers,
+                            diagnose=diagnose, samples=calibration_samples, split=calibration_split.value,
+                            io=io, data=data, log=typer.echo)
+    report = validate_export(run_dir, data=data, edge=edge, log=typer.echo)
+    manifest = record_validation(run_dir, report, log=typer.echo)
+    raise_for(report)
+    if max_drop is not None:
+        _gate(run_dir, max_drop, test, data, diagnosis is not None, calibration_samples,
+              calibration_split.value, io)
     if manifest["failed"]:
         raise ExportFailed("; ".join(f"{v}: {m}" for v, m in manifest["failed"].items()))
+
+
+def _gate(run_dir: Path, max_drop: float, test, data, diagnosed: bool, samples: int, split: str,
+          io: str) -> None:
+    """Exit 1, one line per variant, when one loses more than `max_drop` points; diagnose first."""
+    from export.compare import REFERENCE, gate, paired_figures
+    from export.convert import ExportError
+    from export.extras import calibration, diagnose_run
+
+    scores, figures = paired_figures(run_dir, data, test)
+    if REFERENCE not in figures:
+        raise ExportError(f"--max-drop compares with {REFERENCE}.tflite, which this export lacks; "
+                          f"export {REFERENCE} too")
+    failures = gate(figures, max_drop)
+    for variant, f in figures.items():
+        if variant != REFERENCE:
+            typer.echo(f"gate     {f['verdict']}")
+    if not failures:
+        typer.echo(f"gate     passed: no variant loses more than {max_drop:g} pp on "
+                   f"{len(scores.y)} photos")
+        return
+    if not diagnosed and "int8" in figures:
+        pixels, info = calibration(run_dir, samples, split, data)
+        diagnose_run(run_dir, pixels, info, f"the gate tripped: {failures[0]}", io, log=typer.echo)
+    for line in failures:
+        typer.echo(f"gate failed: {line}", err=True)
+    raise typer.Exit(1)
 
 
 @app.command("compare")
 @one_line_errors
 def compare_command(
     run_dir: RunDir,
+    test: TestOption = None,
     data: DataOption = None,
     edge: EdgeOption = None,
     latency_runs: Annotated[int, typer.Option(help="Timed invokes per model and thread count.")] = 200,
+    shifts: Annotated[int, typer.Option(
+        min=0, help="Photos whose label int8 kept but whose probability moved most, added to "
+                    "disagreements.png.")] = 8,
 ) -> None:
-    """Compare the exported variants: size, accuracy, latency, memory. Prints the table."""
+    """Compare the exported variants: size, accuracy with paired statistics, latency, memory."""
     from export.compare import compare_run, to_markdown
 
-    report = compare_run(run_dir, data=data, edge=edge, latency_runs=latency_runs, log=typer.echo)
+    report = compare_run(run_dir, data=data, edge=edge, latency_runs=latency_runs, log=typer.echo,
+                         test=test, top_shifts=shifts)
     typer.echo("")
     typer.echo(to_markdown(report))
-    typer.echo(f"report: {Path(run_dir) / 'export' / 'report.md'} (and report.json, report.png)")
+    out = Path(run_dir) / "export"
+    typer.echo(f"report: {out / 'report.md'} (and report.json, report.png, confusion.png"
+               + (", disagreements.png" if report["disagreements"]["file"] else "") + ")")

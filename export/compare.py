@@ -1,28 +1,184 @@
 """`noodle compare`: what int8 costs in accuracy and buys in size, speed and memory.
 
-One row per exported variant: file size, accuracy and agreement (from the
-validation step, re-run when the files changed), invoke latency at 1 thread
-and at every core, the peak memory of a process that loads and runs the
-model, and whether the graph is integer only. Latency and memory come from a
-fresh process per model in the device environment (tflite-runtime 2.14, the
-Pi's interpreter) when it exists, else from this environment's interpreter.
-Writes RUN/export/report.{md,json,png}.
+One row per exported variant: file size; accuracy on the evaluation photos
+and, paired photo by photo with float32, the delta with its 95 % interval, the
+discordant photos, McNemar's exact p and a verdict (export.stats); per-class
+accuracy with counts and a confusion matrix; invoke latency at 1 thread and
+at every core, and the peak memory of a process that loads and runs the
+model. The photos are the training data's test split, or `--test DIR`: a
+labelled folder or CSV nobody trained on. Every variant runs through
+`edge.runtime.Classifier` under ai-edge-litert, the code `noodle-edge
+classify` runs. Latency and memory come from a fresh process per model in the
+device environment (tflite-runtime 2.14) when it exists. Runtime checks and
+parity with Keras come from validation.json.
+
+Writes RUN/export/report.{md,json,png}, confusion.png and, when int8 and
+float32 disagree on some photo, disagreements.png.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.manifest import atomic_output, read_manifest, write_bytes, write_json
-from export.convert import ExportError, export_dir, read_run
-from export.validate import RUNTIME, VALIDATION_FILE, edge_python, run_edge_check, validate_export
+import numpy as np
+
+from edge.manifest import image_size, read_manifest, write_bytes, write_json
+from edge.postprocess import predicted_index
+from edge.runtime import Classifier
+from export import stats
+from export.convert import (
+    CALIBRATION_WARN_BELOW,
+    VALIDATION_FILE,
+    ExportError,
+    evaluation_data,
+    export_dir,
+    read_run,
+)
+from export.validate import RUNTIME, edge_python, run_edge_check, validate_export
 
 # Timed invokes per model and thread count: enough for a stable p99 of a
 # millisecond-scale model, a second or two per row.
 LATENCY_RUNS = 200
+# Beside every photo whose label changed, the contact sheet shows this many
+# more: the largest probability shifts among photos whose label held.
+TOP_SHIFTS = 8
+# The variant the contact sheet is about: the one `make bundle` ships.
+SHEET_VARIANT = "int8"
+REFERENCE = "float32"
+# Every photo's label and score per variant, to check against `noodle-edge classify`.
+PREDICTIONS_FILE = "predictions.csv"
+
+
+@dataclass
+class Photos:
+    """The labelled photos every variant is scored on, and where they came from."""
+
+    source: str
+    split: str  # test / val of the training data, or "external" for --test
+    items: list[tuple[Path, int]]
+    skipped: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Scores:
+    photos: Photos
+    files: list[Path]
+    x: np.ndarray  # (n, h, w, 3) uint8, what the models saw
+    y: np.ndarray
+    probs: dict[str, np.ndarray]  # variant -> (n, classes)
+
+
+def evaluation_photos(train_manifest: dict, data=None, test=None) -> Photos:
+    """`test` (a labelled folder or CSV) when given, else the training data's held-out split."""
+    if test is not None:
+        from train.data import read_labelled
+
+        items, skipped = read_labelled(Path(test), list(train_manifest["labels"]))
+        return Photos(source=str(test), split="external", items=items, skipped=skipped)
+    dataset = evaluation_data(train_manifest, data)
+    split = "test" if dataset.splits.get("test") else "val"
+    return Photos(source=str(dataset.root), split=split, items=list(dataset.splits[split]))
+
+
+def score(out: Path, manifest: dict, photos: Photos) -> Scores:
+    """Every listed variant's probabilities on the photos, decoded once."""
+    from train.data import decode
+
+    decoded = decode(photos.items, image_size(manifest))
+    if not len(decoded.y):
+        raise ExportError(f"{photos.source}: no readable photos to score the variants on")
+    photos.skipped = photos.skipped + decoded.skipped
+    probs = {variant: Classifier(out / entry["file"], manifest=manifest, runtime=RUNTIME)
+             .probabilities(decoded.x).astype(np.float64)
+             for variant, entry in manifest["models"].items()}
+    return Scores(photos, decoded.files, decoded.x, decoded.y, probs)
+
+
+def accuracy_figures(scores: Scores, labels: list[str]) -> dict[str, dict]:
+    """Per variant: accuracy, per-class, confusion, and the paired comparison with float32."""
+    y, probs = scores.y, scores.probs
+    reference = probs.get(REFERENCE)
+    ref_pred = predicted_index(reference) if reference is not None else None
+    figures = {}
+    for variant, p in probs.items():
+        pred = predicted_index(p)
+        counts = stats.confusion(y, pred, len(labels))
+        fig = {"accuracy": float((pred == y).mean()), "per_class": stats.per_class(counts, labels),
+               "confusion": {"rows": "true", "cols": "predicted", "counts": counts.tolist()}}
+        if reference is not None:
+            diff = np.abs(p - reference)
+            fig.update(agreement=float((pred == ref_pred).mean()), mean_prob_diff=float(diff.mean()),
+                       max_prob_diff=float(diff.max()))
+            if variant == REFERENCE:  # the same model: nothing to estimate
+                paired = {"delta_pp": 0.0, "delta_ci95": [0.0, 0.0], "count": len(y),
+                          "discordant": {"float_only": 0, "variant_only": 0}, "mcnemar_p": 1.0}
+                fig["verdict"] = f"{REFERENCE}: the reference"
+            else:
+                paired = stats.paired_comparison(y, ref_pred, pred)
+                fig["verdict"] = stats.verdict(variant, paired)
+            fig.update(paired, accuracy_delta=fig["accuracy"] - float((ref_pred == y).mean()))
+        figures[variant] = fig
+    return figures
+
+
+def paired_figures(run_dir: Path, data=None, test=None) -> tuple[Scores, dict]:
+    """Scores and accuracy figures of RUN/export/ on the evaluation photos (no latency)."""
+    train_manifest = read_run(run_dir)
+    manifest = _export_manifest(run_dir)
+    scores = score(export_dir(run_dir), manifest, evaluation_photos(train_manifest, data, test))
+    return scores, accuracy_figures(scores, list(manifest["labels"]))
+
+
+def write_predictions(scores: Scores, labels: list[str], dest: Path) -> None:
+    """file, true label, then each variant's label and its probability, one photo a row."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    out = csv.writer(buffer, lineterminator="\n")
+    variants = list(scores.probs)
+    out.writerow(["file", "true"] + [c for v in variants for c in (v, f"{v}_score")])
+    preds = {v: predicted_index(p) for v, p in scores.probs.items()}
+    for i, path in enumerate(scores.files):
+        out.writerow([str(path), labels[scores.y[i]]]
+                     + [c for v in variants
+                        for c in (labels[preds[v][i]], f"{scores.probs[v][i, preds[v][i]]:.6f}")])
+    write_bytes(dest, buffer.getvalue().encode())
+
+
+def gate(figures: dict[str, dict], max_drop: float) -> list[str]:
+    """One line per variant whose accuracy is more than `max_drop` points below float32's.
+
+    The point delta decides, as "loses more than PP points" reads; the interval
+    is printed beside it so a user can judge whether the loss is noise.
+    """
+    lines = []
+    for variant, f in figures.items():
+        if variant == REFERENCE or "delta_pp" not in f:
+            continue
+        # A hair of slack: -0.25 computed as 100 * -1 / 400 must not fail --max-drop 0.25.
+        if -f["delta_pp"] > max_drop + 1e-9:
+            lo, hi = f["delta_ci95"]
+            d = f["discordant"]
+            lines.append(f"{variant} loses {-f['delta_pp']:.2f} pp against {REFERENCE} (95 % CI "
+                         f"{lo:+.2f}..{hi:+.2f} pp; {d['float_only']} photo(s) only {REFERENCE} got "
+                         f"right, {d['variant_only']} only {variant}), more than --max-drop {max_drop:g}")
+    return lines
+
+
+def _export_manifest(run_dir: Path) -> dict:
+    out = export_dir(run_dir)
+    if not out.is_dir():
+        raise ExportError(f"{out}: no export yet; run `noodle export {run_dir}` first")
+    manifest = read_manifest(out)
+    if not manifest.get("models"):
+        raise ExportError(f"{out / 'manifest.json'}: lists no models; run `noodle export {run_dir}`")
+    return manifest
 
 
 def _validation(run_dir: Path, manifest: dict, data, edge, log) -> dict:
@@ -30,8 +186,6 @@ def _validation(run_dir: Path, manifest: dict, data, edge, log) -> dict:
     path = export_dir(run_dir) / VALIDATION_FILE
     current = {v: e["sha256"] for v, e in manifest["models"].items()}
     if path.is_file():
-        import json
-
         report = json.loads(path.read_text())
         if report.get("files_sha256") == current:
             return report
@@ -60,70 +214,103 @@ def measure(out: Path, manifest: dict, edge, runs: int, log) -> tuple[dict, dict
 
 def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
                 edge: str | os.PathLike | None = None, latency_runs: int = LATENCY_RUNS,
-                log=print) -> dict:
-    """Build, write and return the comparison report of RUN/export/."""
+                log=print, test: str | os.PathLike | None = None, top_shifts: int = TOP_SHIFTS) -> dict:
+    """Build, write and return the comparison report of RUN/export/.
+
+    test: a labelled folder or CSV to score on instead of the training data's
+        test split; `data` is then needed only if validation must run again.
+    """
+    from export import figures as draw
+
     run_dir = Path(run_dir)
     read_run(run_dir)
     out = export_dir(run_dir)
-    if not out.is_dir():
-        raise ExportError(f"{out}: no export yet; run `noodle export {run_dir}` first")
-    manifest = read_manifest(out)
-    if not manifest.get("models"):
-        raise ExportError(f"{out / 'manifest.json'}: lists no models; run `noodle export {run_dir}`")
+    manifest = _export_manifest(run_dir)
     validation = _validation(run_dir, manifest, data, edge, log)
+    scores, figures = paired_figures(run_dir, data, test)
+    photos = scores.photos
+    log(f"scored every variant on {len(scores.y)} photos from {photos.source} ({photos.split})")
     bench, bench_info = measure(out, manifest, edge, latency_runs, log)
-    base_bytes = manifest["models"].get("float32", {}).get("bytes")
+    base_bytes = manifest["models"].get(REFERENCE, {}).get("bytes")
     rows = []
     for variant, entry in manifest["models"].items():
         v, b = validation["variants"].get(variant, {}), bench[variant]
         rows.append({
             "variant": variant, "file": entry["file"], "bytes": entry["bytes"],
             "size_vs_float32": entry["bytes"] / base_bytes if base_bytes else None,
-            "accuracy": v.get("accuracy"), "accuracy_delta": v.get("accuracy_delta"),
-            "agreement": v.get("agreement"), "mean_prob_diff": v.get("mean_prob_diff"),
-            "max_prob_diff": v.get("max_prob_diff"), "per_class_accuracy": v.get("per_class_accuracy"),
+            **figures[variant],
             "latency_ms": b.get("latency_ms"), "peak_rss_kb": b.get("peak_rss_kb"),
             "fully_integer": b.get("fully_integer", entry.get("fully_integer")),
             "input": entry["input"], "output": entry["output"],
             "runtimes": {**v.get("runtimes", {}), bench_info["runtime"]: {"ok": b["ok"]}},
         })
+    labels = list(manifest["labels"])
+    write_predictions(scores, labels, out / PREDICTIONS_FILE)
+    sheet = draw.disagreements(scores, labels, out / "disagreements.png", SHEET_VARIANT, REFERENCE,
+                               top_shifts)
     report = {
-        "run": str(run_dir), "split": validation["split"], "count": validation["count"],
-        "labels": validation["labels"], "keras_accuracy": validation["keras"]["accuracy"],
+        "run": str(run_dir),
+        "test": {"source": photos.source, "split": photos.split, "count": int(len(scores.y)),
+                 "skipped": photos.skipped},
+        "labels": labels, "keras_accuracy": validation["keras"]["accuracy"],
+        "validation": {"split": validation["split"], "count": validation["count"]},
         "parity": validation["parity"], "runtimes": validation["runtimes"],
+        "statistics": {"reference": REFERENCE, "delta": "variant accuracy - float32 accuracy, pp",
+                       "ci95": "Newcombe hybrid score interval for paired proportions (method 10)",
+                       "test": "McNemar exact, two-sided binomial on the discordant photos",
+                       "alpha": stats.ALPHA,
+                       "predicted": "argmax; an exact tie goes to the lowest class index"},
+        "calibration": {v: e["calibration"] for v, e in manifest["models"].items() if e.get("calibration")},
         "benchmark": {**bench_info, "runs": latency_runs, "machine": platform.machine(),
                       "cpus": os.cpu_count(), "loadavg": _loadavg()},
         "rows": rows, "failed": manifest.get("failed", {}),
+        "predictions": PREDICTIONS_FILE,
+        "disagreements": sheet,
+        "figures": {"confusion": draw.confusion_figure(rows, labels, out / "confusion.png"),
+                    "chart": "report.png"},
     }
     write_json(out / "report.json", report)
-    markdown = to_markdown(report)
-    write_bytes(out / "report.md", markdown.encode())
-    chart(report, out / "report.png")
+    write_bytes(out / "report.md", to_markdown(report).encode())
+    draw.chart(report, out / "report.png")
     return report
 
 
 def to_markdown(report: dict) -> str:
     threads = report["benchmark"]["threads"]
-    head = ["variant", "bytes", "size vs float32", "accuracy", "delta vs float32", "agreement",
-            "per-class accuracy"]
+    test = report["test"]
+    head = ["variant", "bytes", "size vs float32", "accuracy", "delta vs float32 (95 % CI)",
+            "discordant (float32 only / variant only)", "McNemar p", "agreement", "per-class accuracy"]
     head += [f"p50 / p99 ms, {n} thread{'s' if n > 1 else ''}" for n in threads]
     head += ["peak RSS MiB", "fully integer"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
+        paired = "delta_pp" in r and r["variant"] != REFERENCE
+        lo, hi = r.get("delta_ci95") or (0, 0)
         cells = [r["variant"], f"{r['bytes']:,}", _pct(r["size_vs_float32"], 1), _pct(r["accuracy"], 2),
-                 "" if r["accuracy_delta"] is None else f"{r['accuracy_delta'] * 100:+.2f} pp",
-                 _pct(r["agreement"], 2),
-                 ", ".join(f"{k} {_pct(a, 1)}" for k, a in (r["per_class_accuracy"] or {}).items())]
+                 f"{r['delta_pp']:+.2f} pp ({lo:+.2f}..{hi:+.2f})" if paired else "",
+                 f"{r['discordant']['float_only']} / {r['discordant']['variant_only']}" if paired else "",
+                 f"{r['mcnemar_p']:.3g}" if paired else "",
+                 _pct(r.get("agreement"), 2),
+                 ", ".join(f"{k} {_pct(c['accuracy'], 1)} ({c['correct']}/{c['count']})"
+                           for k, c in r["per_class"].items())]
         for n in threads:
             lat = (r["latency_ms"] or {}).get(str(n))
             cells.append(f"{lat['p50']:.3f} / {lat['p99']:.3f}" if lat else "n/a")
         cells += [f"{r['peak_rss_kb'] / 1024:.1f}" if r["peak_rss_kb"] else "n/a",
                   "yes" if r["fully_integer"] else "no"]
         lines.append("| " + " | ".join(cells) + " |")
+    verdicts = [r["verdict"] for r in report["rows"] if r["variant"] != REFERENCE and r.get("verdict")]
     b, p = report["benchmark"], report["parity"]
+    skipped = len(test["skipped"])
     notes = [
-        f"{report['count']} {report['split']} photos; Keras model accuracy "
-        f"{_pct(report['keras_accuracy'], 2)}.",
+        f"{test['count']} photos from {test['source']} ({_split_words(test['split'])})"
+        + (f"; {skipped} unreadable or missing file(s) skipped" if skipped else "")
+        + f". Keras model accuracy on the validation step's {report['validation']['count']} "
+        f"{report['validation']['split']} photos: {_pct(report['keras_accuracy'], 2)}.",
+        *(_calibration_words(v, c) for v, c in report["calibration"].items()),
+        f"Statistics: each variant paired with float32 on the same photos; 95 % CI by "
+        f"{report['statistics']['ci95']}; {report['statistics']['test']}; a difference counts as "
+        f"detectable when p < {report['statistics']['alpha']}.",
         (f"float32 parity with Keras: labels agree on {_pct(p['agreement'], 2)}, max |prob diff| "
          f"{p['max_prob_diff']:.2g} ({'ok' if p['ok'] else 'FAILED'})." if p
          else "No float32 file: parity with Keras not checked."),
@@ -135,37 +322,25 @@ def to_markdown(report: dict) -> str:
     ]
     if report["failed"]:
         notes.append("FAILED: " + "; ".join(f"{k}: {v}" for k, v in report["failed"].items()))
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    sheet = report["disagreements"]
+    pictures = ["Confusion matrices: ![confusion](confusion.png) ([confusion.png](confusion.png))"
+                if report["figures"]["confusion"] else "No confusion matrix: no variant was scored."]
+    pictures.append(f"Photos whose label changed: [disagreements.png]({sheet['file']})\n\n"
+                    f"![disagreements]({sheet['file']})" if sheet["file"] else sheet["summary"])
+    return ("\n".join(lines) + "\n\n"
+            + ("## Verdicts\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n\n" if verdicts else "")
+            + "\n".join(f"- {n}" for n in notes) + "\n\n" + "\n\n".join(pictures) + "\n")
 
 
-def chart(report: dict, dest: Path) -> None:
-    import matplotlib
+def _split_words(split: str) -> str:
+    return "a separate labelled set, --test" if split == "external" else f"the training data's {split} split"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    rows, threads = report["rows"], report["benchmark"]["threads"]
-    names = [r["variant"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    axes[0].bar(names, [r["bytes"] / 1024 for r in rows], color="tab:blue")
-    axes[0].set_title("file size (KiB)")
-    axes[1].bar(names, [(r["accuracy"] or 0) * 100 for r in rows], color="tab:green")
-    low = min((r["accuracy"] or 0) * 100 for r in rows)
-    axes[1].set_ylim(max(0, low - 5), 100)
-    axes[1].set_title(f"accuracy on {report['count']} {report['split']} photos (%)")
-    width = 0.8 / len(threads)
-    for i, n in enumerate(threads):
-        p50 = [((r["latency_ms"] or {}).get(str(n)) or {}).get("p50", 0) for r in rows]
-        axes[2].bar([j + i * width for j in range(len(rows))], p50, width, label=f"{n} thread(s)")
-    axes[2].set_xticks([j + width * (len(threads) - 1) / 2 for j in range(len(rows))], names)
-    axes[2].set_title("invoke latency p50 (ms)")
-    axes[2].legend()
-    for ax in axes:
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_output(dest, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+def _calibration_words(variant: str, info: dict) -> str:
+    source = f"the {info['split']} split" if info.get("split") else info.get("from", "unknown photos")
+    warn = (f" (fewer than {CALIBRATION_WARN_BELOW}: ranges may be too narrow)"
+            if info.get("samples", 0) < CALIBRATION_WARN_BELOW else "")
+    return f"{variant} calibrated on {info.get('samples')} photos from {source}{warn}."
 
 
 def _pct(x, digits: int) -> str:

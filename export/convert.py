@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.check import describe
 from edge.errors import NoodleError, first_line
 from edge.manifest import FORMAT, MANIFEST_NAME, SCHEMA, atomic_output, read_manifest, sha256_file, write_json
 from edge.manifest import image_size as manifest_image_size
+from export.check import describe
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -32,10 +32,27 @@ VARIANTS = ("float32", "float16", "dynamic", "int8")
 CALIBRATION_SAMPLES = 300
 # A fixed shuffle: the same model and data always convert to the same int8 file.
 CALIBRATION_SEED = 0
+# Training photos by default; val is there to check that calibrating on photos
+# the weights never saw changes nothing. Never test: those score the variants.
+CALIBRATION_SPLITS = ("train", "val")
+CALIBRATION_SPLIT = "train"
+# Fewer photos than this may miss the tails of some activation's range.
+CALIBRATION_WARN_BELOW = 100
+# tflite-runtime 2.14, the Pi's runtime on Bookworm, knows FULLY_CONNECTED up
+# to version 11. Per-channel int8 weights in a dense layer make version 12,
+# which it cannot load: every seed model and every multi-class model failed.
+# Per-tensor weights for dense layers only (convolutions stay per-channel)
+# give version 11 and, measured on the shared photos, the same accuracy.
+# Recorded in each model's manifest entry.
+COMPATIBILITY = {
+    "dense_weights": "per-tensor",
+    "why": "per-channel dense weights need FULLY_CONNECTED v12, which tflite-runtime 2.14 cannot load",
+}
 # uint8 input takes raw camera pixels unchanged (scale 1, zero point 0);
 # int8 is for accelerators that only take signed tensors.
 IO_TYPES = ("uint8", "int8")
 EXPORT_DIR = "export"
+VALIDATION_FILE = "validation.json"
 MODEL_FILE = "model.keras"
 
 
@@ -100,16 +117,27 @@ def evaluation_data(manifest: dict, data: str | os.PathLike | None = None):
     if not root.exists() or str(root) in ("", "."):
         raise ExportError(f"training data {str(root) or '(none recorded)'} not found; calibration and "
                           "validation need it: pass --data PATH (the folder the model was trained on)")
-    dataset = find_dataset(root)
+    # The CSV column options training was given, so the same photos are found again.
+    options = manifest.get("data", {}).get("options", {}) if data is None else {}
+    dataset = find_dataset(root, **options)
     if dataset.classes != list(manifest["labels"]):
         raise ExportError(f"{root}: classes {dataset.classes} but the model was trained on "
                           f"{manifest['labels']}; pass the training data with --data")
+    # A test split carved from photos that changed since training is another
+    # draw: some of its photos may have been trained on.
+    recorded = manifest.get("data", {}).get("split_digests", {}).get("test")
+    if (data is None and recorded and dataset.sources["test"] != "given"
+            and dataset.split_digests["test"] != recorded):
+        raise ExportError(f"{root}: its photos changed since training, so the test split carved from "
+                          "them is not the one training held out; train again on it (`make export` "
+                          "does), or pass --data PATH to score on it anyway")
     return dataset
 
 
 def calibration_pixels(manifest: dict, samples: int = CALIBRATION_SAMPLES,
-                       seed: int = CALIBRATION_SEED, data: str | os.PathLike | None = None) -> np.ndarray:
-    """`samples` training photos, shuffled, decoded exactly as training decoded them.
+                       seed: int = CALIBRATION_SEED, data: str | os.PathLike | None = None,
+                       split: str = CALIBRATION_SPLIT) -> np.ndarray:
+    """`samples` photos of `split`, shuffled, decoded exactly as training decoded them.
 
     Raw 0-255 pixels as float32, no augmentation: the model rescales itself.
     Shuffled because the split is sorted by class, and the first few hundred
@@ -117,11 +145,13 @@ def calibration_pixels(manifest: dict, samples: int = CALIBRATION_SAMPLES,
     """
     from train.data import decode
 
-    items = list(evaluation_data(manifest, data).splits["train"])
+    if split not in CALIBRATION_SPLITS:
+        raise ExportError(f"--calibration-split {split}: choose {' or '.join(CALIBRATION_SPLITS)}")
+    items = list(evaluation_data(manifest, data).splits.get(split, []))
     random.Random(seed).shuffle(items)
     decoded = decode(items[:samples], manifest_image_size(manifest))
     if not len(decoded.x):
-        raise ExportError("no readable training photos to calibrate int8 on; check --data")
+        raise ExportError(f"no readable {split} photos to calibrate int8 on; check --data")
     return decoded.x.astype(np.float32)
 
 
@@ -129,6 +159,16 @@ def calibration_pixels(manifest: dict, samples: int = CALIBRATION_SAMPLES,
 
 def convert(model, variant: str, calibration: np.ndarray | None = None, io: str = "uint8") -> bytes:
     """One variant's .tflite bytes."""
+    converter = make_converter(model, variant, calibration, io)
+    with quiet_stdout(), warnings.catch_warnings():
+        # Raised whenever the input is uint8/int8: its range comes from the
+        # representative data, which is what we want, so the warning says nothing.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
+
+
+def make_converter(model, variant: str, calibration: np.ndarray | None = None, io: str = "uint8"):
+    """The TFLiteConverter set up for one variant (the int8 diagnosis reuses int8's)."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -139,6 +179,7 @@ def convert(model, variant: str, calibration: np.ndarray | None = None, io: str 
     elif variant == "dynamic":
         # int8 weights, float activations: a quarter of the size, no calibration.
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter._experimental_disable_per_channel_quantization_for_dense_layers = True
     elif variant == "int8":
         if calibration is None or not len(calibration):
             raise ExportError("int8 needs calibration pixels")
@@ -155,11 +196,7 @@ def convert(model, variant: str, calibration: np.ndarray | None = None, io: str 
         converter.inference_output_type = getattr(tf, io)
     elif variant != "float32":
         raise ExportError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    with quiet_stdout(), warnings.catch_warnings():
-        # Raised whenever the input is uint8/int8: its range comes from the
-        # representative data, which is what we want, so the warning says nothing.
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
-        return converter.convert()
+    return converter
 
 
 @contextlib.contextmanager
@@ -188,6 +225,23 @@ def inspect(path: Path) -> dict:
     info = describe(interpreter)
     info.pop("tensor_dtypes")
     return info
+
+
+def write_model(out: Path, variant: str, blob: bytes, described: dict) -> dict:
+    """Write OUT/<variant>.tflite with its description embedded; return its manifest entry.
+
+    Labels, input, output kind and preprocessing go inside the file (its
+    flatbuffer metadata), so a copy that lost its manifest still classifies.
+    The sha256 is of the final file, metadata included.
+    """
+    from export.metadata import embed
+
+    blob = embed(blob, {"variant": variant,
+                        **{k: described[k] for k in ("labels", "input", "output", "preprocessing")}})
+    dest = out / f"{variant}.tflite"
+    with atomic_output(dest) as tmp:
+        tmp.write_bytes(blob)
+    return {"file": dest.name, "sha256": sha256_file(dest), "bytes": dest.stat().st_size, **inspect(dest)}
 
 
 def write_saved_model(model, dest: Path) -> None:
@@ -221,7 +275,8 @@ def parse_variants(variants) -> list[str]:
 
 def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
                calibration_samples: int = CALIBRATION_SAMPLES, io: str = "uint8", log=print,
-               calibration: np.ndarray | None = None, data: str | os.PathLike | None = None) -> dict:
+               calibration: np.ndarray | None = None, data: str | os.PathLike | None = None,
+               calibration_split: str = CALIBRATION_SPLIT) -> dict:
     """Write RUN_DIR/export/ and return its manifest.
 
     calibration: float32 pixels (n, h, w, 3) to calibrate int8 on instead of
@@ -251,32 +306,39 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     # From here until the new manifest is written, the folder has none: a killed
     # export is never mistaken for a complete one with stale checksums.
     (out / MANIFEST_NAME).unlink(missing_ok=True)
-    for leftover in out.glob(".*.tmp*"):  # temporary files of a killed export
-        if leftover.is_file():
-            leftover.unlink()
+    for leftover in out.glob(".*.tmp*"):  # temporary files and SavedModel folders of a killed export
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
     calibration_info = None
     if "int8" in variants:
         if calibration is None:
-            calibration = calibration_pixels(train_manifest, calibration_samples, data=data)
-            calibration_info = {"samples": len(calibration), "from": "train split",
+            calibration = calibration_pixels(train_manifest, calibration_samples, data=data,
+                                             split=calibration_split)
+            calibration_info = {"samples": len(calibration), "requested": calibration_samples,
+                                "split": calibration_split, "from": f"{calibration_split} split",
                                 "shuffle_seed": CALIBRATION_SEED, "pixels": "raw 0-255 float32"}
         else:
             calibration = np.asarray(calibration, np.float32)
             calibration_info = {"samples": len(calibration), "from": "given by the caller",
                                 "pixel_range": [float(calibration.min()), float(calibration.max())]}
+        if len(calibration) < CALIBRATION_WARN_BELOW:
+            log(f"warning: int8 calibrated on only {len(calibration)} photos (fewer than "
+                f"{CALIBRATION_WARN_BELOW}); activation ranges may miss their tails: "
+                "raise --calibration-samples or add photos")
 
     failed: dict[str, str] = {}
     for variant in variants:
         dest = out / f"{variant}.tflite"
         try:
-            blob = convert(model, variant, calibration, io)
-            with atomic_output(dest) as tmp:
-                tmp.write_bytes(blob)
-            models[variant] = {"file": dest.name, "sha256": sha256_file(dest), "bytes": dest.stat().st_size,
-                               **inspect(dest)}
+            models[variant] = write_model(out, variant, convert(model, variant, calibration, io),
+                                          train_manifest)
             if variant == "int8":
                 models[variant]["calibration"] = calibration_info
+            if variant == "dynamic":
+                models[variant]["compatibility"] = COMPATIBILITY
         except Exception as exc:  # one variant's converter error must not lose the others
             failed[variant] = _first_line(exc)
             models.pop(variant, None)
@@ -307,6 +369,35 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
         "models": {v: models[v] for v in VARIANTS if v in models},
         "saved_model": None if "saved_model" in failed else "saved_model/",
         "failed": failed,
+        # Filled in by record_validation; until then the export is not fit to ship.
+        "validation": None,
+    }
+    write_json(out / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def record_validation(run_dir: str | os.PathLike, report: dict, log=print) -> dict:
+    """Export's verdict on its own files, from validation's report; returns the new manifest.
+
+    A file some runtime could not load or run leaves the manifest and the
+    disk (it would fail on a device), and is named with the reason. The
+    manifest then records that validation finished and whether it passed;
+    `noodle bundle` ships only an export whose validation passed.
+    """
+    out = export_dir(run_dir)
+    manifest = read_manifest(out)
+    for variant, reason in report["failed"].items():
+        entry = manifest["models"].pop(variant, None)
+        manifest["failed"][variant] = reason
+        if entry:
+            (out / entry["file"]).unlink(missing_ok=True)
+            log(f"removed  {out / entry['file']}: {reason}")
+    parity_ok = report["parity"] is None or report["parity"]["ok"]
+    manifest["validation"] = {
+        "passed": bool(manifest["models"]) and parity_ok and not report["failed"],
+        "report": VALIDATION_FILE, "report_sha256": sha256_file(out / VALIDATION_FILE),
+        "split": report["split"], "count": report["count"],
+        "runtimes": report["runtimes"],
     }
     write_json(out / MANIFEST_NAME, manifest)
     return manifest

@@ -3,7 +3,7 @@
 A separate step from conversion (as in optimum's exporter): it reads only what
 `export_run` wrote. Each file runs through `edge.runtime.Classifier`, the code
 the device runs, under ai-edge-litert in this process and under tflite-runtime
-2.14 (the Pi's) in the device environment `.venv-edge` via `edge.check`.
+2.14 (the Pi's) in the device environment `.venv-edge` via `export.check`.
 float32 must match the Keras model; every variant gets accuracy, its delta
 and agreement with float32, probability differences and per-class accuracy,
 written to RUN/export/validation.json.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -20,9 +21,11 @@ import numpy as np
 
 from edge.errors import first_line
 from edge.manifest import read_manifest, sha256_file, write_json
+from edge.postprocess import predicted_index
 from edge.runtime import Classifier, RuntimeMissing, package_version
 from export.convert import (
     MODEL_FILE,
+    VALIDATION_FILE,
     ExportError,
     ExportFailed,
     evaluation_data,
@@ -41,7 +44,6 @@ EDGE_RUNTIME = "tflite-runtime"
 # The device environment `make edge-env` builds; $NOODLE_EDGE_PYTHON overrides it.
 EDGE_PYTHON_ENV = "NOODLE_EDGE_PYTHON"
 DEFAULT_EDGE_PYTHON = Path(__file__).resolve().parent.parent / ".venv-edge" / "bin" / "python"
-VALIDATION_FILE = "validation.json"
 
 
 class ParityError(ExportFailed):
@@ -56,8 +58,8 @@ def edge_python(path: str | os.PathLike | None = None) -> Path | None:
 
 def run_edge_check(python: Path, models: list[Path], pixels: np.ndarray | None, workdir: Path,
                    runtime: str = EDGE_RUNTIME, latency: int = 0, threads: str = "1") -> dict:
-    """`python -m edge.check` in another environment; its one-line JSON report."""
-    args = [str(python), "-m", "edge.check", *map(str, models), "--runtime", runtime,
+    """`python -m export.check` in another environment; its one-line JSON report."""
+    args = [str(python), "-m", "export.check", *map(str, models), "--runtime", runtime,
             "--latency", str(latency), "--threads", threads]
     if pixels is not None:
         np.save(workdir / "pixels.npy", pixels)
@@ -68,16 +70,16 @@ def run_edge_check(python: Path, models: list[Path], pixels: np.ndarray | None, 
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ExportError(f"{python} -m edge.check failed ({tail}); rebuild the device "
+        raise ExportError(f"{python} -m export.check failed ({tail}); rebuild the device "
                           "environment with `make edge-env`")
     report = json.loads(lines[-1])
     if "error" in report:
-        raise ExportError(f"{python} -m edge.check: {report['error']}")
+        raise ExportError(f"{python} -m export.check: {report['error']}")
     return report
 
 
 def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], reference: np.ndarray | None) -> dict:
-    pred = probs.argmax(1)
+    pred = predicted_index(probs)
     out = {
         "accuracy": float((pred == y).mean()),
         "per_class_accuracy": {c: float((pred[y == i] == i).mean()) if (y == i).any() else None
@@ -85,7 +87,7 @@ def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], reference: np.n
     }
     if reference is not None:
         diff = np.abs(probs - reference)
-        out.update(agreement=float((pred == reference.argmax(1)).mean()),
+        out.update(agreement=float((pred == predicted_index(reference)).mean()),
                    mean_prob_diff=float(diff.mean()), max_prob_diff=float(diff.max()))
     return out
 
@@ -94,10 +96,11 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
                     edge: str | os.PathLike | None = None, log=print) -> dict:
     """Validate RUN/export/, write validation.json, return it.
 
-    Raises ParityError when float32 does not match the Keras model, and
-    ExportFailed when a file does not load under one of the runtimes; the
-    report is written first either way. A file tflite-runtime 2.14 cannot
-    load moves from "models" to "failed" in the export manifest.
+    A report, not a verdict on the files: it never changes what export
+    wrote. `report["failed"]` names each file a runtime could not load or
+    run, and `report["parity"]["ok"]` says whether float32 matches the Keras
+    model; `export.convert.record_validation` decides what that means for
+    the export's manifest, and `raise_for` turns it into the exit code.
     """
     from train.data import decode
     from train.fit import predict_probabilities
@@ -143,6 +146,8 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
         variants[variant]["runtimes"] = {RUNTIME: {"ok": True}}
 
     edge_report = _check_on_device_runtime(out, manifest, x, probs, variants, failed, edge, log)
+    for variant in failed:  # the report lists as run only what ran under every runtime
+        variants.pop(variant, None)
     keras_metrics = metrics(y, keras_probs, labels, None)
     parity = None
     if "float32" in variants:
@@ -160,30 +165,58 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
         "edge_python": edge_report.get("python_path") if edge_report else None,
         "variants": variants, "failed": failed,
     }
-    if failed:
-        # A file a runtime cannot load is a failed export: out of the manifest and off the disk.
-        for variant, message in failed.items():
-            manifest["failed"][variant] = message
-            entry = manifest["models"].pop(variant, None)
-            if entry:
-                (out / entry["file"]).unlink(missing_ok=True)
-            variants.pop(variant, None)
-        write_json(out / "manifest.json", manifest)
-        report["files_sha256"] = {v: manifest["models"][v]["sha256"] for v in variants}
     write_json(out / VALIDATION_FILE, report)
     for variant, v in variants.items():
         log(f"{variant:<8} accuracy {v['accuracy']:.2%}"
             + (f"  delta {v['accuracy_delta'] * 100:+.2f} pp  agreement {v['agreement']:.2%}"
                f"  max |dp| {v['max_prob_diff']:.2g}" if "agreement" in v else ""))
+    return report
+
+
+def raise_for(report: dict) -> None:
+    """ParityError when float32 is not the Keras model; ExportFailed when a file failed."""
+    parity = report["parity"]
     if parity is not None and not parity["ok"]:
         raise ParityError(
-            f"{out / 'float32.tflite'}: differs from model.keras (labels agree on "
-            f"{parity['agreement']:.2%} of {len(y)} photos, need {PARITY_AGREEMENT:.1%}; max "
-            f"|prob diff| {parity['max_prob_diff']:.2g}, need <= {PARITY_MAX_DIFF:g}); "
+            f"float32.tflite: differs from model.keras (labels agree on {parity['agreement']:.2%} of "
+            f"{report['count']} photos, need {PARITY_AGREEMENT:.1%}; max |prob diff| "
+            f"{parity['max_prob_diff']:.2g}, need <= {PARITY_MAX_DIFF:g}); "
             "the converter changed the model: re-export, and report it if it persists")
-    if failed:
-        raise ExportFailed("; ".join(f"{v}: {m}" for v, m in failed.items()))
-    return report
+    if report["failed"]:
+        raise ExportFailed("; ".join(f"{v}: {m}" for v, m in report["failed"].items()))
+
+
+# How an interpreter names an op it does not know, in both runtimes' words.
+UNKNOWN_OP = re.compile(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'")
+
+
+def explain_load_error(path: Path, runtime: str, error: str) -> str:
+    """A runtime's load error as one line naming the layers and a fix that works.
+
+    The interpreter's own advice (re-export, upgrade the runtime) cannot help
+    a user whose Pi runs Bookworm, so an op version it lacks is traced back to
+    the layers that use it, read from the file itself.
+    """
+    match = UNKNOWN_OP.search(error)
+    if not match:
+        return f"{runtime} cannot load {path.name}: {error}"
+    op, version = match.group(1), int(match.group(2))
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    model = flatbuffer_utils.read_model(str(path))
+    layers = []
+    for graph in model.subgraphs:
+        for operator in graph.operators:
+            code = model.operatorCodes[operator.opcodeIndex]
+            builtin = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+            if builtin == op and code.version == version and len(operator.outputs):
+                layers.append(graph.tensors[operator.outputs[0]].name.decode(errors="replace").split(";")[0])
+    where = f" (layers: {', '.join(layers[:4])}{', ...' if len(layers) > 4 else ''})" if layers else ""
+    return (f"{runtime} cannot run {path.name}: op {op} version {version}{where} is newer than it "
+            f"knows; leave this variant out (--variants), or run ai-edge-litert on the device "
+            "(Python 3.12+, Raspberry Pi OS trixie)")
 
 
 def _check_on_device_runtime(out: Path, manifest: dict, x: np.ndarray, probs: dict, variants: dict,
@@ -202,11 +235,11 @@ def _check_on_device_runtime(out: Path, manifest: dict, x: np.ndarray, probs: di
         for variant, path in zip(list(variants), models, strict=True):
             result = report["models"][str(path)]
             if not result["ok"]:
-                failed[variant] = f"{EDGE_RUNTIME} {report['version']} cannot load it: {result['error']}"
-                variants[variant]["runtimes"][EDGE_RUNTIME] = {"ok": False, "error": result["error"]}
+                failed[variant] = explain_load_error(path, f"{EDGE_RUNTIME} {report['version']}",
+                                                     result["error"])
                 continue
             edge_probs = np.load(result["probabilities"]).astype(np.float64)
-            agree = float((edge_probs.argmax(1) == probs[variant].argmax(1)).mean())
+            agree = float((predicted_index(edge_probs) == predicted_index(probs[variant])).mean())
             variants[variant]["runtimes"][EDGE_RUNTIME] = {
                 "ok": True, "agreement_with_litert": agree,
                 "max_prob_diff_vs_litert": float(np.abs(edge_probs - probs[variant]).max())}

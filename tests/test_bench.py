@@ -12,9 +12,9 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from export.bench_report import render, summarize, targets
+from bench.cli import app
+from bench.report import render, summarize, targets
 from export.validate import edge_python
-from noodle import app
 
 SECTIONS = ("## What was measured", "## Targets", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.")
 
@@ -61,7 +61,7 @@ def test_bench_smoke(exported_run, trained_run, photos, tmp_path):
     shutil.copytree(exported_run, run)
     shutil.copy2(trained_run / "history.csv", run / "history.csv")
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["bench", "--run", str(run), "--photos", str(photos),
+    result = CliRunner().invoke(app, ["--run", str(run), "--photos", str(photos),
                                       "--repeats", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "bench.json").read_text())
@@ -106,14 +106,14 @@ def test_bench_smoke(exported_run, trained_run, photos, tmp_path):
 
 def test_bench_refuses_a_run_without_export(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"")
-    result = CliRunner().invoke(app, ["bench", "--run", str(tmp_path), "--out", str(tmp_path)])
+    result = CliRunner().invoke(app, ["--run", str(tmp_path), "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "manifest" in result.output and str(tmp_path / "export") in result.output
     assert not (tmp_path / "BENCHMARKS.md").exists()
 
 
 def test_bench_refuses_empty_photos(exported_run, tmp_path):
-    result = CliRunner().invoke(app, ["bench", "--run", str(exported_run), "--photos", str(tmp_path),
+    result = CliRunner().invoke(app, ["--run", str(exported_run), "--photos", str(tmp_path),
                                       "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "--photos" in result.output and "no images" in result.output

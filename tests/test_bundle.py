@@ -1,13 +1,19 @@
-"""`noodle bundle`: the tarball's contents, its requirements, atomic writing, and running it unpacked.
+"""`noodle bundle` and the bundle's install.sh, on this machine.
 
-`make pi-check` runs the bundle on Debian 12 arm64 under qemu; these tests
-check what can be checked on this machine in seconds.
+`make pi-check` installs the bundle offline on Raspberry Pi OS Bookworm and
+Trixie arm64 under qemu. These tests check what can be checked here: the
+tarball's contents and pinned wheelhouse, and install.sh itself on x86 with a
+wheelhouse repacked from the device environment (.venv-edge) and a `uname`
+that says aarch64, so it takes the same offline, pinned path as on a Pi.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -17,45 +23,81 @@ from typer.testing import CliRunner
 from edge.cli import app as edge_app
 from export import bundle
 from export.bundle import BundleError, write_bundle
+from export.wheelhouse import Target, Wheel, pinned_requirements
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGE_PYTHON = ROOT / ".venv-edge" / "bin" / "python"
+SERVICE = "camera model/int8.tflite --picamera --json"
+
+
+def quiet(*_):
+    pass
 
 
 @pytest.fixture(scope="module")
-def tarball(exported_run, tmp_path_factory) -> Path:
-    return write_bundle(exported_run, "int8", tmp_path_factory.mktemp("dist"), log=lambda *_: None)
+def shippable_run(exported_run) -> Path:
+    """The exported run as `noodle export` leaves it: validated, which `noodle bundle` insists on."""
+    from export.convert import record_validation
+    from export.validate import validate_export
+
+    manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
+    if not (manifest.get("validation") or {}).get("passed"):
+        record_validation(exported_run, validate_export(exported_run, log=quiet), log=quiet)
+    return exported_run
+
+
+@pytest.fixture(scope="module")
+def tarball(shippable_run, tmp_path_factory) -> Path:
+    return write_bundle(shippable_run, "int8", tmp_path_factory.mktemp("dist"), log=quiet)
+
+
+def unpack(tarball: Path, into: Path) -> Path:
+    into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tarball) as tar:
+        tar.extractall(into)
+    return into / tarball.name.removesuffix(".tar.gz")
 
 
 @pytest.fixture(scope="module")
 def unpacked(tarball, tmp_path_factory) -> Path:
-    into = tmp_path_factory.mktemp("unpacked")
-    with tarfile.open(tarball) as tar:
-        tar.extractall(into)
-    return into / f"noodle-edge-{bundle.version()}"
+    return unpack(tarball, tmp_path_factory.mktemp("unpacked"))
 
 
-def test_contents(tarball, exported_run):
-    top = f"noodle-edge-{bundle.version()}"
+def test_contents(tarball, shippable_run):
+    top = f"noodle-edge-{shippable_run.name}-int8"
+    assert tarball == bundle.bundle_path(shippable_run, "int8", tarball.parent)
     assert tarball.name == f"{top}.tar.gz"
     with tarfile.open(tarball) as tar:
         members = {m.name: m for m in tar.getmembers()}
         manifest = json.load(tar.extractfile(f"{top}/model/manifest.json"))
     edge_sources = sorted(p.name for p in (ROOT / "edge").glob("*.py"))
     assert sorted(n.split("/")[-1] for n in members if n.startswith(f"{top}/edge/")) == edge_sources
-    for name in ("model/int8.tflite", "requirements-pi.txt", "install.sh", "noodle-edge", "README-PI.md"):
+    for name in ("model/int8.tflite", "requirements-pi.in", "install.sh", "noodle-edge",
+                 "noodle-edge.service", "README-PI.md"):
         assert f"{top}/{name}" in members
+    # Without a wheel cache: no wheelhouse, so no pins either; the Pi uses the index.
+    assert not any("/wheels/" in n or n.endswith("requirements-pi.txt") for n in members)
     assert members[f"{top}/install.sh"].mode & 0o111 and members[f"{top}/noodle-edge"].mode & 0o111
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in members)
     # Only the shipped model is listed, with the sha256 the export wrote.
-    exported = json.loads((exported_run / "export" / "manifest.json").read_text())
+    exported = json.loads((shippable_run / "export" / "manifest.json").read_text())
     assert manifest["models"] == {"int8": exported["models"]["int8"]}
     assert manifest["labels"] == exported["labels"] and "failed" not in manifest
     assert list(tarball.parent.iterdir()) == [tarball]  # no temporary file left beside it
 
 
-def test_requirements_use_markers_for_bookworm_and_newer(unpacked):
-    lines = [line for line in (unpacked / "requirements-pi.txt").read_text().splitlines()
+def test_device_sources_refuse_host_only_imports(tmp_path, monkeypatch):
+    (tmp_path / "cli.py").write_text("import numpy\n")
+    (tmp_path / "check.py").write_text("def f():\n    from export.convert import export_run\n")
+    monkeypatch.setattr(bundle, "EDGE", tmp_path)
+    with pytest.raises(BundleError, match=r"check.py: imports export.convert, which the device does not"):
+        bundle.device_sources()
+    (tmp_path / "check.py").unlink()
+    assert list(bundle.device_sources()) == ["edge/cli.py"]
+
+
+def test_requirements_in_use_markers_for_bookworm_and_newer(unpacked):
+    lines = [line for line in (unpacked / "requirements-pi.in").read_text().splitlines()
              if line and not line.startswith("#")]
     assert 'tflite-runtime==2.14.0; python_version < "3.12"' in lines
     assert any(line.startswith("numpy") and "<2" in line and 'python_version < "3.12"' in line
@@ -65,24 +107,312 @@ def test_requirements_use_markers_for_bookworm_and_newer(unpacked):
     assert not any(word in " ".join(lines) for word in ("tensorflow", "keras", "extra =="))
 
 
-def test_readme_has_the_three_commands_and_says_32_bit_is_unsupported(unpacked):
+def fake_wheel(dest: Path, name: str, version: str) -> Path:
+    path = dest / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+    path.write_bytes(f"{name} {version}".encode())  # contents matter only for their sha256
+    return path
+
+
+def test_wheelhouse_pins_each_release_and_is_cached(shippable_run, tmp_path):
+    asked, made = {}, {}
+
+    def download(specs, target, dest):
+        asked[target.release] = specs
+        names = {spec.split("=")[0].split("<")[0].split(">")[0] for spec in specs}
+        made[target] = [fake_wheel(dest, name, "2.14.0" if name == "tflite-runtime" else f"1.{target.python}")
+                        for name in sorted(names)]
+
+    cache = tmp_path / "cache"
+    path = write_bundle(shippable_run, "int8", tmp_path / "dist", log=quiet, wheel_cache=cache,
+                        download=download)
+    # Each release gets its own runtime: markers evaluated for its Python.
+    assert "tflite-runtime==2.14.0" in asked["bookworm"]
+    assert any(s.startswith("numpy<2") for s in asked["bookworm"])
+    assert not any("litert" in s for s in asked["bookworm"])
+    assert any(s.startswith("ai-edge-litert") for s in asked["trixie"])
+    assert not any("tflite" in s for s in asked["trixie"])
+    top = path.name.removesuffix(".tar.gz")
+    with tarfile.open(path) as tar:
+        wheels = {Path(m.name).name: tar.extractfile(m).read()
+                  for m in tar.getmembers() if "/wheels/" in m.name}
+        pins = tar.extractfile(f"{top}/requirements-pi.txt").read().decode()
+    assert sorted(wheels) == sorted(w.name for files in made.values() for w in files)
+    for target, files in made.items():
+        for wheel in files:
+            dist, version = wheel.name.split("-")[:2]
+            assert (f'{dist.replace("_", "-")}=={version}; python_version == "{target.python}" \\\n'
+                    f"    --hash=sha256:{hashlib.sha256(wheels[wheel.name]).hexdigest()}") in pins
+    # A second bundle reuses the cache without asking pip; a lost file is fetched again.
+    asked.clear()
+    write_bundle(shippable_run, "int8", tmp_path / "dist", log=quiet, wheel_cache=cache, download=download)
+    assert asked == {}
+    next(cache.glob("tflite_runtime-*.whl")).unlink()
+    write_bundle(shippable_run, "int8", tmp_path / "dist", log=quiet, wheel_cache=cache, download=download)
+    assert list(asked) == ["bookworm"]
+
+
+def test_readme_has_the_commands_and_says_32_bit_is_unsupported(unpacked, tarball):
     readme = (unpacked / "README-PI.md").read_text()
     assert "32-bit Raspberry Pi OS is unsupported" in " ".join(readme.split())
-    for command in (f"tar xzf noodle-edge-{bundle.version()}.tar.gz", "./install.sh",
-                    "./noodle-edge classify model/int8.tflite"):
+    for command in (f"tar xzf {tarball.name}", "./install.sh", "./noodle-edge classify model/int8.tflite",
+                    f"./install.sh --service '{SERVICE}'", "journalctl -u noodle-edge -f",
+                    "./install.sh --remove-service"):
         assert command in readme
     assert "@" not in readme.replace("pi@raspberrypi", "")  # every placeholder filled
 
 
-def test_install_refuses_32_bit_arm(unpacked, tmp_path):
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "uname").write_text("#!/bin/sh\necho armv7l\n")
-    (fake / "uname").chmod(0o755)
-    done = subprocess.run(["sh", str(unpacked / "install.sh")], capture_output=True, text=True,
-                          env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
-    assert done.returncode == 2 and "32-bit ARM" in done.stderr and "64-bit Raspberry Pi OS" in done.stderr
-    assert not (unpacked / ".venv").exists()
+# install.sh on this machine. Each test installs into its own copy of the bundle.
+
+def fake_tools(bin_dir: Path, **tools: str) -> Path:
+    """Executables that print what a Pi would, or log how they were called."""
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in tools.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def install(bundle_dir: Path, *args: str, tools: dict[str, str] | None = None, **env: str):
+    """Run install.sh with no package index reachable and no pip configuration of this machine."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))}
+    fake = fake_tools(bundle_dir.parent / "bin", **(tools or {}))
+    env = {**base, "PATH": f"{fake}:{base['PATH']}", "PIP_CONFIG_FILE": os.devnull,
+           "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PYTHON": sys._base_executable, **env}
+    return subprocess.run(["./install.sh", *args], cwd=bundle_dir, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+AARCH64 = {"uname": "echo aarch64"}
+
+
+def one_error(done) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: install.sh: ")
+    return lines[0]
+
+
+def venvs(bundle_dir: Path) -> list[str]:
+    return sorted(p.name for p in bundle_dir.glob(".venv*"))
+
+
+@pytest.fixture
+def copy(unpacked, tmp_path) -> Path:
+    dest = tmp_path / "pi" / unpacked.name
+    shutil.copytree(unpacked, dest)
+    return dest
+
+
+def test_install_refuses_32_bit_arm(copy):
+    error = one_error(install(copy, tools={"uname": "echo armv7l"}))
+    assert "32-bit ARM" in error and "install 64-bit Raspberry Pi OS" in error
+    # A Pi 4 running 32-bit Raspberry Pi OS: a 64-bit kernel, 32-bit programs.
+    error = one_error(install(copy, tools={"uname": "echo aarch64", "getconf": "echo 32"}))
+    assert "32-bit ARM" in error
+    assert venvs(copy) == []
+
+
+def test_install_refuses_a_python_without_venv(copy, tmp_path):
+    # As on Raspberry Pi OS without python3-venv: no ensurepip to import.
+    shadow = tmp_path / "shadow" / "ensurepip"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named ensurepip')\n")
+    python = fake_tools(tmp_path / "pybin",
+                        python3=f'PYTHONPATH={shadow.parent} exec {sys._base_executable} "$@"')
+    error = one_error(install(copy, PYTHON=str(python / "python3")))
+    assert "cannot make a virtual environment" in error and "sudo apt install python3-venv" in error
+    assert venvs(copy) == []
+
+
+def test_install_refuses_a_full_disk_before_starting(copy):
+    error = one_error(install(copy, NOODLE_NEED_MB=str(2**40)))
+    assert "no space left" in error and "MB free in" in error
+    assert venvs(copy) == []
+
+
+def test_install_refuses_wheels_for_another_machine(copy, tmp_path):
+    # An offline bundle has aarch64 wheels only: on x86 it says so and how to go on.
+    (copy / "wheels").mkdir()
+    target = Target("bookworm", 12, f"{sys.version_info.major}.{sys.version_info.minor}", "", 36)
+    wheel = Wheel.read(fake_wheel(copy / "wheels", "numpy", "1.26.4"))
+    (copy / "requirements-pi.txt").write_text(pinned_requirements({target: [wheel]}))
+    error = one_error(install(copy, tools={"uname": "echo x86_64"}))
+    assert f"not for Python {target.python} on x86_64" in error and "./install.sh --index" in error
+    assert venvs(copy) == []
+
+
+@pytest.fixture(scope="module")
+def device_wheels(tmp_path_factory) -> Path:
+    """The device environment's packages (tflite-runtime, numpy<2, Pillow, typer...) as wheels again."""
+    if not EDGE_PYTHON.is_file():
+        pytest.skip("no .venv-edge; `make edge-env` makes it")
+    out = tmp_path_factory.mktemp("device-wheels")
+    subprocess.run([str(EDGE_PYTHON), "-c", REPACK, str(out)], check=True, timeout=300)
+    return out
+
+
+# A wheel per installed distribution (PEP 427): its files below site-packages
+# and a fresh RECORD. Scripts and bytecode stay out; pip makes them again.
+REPACK = """
+import base64, hashlib, importlib.metadata as md, re, sys, zipfile
+from pathlib import Path
+for dist in md.distributions():
+    name = re.sub(r"[-_.]+", "_", dist.metadata["Name"]).lower()
+    if name in ("noodle_kit", "pip", "setuptools", "wheel"):
+        continue
+    tags = [l.split(":", 1)[1].strip() for l in dist.read_text("WHEEL").splitlines() if l.startswith("Tag:")]
+    files = [f for f in dist.files if not str(f).startswith("..") and "__pycache__" not in f.parts]
+    # The compressed tag set (PEP 425), such as py2.py3-none-any
+    tag = "-".join(".".join(dict.fromkeys(t.split("-")[i] for t in tags)) for i in range(3))
+    record = []
+    info = next(f.parts[0] for f in files if f.parts[0].endswith(".dist-info"))
+    with zipfile.ZipFile(Path(sys.argv[1]) / f"{name}-{dist.version}-{tag}.whl", "w") as whl:
+        for f in files:
+            if f.parts[0] == info and f.name in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json"):
+                continue
+            data = f.locate().read_bytes()
+            whl.writestr(str(f), data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{f},sha256={digest},{len(data)}")
+        whl.writestr(f"{info}/RECORD", "\\n".join(record + [f"{info}/RECORD,,"]) + "\\n")
+"""
+
+
+def with_wheelhouse(bundle_dir: Path, wheels: Path) -> None:
+    """Make BUNDLE_DIR an offline bundle for this machine's Python, pinned as `noodle bundle` pins."""
+    shutil.copytree(wheels, bundle_dir / "wheels")
+    target = Target("bookworm", 12, f"{sys.version_info.major}.{sys.version_info.minor}", "", 36)
+    files = [Wheel.read(path) for path in sorted((bundle_dir / "wheels").glob("*.whl"))]
+    (bundle_dir / "requirements-pi.txt").write_text(pinned_requirements({target: files}))
+
+
+@pytest.mark.slow
+def test_install_offline_twice_and_again_when_changed(copy, device_wheels, sample_data):
+    with_wheelhouse(copy, device_wheels)
+    first = install(copy, tools=AARCH64)
+    assert first.returncode == 0, first.stderr
+    assert "installed .venv: Python" in first.stdout and "tflite-runtime 2.14.0" in first.stdout
+    assert "from wheels/ (offline)" in first.stdout
+    target = os.readlink(copy / ".venv")
+    assert (copy / ".venv").is_symlink() and venvs(copy) == [".venv", target]
+    # The installed runner works, with the same labels as the device environment's.
+    photos = str(sample_data / "test")
+    ran = subprocess.run(["./noodle-edge", "classify", "model/int8.tflite", photos, "--json"], cwd=copy,
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    here = CliRunner().invoke(edge_app, ["classify", str(copy / "model/int8.tflite"), photos, "--json"])
+    assert ([json.loads(line)["label"] for line in ran.stdout.splitlines()]
+            == [json.loads(line)["label"] for line in here.stdout.splitlines()])
+
+    again = install(copy, tools=AARCH64)
+    assert again.returncode == 0 and again.stdout.startswith("up to date: .venv has Python"), again.stderr
+    assert os.readlink(copy / ".venv") == target
+
+    # Changed requirements: a new environment is built beside the old one and switched in.
+    with (copy / "requirements-pi.in").open("a") as f:
+        f.write("# changed\n")
+    third = install(copy, tools=AARCH64)
+    assert third.returncode == 0 and "installed .venv" in third.stdout, third.stderr
+    assert os.readlink(copy / ".venv") != target and venvs(copy) == [".venv", os.readlink(copy / ".venv")]
+
+
+@pytest.mark.slow
+def test_install_missing_wheel_leaves_the_installed_venv(copy, device_wheels):
+    with_wheelhouse(copy, device_wheels)
+    assert install(copy, tools=AARCH64).returncode == 0
+    before = os.readlink(copy / ".venv")
+    next((copy / "wheels").glob("tflite_runtime-*.whl")).unlink()
+    with (copy / "requirements-pi.in").open("a") as f:
+        f.write("# changed, so the next install rebuilds\n")
+    error = one_error(install(copy, tools=AARCH64))
+    assert "wheels/ has no wheel of tflite-runtime==2.14.0 for Python" in error and "aarch64" in error
+    assert os.readlink(copy / ".venv") == before and venvs(copy) == [".venv", before]
+
+
+@pytest.mark.slow
+def test_install_out_of_space_midway_leaves_nothing(copy, tmp_path):
+    """A real full disk: a 6 MB tmpfs in a private mount namespace, too small for the venv."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to mount a small tmpfs privately")
+    (copy / "wheels").mkdir()
+    target = Target("bookworm", 12, f"{sys.version_info.major}.{sys.version_info.minor}", "", 36)
+    (copy / "requirements-pi.txt").write_text(
+        pinned_requirements({target: [Wheel.read(fake_wheel(copy / "wheels", "numpy", "1.26.4"))]}))
+    small = tmp_path / "small"
+    small.mkdir()
+    fake = fake_tools(tmp_path / "bin", **AARCH64)
+    script = (f"mount -t tmpfs -o size=6m tmpfs {small} && cp -r {copy} {small}/b && cd {small}/b && "
+              f"./install.sh; echo rc=$?; ls -a")
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "PYTHON": sys._base_executable, "NOODLE_NEED_MB": "1",
+           "PIP_CONFIG_FILE": os.devnull}
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True,
+                          timeout=300, env=env)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done
+    assert "no space left on device while making the virtual environment" in lines[0]
+    assert "rc=2" in done.stdout and ".venv" not in done.stdout.split("rc=2", 1)[1]
+
+
+def test_service_unit_passes_systemd_analyze_verify(copy, systemd_analyze, tmp_path):
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    done = install(copy, "--print-service", SERVICE, SUDO_USER=user)
+    assert done.returncode == 0, done.stderr
+    unit = done.stdout
+    for line in (f"User={user}", f"WorkingDirectory={copy}", f'ExecStart="{copy}/noodle-edge" {SERVICE}',
+                 "Restart=on-failure", "WantedBy=multi-user.target"):
+        assert line in unit.splitlines()
+    (tmp_path / "noodle-edge.service").write_text(unit)
+    verify = subprocess.run([systemd_analyze, "verify", str(tmp_path / "noodle-edge.service")],
+                            capture_output=True, text=True, timeout=120)
+    said = verify.stdout + verify.stderr
+    assert verify.returncode == 0 and not any(w in said for w in ("ignoring", "Failed", "Unknown")), said
+    assert venvs(copy) == []  # printing installs nothing
+
+
+def test_service_for_a_missing_model_is_refused(copy):
+    error = one_error(install(copy, "--print-service", "camera model/nope.tflite --picamera"))
+    assert "model/nope.tflite: no such model" in error and "model/int8.tflite" in error
+    error = one_error(install(copy, "--service", "camera --picamera"))
+    assert "names no .tflite model" in error
+    assert venvs(copy) == []
+
+
+@pytest.mark.slow
+def test_service_install_and_remove(copy, device_wheels, tmp_path):
+    with_wheelhouse(copy, device_wheels)
+    calls = tmp_path / "systemctl.log"
+    tools = {**AARCH64, "systemctl": f'echo "$*" >> {calls}'}
+    units = tmp_path / "units"
+    done = install(copy, "--service", SERVICE, tools=tools, NOODLE_UNIT_DIR=str(units), SUDO_USER="pi")
+    assert done.returncode == 0, done.stderr
+    assert "journalctl -u noodle-edge -f" in done.stdout and (copy / ".venv").is_symlink()
+    unit = (units / "noodle-edge.service").read_text()
+    assert "User=pi" in unit and f'ExecStart="{copy}/noodle-edge" {SERVICE}' in unit
+    assert calls.read_text().splitlines() == ["daemon-reload", "enable noodle-edge.service",
+                                              "restart noodle-edge.service"]
+    error = one_error(install(copy, "--service", "camrea model/int8.tflite", tools=tools,
+                              NOODLE_UNIT_DIR=str(units)))
+    assert "'camrea' is not a noodle-edge command" in error
+
+    calls.unlink()
+    removed = install(copy, "--remove-service", tools=tools, NOODLE_UNIT_DIR=str(units))
+    assert removed.returncode == 0 and not (units / "noodle-edge.service").exists()
+    assert calls.read_text().splitlines() == ["disable --now noodle-edge.service", "daemon-reload"]
+    again = install(copy, "--remove-service", tools=tools, NOODLE_UNIT_DIR=str(units))
+    assert again.returncode == 0 and "nothing to remove" in again.stdout
+
+
+@pytest.fixture(scope="session")
+def systemd_analyze() -> str:
+    found = shutil.which("systemd-analyze")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "systemd"], capture_output=True, timeout=600,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        found = shutil.which("systemd-analyze")
+    if found is None:
+        pytest.skip("systemd-analyze is missing and could not be installed "
+                    "(`apt-get install systemd` needs root and apt)")
+    return found
 
 
 def test_unpacked_bundle_runs_in_the_device_venv(unpacked, sample_data):
@@ -100,24 +430,27 @@ def test_unpacked_bundle_runs_in_the_device_venv(unpacked, sample_data):
     assert len(shipped) == len(list(photos.rglob("*.jpg")))
 
 
-def test_missing_variant_and_failed_write(exported_run, tmp_path, monkeypatch):
+def test_missing_variant_and_failed_write(shippable_run, tmp_path, monkeypatch):
     with pytest.raises(BundleError, match="no nonesuch model.*exported: float32"):
-        write_bundle(exported_run, "nonesuch", tmp_path, log=lambda *_: None)
+        write_bundle(shippable_run, "nonesuch", tmp_path, log=quiet)
 
     def boom(self, *args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(tarfile.TarFile, "addfile", boom)
     with pytest.raises(OSError, match="disk full"):
-        write_bundle(exported_run, "int8", tmp_path, log=lambda *_: None)
+        write_bundle(shippable_run, "int8", tmp_path, log=quiet)
     assert list(tmp_path.iterdir()) == []  # neither the tarball nor a temporary file
 
 
-def test_bundle_command(exported_run, tmp_path):
+def test_bundle_command(shippable_run, tmp_path):
     from noodle import app
 
-    result = CliRunner().invoke(app, ["bundle", str(exported_run), "--model", "int8", "--out", str(tmp_path)])
+    result = CliRunner().invoke(app, ["bundle", str(shippable_run), "--model", "int8", "--out", str(tmp_path),
+                                      "--no-wheels"])
     assert result.exit_code == 0, result.stderr
-    assert (tmp_path / f"noodle-edge-{bundle.version()}.tar.gz").is_file()
-    bad = CliRunner().invoke(app, ["bundle", str(tmp_path), "--out", str(tmp_path)])
+    # The last line is the path, for scripts.
+    assert Path(result.stdout.splitlines()[-1]) == bundle.bundle_path(shippable_run, "int8", tmp_path)
+    assert bundle.bundle_path(shippable_run, "int8", tmp_path).is_file()
+    bad = CliRunner().invoke(app, ["bundle", str(tmp_path), "--out", str(tmp_path), "--no-wheels"])
     assert bad.exit_code == 2 and "no manifest" in bad.stderr

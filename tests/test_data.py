@@ -2,20 +2,32 @@
 from __future__ import annotations
 
 import csv
+import itertools
+import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from noodle import app
-from train.data import DataError, decode, find_dataset
+from train.data import DataError, decode, find_dataset, read_labelled
+
+_photos = itertools.count(1)
 
 
-def photo(path: Path, colour=(200, 100, 50)) -> Path:
+def photo(path: Path, colour=None) -> Path:
+    """A small JPEG; each call draws other noise, so no two photos share their bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (40, 30), colour).save(path)
+    if colour is None:
+        pixels = np.random.default_rng(next(_photos)).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path)
+    else:
+        Image.new("RGB", (40, 30), colour).save(path)
     return path
 
 
@@ -40,7 +52,7 @@ def test_folders_with_train_and_test(tmp_path):
     ds = find_dataset(tmp_path)
     assert ds.layout == "folders"
     assert ds.classes == ["cats", "dogs"]  # sorted: the first class is label 0
-    assert ds.val_carved and len(ds.splits["val"]) == 4  # 20 % of each class
+    assert ds.sources["val"].startswith("carved 20%") and len(ds.splits["val"]) == 4  # 20 % of each class
     assert totals(ds) == {"cats": 10, "dogs": 10}
     assert totals(ds, ("test",)) == {"cats": 4, "dogs": 3}
 
@@ -50,16 +62,18 @@ def test_seed_folder_names_training_set_and_test_set(tmp_path):
     folders(tmp_path, {"cats": 2, "dogs": 2}, split="test_set")
     folders(tmp_path, {"cats": 2, "dogs": 2}, split="validation")
     ds = find_dataset(tmp_path)
-    assert not ds.val_carved and {k: len(v) for k, v in ds.splits.items()} == {
+    assert set(ds.sources.values()) == {"given"} and {k: len(v) for k, v in ds.splits.items()} == {
         "train": 10, "test": 4, "val": 4}
 
 
 def test_single_class_folders_are_split_stratified_and_repeatably(tmp_path):
+    """No test split given: 70/15/15 per class, at least one photo in each split."""
     folders(tmp_path, {"a": 20, "b": 10, "c": 5}, split=None)
     first, second = find_dataset(tmp_path), find_dataset(tmp_path)
-    assert first.layout == "class-folders" and "test" not in first.splits
-    assert totals(first, ("val",)) == {"a": 4, "b": 2, "c": 1}
-    assert first.splits["val"] == second.splits["val"]
+    assert first.layout == "class-folders"
+    assert totals(first, ("val",)) == totals(first, ("test",)) == {"a": 3, "b": 2, "c": 1}
+    assert totals(first, ("train",)) == {"a": 14, "b": 6, "c": 3}
+    assert first.splits == second.splits
 
 
 def test_kaggle_flat_names(tmp_path):
@@ -68,7 +82,7 @@ def test_kaggle_flat_names(tmp_path):
         photo(tmp_path / f"dog.{i}.jpg")
     ds = find_dataset(tmp_path)
     assert ds.layout == "kaggle-flat" and ds.classes == ["cat", "dog"]
-    assert totals(ds) == {"cat": 6, "dog": 6}
+    assert totals(ds, ("train", "val", "test")) == {"cat": 6, "dog": 6}
 
 
 def test_csv_with_header_and_split_column(tmp_path):
@@ -87,7 +101,7 @@ def test_csv_with_header_and_split_column(tmp_path):
 def test_csv_without_header(tmp_path):
     lines = [f"{photo(tmp_path / f'{c}{i}.jpg').name},{c}" for c in "pq" for i in range(3)]
     (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
-    assert totals(find_dataset(tmp_path / "l.csv")) == {"p": 3, "q": 3}
+    assert totals(find_dataset(tmp_path / "l.csv"), ("train", "val", "test")) == {"p": 3, "q": 3}
 
 
 @pytest.mark.parametrize(
@@ -98,7 +112,7 @@ def test_csv_without_header(tmp_path):
         (lambda p: (folders(p, {"cats": 3}), (p / "train" / "dogs").mkdir())[0], "no images"),
         (lambda p: (p / "readme.txt").write_text("hi") and p, "unknown layout"),
         (lambda p: (p / "l.csv").write_text("gone.jpg,cat\nalso.jpg,dog\n") and p / "l.csv",
-         "2 file(s) it names do not exist"),
+         "all 2 files it lists are missing"),
     ],
     ids=["missing", "one-class", "empty-class", "unknown-layout", "csv-missing-files"],
 )
@@ -156,7 +170,7 @@ def test_flat_and_csv_layouts_match_the_folder_layout_on_real_photos(shared_phot
     assert (by_folder.layout, by_name.layout, by_csv.layout) == ("class-folders", "kaggle-flat", "csv")
     assert by_folder.classes == by_name.classes == by_csv.classes == ["cat", "dog"]
     assert by_folder.counts() == by_name.counts() == by_csv.counts()
-    assert totals(by_folder) == {"cat": 500, "dog": 500}
+    assert totals(by_folder, ("train", "val", "test")) == {"cat": 500, "dog": 500}
     # The same photos land in the same splits whichever way they were labelled.
     names = [{s: sorted(f.name for f, _ in items) for s, items in ds.splits.items()}
              for ds in (by_folder, by_name, by_csv)]
@@ -167,3 +181,328 @@ def test_sample_data_is_two_balanced_classes(sample_data):
     ds = find_dataset(sample_data)
     assert ds.classes == ["discs", "stripes"]
     assert totals(ds) == {"discs": 60, "stripes": 60}
+
+
+# --------------------------------------------------------------- CSVs as people write them
+
+def write_csv(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def test_csv_header_image_breed_without_split_skips_missing_files(tmp_path):
+    rows = [("image", "breed")]
+    for breed in ("beagle", "pug", "corgi"):
+        rows += [(f"pics/{breed}_{i}.jpg", breed) for i in range(6)]
+        photo_names = [r[0] for r in rows[-6:]]
+        for name in photo_names:
+            photo(tmp_path / name)
+    gone = ["pics/beagle_0.jpg", "pics/pug_3.jpg", "pics/corgi_5.jpg"]
+    for name in gone:
+        (tmp_path / name).unlink()
+    ds = find_dataset(write_csv(tmp_path / "labels.csv", rows))
+    assert ds.layout == "csv" and ds.classes == ["beagle", "corgi", "pug"]
+    assert totals(ds, ("train", "val", "test")) == {"beagle": 5, "pug": 5, "corgi": 5}
+    assert sorted(s["file"] for s in ds.skipped) == sorted(str(tmp_path / g) for g in gone)
+    assert {s["reason"] for s in ds.skipped} == {"listed in CSV but missing"}
+    assert ds.summary()["missing"] == 3
+
+
+def test_csv_kaggle_ids_without_extension_found_in_a_sibling_folder(tmp_path):
+    """Kaggle's labels.csv `id,label` beside train/<id>.jpg; an id with no photo is skipped."""
+    rows = [("id", "label")]
+    for i in range(12):
+        ident = f"{i:04x}a9f"
+        rows.append((ident, "malignant" if i % 2 else "benign"))
+        if i != 7:
+            photo(tmp_path / "train" / f"{ident}.jpg")
+    photo(tmp_path / "test" / "ffffa9f.jpg")  # unlabelled photos elsewhere are not read
+    ds = find_dataset(write_csv(tmp_path / "labels.csv", rows))
+    files = {f for items in ds.splits.values() for f, _ in items}
+    assert len(files) == 11 and all(f.parent == (tmp_path / "train").resolve() for f in files)
+    assert ds.classes == ["benign", "malignant"]
+    assert [s["file"] for s in ds.skipped] == [str(tmp_path / "0007a9f")]
+    # The folder itself is not a layout: the error points at the CSV beside the photos.
+    with pytest.raises(DataError, match=r"no '<class>.' prefix.* or pass .*labels.csv as DATA"):
+        find_dataset(tmp_path)
+
+
+def test_csv_from_a_spreadsheet_semicolons_bom_crlf_and_spaced_header(tmp_path):
+    lines = ["\ufeffFile Name;Class"] + [f"{photo(tmp_path / f'p {i}.jpg').name};{'ab'[i % 2]}"
+                                         for i in range(8)]
+    (tmp_path / "l.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    ds = find_dataset(tmp_path / "l.csv")
+    assert ds.classes == ["a", "b"] and totals(ds, ("train", "val", "test")) == {"a": 4, "b": 4}
+
+
+def test_csv_columns_by_name_then_by_option(tmp_path):
+    rows = [("notes", "photo", "kind", "fold")]
+    for i in range(4):
+        for kind in ("a", "b"):
+            rows.append(("x", photo(tmp_path / f"{kind}{i}.png").name, kind, "test" if i == 0 else "train"))
+    path = write_csv(tmp_path / "l.csv", rows)
+    with pytest.raises(DataError, match=r"cannot tell which column holds the photos .*--file-column"):
+        find_dataset(path)
+    ds = find_dataset(path, file_column="photo", label_column="Kind")
+    assert ds.classes == ["a", "b"] and totals(ds, ("test",)) == {"a": 1, "b": 1}
+    assert ds.options == {"file_column": "photo", "label_column": "Kind"}
+    # A fold column of numbers is not a split: say so, and how to ignore it.
+    rows = [(r[1], r[2], "3") for r in rows[1:]]
+    with pytest.raises(DataError, match=r"l2.csv:2: unknown split '3' .*--split-column none"):
+        find_dataset(write_csv(tmp_path / "l2.csv", [("filename", "class", "fold"), *rows]))
+    ds = find_dataset(tmp_path / "l2.csv", split_column="none")
+    assert ds.sources["test"].startswith("carved")
+
+
+def test_csv_empty_label_names_the_row(tmp_path):
+    rows = [("file", "label")] + [(photo(tmp_path / f"{i}.jpg").name, "cat" if i else "") for i in range(4)]
+    with pytest.raises(DataError, match=r"l.csv:2: empty label for 0.jpg"):
+        find_dataset(write_csv(tmp_path / "l.csv", rows))
+
+
+def test_csv_same_file_with_two_labels_is_an_error(tmp_path):
+    rows = [("filename", "class")] + [(photo(tmp_path / f"{i}.jpg").name, "cat") for i in range(4)]
+    rows += [("3.jpg", "dog")]
+    with pytest.raises(DataError, match=r"l.csv:6: 3.jpg is labelled 'dog' here and 'cat' on line 5"):
+        find_dataset(write_csv(tmp_path / "l.csv", rows))
+
+
+def test_too_few_photos_in_a_class_names_it_and_the_count(tmp_path):
+    rows = [("file", "label")] + [(photo(tmp_path / f"c{i}.jpg").name, "cat") for i in range(5)]
+    rows += [(photo(tmp_path / "d0.jpg").name, "dog"), ("d1.jpg", "dog")]
+    with pytest.raises(DataError, match=r"class 'dog' has 1 training photo\(s\) \(1 listed but missing\); "
+                                        r"it needs at least 3"):
+        find_dataset(write_csv(tmp_path / "l.csv", rows))
+
+
+# ------------------------------------------------------------------------ guessing layouts
+
+def test_numbered_flat_names_are_one_clear_error_not_500_classes(tmp_path):
+    jpeg = photo(tmp_path / "Img1.jpg").read_bytes()
+    for i in range(2, 501):
+        (tmp_path / f"Img{i}.jpg").write_bytes(jpeg)
+    with pytest.raises(DataError) as err:
+        find_dataset(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "500 of 500 names have no '<class>.' prefix" in message
+    assert "class folders" in message and "Kaggle names" in message and "CSV" in message
+
+
+@pytest.mark.parametrize("names,why", [
+    ([f"cat.{i}.jpg" for i in range(30)], "one class"),
+    ([f"{i}.scan.jpg" for i in range(40)], "40 of 40 prefixes name fewer than 5 photos"),
+    ([f"cat.{i}.jpg" for i in range(9)] + [f"dog.{i}.jpg" for i in range(3)], "'dog.' (3)"),
+], ids=["one-prefix", "unique-prefixes", "a-small-class"])
+def test_implausible_flat_names_are_refused(tmp_path, names, why):
+    for name in names:
+        photo(tmp_path / name)
+    with pytest.raises(DataError, match="file names do not spell classes") as err:
+        find_dataset(tmp_path)
+    assert why in str(err.value)
+
+
+def test_macos_and_hidden_entries_are_ignored(tmp_path):
+    folders(tmp_path / "zipped", {"cats": 4, "dogs": 4}, split=None)
+    for where in ("zipped/__MACOSX/cats", "zipped/cats", "zipped/dogs/sub"):
+        (tmp_path / where).mkdir(parents=True, exist_ok=True)
+        (tmp_path / where / "._cat.0.jpg").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (tmp_path / "zipped" / "cats" / ".hidden").mkdir()
+    photo(tmp_path / "zipped" / "cats" / ".hidden" / "cat.x.jpg")
+    (tmp_path / "zipped" / ".DS_Store").write_bytes(b"\x00")
+    ds = find_dataset(tmp_path / "zipped")
+    assert ds.classes == ["cats", "dogs"]
+    files = [f for items in ds.splits.values() for f, _ in items]
+    assert len(files) == 8 and not any(part.startswith((".", "__")) for f in files for part in f.parts[-3:])
+
+    flat = tmp_path / "flat"
+    for label in ("cat", "dog"):
+        for i in range(5):
+            photo(flat / f"{label}.{i}.jpg")
+    (flat / "._cat.0.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (flat / "__MACOSX").mkdir()
+    (flat / "__MACOSX" / "._dog.0.jpg").write_bytes(b"\x00")
+    ds = find_dataset(flat)
+    assert ds.layout == "kaggle-flat" and sum(len(v) for v in ds.splits.values()) == 10
+
+
+def test_the_same_photo_in_two_splits_is_a_warning(tmp_path):
+    folders(tmp_path, {"cats": 6, "dogs": 6})
+    folders(tmp_path, {"cats": 2, "dogs": 2}, split="test")
+    for name in ("cats/cats.0.jpg", "dogs/dogs.1.jpg"):
+        (tmp_path / "test" / name).write_bytes((tmp_path / "train" / name).read_bytes())
+    # Same size, other bytes: not a copy.
+    other = (tmp_path / "train" / "cats" / "cats.2.jpg").read_bytes()
+    (tmp_path / "test" / "cats" / "cats.1.jpg").write_bytes(other[:-3] + b"\x00\x00\x00")
+    ds = find_dataset(tmp_path)
+    assert len(ds.warnings) == 1
+    assert "2 photo(s) are in more than one split" in ds.warnings[0]
+    assert "test/cats/cats.0.jpg" in ds.warnings[0] and "train/cats/cats.0.jpg" in ds.warnings[0]
+    assert ds.summary()["warnings"] == ds.warnings
+    assert find_dataset(folders(tmp_path / "clean", {"a": 5, "b": 5})).warnings == []
+
+
+def test_carved_test_split_is_disjoint_stratified_and_keeps_training_photos(tmp_path):
+    counts = {"ant": 40, "bee": 20, "cat": 7, "dog": 3, "eel": 13}
+    folders(tmp_path, counts, split=None)
+    ds = find_dataset(tmp_path)
+    parts = {s: {f for f, _ in items} for s, items in ds.splits.items()}
+    assert not parts["train"] & parts["val"] and not parts["train"] & parts["test"]
+    assert not parts["val"] & parts["test"]
+    assert totals(ds, ("train", "val", "test")) == counts
+    for name, n in counts.items():
+        held = max(1, round(n * 0.15))
+        assert totals(ds, ("val",))[name] == totals(ds, ("test",))[name] == held
+        assert totals(ds, ("train",))[name] == n - 2 * held >= 1
+    assert ds.sources == {"train": "given", "val": "carved 15% of each class from train (seed 20240613)",
+                          "test": "carved 15% of each class from train (seed 20240613)"}
+    # A given validation split: only test is carved.
+    folders(tmp_path / "v", {"ant": 10, "bee": 10})
+    folders(tmp_path / "v", {"ant": 2, "bee": 2}, split="val")
+    ds = find_dataset(tmp_path / "v")
+    assert ds.sources["val"] == "given" and ds.sources["test"].startswith("carved 15%")
+    assert totals(ds, ("test",)) == {"ant": 2, "bee": 2} and len(ds.splits["val"]) == 4
+
+
+# ------------------------------------------------------------- photos a model never saw
+
+def test_read_labelled_maps_classes_to_the_model_labels(tmp_path):
+    labels = ["ant", "bee", "cat"]
+    folders(tmp_path / "held", {"cat": 2, "ant": 1}, split=None)
+    items, skipped = read_labelled(tmp_path / "held", labels)
+    assert sorted((f.name, y) for f, y in items) == [("ant.0.jpg", 0), ("cat.0.jpg", 2), ("cat.1.jpg", 2)]
+    assert skipped == []
+    # A data set with splits: its test split only.
+    folders(tmp_path / "split", {"bee": 3, "cat": 3})
+    folders(tmp_path / "split", {"bee": 1}, split="test")
+    items, _ = read_labelled(tmp_path / "split", labels)
+    assert [(f.parent.parent.name, y) for f, y in items] == [("test", 1)]
+    # Kaggle flat names, even with fewer than five per class; a CSV with a missing file.
+    for name in ("bee.1.jpg", "ant.9.jpg"):
+        photo(tmp_path / "flat" / name)
+    assert sorted(y for _, y in read_labelled(tmp_path / "flat", labels)[0]) == [0, 1]
+    csv_path = write_csv(tmp_path / "c" / "t.csv",
+                         [("image", "category"), ("x.jpg", "cat"), ("y.jpg", "bee")])
+    photo(tmp_path / "c" / "x.jpg")
+    items, skipped = read_labelled(csv_path, labels)
+    assert [y for _, y in items] == [2] and skipped[0]["file"] == str(tmp_path / "c" / "y.jpg")
+
+
+def test_read_labelled_refuses_classes_the_model_lacks(tmp_path):
+    folders(tmp_path, {"cats": 2, "wolves": 2}, split=None)
+    with pytest.raises(DataError) as err:
+        read_labelled(tmp_path, ["cats", "dogs"])
+    message = str(err.value)
+    assert "\n" not in message and "['cats', 'wolves']" in message and "['cats', 'dogs']" in message
+    assert "wolves unknown" in message
+
+
+# ----------------------------------------------------------------------- run identity
+
+def run_dir(*args) -> str:
+    result = CliRunner().invoke(app, ["run-dir", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip()
+
+
+def test_run_folder_is_named_by_data_and_settings(tmp_path):
+    first = folders(tmp_path / "a" / "photos", {"cats": 5, "dogs": 5}, split=None)
+    second = folders(tmp_path / "b" / "photos", {"cats": 5, "dogs": 5}, split=None)
+    name = run_dir(first, "--runs", tmp_path / "runs")
+    assert Path(name).parent == tmp_path / "runs" and Path(name).name.startswith("photos-noodle-")
+    assert run_dir(first, "--runs", tmp_path / "runs") == name
+    assert run_dir(first, "--runs", tmp_path / "runs", "--epochs", 30) == name  # noodle's own count
+    others = [run_dir(second, "--runs", tmp_path / "runs"),
+              run_dir(first, "--runs", tmp_path / "runs", "--arch", "seed"),
+              run_dir(first, "--runs", tmp_path / "runs", "--epochs", 3),
+              run_dir(first, "--runs", tmp_path / "runs", "--seed", 1)]
+    assert len({name, *others}) == 5
+    edited = first / "cats" / "cats.0.jpg"
+    photo(edited)  # same name, new pixels
+    assert run_dir(first, "--runs", tmp_path / "runs") != name
+
+
+def test_a_run_folder_of_other_data_is_refused_unless_forced(tmp_path):
+    from train.fit import TrainConfig
+    from train.runs import RunMismatch, check_run_dir, identity, record_start
+
+    cfg = TrainConfig(data=tmp_path, out=tmp_path / "run")
+    mine = identity(find_dataset(folders(tmp_path / "a", {"x": 5, "y": 5}, split=None)), cfg)
+    other = identity(find_dataset(folders(tmp_path / "b", {"x": 5, "y": 5}, split=None)), cfg)
+    out = tmp_path / "run"
+    assert check_run_dir(out, mine) == "empty"
+    record_start(out, mine)  # an interrupted run of this data resumes
+    assert check_run_dir(out, mine) == "resume"
+    with pytest.raises(RunMismatch, match=r"interrupted run trained on other data .*--force"):
+        check_run_dir(out, other)
+    (out / "manifest.json").write_text(json.dumps({"identity": other}))
+    with pytest.raises(RunMismatch, match=r"holds a model trained on other data .*pass another --out"):
+        check_run_dir(out, mine)
+    assert check_run_dir(out, other) == "complete"
+    assert check_run_dir(out, mine, force=True) == "empty" and not (out / "manifest.json").exists()
+    (out / ".backup").mkdir()  # resume state from before identities were recorded
+    with pytest.raises(RunMismatch, match="interrupted run with no record of its data"):
+        check_run_dir(out, mine)
+
+
+@pytest.mark.slow
+def test_two_data_sets_in_folders_of_the_same_name_train_two_models(tmp_path):
+    """Two labels.csv, one after the other: two run folders; again: reused; crossed: refused."""
+    a = tmp_path / "a" / "labels.csv"
+    rows = [("image", "breed")]
+    for breed in ("pug", "corgi"):
+        for i in range(8):
+            photo(a.parent / "img" / f"{breed}{i}.jpg")
+            rows.append((f"img/{breed}{i}.jpg", breed))
+    write_csv(a, rows + [("img/gone1.jpg", "pug"), ("img/gone2.jpg", "corgi")])
+    b = tmp_path / "b" / "labels.csv"
+    rows = [("id", "label")]
+    for i in range(24):
+        rows.append((f"{i:05d}", ("ant", "bee", "cat")[i % 3]))
+        photo(b.parent / "train" / f"{i:05d}.png")
+    write_csv(b, rows)
+
+    def train(data, *extra):
+        return subprocess.run(
+            [sys.executable, "-m", "noodle", "train", str(data), "--runs", str(tmp_path / "runs"),
+             "--epochs", "1", "--image-size", "32", "--batch-size", "8", "-q", *map(str, extra)],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+    first = train(a)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = train(b)
+    assert second.returncode == 0, second.stderr[-3000:]
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(r.name.startswith("labels-noodle-") for r in runs)
+    by_labels = {tuple(json.loads((r / "manifest.json").read_text())["labels"]): r for r in runs}
+    assert set(by_labels) == {("corgi", "pug"), ("ant", "bee", "cat")}
+    run_a = by_labels[("corgi", "pug")]
+    csv_run = json.loads((run_a / "manifest.json").read_text())
+    assert sorted(s["file"] for s in csv_run["skipped"]) == [str(a.parent / "img" / f"gone{i}.jpg")
+                                                            for i in (1, 2)]
+    assert "skipped      2 listed in the CSV but missing" in first.stdout
+    assert csv_run["data"]["fingerprint"] == csv_run["identity"]["data_fingerprint"]
+    assert csv_run["data"]["splits"]["test"].startswith("carved 15%")
+    assert csv_run["metrics"]["test"]["count"] == 2  # 15 % of 8 per class
+
+    before = (run_a / "model.keras").stat().st_mtime_ns
+    again = train(a, "--reuse")
+    assert again.returncode == 0 and f"reusing {run_a}:" in again.stdout
+    assert (run_a / "model.keras").stat().st_mtime_ns == before
+    crossed = train(b, "--out", run_a)
+    assert crossed.returncode == 2 and crossed.stderr.count("\n") == 1
+    assert "trained on other data" in crossed.stderr and "--force" in crossed.stderr
+
+
+def test_export_refuses_a_carved_test_split_of_photos_changed_since_training(tmp_path):
+    from export.convert import ExportError, evaluation_data
+
+    data = folders(tmp_path / "photos", {"cats": 10, "dogs": 10}, split=None)
+    trained = find_dataset(data)
+    manifest = {"labels": trained.classes, "data": trained.summary()}
+    assert evaluation_data(manifest).splits == trained.splits
+    photo(data / "cats" / "cats.new.jpg")  # the carve of cats is another draw now
+    with pytest.raises(ExportError, match="changed since training"):
+        evaluation_data(manifest)
+    assert evaluation_data(manifest, data=data).splits["test"]  # --data: the user's choice

@@ -21,11 +21,22 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from edge.manifest import FORMAT, SCHEMA, read_manifest, sha256_file, write_json
+from edge.manifest import (
+    FORMAT,
+    SCHEMA,
+    ExportManifest,
+    InputSpec,
+    ModelEntry,
+    Preprocessing,
+    TensorSpec,
+    read_manifest,
+    sha256_file,
+    write_json,
+)
 from edge.preprocess import PREPROCESSING
 from edge.runtime import Classifier
 from export.convert import VARIANTS, calibration_pixels, export_run
-from export.validate import ParityError, edge_python, validate_export
+from export.validate import ParityError, edge_python, raise_for, validate_export
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["bright", "dark"]
@@ -195,16 +206,19 @@ def test_edge_check_reports_a_model_the_runtime_cannot_load(tmp_path):
         pytest.skip("no .venv-edge: `make edge-env` builds it (`make test` does)")
     bad = tmp_path / "int8.tflite"
     bad.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64)  # the identifier, then nothing valid
-    write_json(tmp_path / "manifest.json", {
-        "format": FORMAT, "schema": SCHEMA, "kind": "export", "labels": LABELS,
-        "input": {"height": 64, "width": 64, "channels": 3}, "preprocessing": PREPROCESSING,
-        "models": {"int8": {"file": bad.name, "sha256": sha256_file(bad)}}})
-    done = subprocess.run([str(python), "-m", "edge.check", str(bad), "--runtime", "tflite-runtime"],
+    entry = ModelEntry(bad.name, sha256_file(bad), bad.stat().st_size,
+                       TensorSpec("uint8", [1, 64, 64, 3], 1.0, 0), TensorSpec("uint8", [1, 1], 1 / 256, 0),
+                       fully_integer=True)
+    write_json(tmp_path / "manifest.json", ExportManifest(
+        LABELS, InputSpec(64, 64), "sigmoid", Preprocessing.from_dict(PREPROCESSING), {"sha256": "0" * 64},
+        {}, {"int8": entry}, saved_model=None).to_dict())
+    done = subprocess.run([str(python), "-m", "export.check", str(bad), "--runtime", "tflite-runtime"],
                           capture_output=True, text=True, timeout=120)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 1 and report["version"] == "2.14.0"
     entry = report["models"][str(bad)]
-    assert entry["ok"] is False and "tflite-runtime cannot load it" in entry["error"]
+    # The structural check refuses it before the interpreter could crash on it.
+    assert entry["ok"] is False and "damaged model file" in entry["error"]
 
 
 def test_parity_failure_is_a_typed_error(exported_run, tmp_path):
@@ -222,7 +236,7 @@ def test_parity_failure_is_a_typed_error(exported_run, tmp_path):
     manifest["source"]["sha256"] = sha256_file(run / "model.keras")
     write_json(run / "export" / "manifest.json", manifest)
     with pytest.raises(ParityError) as err:
-        validate_export(run, edge=tmp_path / "no-edge-env", log=lambda *_: None)
+        raise_for(validate_export(run, edge=tmp_path / "no-edge-env", log=lambda *_: None))
     assert err.value.exit_code != 0 and "float32.tflite" in str(err.value)
     assert not json.loads((run / "export" / "validation.json").read_text())["parity"]["ok"]
 

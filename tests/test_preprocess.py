@@ -4,12 +4,16 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from edge.preprocess import ImageError, from_frame, load_image
+from edge import preprocess
+from edge.preprocess import ImageError, decode_bytes, from_frame, load_image
 
 SIZE = (64, 64)
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -81,6 +85,28 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
     assert abs(int(x[10, 5, 0]) - 128) <= 2 and x[10, 60, 0] == 255
 
 
+def test_sixteen_bit_grey_is_scaled_by_its_range_not_its_content(tmp_path):
+    # Issue 11, D7: values <= 255 of 65535 came out mid-grey, and one pixel at 256 made it black.
+    dark = np.full((20, 20), 200, dtype=np.uint16)
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    dark[0, 0] = 256
+    Image.fromarray(dark).save(tmp_path / "dark-256.png")
+    a = load_image(tmp_path / "dark.png", SIZE)
+    b = load_image(tmp_path / "dark-256.png", SIZE)
+    assert Image.open(tmp_path / "dark.png").mode == "I;16"
+    assert a.max() == 1 and np.abs(a.astype(int) - b).max() <= 1  # 200 / 257 rounds to 1
+    white = np.full((4, 4), 65535, dtype=np.uint16)
+    Image.fromarray(white).save(tmp_path / "white.png")
+    assert load_image(tmp_path / "white.png", SIZE).min() == 255
+
+
+def test_float_grey_is_taken_as_zero_to_one(tmp_path):
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), "F").save(tmp_path / "f.tif")
+    Image.fromarray(np.full((8, 8), 200.0, np.float32), "F").save(tmp_path / "f200.tif")
+    assert load_image(tmp_path / "f.tif", SIZE).mean() == 128
+    assert load_image(tmp_path / "f200.tif", SIZE).mean() == 255
+
+
 def test_exif_orientation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # the camera was turned: display rotated 90 degrees clockwise
@@ -132,7 +158,72 @@ def test_missing_file(tmp_path):
         load_image(tmp_path / "nope.jpg", SIZE)
 
 
-def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+# -- decode memory (issue 11, D6) ---------------------------------------------
+
+def test_a_108_megapixel_phone_jpeg_is_decoded_through_draft_mode(tmp_path):
+    # Pillow's declared-pixel limit (89 Mpx) refused this; drafted to 1/8 it needs ~7 MB.
+    path = tmp_path / "phone.jpg"
+    Image.new("RGB", (12000, 9000), RED).save(path, quality=50)
+    with Image.open(path) as img:
+        img.draft("RGB", (64, 64))
+        assert img.size == (1500, 1125) and decode_bytes(img) < 16 * 2**20
+    x = load_image(path, SIZE)
+    assert x.shape == (64, 64, 3) and close(x[32, 32], RED)
+
+
+def test_a_png_bomb_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    # 257 KB on disk, 88 Mpx declared: Pillow's limit let it through to take 745 MB.
+    path = tmp_path / "bomb.png"
+    Image.new("L", (9400, 9400)).save(path)
+    monkeypatch.setattr(preprocess, "_to_rgb", lambda img: pytest.fail("decoded a refused image"))
+    with pytest.raises(ImageError, match=r"too large to decode safely \(9400x9400 L needs about 421 MiB"):
+        load_image(path, SIZE)
+
+
+def test_the_limit_is_the_memory_after_draft_not_the_declared_pixels(tmp_path):
+    # The same 2400x1800 picture: as a JPEG drafted to 300x225 it fits a 4 MiB budget,
+    # as a PNG (decoded whole, 4 bytes a pixel) it does not.
+    budget = preprocess.DecodeBudget(4 * 2**20)
+    halves(size=(2400, 1800)).save(tmp_path / "big.jpg")
+    halves(size=(2400, 1800)).save(tmp_path / "big.png")
+    x = load_image(tmp_path / "big.jpg", SIZE, budget=budget)
+    assert close(x[32, 5], RED) and close(x[32, 58], BLUE)
+    with pytest.raises(ImageError, match="over the 4 MiB decode budget"):
+        load_image(tmp_path / "big.png", SIZE, budget=budget)
+    assert budget.used == 0
+
+
+def test_concurrent_decodes_share_one_budget(tmp_path, monkeypatch):
+    # Each PNG needs 3.8 MB; with a 10 MB budget at most two decode at once on 4 threads.
+    halves(size=(1000, 1000)).save(tmp_path / "a.png")
+    budget = preprocess.DecodeBudget(10 * 2**20)
+    running, most = [0], [0]
+    lock = threading.Lock()
+    to_rgb = preprocess._to_rgb
+
+    def slow_to_rgb(img):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)  # long enough to overlap on a busy machine
+        with lock:
+            running[0] -= 1
+        return to_rgb(img)
+
+    monkeypatch.setattr(preprocess, "_to_rgb", slow_to_rgb)
+    with ThreadPoolExecutor(4) as pool:
+        out = list(pool.map(lambda _: load_image(tmp_path / "a.png", SIZE, budget=budget), range(8)))
+    assert len(out) == 8 and most[0] == 2 and budget.peak <= budget.limit and budget.used == 0
+
+
+def test_an_image_larger_than_the_budget_never_waits(tmp_path):
+    budget = preprocess.DecodeBudget(2**20)
+    Image.new("RGB", (1000, 1000)).save(tmp_path / "a.png")
+    with budget.hold(2**20), pytest.raises(ImageError, match="too large"):
+        load_image(tmp_path / "a.png", SIZE, budget=budget)  # refused at once, not queued
+
+
+def test_pillows_own_bomb_error_is_one_line(tmp_path, monkeypatch):
     Image.new("RGB", (200, 200)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageError, match="too large"):

@@ -1,13 +1,20 @@
-"""The train stage end to end: run folder contents, bad files, two replicas."""
+"""The train stage end to end: run folder contents, bad files, replicas and workers,
+resuming, mixed precision, data over the memory limit."""
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.test_data import bad_files
@@ -54,6 +61,7 @@ def test_saved_model_takes_raw_pixels_and_rescales_itself(trained_run):
     assert p.shape == (1, 1) and 0.0 <= p[0, 0] <= 1.0
 
 
+@pytest.mark.slow
 def test_cli_trains_on_two_replicas_and_skips_bad_files(sample_data, tmp_path):
     """Two logical CPU devices under MirroredStrategy, on a folder with bad files."""
     data = tmp_path / "data"
@@ -75,6 +83,9 @@ def test_cli_trains_on_two_replicas_and_skips_bad_files(sample_data, tmp_path):
     assert counts["train"]["stripes"] + counts["val"]["stripes"] == 61
     assert "skipped      3 unreadable" in result.stdout
     assert "validation" in result.stdout and "test" in result.stdout
+    # Without a GPU, one line of ours says so, with the cores used instead.
+    on_cpu = "CPU replica(s)" in result.stdout
+    assert bool(re.search(r"^no GPU found: training on \d+ CPU cores$", result.stdout, re.M)) == on_cpu
 
 
 def test_unknown_arch_is_one_line_error(sample_data, tmp_path):
@@ -88,12 +99,9 @@ def test_unknown_arch_is_one_line_error(sample_data, tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_where_it_stopped(sample_data, tmp_path):
     """BackupAndRestore: kill mid-run, start again, the epochs continue."""
-    import os
-    import signal
-    import time
-
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(out),
            "--epochs", "5", "--patience", "50", "-q"]
@@ -114,6 +122,274 @@ def test_a_killed_run_resumes_where_it_stopped(sample_data, tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     with open(out / "history.csv") as f:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+        history = list(csv.DictReader(f))
     # Resumed after the last finished epoch, not from scratch: five epochs in all.
-    assert epochs == list(range(5))
+    assert [int(row["epoch"]) for row in history] == list(range(5))
+    # The kill may land between an epoch's history row and its saved state:
+    # then that epoch runs again, and its first row is dropped.
+    resumed = re.search(r"^resuming from epoch (\d+): (\d+) epoch\(s\) done before", second.stdout, re.M)
+    assert resumed, second.stdout[-2000:]
+    assert int(resumed[1]) - 1 == int(resumed[2]) in (epochs_before - 1, epochs_before)
+    # The time reported is the whole training, both processes' epochs, not only the second's.
+    manifest = json.loads((out / "manifest.json").read_text())
+    all_epochs = sum(float(row["epoch_seconds"]) for row in history)
+    later_epochs = sum(float(row["epoch_seconds"]) for row in history[int(resumed[2]):])
+    assert manifest["metrics"]["train_seconds"] >= round(all_epochs, 1) - 0.1 > later_epochs
+
+
+# ------------------------------------------------------------------ several machines
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free on the loopback now (all held open while choosing)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.slow
+def test_two_workers_on_the_loopback_train_one_model_that_only_the_chief_writes(sample_data, tmp_path):
+    """MultiWorkerMirroredStrategy for real: a chief and a worker, two processes, TF_CONFIG."""
+    import keras
+
+    from train.data import decode, find_dataset
+    from train.fit import classification_metrics, predict_probabilities
+
+    chief_port, worker_port = free_ports(2)
+    cluster = {"chief": [f"127.0.0.1:{chief_port}"], "worker": [f"127.0.0.1:{worker_port}"]}
+    outs = {"chief": tmp_path / "chief-run", "worker": tmp_path / "worker-run"}
+    scratch = tmp_path / "worker-tmp"  # the worker's TMPDIR: its logs and backups go there
+    scratch.mkdir()
+    procs, logs = {}, {}
+    try:
+        # gRPC would send even loopback traffic through a proxy named in the environment.
+        plain = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy",
+                                                                          "grpc_proxy", "all_proxy")}
+        for task in ("chief", "worker"):
+            env = {**plain, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task, "index": 0}})}
+            if task == "worker":
+                env["TMPDIR"] = str(scratch)
+            logs[task] = tmp_path / f"{task}.log"
+            with open(logs[task], "w") as log:
+                procs[task] = subprocess.Popen(
+                    [sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(outs[task]),
+                     "--cluster", "tf-config", "--epochs", "2", "--image-size", "32", "--batch-size", "16",
+                     "-q"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # A worker waiting for a peer that died waits for ever: a hang fails the test instead.
+        deadline = time.monotonic() + 300
+        for task, proc in procs.items():
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{task} still running after 300 s:\n{logs[task].read_text()[-3000:]}")
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    for task, proc in procs.items():
+        assert proc.returncode == 0, f"{task}:\n{logs[task].read_text()[-3000:]}"
+
+    chief = outs["chief"]
+    for name in RUN_FILES:
+        assert (chief / name).stat().st_size > 0, name
+    assert any((chief / "tensorboard").rglob("events.out.tfevents.*"))
+    assert not (chief / ".backup").exists() and not (chief / ".cache").exists()
+    # The worker trained (same epochs, same synchronised loss) but wrote nothing, anywhere.
+    assert not outs["worker"].exists() and list(scratch.iterdir()) == []
+    worker_log = logs["worker"].read_text()
+    assert "worker-0 done; the chief writes the run folder" in worker_log
+    assert not re.search(r"^run folder ", worker_log, re.M)  # no summary of a run it did not write
+
+    manifest = json.loads((chief / "manifest.json").read_text())
+    assert manifest["training"]["replicas"] == 2 and manifest["training"]["global_batch"] == 32
+    assert manifest["metrics"]["epochs_run"] == 2
+
+    # The saved model is whole: it loads alone, gives probabilities, and scores
+    # the test photos exactly as the chief reported.
+    model = keras.models.load_model(chief / "model.keras")
+    test = decode(find_dataset(sample_data).splits["test"], (32, 32))
+    probs = predict_probabilities(model, test.x)
+    assert np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
+    metrics = classification_metrics(test.y, probs, manifest["labels"])
+    assert metrics["confusion_matrix"] == manifest["metrics"]["test"]["confusion_matrix"]
+
+
+SLURM_TWO_NODES = {"SLURM_JOB_ID": "41", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "node[07-08]",
+                   "SLURM_STEP_TASKS_PER_NODE": "1(x2)"}
+TF_CONFIG = json.dumps({"cluster": {"chief": ["host-a:2222"], "worker": ["host-b:2222", "host-c:2222"]},
+                        "task": {"type": "worker", "index": 1}})
+
+
+@pytest.mark.parametrize("mode, env, expected", [
+    ("auto", {}, "none"),
+    ("auto", {"TF_CONFIG": TF_CONFIG}, "tf-config"),
+    ("auto", {**SLURM_TWO_NODES, "SLURM_PROCID": "0"}, "slurm"),
+    # A batch job of one task is one machine, not a cluster.
+    ("auto", {"SLURM_JOB_ID": "41", "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}, "none"),
+    ("auto", {"TF_CONFIG": TF_CONFIG, **SLURM_TWO_NODES, "SLURM_PROCID": "0"}, "tf-config"),
+    ("none", {"TF_CONFIG": TF_CONFIG}, "none"),
+    ("slurm", {**SLURM_TWO_NODES, "SLURM_PROCID": "1"}, "slurm"),
+])
+def test_the_cluster_comes_from_the_environment(mode, env, expected):
+    from train.cluster import choose
+
+    assert choose(mode, env).value == expected
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("tf-config", "--cluster tf-config: TF_CONFIG is not set"),
+    ("slurm", "--cluster slurm: no Slurm task environment"),
+])
+def test_a_cluster_asked_for_but_absent_is_one_line_error(sample_data, tmp_path, mode, message):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG" and not k.startswith("SLURM_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(tmp_path / "r"),
+         "--cluster", mode], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()
+
+
+def test_tf_config_names_this_task_and_its_chief(monkeypatch):
+    from train.cluster import Cluster, is_chief, resolver, task_name
+
+    monkeypatch.setenv("TF_CONFIG", TF_CONFIG)
+    worker = resolver(Cluster.tf_config)
+    assert task_name(worker) == "worker-1" and not is_chief(worker)
+    monkeypatch.setenv("TF_CONFIG", TF_CONFIG.replace('"worker", "index": 1', '"chief", "index": 0'))
+    assert is_chief(resolver(Cluster.tf_config))
+
+
+@pytest.mark.parametrize("gpus", [False, True])
+def test_slurm_tasks_resolve_to_workers_and_worker_0_is_chief(monkeypatch, tmp_path, gpus):
+    """SlurmClusterResolver from srun's variables, on CPU-only nodes and on GPU nodes."""
+    from train.cluster import SLURM_PORT_BASE, Cluster, is_chief, resolver, task_name
+
+    for name, value in SLURM_TWO_NODES.items():
+        monkeypatch.setenv(name, value)
+    # The GPU resolver sets this task's CUDA_VISIBLE_DEVICES; monkeypatch puts it back.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    if not gpus:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+        monkeypatch.setenv("PATH", str(tmp_path))  # and no nvidia-smi
+    for rank in (0, 1):
+        monkeypatch.setenv("SLURM_PROCID", str(rank))
+        task = resolver(Cluster.slurm)
+        hosts = [f"node{n}:{SLURM_PORT_BASE}" for n in ("07", "08")]
+        assert task.cluster_spec().as_dict() == {"worker": hosts}
+        assert task_name(task) == f"worker-{rank}" and is_chief(task) == (rank == 0)
+        # One task a node: each gets both of its node's GPUs, or no GPU setting at all.
+        assert os.environ.get("CUDA_VISIBLE_DEVICES") == ("0,1" if gpus else None)
+
+
+# ---------------------------------------------------------------- precision, memory
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, classes", [("noodle", 2), ("seed", 5)])
+def test_mixed_precision_trains_on_cpu_and_exports_a_float32_model(arch, classes, tmp_path, monkeypatch):
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edge.preprocess import load_image
+    from export.convert import convert, load_model
+    from tests.test_matrix import tinted_photos
+    from train import fit
+
+    trained_under = {}
+    copy = fit.float32_copy
+
+    def spy(model, *args):  # the model fit trained, just before its float32 copy is made
+        trained_under.update(body={layer.dtype_policy.name for layer in model.layers[:-1]},
+                             head=model.layers[-1].dtype_policy.name,
+                             optimizer=type(model.optimizer).__name__)
+        return copy(model, *args)
+
+    monkeypatch.setattr(fit, "float32_copy", spy)
+    data = tinted_photos(tmp_path / "photos", classes)
+    run = tmp_path / "run"
+    manifest = fit.train(fit.TrainConfig(data=data, out=run, arch=arch, image_size=32, epochs=1,
+                                         mixed_precision=True, verbose=0), log=lambda *_: None)
+    assert trained_under == {"body": {"mixed_float16"}, "head": "float32",
+                             "optimizer": "LossScaleOptimizer"}
+    assert manifest["training"]["mixed_precision"] is True
+    # The policy is global: later models in this process must not inherit it.
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+    model = load_model(run, manifest)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    interpreter = Interpreter(model_content=convert(model, "float32"))
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inp["dtype"] == np.float32 and out["dtype"] == np.float32
+    for photo in sorted(data.rglob("*.jpg"))[::7]:  # a few of every class
+        pixels = load_image(photo, (32, 32))[None].astype(np.float32)
+        interpreter.set_tensor(inp["index"], pixels)
+        interpreter.invoke()
+        p = interpreter.get_tensor(out["index"])[0]
+        assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+        if classes > 2:
+            assert abs(p.sum() - 1) < 1e-5
+        np.testing.assert_allclose(p, model.predict_on_batch(pixels)[0], atol=1e-5)
+
+
+def test_mixed_precision_is_undone_when_training_fails(tmp_path, monkeypatch):
+    import keras
+
+    from tests.test_matrix import tinted_photos
+    from train import fit
+
+    def fail(*args):  # called after the policy is set, before any training
+        raise RuntimeError("stopped on purpose")
+
+    monkeypatch.setattr(fit, "augmentation", fail)
+    data = tinted_photos(tmp_path / "photos", 2)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        fit.train(fit.TrainConfig(data=data, out=tmp_path / "run", image_size=32, epochs=1,
+                                  mixed_precision=True, verbose=0), log=lambda *_: None)
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@pytest.mark.slow
+def test_a_set_over_the_memory_limit_trains_from_a_memory_mapped_cache(sample_data, tmp_path):
+    """NOODLE_IN_MEMORY_LIMIT below the pixels' size: every split streams from disk."""
+    data = tmp_path / "data"
+    shutil.copytree(sample_data, data)
+    bad = bad_files(data / "train" / "stripes")  # dropped from the mapped file in place
+    limit = 100_000  # bytes; the smallest split (24 validation photos at 64x64) holds 295 kB
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "noodle", "train", str(data), "--out", str(out), "--epochs", "2", "-q"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "NOODLE_IN_MEMORY_LIMIT": str(limit)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(rf"^pixels of train, val, test memory-mapped from .*, being over {limit:,} bytes",
+                     result.stdout, re.M), result.stdout[-2000:]
+    # Every readable photo decoded (120 and bad_files' good one); the bad ones are
+    # listed, and cut out of the mapped file.
+    decoded = re.search(r"train (\d+), val (\d+), test 40, skipped 3 unreadable", result.stdout)
+    assert decoded and int(decoded[1]) + int(decoded[2]) == 121, result.stdout[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(s["file"] for s in manifest["skipped"]) == sorted(str(p) for p in bad)
+    assert manifest["metrics"]["epochs_run"] == 2 and manifest["metrics"]["test"]["count"] == 40
+    assert not (out / ".cache").exists()  # the mapped pixels go when the run is complete
+
+
+def test_memory_mapped_pixels_equal_in_memory_ones_with_bad_files_cut(sample_data, tmp_path, monkeypatch):
+    from train import data as datasets
+
+    good = sorted((sample_data / "train" / "discs").glob("*.jpg"))[:9]
+    corrupt, zero, text = bad_files(tmp_path / "bad")
+    files = [corrupt, *good[:4], zero, *good[4:], text]
+    items = [(f, i % 2) for i, f in enumerate(files)]
+    in_memory = datasets.decode(items, (32, 32), cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(datasets, "IN_MEMORY_LIMIT", 0)
+    mapped = datasets.decode(items, (32, 32), cache_dir=tmp_path / "cache")
+    assert isinstance(mapped.x, np.memmap) and not isinstance(in_memory.x, np.memmap)
+    assert len(mapped.x) == 9 and mapped.files == in_memory.files == good
+    np.testing.assert_array_equal(mapped.x, in_memory.x)
+    np.testing.assert_array_equal(mapped.y, in_memory.y)

@@ -11,7 +11,10 @@ from typing import Annotated
 import typer
 
 from edge.errors import one_line_errors
+from train.cluster import Cluster
+from train.data import MISSING
 from train.fit import TrainConfig
+from train.runs import RUNS
 
 # The defaults live in TrainConfig, with their reasons; the options repeat none of them.
 DEFAULTS = TrainConfig(data=Path("."), out=Path("."))
@@ -37,52 +40,125 @@ def data_sample(
     typer.echo(f"wrote {sum(counts.values())} JPEGs to {out} ({detail})")
 
 
-def default_run_dir(data: Path, arch: str) -> Path:
-    return Path("runs") / f"{data.resolve().stem}-{arch}"
+# Options shared by `noodle train` and `noodle run-dir`: both must name the same folder.
+Data = Annotated[Path, typer.Argument(
+    help="Photos: class folders, Kaggle flat names (cat.0.jpg), or a CSV of file and label columns.")]
+Runs = Annotated[Path, typer.Option(
+    help="Where run folders go: RUNS/<data name>-<arch>-<8 hex of the data and settings>.")]
+Arch = Annotated[str, typer.Option(help="noodle (small, int8-friendly) or seed (the classic recipe).")]
+Epochs = Annotated[int | None, typer.Option(
+    help="Epochs (noodle: the length of its cosine schedule, 30; seed: an upper bound, 25). "
+         "Early stopping on validation loss keeps the best.")]
+ImageSize = Annotated[int, typer.Option(help="Square input side in pixels.")]
+BatchSize = Annotated[int, typer.Option(help="Per device.")]
+LearningRate = Annotated[float, typer.Option(help="Adam's rate (noodle: the start of its cosine decay).")]
+Patience = Annotated[int, typer.Option(help="Epochs without a better validation loss before stopping.")]
+Seed = Annotated[int, typer.Option(help="Seed for weights, shuffling and augmentation.")]
+MixedPrecision = Annotated[bool, typer.Option(
+    help="float16 compute: faster on GPUs with tensor cores (Volta or newer), slower on CPUs. "
+         "model.keras is float32 either way.")]
+FileColumn = Annotated[str | None, typer.Option(
+    help="CSV: the column naming the photos (header name or 1-based number); "
+         "default: file, filename, path, image, id, ...")]
+LabelColumn = Annotated[str | None, typer.Option(
+    help="CSV: the label column; default: label, class, category, target, breed, species, ...")]
+SplitColumn = Annotated[str | None, typer.Option(
+    help="CSV: the train/val/test column ('none' to ignore one); default: split, set, subset, fold.")]
+
+
+def _config_and_data(data, out, runs, arch, columns, **settings):
+    """The TrainConfig, the dataset, its identity and the run folder for these options."""
+    from train.data import DataError, find_dataset
+    from train.fit import EPOCHS
+    from train.runs import default_run_dir, identity
+
+    # Every architecture has its epoch count in EPOCHS; train.models would import Keras.
+    if arch not in EPOCHS:
+        raise DataError(f"--arch {arch}: unknown architecture; choose {' or '.join(EPOCHS)}")
+    dataset = find_dataset(data, **columns)
+    cfg = TrainConfig(data=data, out=Path("."), arch=arch, **settings)
+    ident = identity(dataset, cfg)
+    cfg.out = out or default_run_dir(data, arch, ident, runs)
+    return cfg, dataset, ident
+
+
+@app.command("run-dir")
+@one_line_errors
+def run_dir_command(
+    data: Data,
+    runs: Runs = RUNS,
+    arch: Arch = DEFAULTS.arch,
+    epochs: Epochs = None,
+    image_size: ImageSize = DEFAULTS.image_size,
+    batch_size: BatchSize = DEFAULTS.batch_size,
+    learning_rate: LearningRate = DEFAULTS.learning_rate,
+    patience: Patience = DEFAULTS.patience,
+    seed: Seed = DEFAULTS.seed,
+    mixed_precision: MixedPrecision = False,
+    file_column: FileColumn = None,
+    label_column: LabelColumn = None,
+    split_column: SplitColumn = None,
+) -> None:
+    """Print the run folder `noodle train` would use for DATA and these settings (reads no pixels)."""
+    cfg, _, _ = _config_and_data(
+        data, None, runs, arch, _columns(file_column, label_column, split_column), epochs=epochs,
+        image_size=image_size, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
+        seed=seed, mixed_precision=mixed_precision)
+    typer.echo(cfg.out)
+
+
+def _columns(file_column, label_column, split_column) -> dict:
+    return {"file_column": file_column, "label_column": label_column, "split_column": split_column}
 
 
 @app.command("train")
 @one_line_errors
 def train_command(
-    data: Annotated[Path, typer.Argument(
-        help="Photos: class folders, Kaggle flat names (cat.0.jpg), or a file,label CSV.")],
+    data: Data,
     out: Annotated[Path | None, typer.Option(
-        help="Run folder to write (default: runs/<data>-<arch>).")] = None,
-    arch: Annotated[str, typer.Option(
-        help="noodle (small, int8-friendly) or seed (the classic recipe).")] = DEFAULTS.arch,
-    epochs: Annotated[int | None, typer.Option(
-        help="Epochs (noodle: the length of its cosine schedule, 30; seed: an upper bound, 25). "
-             "Early stopping on validation loss keeps the best.")] = None,
-    image_size: Annotated[int, typer.Option(help="Square input side in pixels.")] = DEFAULTS.image_size,
-    batch_size: Annotated[int, typer.Option(help="Per device.")] = DEFAULTS.batch_size,
-    learning_rate: Annotated[float, typer.Option(
-        help="Adam's rate (noodle: the start of its cosine decay).")] = DEFAULTS.learning_rate,
-    patience: Annotated[int, typer.Option(
-        help="Epochs without a better validation loss before stopping.")] = DEFAULTS.patience,
-    seed: Annotated[int, typer.Option(
-        help="Seed for weights, shuffling and augmentation.")] = DEFAULTS.seed,
-    mixed_precision: Annotated[bool, typer.Option(
-        help="float16 compute on GPUs (Volta or newer).")] = False,
+        help="Run folder to write (default: RUNS/<data name>-<arch>-<8 hex>, see `noodle run-dir`).")] = None,
+    runs: Runs = RUNS,
+    arch: Arch = DEFAULTS.arch,
+    epochs: Epochs = None,
+    image_size: ImageSize = DEFAULTS.image_size,
+    batch_size: BatchSize = DEFAULTS.batch_size,
+    learning_rate: LearningRate = DEFAULTS.learning_rate,
+    patience: Patience = DEFAULTS.patience,
+    seed: Seed = DEFAULTS.seed,
+    mixed_precision: MixedPrecision = False,
+    file_column: FileColumn = None,
+    label_column: LabelColumn = None,
+    split_column: SplitColumn = None,
+    reuse: Annotated[bool, typer.Option(
+        help="Keep the run folder's model when it was trained on this data with these settings.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Replace a run folder that holds a model of other data or settings.")] = False,
+    cluster: Annotated[Cluster, typer.Option(
+        help="How the workers of a several-machine run find each other: TF_CONFIG, Slurm's "
+             "srun tasks, or none (this machine alone). auto: TF_CONFIG if set, else a Slurm "
+             "step of several tasks, else none.")] = Cluster.auto,
     cpu_replicas: Annotated[int, typer.Option(
         help="Mirror over N logical CPU devices (testing).", hidden=True)] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch progress.")] = False,
 ) -> None:
     """Train a classifier on DATA and write model.keras with its manifest."""
-    from train.models import ARCHITECTURES
+    from train.fit import load_json, train
+    from train.runs import check_run_dir
 
-    if arch not in ARCHITECTURES:
-        from train.data import DataError
-
-        raise DataError(f"--arch {arch}: unknown architecture; choose {' or '.join(ARCHITECTURES)}")
-    run_dir = out or default_run_dir(data, arch)
-    from train.fit import TrainConfig, train
-
-    cfg = TrainConfig(data=data, out=run_dir, arch=arch, epochs=epochs, image_size=image_size,
-                      batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-                      seed=seed, mixed_precision=mixed_precision, cpu_replicas=cpu_replicas,
-                      verbose=0 if quiet else (1 if sys.stdout.isatty() else 2))
-    manifest = train(cfg, log=typer.echo)
-    typer.echo(summary(manifest, run_dir))
+    cfg, dataset, ident = _config_and_data(
+        data, out, runs, arch, _columns(file_column, label_column, split_column), epochs=epochs,
+        image_size=image_size, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
+        seed=seed, mixed_precision=mixed_precision, cluster=cluster.value, cpu_replicas=cpu_replicas,
+        verbose=0 if quiet else (1 if sys.stdout.isatty() else 2))
+    state = check_run_dir(cfg.out, ident, force=force)
+    if state == "complete" and reuse:
+        typer.echo(f"reusing {cfg.out}: its model was trained on this data with these settings "
+                   "(`noodle train` without --reuse trains again)")
+        typer.echo(summary(load_json(cfg.out / "manifest.json"), cfg.out))
+        return
+    manifest = train(cfg, log=typer.echo, dataset=dataset, identity=ident)
+    if manifest is not None:  # None: a cluster worker other than the chief, which writes it
+        typer.echo(summary(manifest, cfg.out))
 
 
 def summary(manifest: dict, run_dir: Path) -> str:
@@ -96,11 +172,19 @@ def summary(manifest: dict, run_dir: Path) -> str:
         f"training     {m['epochs_run']} epochs (best {m['best_epoch']}) in {m['train_seconds']}s "
         f"on {manifest['training']['replicas']} {manifest['training']['device']} replica(s)",
     ]
+    sources = manifest["data"].get("splits", {})
     for split, title in (("val", "validation"), ("test", "test")):
         if split in m:
             per_class = ", ".join(f"{k} {v:.1%}" for k, v in m[split]["per_class_accuracy"].items()
                                   if v is not None)
-            lines.append(f"{title:<12} {m[split]['accuracy']:.1%} of {m[split]['count']} ({per_class})")
+            source = f"; {sources[split]}" if sources.get(split, "given") != "given" else ""
+            lines.append(f"{title:<12} {m[split]['accuracy']:.1%} of {m[split]['count']} "
+                         f"({per_class}{source})")
+    missing = [s for s in manifest["skipped"] if s.get("reason") == MISSING]
+    unreadable = len(manifest["skipped"]) - len(missing)
     if manifest["skipped"]:
-        lines.append(f"skipped      {len(manifest['skipped'])} unreadable file(s), listed in manifest.json")
+        parts = ([f"{unreadable} unreadable file(s)"] if unreadable else []) + (
+            [f"{len(missing)} listed in the CSV but missing"] if missing else [])
+        lines.append(f"skipped      {', '.join(parts)}; listed in manifest.json")
+    lines += [f"warning      {w}" for w in manifest["data"].get("warnings", [])]
     return "\n".join(lines)

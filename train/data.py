@@ -1,16 +1,20 @@
 """Find the photos and labels in a dataset, split them, decode them once.
 
-Three layouts are detected (see `find_dataset`): class-per-folder (with or
-without train/test folders), Kaggle's flat `cat.0.jpg` names, and a CSV of
-`file,label`. Every image goes through `edge.preprocess.load_image`, the same
-function the device runs, and is cached as uint8 so only the first pass decodes.
+Four layouts are detected (see `find_dataset`): class-per-folder with or
+without train/val/test folders, Kaggle's flat `cat.0.jpg` names, and a CSV of
+file and label columns (a header is optional, its names are recognised). Hidden
+entries, `__MACOSX/` and `._*` files are skipped everywhere. Every image goes
+through `edge.preprocess.load_image`, the same function the device runs, and is
+cached as uint8 so only the first pass decodes.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import random
-from collections import Counter
+import re
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +30,38 @@ SPLIT_NAMES = {
     "val": ("val", "valid", "validation", "validation_set", "val_set"),
     "test": ("test", "testing", "test_set"),
 }
-# Share of the training photos held out to select epochs when there is no val
-# folder. Carved with a fixed seed, stratified, and independent of --seed, so
-# runs with different seeds are compared on the same validation photos.
+# CSV header names, most specific first: the first one present is the column used.
+FILE_COLUMNS = ("file", "filename", "file_name", "filepath", "file_path", "path", "image",
+                "image_name", "image_path", "image_id", "img", "img_name", "fname", "id", "name")
+LABEL_COLUMNS = ("label", "labels", "class", "class_name", "classname", "category", "target",
+                 "breed", "species", "y")
+SPLIT_COLUMNS = ("split", "set", "subset", "fold", "partition")
+# Given as a column option, ignores a split column detection would have used.
+NO_COLUMN = "none"
+
+# When there is no test split: 15 % of each class is carved for validation and
+# another 15 % for test (70/15/15), so the photos that chose the epoch never
+# score the exported variants.
+TEST_FRACTION = 0.15
+# When a test split is given but no validation split, validation only picks
+# the epoch: 20 % of the training photos, as before there were test carvings.
 VAL_FRACTION = 0.2
+# Carved with a fixed seed, stratified, and independent of --seed, so runs
+# with different seeds are compared on the same photos.
 SPLIT_SEED = 20240613
-# Above this many bytes of decoded pixels the cache goes to a memory-mapped file.
-IN_MEMORY_LIMIT = 2 << 30
+# Kaggle flat names are labels only when they make a plausible class set: at
+# least 2 classes of at least this many photos each. `Img1.jpg ... Img500.jpg`
+# or `Cat1.jpg ...` are not 500 classes.
+FLAT_MIN_PER_CLASS = 5
+# Above this many bytes of decoded pixels a split goes to a memory-mapped file
+# in the run folder instead of memory (about 175,000 photos at 64x64). Set
+# NOODLE_IN_MEMORY_LIMIT (bytes) lower on a machine with little memory.
+IN_MEMORY_LIMIT = int(os.environ.get("NOODLE_IN_MEMORY_LIMIT", 2 << 30))
+
+LAYOUTS = ("noodle reads class folders (<class>/*.jpg, optionally inside train/ val/ test/), "
+           f"Kaggle names (<class>.<n>.jpg, 2 or more classes of {FLAT_MIN_PER_CLASS}+ photos) "
+           "or a CSV with file and label columns")
+MISSING = "listed in CSV but missing"
 
 
 class DataError(NoodleError, ValueError):
@@ -44,9 +73,21 @@ class Dataset:
     root: Path
     layout: str
     classes: list[str]
-    # split name -> list of (file, class index)
+    # split name -> list of (file, class index); always train, val and test.
     splits: dict[str, list[tuple[Path, int]]]
-    val_carved: bool = False
+    # split name -> "given" or how it was carved.
+    sources: dict[str, str] = field(default_factory=dict)
+    # Files the data names that are not there: {"file", "reason", ...} like decode's.
+    skipped: list[dict] = field(default_factory=list)
+    # Things that do not stop training but may make its figures wrong.
+    warnings: list[str] = field(default_factory=list)
+    # sha256 of the labelled file list with sizes and mtimes (see `fingerprint`).
+    fingerprint: str = ""
+    # split -> short sha256 of its members (label and path only): a carved split
+    # found again later must hold the same photos, or training saw test photos.
+    split_digests: dict[str, str] = field(default_factory=dict)
+    # The CSV column options it was read with, to find the same data again.
+    options: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -60,9 +101,12 @@ class Dataset:
             "layout": self.layout,
             "classes": self.classes,
             "counts": self.counts(),
-            "validation": f"carved {VAL_FRACTION:.0%} of train (seed {SPLIT_SEED})"
-            if self.val_carved
-            else "given",
+            "splits": self.sources,
+            "fingerprint": self.fingerprint,
+            "split_digests": self.split_digests,
+            "missing": len(self.skipped),
+            "warnings": self.warnings,
+            "options": self.options,
         }
 
 
@@ -76,118 +120,341 @@ class Decoded:
     skipped: list[dict] = field(default_factory=list)
 
 
-def find_dataset(data: str | os.PathLike) -> Dataset:
-    """Detect the layout of `data` and list its labelled files per split."""
+# A split's items before classes are numbered: (file, label).
+Raw = dict[str, list[tuple[Path, str]]]
+
+
+def find_dataset(data: str | os.PathLike, *, file_column: str | None = None,
+                 label_column: str | None = None, split_column: str | None = None) -> Dataset:
+    """Detect the layout of `data`, list its labelled files, make train/val/test splits.
+
+    The column options name a CSV's columns (a header name, or a 1-based
+    column number) when detection cannot tell.
+    """
     root = Path(data)
+    options = {k: v for k, v in (("file_column", file_column), ("label_column", label_column),
+                                 ("split_column", split_column)) if v}
+    layout, raw, missing = _read(root, options)
+    return _finish(root, layout, raw, missing, options)
+
+
+def read_labelled(path: str | os.PathLike, labels: list[str],
+                  **columns: str | None) -> tuple[list[tuple[Path, int]], list[dict]]:
+    """Every labelled photo of `path`, numbered by a model's `labels`: (items, skipped).
+
+    For scoring a model on photos it never saw: any layout find_dataset reads,
+    nothing carved; a test split is used when there is one, else all photos.
+    Classes may be a subset of `labels`, never a class the model lacks.
+    `columns`: find_dataset's file_column, label_column, split_column.
+    """
+    path = Path(path)
+    _, raw, missing = _read(path, {k: v for k, v in columns.items() if v}, known=labels)
+    items = raw.get("test") or [item for split in raw.values() for item in split]
+    unknown = sorted({label for _, label in items} - set(labels))
+    if unknown:
+        found = sorted({label for _, label in items})
+        raise DataError(f"{path}: classes {found} are not the model's {list(labels)} "
+                        f"({', '.join(unknown)} unknown); name its folders or labels as the model's")
+    if not items:
+        raise DataError(f"{path}: no labelled photos found; {LAYOUTS}")
+    index = {c: i for i, c in enumerate(labels)}
+    return [(f, index[label]) for f, label in items], [_skipped(m) for m in missing]
+
+
+# ----------------------------------------------------------------------- layouts
+
+def _read(root: Path, options: dict, known: list[str] | None = None):
+    """(layout, raw splits, missing CSV rows) of any layout."""
     if not root.exists():
         raise DataError(f"{root}: no such file or folder; pass a folder of photos or a CSV")
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise DataError(f"{root}: a file that is not a CSV; pass a folder of photos or a file,label CSV")
-        return _finish(root, "csv", _read_csv(root))
+        raw, missing = _read_csv(root, **options)
+        return "csv", raw, missing
+    if options:
+        flags = " ".join(f"--{k.replace('_', '-')}" for k in options)
+        raise DataError(f"{root}: a folder, and {flags} name a CSV's columns; drop them or pass the CSV")
+    try:
+        return _read_folder(root, known)
+    except DataError as exc:
+        # Kaggle's zips: photos named by id, labels in a CSV beside them.
+        labels = sorted(root.glob("*.csv"))
+        if labels:
+            raise DataError(f"{exc}; or pass {labels[0]} as DATA if it labels these photos") from None
+        raise
 
+
+def _read_folder(root: Path, known: list[str] | None):
     split_dirs = {
         split: next((root / n for n in names if (root / n).is_dir()), None)
         for split, names in SPLIT_NAMES.items()
     }
-    if split_dirs["train"] is not None:
+    if split_dirs["train"] is not None or (known and split_dirs["test"] is not None):
         raw, layout = {}, None
-        for split, folder in split_dirs.items():
+        for split, folder in split_dirs.items():  # train first: its labels check the others'
             if folder is None:
                 continue
             if _class_folders(folder):
                 raw[split], layout = _read_class_folders(folder), "folders"
             elif _images_in(folder):
-                raw[split], layout = _read_flat(folder), "kaggle-flat"
-        if "train" not in raw:
+                raw[split] = _read_flat(folder, known or _labels(raw.get("train")))
+                layout = layout or "kaggle-flat"
+        if not raw.get("train") and not (known and raw):
             raise DataError(
                 f"{split_dirs['train']}: no class folders and no images; "
                 "put photos in train/<class>/ (one folder per class)"
             )
-        return _finish(root, layout, raw)
+        return layout, raw, []
     if _class_folders(root):
-        return _finish(root, "class-folders", {"train": _read_class_folders(root)})
+        return "class-folders", {"train": _read_class_folders(root)}, []
     if _images_in(root):
-        return _finish(root, "kaggle-flat", {"train": _read_flat(root)})
-    raise DataError(
-        f"{root}: unknown layout; expected train/<class>/*.jpg (and test/<class>/), "
-        "<class>/*.jpg, Kaggle names like cat.0.jpg, or a file,label CSV"
-    )
+        return "kaggle-flat", {"train": _read_flat(root, known)}, []
+    raise DataError(f"{root}: unknown layout; {LAYOUTS}")
+
+
+def _hidden(name: str) -> bool:
+    """Dot files, macOS's AppleDouble `._*` files and the `__MACOSX/` folder zips add."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    return sorted(p for p in folder.iterdir() if not _hidden(p.name) and is_image_file(p) and p.is_file())
 
 
 def _class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name))
+
+
+def _labels(items) -> list[str] | None:
+    return sorted({label for _, label in items}) if items else None
 
 
 def _read_class_folders(folder: Path) -> list[tuple[Path, str]]:
     items = []
     for class_dir in _class_folders(folder):
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p))
+        files = sorted(p for p in class_dir.rglob("*")
+                       if p.is_file() and is_image_file(p)
+                       and not any(_hidden(part) for part in p.relative_to(class_dir).parts))
         if not files:
             raise DataError(f"{class_dir}: class folder with no images; add photos or remove it")
         items += [(f, class_dir.name) for f in files]
     return items
 
 
-def _read_flat(folder: Path) -> list[tuple[Path, str]]:
-    items = []
-    for f in _images_in(folder):
-        label, dot, rest = f.name.partition(".")
-        if not dot or not rest or label == "":
-            raise DataError(
-                f"{f}: flat layout needs names like <label>.<anything>.jpg (cat.0.jpg); "
-                "rename it or use class folders"
-            )
-        items.append((f, label))
+def _read_flat(folder: Path, known: list[str] | None = None) -> list[tuple[Path, str]]:
+    """Kaggle's `<label>.<anything>.jpg`, when the labels make a plausible class set.
+
+    With `known` labels (a model's, or the training split's) any subset of
+    them is plausible; otherwise at least two classes of FLAT_MIN_PER_CLASS.
+    """
+    files = _images_in(folder)
+    # The label is the text before the first dot of the stem: cat.0.jpg -> cat.
+    unlabelled = [f.name for f in files if "." not in f.stem]
+    items = [(f, f.name.partition(".")[0]) for f in files if "." in f.stem]
+    counts = Counter(label for _, label in items)
+    why = None
+    if unlabelled:
+        why = f"{len(unlabelled)} of {len(files)} names have no '<class>.' prefix, e.g. {unlabelled[0]}"
+    elif known is not None:
+        strangers = sorted(set(counts) - set(known))
+        if strangers:
+            why = f"prefixes {strangers[:5]} are not the classes {list(known)}"
+    elif len(counts) < 2:
+        why = f"every name starts with '{next(iter(counts))}.', which is one class"
+    else:
+        few = sorted(c for c, n in counts.items() if n < FLAT_MIN_PER_CLASS)
+        if few:
+            why = (f"{len(few)} of {len(counts)} prefixes name fewer than {FLAT_MIN_PER_CLASS} photos, "
+                   f"e.g. '{few[0]}.' ({counts[few[0]]})")
+    if why:
+        raise DataError(f"{folder}: file names do not spell classes ({why}); {LAYOUTS}")
     return items
 
 
-def _read_csv(path: Path) -> dict[str, list[tuple[Path, str]]]:
+# --------------------------------------------------------------------------- CSV
+
+def _read_csv(path: Path, file_column: str | None = None, label_column: str | None = None,
+              split_column: str | None = None) -> tuple[Raw, list[tuple]]:
+    """The CSV's splits, and its rows whose file is missing: (file, label, split, line)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+            reader = csv.reader(f, _dialect(f.read(1 << 16)))
+            f.seek(0)
+            rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: unreadable CSV ({exc}); save it as UTF-8 file,label rows") from None
     if not rows:
         raise DataError(f"{path}: empty CSV; write one file,label row per photo")
-    header = [c.strip().lower() for c in rows[0]]
-    has_header = "file" in header and "label" in header
-    cols = header if has_header else ["file", "label", "split"][: len(rows[0])]
-    if "file" not in cols or "label" not in cols:
-        raise DataError(f"{path}: CSV needs file and label columns (a header 'file,label' is optional)")
-    fi, li = cols.index("file"), cols.index("label")
-    si = cols.index("split") if "split" in cols else None
-    raw: dict[str, list[tuple[Path, str]]] = {}
-    missing = []
-    for line, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
-        if len(row) <= max(fi, li):
-            raise DataError(f"{path}:{line}: expected file,label; got {','.join(row)!r}")
-        file = (path.parent / row[fi].strip()).resolve()
-        if not file.is_file():
-            missing.append(row[fi].strip())
+    base = path.parent
+    given = {_norm(c) for c in (file_column, label_column, split_column) if c and not c.isdigit()}
+    first = [_norm(c) for c in rows[0][1]]
+    # A header names known columns (or the ones asked for) and no existing file.
+    has_header = (any(c in FILE_COLUMNS + LABEL_COLUMNS + SPLIT_COLUMNS or c in given for c in first)
+                  and not any(c.strip() and (base / c.strip()).is_file() for c in rows[0][1]))
+    fi, li, si = _columns(path, first if has_header else None, len(rows[0][1]),
+                          file_column, label_column, split_column)
+    body = rows[1:] if has_header else rows
+    width = max(i for i in (fi, li, si) if i is not None)
+    resolve = _resolver(base, [r[fi].strip() for _, r in body if len(r) > fi])
+
+    raw: Raw = {}
+    missing, seen = [], {}
+    for line, row in body:
+        if len(row) <= width:
+            raise DataError(f"{path}:{line}: expected {width + 1} columns; got {','.join(row)!r}")
+        name, label = row[fi].strip(), row[li].strip()
+        if not name:
+            raise DataError(f"{path}:{line}: no file name; fill it in or delete the row")
+        if not label:
+            raise DataError(f"{path}:{line}: empty label for {name}; fill it in or delete the row")
+        split = "train" if si is None else _split(path, line, row[si], first[si] if has_header else si + 1)
+        file = resolve(name)
+        if file is None:
+            missing.append((str(base / name), label, split, line))
             continue
-        split = row[si].strip().lower() if si is not None and len(row) > si else "train"
-        split = next((s for s, names in SPLIT_NAMES.items() if split in names), None)
-        if split is None:
-            raise DataError(f"{path}:{line}: unknown split {row[si]!r}; use train, val or test")
-        raw.setdefault(split, []).append((file, row[li].strip()))
-    if missing:
-        raise DataError(
-            f"{path}: {len(missing)} file(s) it names do not exist (first: {missing[0]}); "
-            "paths are relative to the CSV's folder"
-        )
-    return raw
+        if file in seen:
+            before, before_line, before_split = seen[file]
+            if before != label:
+                raise DataError(f"{path}:{line}: {name} is labelled {label!r} here and {before!r} on "
+                                f"line {before_line}; keep one label per photo")
+            if before_split == split:
+                continue  # the same row twice
+        seen[file] = (label, line, split)
+        raw.setdefault(split, []).append((file, label))
+    return raw, missing
 
 
-def _finish(root: Path, layout: str, raw: dict[str, list[tuple[Path, str]]]) -> Dataset:
+def _dialect(sample: str):
+    """Commas, or the semicolons (and tabs) spreadsheets write where the comma is a decimal point."""
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t")
+    except csv.Error:
+        return csv.excel
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", name.strip().lower())
+
+
+def _columns(path: Path, header: list[str] | None, width: int, file_column, label_column, split_column):
+    """Indices of the file, label and (or None) split columns."""
+    def given(option: str, value: str) -> int | None:
+        if _norm(value) == NO_COLUMN:
+            return None
+        if value.isdigit() and 1 <= int(value) <= width:
+            return int(value) - 1
+        if header is None or _norm(value) not in header:
+            raise DataError(f"{path}: --{option} {value}: no such column "
+                            f"({'columns: ' + ', '.join(header) if header else 'no header row'}); "
+                            f"pass a header name or a column number from 1 to {width}")
+        return header.index(_norm(value))
+
+    if header is None:  # positional: file,label[,split]
+        fi = given("file-column", file_column) if file_column else 0
+        li = given("label-column", label_column) if label_column else 1
+        si = given("split-column", split_column) if split_column else (2 if width > 2 else None)
+        if width < 2 or fi is None or li is None:
+            raise DataError(f"{path}: needs a file column and a label column; write file,label rows")
+        return fi, li, si
+
+    # Columns named by an option first, then the first known name among the others.
+    explicit = {k: given(f"{k}-column", v) for k, v in
+                (("file", file_column), ("label", label_column), ("split", split_column)) if v}
+    picked = dict(explicit)
+    for key, names in (("file", FILE_COLUMNS), ("label", LABEL_COLUMNS), ("split", SPLIT_COLUMNS)):
+        if key not in picked:
+            free = [n for n in names if n in header and header.index(n) not in picked.values()]
+            picked[key] = header.index(free[0]) if free else None
+    fi, li, si = picked["file"], picked["label"], picked["split"]
+    rest = [i for i in range(width) if i not in (fi, li, si)]
+    # Two columns, one recognised: the other is the one left.
+    if fi is None and li is not None and len(rest) == 1 and not file_column:
+        fi = rest.pop()
+    if li is None and fi is not None and len(rest) == 1 and not label_column:
+        li = rest.pop()
+    for index, option in ((fi, "file-column"), (li, "label-column")):
+        if index is None:
+            what = "photos" if option == "file-column" else "labels"
+            raise DataError(f"{path}: cannot tell which column holds the {what} "
+                            f"(columns: {', '.join(header)}); pass --{option} NAME")
+    return fi, li, si
+
+
+def _split(path: Path, line: int, value: str, column: str | int) -> str:
+    split = next((s for s, names in SPLIT_NAMES.items() if _norm(value) in names), None)
+    if split is None:
+        raise DataError(f"{path}:{line}: unknown split {value.strip()!r} in column {column}; use train, "
+                        f"val or test there, or pass --split-column {NO_COLUMN} to ignore the column")
+    return split
+
+
+def _resolver(base: Path, names: list[str]):
+    """name -> existing file (resolved) or None.
+
+    A name is a path relative to the CSV's folder. One that is not there
+    (Kaggle's `id` column, often without an extension) is looked for as
+    written or as `<name>.<image extension>` in the one folder, at most two
+    levels under the CSV's, that holds the most of these names (e.g. train/).
+    """
+    direct = {}
+    for name in set(names):
+        p = base / name
+        if p.is_file():
+            direct[name] = p.resolve()
+    lost = set(names) - set(direct)
+    index: dict[str, Path] = {}
+    if lost:
+        best = 0
+        for folder in _folders(base, depth=2):
+            here = _name_index(folder)
+            score = sum(1 for n in lost if n in here)
+            if score > best:
+                best, index = score, here
+
+    def resolve(name: str) -> Path | None:
+        return direct.get(name) or index.get(name)
+
+    return resolve
+
+
+def _folders(base: Path, depth: int):
+    yield base
+    if depth:
+        with os.scandir(base) as entries:  # d_type, not a stat per photo
+            subs = sorted(e.path for e in entries if e.is_dir() and not _hidden(e.name))
+        for sub in subs:
+            yield from _folders(Path(sub), depth - 1)
+
+
+def _name_index(folder: Path) -> dict[str, Path]:
+    """A folder's images by file name and by stem (x.jpg before x.png: alphabetical)."""
+    with os.scandir(folder) as entries:
+        files = sorted(Path(e.path) for e in entries
+                       if not _hidden(e.name) and e.is_file() and is_image_file(e.name))
+    index: dict[str, Path] = {}
+    for p in files:
+        index.setdefault(p.name, p.resolve())
+        index.setdefault(p.stem, p.resolve())
+    return index
+
+
+def _skipped(missing: tuple) -> dict:
+    file, label, split, line = missing
+    return {"file": file, "reason": MISSING, "label": label, "line": line}
+
+
+# ------------------------------------------------------------------------ splits
+
+def _finish(root: Path, layout: str, raw: Raw, missing: list[tuple], options: dict) -> Dataset:
     train = raw.get("train", [])
-    classes = sorted({label for _, label in train})
+    if not train and missing:
+        raise DataError(f"{root}: all {len(missing)} files it lists are missing (first: {missing[0][0]}); "
+                        "paths are relative to the CSV's folder")
     if not train:
         raise DataError(f"{root}: no training images found; add photos per class")
+    # A class whose every listed file is missing is still a class: it must fail, not vanish.
+    classes = sorted({label for _, label in train} | {m[1] for m in missing if m[2] == "train"})
     if len(classes) < 2:
         raise DataError(
             f"{root}: found only one class ({classes[0]}); a classifier needs at least two "
@@ -203,24 +470,128 @@ def _finish(root: Path, layout: str, raw: dict[str, list[tuple[Path, str]]]) -> 
                 "give every class training photos"
             )
         splits[split] = [(f, index[label]) for f, label in items]
-    carved = "val" not in splits
-    if carved:
-        splits["train"], splits["val"] = stratified_split(splits["train"], VAL_FRACTION, SPLIT_SEED)
-    return Dataset(root=root, layout=layout, classes=classes, splits=splits, val_carved=carved)
+
+    # What to carve from train, as a share of each class's training photos.
+    if "test" in splits:
+        held = {} if "val" in splits else {"val": VAL_FRACTION}
+    else:
+        held = {"test": TEST_FRACTION} if "val" in splits else {"val": TEST_FRACTION, "test": TEST_FRACTION}
+    _enough(root, classes, splits["train"], missing, held)
+    sources = {split: "given" for split in splits}
+    if held:
+        carved = _carve(splits["train"], held, SPLIT_SEED)
+        splits.update(carved)
+        for split, fraction in held.items():
+            sources[split] = f"carved {fraction:.0%} of each class from train (seed {SPLIT_SEED})"
+    splits = {s: splits.get(s, []) for s in ("train", "val", "test")}
+    sizes = _sizes(splits)
+    listing = _listing(root, classes, splits)
+    digests = {s: hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+               for s, lines in listing.items()}
+    return Dataset(root=root, layout=layout, classes=classes, splits=splits,
+                   sources={s: sources.get(s, "none") for s in splits},
+                   skipped=[_skipped(m) for m in missing], warnings=_shared_photos(root, splits, sizes),
+                   fingerprint=fingerprint(listing, splits, sizes), split_digests=digests, options=options)
 
 
-def stratified_split(items, fraction: float, seed: int):
-    """Hold out `fraction` of each class (at least one file each), repeatably."""
+def _enough(root: Path, classes: list[str], train, missing, held: dict) -> None:
+    """Each class needs one training photo, plus one for each split carved from it."""
+    need = 1 + len(held)
+    have = Counter(y for _, y in train)
+    lost = Counter(m[1] for m in missing if m[2] == "train")
+    for i, name in enumerate(classes):
+        if have[i] < need:
+            roles = ", ".join(["training", *(f"{'validation' if s == 'val' else s}" for s in held)])
+            gone = f" ({lost[name]} listed but missing)" if lost[name] else ""
+            raise DataError(f"{root}: class {name!r} has {have[i]} training photo(s){gone}; "
+                            f"it needs at least {need}, one each for {roles}; add photos of it or remove it")
+
+
+def _carve(items, held: dict[str, float], seed: int) -> dict[str, list]:
+    """Move `fraction` of each class (at least one photo) into each held split, repeatably."""
     rng = random.Random(seed)
-    keep, held = [], []
+    out = {"train": [], **{split: [] for split in held}}
     for label in sorted({y for _, y in items}):
         members = sorted((f for f, y in items if y == label), key=str)
         rng.shuffle(members)
-        n_held = max(1, round(len(members) * fraction)) if len(members) > 1 else 0
-        held += [(f, label) for f in members[:n_held]]
-        keep += [(f, label) for f in members[n_held:]]
-    return keep, held
+        start = 0
+        for split, fraction in held.items():
+            n = max(1, round(len(members) * fraction))
+            out[split] += [(f, label) for f in members[start:start + n]]
+            start += n
+        out["train"] += [(f, label) for f in members[start:]]
+    return out
 
+
+def _sizes(splits) -> dict[Path, os.stat_result | None]:
+    sizes = {}
+    for items in splits.values():
+        for f, _ in items:
+            try:
+                sizes[f] = f.stat()
+            except OSError:
+                sizes[f] = None  # vanished since listed: decode will skip it
+    return sizes
+
+
+def _listing(root: Path, classes: list[str], splits) -> dict[str, list[str]]:
+    """split -> "label<TAB>path under the data" per photo, in split order."""
+    base = os.path.abspath(root if root.is_dir() else root.parent)
+    return {split: [f"{classes[y]}\t{os.path.relpath(os.path.abspath(f), base)}" for f, y in items]
+            for split, items in splits.items()}
+
+
+def fingerprint(listing: dict[str, list[str]], splits, stats) -> str:
+    """sha256 of the labelled file list: split, label, path under the data, size, mtime.
+
+    Cheap (no file is read), and changes when a photo is added, removed,
+    relabelled, moved between splits or edited. A copy keeps it as long as
+    the copy keeps mtimes (cp -p, rsync -a).
+    """
+    lines = []
+    for split, items in splits.items():
+        for line, (f, _) in zip(listing[split], items, strict=True):
+            st = stats.get(f)
+            size, mtime = (st.st_size, int(st.st_mtime)) if st else (-1, -1)
+            lines.append(f"{split}\t{line}\t{size}\t{mtime}")
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+def _shared_photos(root: Path, splits, stats) -> list[str]:
+    """A warning when the same bytes are in two splits: the test would score training photos.
+
+    Only files of equal size in different splits are hashed.
+    """
+    by_size = defaultdict(list)
+    for split, items in splits.items():
+        for f, _ in items:
+            if stats.get(f):
+                by_size[stats[f].st_size].append((split, f))
+    groups = defaultdict(list)
+    for same in by_size.values():
+        if len({split for split, _ in same}) > 1:
+            for split, f in same:
+                try:
+                    groups[hashlib.sha1(f.read_bytes()).digest()].append((split, f))
+                except OSError:
+                    pass
+    shared = [g for g in groups.values() if len({split for split, _ in g}) > 1]
+    if not shared:
+        return []
+    base = root if root.is_dir() else root.parent
+    examples = "; ".join(" = ".join(_rel(f, base) for _, f in g) for g in shared[:3])
+    return [f"{root}: {len(shared)} photo(s) are in more than one split (same bytes): {examples}; "
+            "delete the copies so test photos are new to the model"]
+
+
+def _rel(f: Path, base: Path) -> str:
+    try:
+        return str(Path(f).relative_to(base))
+    except ValueError:
+        return str(f)
+
+
+# ------------------------------------------------------------------------ pixels
 
 def decode(
     items: list[tuple[Path, int]],
@@ -256,6 +627,14 @@ def decode(
         skipped = [s for s in pool.map(one, range(len(items))) if s is not None]
     keep = np.flatnonzero(ok)
     if len(keep) < len(items):
-        x = x[keep]  # a copy; small next to the whole set, since only bad files drop out
+        if isinstance(x, np.memmap):
+            # Compacted in place a chunk at a time: x[keep] would copy the whole
+            # set into memory. keep is ascending, so no chunk reads a row already overwritten.
+            for start in range(0, len(keep), 1024):
+                chunk = keep[start : start + 1024]
+                x[start : start + len(chunk)] = x[chunk]
+            x = x[: len(keep)]
+        else:
+            x = x[keep]  # a copy; small next to the whole set, since only bad files drop out
     y = np.array([items[i][1] for i in keep], dtype=np.int32)
     return Decoded(x=x, y=y, files=[items[i][0] for i in keep], skipped=skipped)

@@ -5,8 +5,11 @@ TensorFlow is imported here and nowhere near the CLI's import path.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,8 +18,11 @@ import numpy as np
 
 from edge.errors import NoodleError
 from edge.manifest import FORMAT, SCHEMA, atomic_output, write_bytes, write_json
+from edge.postprocess import predicted_index, widen
 from edge.preprocess import PREPROCESSING
+from train import cluster as clusters
 from train import data as datasets
+from train import runs
 
 # TensorFlow's C++ start-up chatter (CPU features, CUDA probing) hides the
 # progress bars; warnings and errors still show.
@@ -42,7 +48,12 @@ class TrainConfig:
     # Epochs without a better validation loss before stopping (best weights kept).
     patience: int = 10
     seed: int = 0
+    # float16 compute, float32 weights: about 2x on GPUs with tensor cores
+    # (Volta or newer). It runs on CPUs too, only slower. model.keras is float32 either way.
     mixed_precision: bool = False
+    # How workers of a multi-machine run find each other (train.cluster.Cluster):
+    # auto takes TF_CONFIG or a multi-task Slurm step when there is one.
+    cluster: str = "auto"
     # Logical CPU devices to mirror over: exercises the multi-replica path
     # without GPUs (tests, debugging). 0 = use what the machine has.
     cpu_replicas: int = 0
@@ -65,10 +76,18 @@ class TrainError(NoodleError):
     pass
 
 
-def pick_strategy(cpu_replicas: int = 0):
-    """TF_CONFIG -> multi-worker; several GPUs -> mirrored; else the default device."""
+def pick_strategy(cpu_replicas: int = 0, cluster_resolver=None):
+    """A cluster -> multi-worker; several GPUs -> mirrored; else the default device.
+
+    cluster_resolver: from train.cluster, made before TensorFlow first looks at
+    the GPUs (Slurm's assigns this task its share of them).
+    """
     import tensorflow as tf
 
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        # Grow GPU memory as needed, so one run does not lock a shared card.
+        tf.config.experimental.set_memory_growth(gpu, True)
     if cpu_replicas > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
@@ -76,12 +95,9 @@ def pick_strategy(cpu_replicas: int = 0):
         )
         names = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(names)
-    if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        # Grow GPU memory as needed, so one run does not lock a shared card.
-        tf.config.experimental.set_memory_growth(gpu, True)
+    if cluster_resolver is not None:
+        clusters.patch_keras_multi_worker()
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster_resolver)
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
@@ -109,9 +125,13 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch: int, shuffle: bool, seed: int,
     import tensorflow as tf
 
     if isinstance(x, np.memmap):
-        # Too big for memory: stream index batches from the memory-mapped cache.
+        # Too big for memory: stream index batches from the memory-mapped cache,
+        # in a new order every epoch (each epoch calls gen again).
+        epochs = itertools.count()
+
         def gen():
-            order = np.random.default_rng(seed).permutation(len(x)) if shuffle else np.arange(len(x))
+            rng = np.random.default_rng([seed, next(epochs)])
+            order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
             stop = len(order) - (len(order) % batch if drop_remainder and len(order) >= batch else 0)
             for i in range(0, stop, batch):
                 idx = np.sort(order[i : i + batch])
@@ -130,21 +150,18 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch: int, shuffle: bool, seed: int,
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def predict_probabilities(model, x: np.ndarray, batch: int = 256, replicas: int = 1) -> np.ndarray:
+def predict_probabilities(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """Class probabilities (n, classes) for uint8 pixels, sigmoid widened to two columns.
 
-    Padded to a multiple of `replicas` (and the padding's outputs dropped) so
-    every replica gets an equal share of the last batch.
+    A batch at a time, so a memory-mapped split is never held in memory as
+    float32 whole. `model` is not distributed (see `float32_copy`).
     """
-    pad = -len(x) % replicas
-    padded = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    p = np.asarray(model.predict(padded.astype(np.float32), batch_size=batch, verbose=0), np.float64)
-    p = p[: len(x)]
-    return np.concatenate([1 - p, p], axis=1) if p.shape[1] == 1 else p
+    p = [model.predict_on_batch(x[i : i + batch].astype(np.float32)) for i in range(0, len(x), batch)]
+    return widen(np.concatenate(p).astype(np.float64) if p else np.zeros((0, 1)))
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
-    pred = probs.argmax(1)
+    pred = predicted_index(probs)
     k = len(classes)
     confusion = np.zeros((k, k), dtype=int)
     np.add.at(confusion, (y_true, pred), 1)
@@ -182,19 +199,53 @@ def plot_curves(history: list[dict], dest: Path) -> None:
     plt.close(fig)
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
-    """Train, evaluate and write the run folder; return the manifest."""
+def train(cfg: TrainConfig, log=print, dataset: datasets.Dataset | None = None,
+          identity: dict | None = None) -> dict | None:
+    """Train, evaluate and write the run folder; return the manifest.
+
+    `dataset`: found already (with CSV column options); else found from cfg.data.
+    `identity`: train.runs' record of the data and settings, kept with the resume state.
+    In a cluster only the chief writes the run folder and returns the manifest;
+    the other workers train in a scratch folder, delete it and return None.
+    """
     cfg.out = Path(cfg.out)
-    dataset = datasets.find_dataset(cfg.data)
+    kind = clusters.choose(cfg.cluster)
+    resolver = None if kind is clusters.Cluster.none else clusters.resolver(kind)
+    chief = clusters.is_chief(resolver)
+    work = cfg.out if chief else Path(tempfile.mkdtemp(prefix=f"noodle-{clusters.task_name(resolver)}-"))
+    if not chief and (cfg.out / ".backup").is_dir():
+        # The run folder is shared with the chief: resume from its state, as it will.
+        shutil.copytree(cfg.out / ".backup", work / ".backup")
+    if chief and identity is not None:
+        runs.record_start(cfg.out, identity)
+    if cfg.mixed_precision:
+        import keras
+
+        policy = keras.mixed_precision.global_policy()
+    try:
+        return _train(cfg, log, dataset, resolver, work, chief)
+    finally:
+        if cfg.mixed_precision:
+            # Global state: later models in this process (tests, export) are float32 again.
+            keras.mixed_precision.set_global_policy(policy)
+        if not chief:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_resolver,
+           work: Path, chief: bool) -> dict | None:
+    """`train` in `work`: the run folder on the chief, a scratch folder on other workers."""
+    dataset = dataset or datasets.find_dataset(cfg.data)
     size = (cfg.image_size, cfg.image_size)
 
     started = time.perf_counter()
     decoded = {
-        split: datasets.decode(items, size, cache_dir=cfg.out / ".cache", name=split)
+        split: datasets.decode(items, size, cache_dir=work / ".cache", name=split)
         for split, items in dataset.splits.items()
     }
     decode_seconds = time.perf_counter() - started
-    skipped = [s for d in decoded.values() for s in d.skipped]
+    unreadable = [s for d in decoded.values() for s in d.skipped]
+    skipped = dataset.skipped + unreadable  # missing listed files, then unreadable ones
     for split, d in decoded.items():
         present = set(d.y.tolist())
         for i, name in enumerate(dataset.classes):
@@ -202,8 +253,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 raise datasets.DataError(f"{cfg.data}: class {name!r} has no readable training images")
     log(f"data: {dataset.layout} layout, classes {dataset.classes}, "
         + ", ".join(f"{s} {len(d.y)}" for s, d in decoded.items())
-        + (f", skipped {len(skipped)} unreadable" if skipped else "")
+        + (f", skipped {len(unreadable)} unreadable" if unreadable else "")
+        + (f", {len(dataset.skipped)} listed but missing" if dataset.skipped else "")
         + f" (decoded in {decode_seconds:.1f}s)")
+    for warning in dataset.warnings:
+        log(f"warning: {warning}")
+    mapped = [split for split, d in decoded.items() if isinstance(d.x, np.memmap)]
+    if mapped:
+        log(f"pixels of {', '.join(mapped)} memory-mapped from {work / '.cache'}, "
+            f"being over {datasets.IN_MEMORY_LIMIT:,} bytes (NOODLE_IN_MEMORY_LIMIT)")
 
     import keras
     import tensorflow as tf
@@ -211,9 +269,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from train.models import build
 
     keras.utils.set_random_seed(cfg.seed)
-    strategy = pick_strategy(cfg.cpu_replicas)
+    strategy = pick_strategy(cfg.cpu_replicas, cluster_resolver)
     if cfg.mixed_precision:
         # float16 compute with float32 variables; the head is pinned to float32.
+        # `train` restores the previous policy.
         keras.mixed_precision.set_global_policy("mixed_float16")
     replicas = strategy.num_replicas_in_sync
     global_batch = cfg.batch_size * replicas
@@ -250,26 +309,47 @@ def train(cfg: TrainConfig, log=print) -> dict:
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
 
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    backup = cfg.out / ".backup"
+    backup = work / ".backup"
     history_log = backup / "history.csv"
-    backup.mkdir(exist_ok=True)
+    backup.mkdir(parents=True, exist_ok=True)
+    progress = Progress(len(decoded["train"].y), backup, log)
+    # Progress and CSVLogger save an epoch's time and history row before
+    # BackupAndRestore saves its state, so a kill between them leaves extra
+    # rows, never missing ones, and Progress cuts them when the run resumes.
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup / "state")),
+        progress,
+        keras.callbacks.CSVLogger(str(history_log), append=True),
+        # Its files are not written atomically; the previous epoch's copy is
+        # what a run killed in the middle of writing them resumes from.
+        keras.callbacks.BackupAndRestore(str(backup / "state"), double_checkpoint=True),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                       restore_best_weights=True, start_from_epoch=watch_from),
-        EpochTimer(n_train=len(decoded["train"].y)),  # before CSVLogger, which writes its logs
-        keras.callbacks.CSVLogger(str(history_log), append=True),
-        keras.callbacks.TensorBoard(str(cfg.out / "tensorboard"), histogram_freq=0),
+        keras.callbacks.TensorBoard(str(work / "tensorboard"), histogram_freq=0),
     ]
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    if device == "CPU":
+        # The cores this process may use: a container or taskset may allow fewer than the machine has.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        log(f"no GPU found: training on {cores} CPU cores")
     log(f"training {cfg.arch} ({model.count_params():,} params) on {replicas} {device} replica(s), "
         f"{'cosine-decayed rate over' if cosine else 'up to'} {epochs} epochs, batch {global_batch}")
+    if cluster_resolver is not None:
+        # Keras 3 cannot start fit on a model built in a MultiWorkerMirroredStrategy
+        # scope: it all-reduces a sample batch to build the model first, which
+        # fails (keras-team/keras#20585). Without a strategy of its own the model
+        # takes the one of the scope fit runs in, and builds in its first step.
+        model._distribute_strategy = None
     started = time.perf_counter()
-    # shuffle=False: the tf.data pipeline already reshuffles every epoch.
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False,
-              verbose=cfg.verbose)
-    train_seconds = time.perf_counter() - started
+    with strategy.scope():
+        # shuffle=False: the tf.data pipeline already reshuffles every epoch.
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False,
+                  verbose=cfg.verbose)
+    # Across resumes: the epochs an earlier, killed process finished, then this one.
+    train_seconds = progress.earlier_seconds + time.perf_counter() - started
+    if not chief:
+        log(f"{clusters.task_name(cluster_resolver)} done; the chief writes the run folder")
+        return None
+    model = float32_copy(model, cfg.arch, (*size, 3), num_classes)
 
     history = _read_history(history_log)
     # The epochs early stopping watched, hence the one whose weights were kept.
@@ -279,7 +359,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                "best_epoch": min(watched, key=lambda i: history[i]["val_loss"]) + 1 if history else None}
     for split in ("val", "test"):
         if split in decoded and len(decoded[split].y):
-            probs = predict_probabilities(model, decoded[split].x, replicas=replicas)
+            probs = predict_probabilities(model, decoded[split].x)
             metrics[split] = classification_metrics(decoded[split].y, probs, dataset.classes)
 
     manifest = {
@@ -298,6 +378,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                      "epochs": epochs, "global_batch": global_batch, "replicas": replicas,
                      "device": device, "tensorflow": tf.__version__, "keras": keras.__version__},
         "data": dataset.summary(),
+        # What the run folder's name and reuse are decided by (train.runs).
+        "identity": runs.identity(dataset, cfg),
         "skipped": skipped,
         "metrics": metrics,
         "files": {"model": "model.keras", "history": "history.csv", "curves": "curves.png",
@@ -312,15 +394,41 @@ def train(cfg: TrainConfig, log=print) -> dict:
     # The manifest goes last: its presence says the run folder is complete.
     write_json(cfg.out / "manifest.json", manifest)
     _remove_tree(backup)
+    _remove_tree(work / ".cache")
     return manifest
 
 
-def EpochTimer(n_train: int):
-    """A callback adding each epoch's seconds and training images/s to its logs."""
+def Progress(n_train: int, backup: Path, log):
+    """A callback that times epochs, and keeps the times and history across a kill.
+
+    Adds each epoch's seconds and training images/s to its logs, and writes the
+    seconds of every finished epoch to BACKUP/epoch_seconds.json. When a run
+    resumes, the epoch Keras restarts at (from BackupAndRestore's state) says
+    how many epochs count: later times and BACKUP/history.csv rows, written
+    before the kill but after the last saved state, are dropped and run again.
+    """
     import keras
 
-    class _EpochTimer(keras.callbacks.Callback):
+    path = backup / "epoch_seconds.json"
+
+    class _Progress(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.seconds = json.loads(path.read_text()) if path.exists() else []
+            self.first = None  # the epoch this process starts at
+
+        @property
+        def earlier_seconds(self) -> float:
+            """What the epochs before this process's first one took."""
+            return sum(self.seconds[: self.first])
+
         def on_epoch_begin(self, epoch, logs=None):
+            if self.first is None:
+                self.first = epoch
+                del self.seconds[epoch:]
+                _keep_rows(backup / "history.csv", epoch)
+                if epoch:
+                    log(f"resuming from epoch {epoch + 1}: {epoch} epoch(s) done before, "
+                        f"in {sum(self.seconds):.1f}s")
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
@@ -328,8 +436,36 @@ def EpochTimer(n_train: int):
             if logs is not None:
                 logs["epoch_seconds"] = round(seconds, 3)
                 logs["images_per_second"] = round(n_train / seconds, 1)
+            self.seconds.append(round(seconds, 3))
+            write_json(path, self.seconds)
 
-    return _EpochTimer()
+    return _Progress()
+
+
+def _keep_rows(path: Path, rows: int) -> None:
+    """Cut a CSV to its header and first `rows` rows, in place: CSVLogger has it open to append."""
+    if path.exists():
+        lines = path.read_bytes().splitlines(keepends=True)
+        if len(lines) > rows + 1:
+            os.truncate(path, sum(map(len, lines[: rows + 1])))
+
+
+def float32_copy(model, arch: str, input_shape: tuple[int, int, int], num_classes: int):
+    """The trained weights in a new float32 model outside any distribution strategy.
+
+    What is evaluated and saved. Mixed precision keeps float32 weights, so
+    nothing is lost, and the converter and the device get float32 ops only. A
+    model of mirrored variables would make predict a step every worker must
+    join; the copy predicts on the chief alone.
+    """
+    import keras
+
+    from train.models import build
+
+    keras.mixed_precision.set_global_policy("float32")
+    copy = build(arch, input_shape, num_classes)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _read_history(path: Path) -> list[dict]:

@@ -71,7 +71,41 @@ def noodle(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     return keras.Model(inputs, _head(x, num_classes), name="noodle")
 
 
-ARCHITECTURES = {"noodle": noodle, "seed": seed}
+def _residual(x, filters: int):
+    # Two 3x3 convolutions and a shortcut: an identity when the width stays,
+    # else a 1x1 projection (few weights next to the 3x3s, so int8 stays a quarter).
+    shortcut = x
+    if x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, use_bias=False)(x)
+        shortcut = layers.BatchNormalization(momentum=0.9)(shortcut)
+    y = _conv_bn(x, filters)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+    y = layers.BatchNormalization(momentum=0.9)(y)
+    return layers.ReLU()(layers.Add()([y, shortcut]))
+
+
+def _residual_net(input_shape, num_classes: int, widths: tuple[int, ...], name: str) -> keras.Model:
+    inputs = keras.Input(input_shape, name="pixels")
+    x = layers.Rescaling(1 / 255.0)(inputs)
+    x = _conv_bn(x, widths[0], stride=2)
+    x = _conv_bn(x, widths[1])
+    for filters in widths[2:]:
+        x = layers.MaxPooling2D(2)(x)
+        x = _residual(x, filters)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.3)(x)
+    return keras.Model(inputs, _head(x, num_classes), name=name)
+
+
+def res(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    return _residual_net(input_shape, num_classes, (16, 32, 64, 128, 256), "res")
+
+
+def res_narrow(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    return _residual_net(input_shape, num_classes, (16, 32, 48, 96, 192), "res_narrow")
+
+
+ARCHITECTURES = {"noodle": noodle, "seed": seed, "res": res, "res_narrow": res_narrow}
 DEFAULT_ARCH = "noodle"
 
 

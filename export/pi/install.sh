@@ -1,27 +1,159 @@
 #!/bin/sh
-# Install the noodle edge runner on a Raspberry Pi: a virtual environment in
-# .venv beside this script with the interpreter, numpy, Pillow and typer from
-# requirements-pi.txt. Re-running it is harmless.
+# Install the noodle edge runner on a 64-bit Raspberry Pi: a virtual environment
+# in .venv beside this script with the interpreter, numpy, Pillow and typer.
+# With wheels/ in the bundle it installs offline, exactly the files
+# requirements-pi.txt pins by sha256; without, from the package index.
 #
-#   ./install.sh                 uses python3
-#   PYTHON=python3.11 ./install.sh
+#   ./install.sh                         install; again only when something changed
+#   ./install.sh --index                 from the package index even when wheels/ is here
+#   ./install.sh --service 'ARGS'        and run `noodle-edge ARGS` at boot (systemd, via sudo)
+#   ./install.sh --print-service 'ARGS'  print that unit and change nothing
+#   ./install.sh --remove-service        stop it and remove the unit
+#   PYTHON=python3.11 ./install.sh       another python3
+#
+# A failure is one line `error: ...`, exit 2, and leaves .venv as it was: the
+# new environment is built in .venv-XXXXXX and switched in by replacing the
+# .venv symlink, which is atomic (renaming the folder would break the paths
+# a venv records, such as .venv/bin/pip's).
 set -eu
-cd "$(dirname "$0")"
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here"
 PYTHON=${PYTHON:-python3}
+# Free space the install needs here: the venv with pip and the wheels unpacked
+# take 110-160 MB (measured on Bookworm and Trixie), pip's temporary copies more.
+NEED_MB=${NOODLE_NEED_MB:-300}
+UNIT=noodle-edge.service
+UNIT_DIR=${NOODLE_UNIT_DIR:-/etc/systemd/system}
+LOG=.install.log
 
-arch=$(uname -m)
-case "$arch" in
-    aarch64 | arm64 | x86_64) ;;
-    armv6l | armv7l | armhf | arm*)
-        echo "error: this is a 32-bit ARM system ($arch). tflite-runtime and ai-edge-litert ship" >&2
-        echo "64-bit ARM (aarch64) wheels only: install 64-bit Raspberry Pi OS (Pi 3, 4, 5, Zero 2 W)." >&2
-        exit 2 ;;
-    *) echo "warning: $arch is untested; the runtimes publish wheels for aarch64 and x86_64" >&2 ;;
+fail() {
+    echo "error: install.sh: $*" >&2
+    exit 2
+}
+
+usage() {
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+mode=install
+service_args=""
+use_index=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --index) use_index=1 ;;
+        --service | --print-service)
+            [ $# -ge 2 ] && [ -n "$2" ] ||
+                fail "$1 needs noodle-edge's arguments as one quoted word; e.g. $1 'camera model/@MODEL_FILE@ --picamera --json'"
+            mode=${1#--}
+            service_args=$2
+            shift ;;
+        --remove-service) mode=remove-service ;;
+        -h | --help) usage; exit 0 ;;
+        *) fail "unknown option '$1'; see ./install.sh --help" ;;
+    esac
+    shift
+done
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# The service runs as whoever installs it, also when that is done with sudo.
+service_user() {
+    if [ "$(id -u)" = 0 ] && [ -n "${SUDO_USER:-}" ]; then echo "$SUDO_USER"; else id -un; fi
+}
+
+# systemd expands % and $ in these settings; sed needs \ | & escaped.
+unit_value() {
+    printf '%s' "$1" | sed -e 's/%/%%/g' -e 's/\$/$$/g' -e 's/[\\|&]/\\&/g'
+}
+
+# The unit for `noodle-edge $service_args`, refused when it names no model file that exists.
+render_unit() {
+    set -f
+    # shellcheck disable=SC2086  # split the arguments as the user wrote them, without globbing
+    set -- $service_args
+    set +f
+    model=""
+    for arg in "$@"; do
+        case "$arg" in *.tflite) model=$arg; break ;; esac
+    done
+    [ -n "$model" ] ||
+        fail "--service '$service_args' names no .tflite model; e.g. --service 'camera model/@MODEL_FILE@ --picamera --json'"
+    case "$model" in /*) path=$model ;; *) path=$here/$model ;; esac
+    [ -f "$path" ] || fail "$model: no such model for the service; this bundle's is model/@MODEL_FILE@"
+    if [ -x .venv/bin/python ] && ! ./noodle-edge "$1" --help >/dev/null 2>&1; then
+        fail "--service '$service_args': '$1' is not a noodle-edge command; see ./noodle-edge --help"
+    fi
+    sed -e "s|@DIR@|$(unit_value "$here")|g" -e "s|@USER@|$(unit_value "$(service_user)")|g" \
+        -e "s|@ARGS@|$(unit_value "$service_args")|g" noodle-edge.service
+}
+
+install_service() {
+    command -v systemctl >/dev/null || fail "systemctl not found; --service needs systemd, as Raspberry Pi OS has"
+    printf '%s\n' "$unit" >"$LOG.unit"
+    as_root mkdir -p "$UNIT_DIR"
+    as_root cp "$LOG.unit" "$UNIT_DIR/.$UNIT.tmp"
+    as_root mv -f "$UNIT_DIR/.$UNIT.tmp" "$UNIT_DIR/$UNIT"
+    rm -f "$LOG.unit"
+    as_root systemctl daemon-reload
+    as_root systemctl enable "$UNIT"
+    as_root systemctl restart "$UNIT"
+    echo "$UNIT enabled and started as $(service_user): noodle-edge $service_args"
+    echo "watch it: journalctl -u noodle-edge -f; remove it: ./install.sh --remove-service"
+}
+
+remove_service() {
+    if [ ! -f "$UNIT_DIR/$UNIT" ]; then
+        echo "no $UNIT in $UNIT_DIR; nothing to remove"
+        return
+    fi
+    command -v systemctl >/dev/null || fail "systemctl not found; delete $UNIT_DIR/$UNIT by hand"
+    as_root systemctl disable --now "$UNIT" || echo "warning: systemctl disable failed; removing the unit anyway" >&2
+    as_root rm -f "$UNIT_DIR/$UNIT"
+    as_root systemctl daemon-reload
+    echo "removed $UNIT"
+}
+
+case "$mode" in
+    remove-service) remove_service; exit 0 ;;
+    print-service) render_unit; exit 0 ;;
+    service) unit=$(render_unit) ;;
 esac
 
-if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null; then
-    echo "error: $PYTHON is missing or older than 3.9; on Raspberry Pi OS: sudo apt install python3" >&2
-    exit 2
+# 64-bit only. A Pi 4 or 5 running 32-bit Raspberry Pi OS boots a 64-bit
+# kernel, so uname says aarch64 while every program is 32-bit: ask getconf too.
+arch=$(uname -m)
+bits=$(getconf LONG_BIT 2>/dev/null || echo 64)
+case "$arch" in armv6l | armv7l | armv8l | armhf | arm) bits=32 ;; esac
+[ "$bits" != 32 ] ||
+    fail "32-bit ARM system ($arch, 32-bit programs); tflite-runtime and ai-edge-litert ship 64-bit wheels only: install 64-bit Raspberry Pi OS (Pi 3, 4, 5, Zero 2 W)"
+
+pyver=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) ||
+    fail "$PYTHON not found; sudo apt install python3"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
+    fail "$PYTHON is Python $pyver; noodle-edge needs 3.10 or newer (Raspberry Pi OS Bookworm or Trixie)"
+"$PYTHON" -c 'import ensurepip, venv' 2>/dev/null ||
+    fail "$PYTHON (Python $pyver) cannot make a virtual environment, its venv module is missing; sudo apt install python3-venv"
+
+# Where the packages come from: pinned wheels when this Python and machine have them.
+pinned=0
+if [ -f requirements-pi.txt ] && [ "$arch" = aarch64 ] && grep -q "python_version == \"$pyver\"" requirements-pi.txt; then
+    pinned=1
+fi
+if [ -d wheels ] && [ "$use_index" = 0 ]; then
+    if [ "$pinned" = 0 ]; then
+        have=$(sed -n 's/.*python_version == "\([0-9.]*\)".*/\1/p' requirements-pi.txt 2>/dev/null | sort -u | tr '\n' ' ')
+        fail "wheels/ holds aarch64 wheels for Python ${have:-none}only, not for Python $pyver on $arch; install from the package index: ./install.sh --index"
+    fi
+    source="wheels/ (offline)"
+    set -- --no-index --find-links wheels --require-hashes -r requirements-pi.txt
+elif [ "$pinned" = 1 ]; then
+    source="the package index, pinned by sha256"
+    set -- --require-hashes -r requirements-pi.txt
+else
+    source="the package index"
+    set -- -r requirements-pi.in
 fi
 
 # picamera2 comes from apt (python3-picamera2), not pip: let the venv see the
@@ -31,12 +163,83 @@ if "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("
     system_site="--system-site-packages"
 fi
 
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv $system_site .venv || {
-        echo "error: '$PYTHON -m venv' failed; on Raspberry Pi OS: sudo apt install python3-venv" >&2
-        exit 2
+requirements=$(cat requirements-pi.txt requirements-pi.in 2>/dev/null | sha256sum)
+full=$("$PYTHON" -c 'import platform; print(platform.python_version())')
+stamp="$(command -v "$PYTHON") $full; $source; ${system_site:-isolated}; requirements ${requirements%% *}"
+
+free_mb() {
+    df -Pk . | { read -r _; read -r _ _ _ avail _; echo $((avail / 1024)); }
+}
+
+# Python, machine, runtime and numpy as the environment in $1 sees them.
+describe() {
+    PYTHONPATH="$here" "$1/bin/python" -c '
+import platform
+from edge.runtime import find_runtime, package_version
+name = find_runtime()[0]
+print("Python", platform.python_version(), platform.machine() + ",", name, package_version(name) + ",",
+      "numpy", package_version("numpy"))'
+}
+
+if [ -L .venv ] && [ -f .venv/.noodle-installed ] && [ "$(cat .venv/.noodle-installed)" = "$stamp" ] &&
+    found=$(describe .venv 2>/dev/null); then
+    echo "up to date: .venv has $found from $source"
+else
+    free=$(free_mb)
+    [ "$free" -ge "$NEED_MB" ] ||
+        fail "no space left: $free MB free in $here, the install needs about $NEED_MB MB; free some (sudo apt clean, old bundles) or unpack the bundle on a bigger disk"
+
+    venv=$(mktemp -d .venv-XXXXXX)
+    trap 'rm -rf "$here/$venv"' EXIT
+    trap 'exit 2' INT TERM HUP
+    : >"$LOG"
+    # step WHAT COMMAND...: run COMMAND into the log; on failure, one line that says why.
+    step() {
+        what=$1
+        shift
+        "$@" >>"$LOG" 2>&1 && return
+        # A full disk may not even let the log say so: look at the disk too.
+        if grep -q "No space left on device" "$LOG" || [ "$(free_mb)" -lt 2 ]; then
+            fail "no space left on device while $what; free some space (sudo apt clean) and run ./install.sh again"
+        fi
+        missing=$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' "$LOG" | head -n 1)
+        [ -z "$missing" ] || [ "$source" != "wheels/ (offline)" ] ||
+            fail "wheels/ has no wheel of $missing for Python $pyver on $arch, so the bundle is incomplete; copy it again, or ./install.sh --index"
+        [ -z "$missing" ] ||
+            fail "the package index has no $missing for Python $pyver on $arch, or cannot be reached; check the network"
+        grep -q "DO NOT MATCH THE HASHES" "$LOG" &&
+            fail "a file in wheels/ differs from its sha256 in requirements-pi.txt (a damaged copy); copy the bundle again"
+        fail "$what failed: $(grep -v '^[[:space:]]*$' "$LOG" | tail -n 1); the whole story is in $here/$LOG"
     }
+    # shellcheck disable=SC2086  # $system_site is one option or none
+    step "making the virtual environment" "$PYTHON" -m venv $system_site "$venv"
+    step "installing from $source" "$venv/bin/python" -m pip install --disable-pip-version-check \
+        --no-input --quiet "$@"
+    found=$(describe "$venv" 2>>"$LOG") ||
+        fail "the installed runtime does not load: $(tail -n 1 "$LOG"); see $here/$LOG"
+    printf '%s\n' "$stamp" >"$venv/.noodle-installed"
+    chmod 755 "$venv"  # mktemp made it private
+    if [ "$(id -u)" = 0 ] && [ -n "${SUDO_USER:-}" ]; then
+        chown -R "$SUDO_USER:" "$venv"
+    fi
+    old=$(readlink .venv 2>/dev/null || true)
+    case "$old" in .venv-??????) ;; *) old="" ;; esac  # only ever delete what install.sh made
+    if [ -d .venv ] && [ ! -L .venv ]; then  # made in place by an older install.sh
+        old=$(mktemp -d .venv-old-XXXXXX)
+        mv .venv "$old/"
+    fi
+    ln -s "$venv" ".venv.new-$$"
+    "$PYTHON" -c 'import os, sys; os.replace(sys.argv[1], sys.argv[2])' ".venv.new-$$" .venv
+    trap - EXIT INT TERM HUP
+    rm -rf "$old"
+    for stale in .venv-??????; do  # left by an install that was killed
+        if [ -d "$stale" ] && [ "$stale" != "$venv" ]; then rm -rf "$stale"; fi
+    done
+    echo "installed .venv: $found from $source"
 fi
-.venv/bin/python -m pip install --disable-pip-version-check --quiet -r requirements-pi.txt
-.venv/bin/python -c 'from edge.runtime import find_runtime; print("runtime:", find_runtime()[0])'
-echo "installed; try: ./noodle-edge classify model/@MODEL_FILE@ photo.jpg"
+
+if [ "$mode" = service ]; then
+    install_service
+else
+    echo "try: ./noodle-edge classify model/@MODEL_FILE@ photo.jpg"
+fi

@@ -1,4 +1,4 @@
-"""`noodle bench` (`make bench`): noodle's speed claims measured side by side.
+"""`python -m bench` (`make bench`): noodle's speed claims measured side by side.
 
 Six rows (issue 5): the noodle clock (each stage of `make export` as a
 subprocess), the device path against the seed's Keras loop, classify against
@@ -79,15 +79,15 @@ def bench_command(
 def run_bench(repeats: int = REPEATS, photos: Path | None = None, run: Path | None = None,
               out: Path = Path("."), work: Path = WORK, log=print) -> dict:
     """Measure everything, write out/BENCHMARKS.md and out/bench.json, return the report."""
+    from bench.report import render, targets
     from edge.files import default_workers
     from edge.manifest import write_bytes, write_json
-    from export.bench_report import render, targets
 
     if run is not None:  # bad input fails now, not after minutes of measuring
         exported_run(Path(run))
     if run is not None or photos is not None:
         photo_list(photos, Path(run) if run else None)
-    command = ["noodle bench", f"--repeats {repeats}"] + ([f"--photos {photos}"] if photos else []) \
+    command = ["python -m bench", f"--repeats {repeats}"] + ([f"--photos {photos}"] if photos else []) \
         + ([f"--run {run}"] if run else [])
     report = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": " ".join(command), "repeats": repeats, "machine": machine(),
@@ -172,7 +172,7 @@ def environments(log) -> list[dict]:
                "python": str(python) if python else None, "versions": {}, "missing": missing}
         if python:
             try:
-                env["versions"] = json_step([python, "-m", "export.bench_probe", "versions"])
+                env["versions"] = json_step([python, "-m", "bench.probe", "versions"])
             except StepFailed as exc:
                 env["missing"] = f"{python} cannot run the probe: {exc}"
             if not env["missing"] and not env["versions"].get(runtime):
@@ -185,7 +185,10 @@ def environments(log) -> list[dict]:
 # --- running children ------------------------------------------------------------------------
 
 def child_env() -> dict:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    # PYTHONPATH: the bench package is not installed (it stays out of the wheel), and
+    # its probes also run with the device environment's Python.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("NOODLE_RUNTIME", None)  # each side names its runtime
     return env
 
@@ -242,7 +245,6 @@ def first_label(cmd: list, marker: str, timeout: int = STEP_TIMEOUT) -> dict:
 
 def clock(data: Path | None, work: Path, log) -> dict:
     """Time each stage of `make export` as the Makefile runs it, into a fresh run folder under `work`."""
-    from train.cli import default_run_dir
     from train.fit import TrainConfig
 
     arch = TrainConfig.arch  # the Makefile's ARCH default is the CLI's
@@ -253,7 +255,7 @@ def clock(data: Path | None, work: Path, log) -> dict:
         data = work / "data" / "sample"
         shutil.rmtree(data, ignore_errors=True)
         stages.append(("data", [*noodle, "data", "sample", data]))
-    run = work / default_run_dir(data, arch).name  # the Makefile's $(RUN) naming
+    run = work / f"{data.name}-{arch}"
     shutil.rmtree(run, ignore_errors=True)
     stages += [("train", [*noodle, "train", data, "--arch", arch, "--out", run]),
                ("export", [*noodle, "export", run]), ("compare", [*noodle, "compare", run])]
@@ -348,7 +350,7 @@ def sides(envs, models, keras_model, photos, size, workers, repeats, log) -> dic
     samples: dict = {"seed": [], "floor": {}, "edge": {}}
     for rep in range(repeats):
         log(f"repeat {rep + 1} of {repeats}: seed loop, edge runner, decode floor")
-        samples["seed"].append(attempt(json_step, [rel(sys.executable), "-m", "export.bench_probe",
+        samples["seed"].append(attempt(json_step, [rel(sys.executable), "-m", "bench.probe",
                                                    "seed-loop", keras_model, *photos]))
         for env in envs:
             if env["missing"]:
@@ -360,7 +362,7 @@ def sides(envs, models, keras_model, photos, size, workers, repeats, log) -> dic
                         attempt(edge_bench, env, model, photos, threads, workers) if model
                         else {"error": f"{variant} was not exported"})
             samples["floor"].setdefault(env["runtime"], []).append(attempt(
-                json_step, [env["python"], "-m", "export.bench_probe", "floor", *size,
+                json_step, [env["python"], "-m", "bench.probe", "floor", *size,
                             "--workers", workers, *photos]))
     return samples
 
@@ -377,7 +379,7 @@ def cold_start(envs, int8: Path | None, keras_model: Path, photo: str, repeats: 
         script = Path(env["python"]).parent / "noodle-edge"
         edge = [script] if script.is_file() else [env["python"], "-m", "edge"]
         commands[env["runtime"]] = [*edge, "classify", int8, photo, "--runtime", env["runtime"]]
-    commands["keras"] = [rel(sys.executable), "-m", "export.bench_probe", "seed-one", keras_model, photo]
+    commands["keras"] = [rel(sys.executable), "-m", "bench.probe", "seed-one", keras_model, photo]
     samples = {side: [] if isinstance(cmd, list) else [{"error": cmd}] for side, cmd in commands.items()}
     log(f"cold start: {', '.join(commands)}, {repeats} time(s) each")
     for _ in range(repeats):

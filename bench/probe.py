@@ -1,9 +1,9 @@
-"""The measured sides of `noodle bench` that run in a process of their own.
+"""The measured sides of `python -m bench` that run in a process of their own.
 
-    python -m export.bench_probe versions
-    python -m export.bench_probe floor HEIGHT WIDTH --workers N PHOTOS...
-    python -m export.bench_probe seed-loop MODEL.keras PHOTOS...
-    python -m export.bench_probe seed-one MODEL.keras PHOTO
+    python -m bench.probe versions
+    python -m bench.probe floor HEIGHT WIDTH --workers N PHOTOS...
+    python -m bench.probe seed-loop MODEL.keras PHOTOS...
+    python -m bench.probe seed-one MODEL.keras PHOTO
 
 `versions` and `floor` also run in the device environment (.venv-edge: no
 TensorFlow), so this module imports only the standard library at the top;
@@ -23,15 +23,9 @@ DISTRIBUTIONS = ("numpy", "pillow", "typer", "tflite-runtime", "ai-edge-litert",
 
 
 def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from edge.runtime import package_version
 
-    found = {}
-    for dist in DISTRIBUTIONS:
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            found[dist] = None
-    return {"python": sys.version.split()[0], **found}
+    return {"python": sys.version.split()[0], **{dist: package_version(dist) for dist in DISTRIBUTIONS}}
 
 
 def floor(photos: list[str], size: tuple[int, int], workers: int) -> dict:
@@ -122,7 +116,7 @@ def seed_one(model_path: Path, photo: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.bench_probe", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.probe", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("versions")
     p = sub.add_parser("floor")

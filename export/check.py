@@ -1,12 +1,12 @@
 """Load and run exported models in this process's interpreter; print one JSON line.
 
 The exporter runs this module with the device environment's Python
-(`.venv-edge/bin/python -m edge.check ...`, tflite-runtime 2.14, no
+(`.venv-edge/bin/python -m export.check ...`, tflite-runtime 2.14, no
 TensorFlow) to prove every file loads and runs on the Pi's runtime, and to
 measure invoke latency and the peak memory of a process that loads and runs
 one model. numpy and edge.runtime only: it must import where TensorFlow cannot.
 
-    python -m edge.check MODEL.tflite... [--pixels X.npy] [--out DIR]
+    python -m export.check MODEL.tflite... [--pixels X.npy] [--out DIR]
                          [--runtime tflite-runtime] [--latency 200] [--threads 1,4]
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ def check(models: list[Path], pixels: np.ndarray | None, runtime: str | None, ou
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m export.check", description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--pixels", type=Path, help="(n, h, w, 3) uint8 .npy; default 8 random images")
     parser.add_argument("--out", type=Path, help="write each model's probabilities here as <stem>.npy")

@@ -1,4 +1,4 @@
-"""What `noodle bench` measured, reduced to figures, checked against issue 5's targets, as Markdown.
+"""What `python -m bench` measured, reduced to figures, checked against issue 5's targets, as Markdown.
 
 `summarize` turns the raw samples into medians (min, max) and ratios of
 medians; `targets` checks them; `render` writes BENCHMARKS.md. A figure that
@@ -16,7 +16,7 @@ SPEEDUP = 50
 FLOOR_FRACTION = 0.8
 COLD_SECONDS = 0.3
 COLD_RSS_MB = 80
-# What the rows compare (the same as export.bench's).
+# What the rows compare (the same as bench.cli's).
 VARIANTS = ("int8", "float32")
 THREADS = (1, 2)
 
@@ -293,7 +293,7 @@ def _cold(report: dict, s: dict, envs: list[dict]) -> list[str]:
     here = next((e for e in envs if e["runtime"] == "ai-edge-litert"), {"versions": {}})["versions"]
     c = s["cold_start"]["keras"]
     rows.append(["the seed's way as a script: load model.keras, `load_img`, `predict`, print "
-                 "(`python -m export.bench_probe seed-one`)", f"Keras {here.get('keras')}",
+                 "(`python -m bench.probe seed-one`)", f"Keras {here.get('keras')}",
                  fmt(c["seconds"], 3), fmt(c["peak_rss_mb"], 1)])
     imports = cold.get("imports", {})
     where = ([f"The edge runner's imports (tflite-runtime, one run under `python -X importtime`): "

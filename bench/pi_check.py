@@ -1,0 +1,307 @@
+"""`make pi-check`: install the bundle with its own install.sh on each Pi release, offline, under qemu.
+
+64-bit Raspberry Pi OS is Debian arm64 plus Raspberry Pi's kernel and
+firmware; user space (Python, glibc) is Debian's. Bookworm is Debian 12
+(Python 3.11, tflite-runtime 2.14), Trixie is Debian 13 (Python 3.13,
+ai-edge-litert). For each release in --releases:
+
+1. root: `debootstrap --foreign --variant=minbase --include=python3,python3-venv`
+   writes a Debian arm64 root, cached in CACHE/pi-root-<release>. The first
+   stage leaves the included packages as .debs for a second stage; we unpack
+   them with dpkg-deb, which is all the second stage would do for the files.
+2. emulation: binfmt_misc runs aarch64 programs under qemu-aarch64-static,
+   registered for the duration of the check when it is not already (with the
+   F flag, so it works in a chroot). install.sh runs python, pip, uname and
+   friends as child processes, and only binfmt makes those children aarch64
+   as well; `qemu-aarch64-static -L ROOT` alone emulates one process.
+3. install: the UNPACKED bundle is bind-mounted at /bundle in a private mount
+   and network namespace (`unshare --mount --net`: loopback only, and down),
+   then `chroot ROOT /bin/sh -c 'cd /bundle && ./install.sh'` with
+   PIP_INDEX_URL at a closed port: the release's own sh, python and pip
+   install from the bundle's wheels/ or fail.
+4. run: `./noodle-edge classify` from the bundle's .venv on the photos
+   (bind-mounted at /photos); this machine's device environment (.venv-edge)
+   classifies the same photos with the same unpacked bundle.
+5. compare: the same label for every photo on every release, or exit 1.
+
+    python -m bench.pi_check RUN_OR_BUNDLE PHOTOS [--model int8] [--releases "bookworm trixie"]
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge.errors import NoodleError
+from export.bundle import DEFAULT_MODEL, bundle_path
+from export.wheelhouse import TARGETS, Target
+
+ROOT = Path(__file__).resolve().parent.parent
+MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
+QEMU = "qemu-aarch64-static"
+# debootstrap lives in /usr/sbin, which a non-login PATH may lack.
+TOOL_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+# Where Debian's qemu-user-static keeps its registration line (systemd-binfmt reads it).
+BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
+# A port nothing listens on: pip would fail fast there, had it tried the index.
+CLOSED_INDEX = "http://127.0.0.1:9/simple"
+# An emulated install is minutes on two cores; a stuck one is not.
+STEP_TIMEOUT = 1800
+
+
+RELEASES = {target.release: target for target in TARGETS}
+# python3-venv brings ensurepip and the pip wheel it installs; pip 25 (Trixie's)
+# loads the CA bundle even offline. Raspberry Pi OS has all three.
+PACKAGES = "python3,python3-venv,ca-certificates"
+MOUNT_POINTS = ("bundle", "photos", "proc", "dev", "tmp")
+
+
+class CheckFailed(NoodleError):
+    pass
+
+
+def log(message: str) -> None:
+    print(f"pi-check: {message}", flush=True)
+
+
+def run(args: list[str], timeout: float = STEP_TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if done.returncode != 0:
+        for line in (done.stderr.strip() or done.stdout.strip()).splitlines()[-15:]:
+            log(f"  | {line}")
+        raise CheckFailed(f"{' '.join(map(str, args[:3]))} ... exited {done.returncode} (output above)")
+    return done
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=TOOL_PATH)
+    if found is None:
+        raise CheckFailed(f"{name} not found; apt-get install debootstrap qemu-user-static "
+                          "(`make pi-tools` does)")
+    return found
+
+
+def build_root(target: Target, cache: Path) -> Path:
+    """A Debian arm64 root with python3 and python3-venv unpacked, made once and cached."""
+    root = cache / f"pi-root-{target.release}"
+    done = f"Debian {target.debian} {target.release} arm64 minbase + {PACKAGES}\n"
+    if (root / ".noodle-complete").is_file() and (root / ".noodle-complete").read_text() == done:
+        return root
+    work = root.with_name(root.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    log(f"{target.release}: debootstrap --foreign arm64 into {root} (minutes, cached afterwards)")
+    run([tool("debootstrap"), "--foreign", "--arch=arm64", "--variant=minbase", f"--include={PACKAGES}",
+         target.release, str(work), MIRROR])
+    # The included packages and their dependencies, still .debs: unpack them,
+    # keeping the merged-/usr symlinks (/bin -> usr/bin) intact.
+    paths = dict(line.split() for line in (work / "debootstrap/debpaths").read_text().splitlines())
+    for package in (work / "debootstrap/base").read_text().split():
+        deb = work / paths[package].lstrip("/")
+        data = subprocess.run([tool("dpkg-deb"), "--fsys-tarfile", str(deb)], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "--keep-directory-symlink", "-C", str(work), "-f", "-"],
+                       input=data.stdout, check=True)
+    python = work / f"usr/bin/python{target.python}"
+    if not python.is_file() or not (work / f"usr/lib/python{target.python}/ensurepip").is_dir():
+        raise CheckFailed(f"{python}: python or its venv not unpacked; "
+                          f"see {work}/debootstrap/debootstrap.log")
+    shutil.rmtree(work / "var/cache/apt/archives", ignore_errors=True)  # the .debs: 100 MB, unpacked now
+    # What the skipped maintainer scripts would have made: the CA bundle
+    # (update-ca-certificates) and /etc/mtab, which df reads.
+    certs = sorted((work / "usr/share/ca-certificates").rglob("*.crt"))
+    (work / "etc/ssl/certs/ca-certificates.crt").write_bytes(b"".join(c.read_bytes() for c in certs))
+    if not (work / "etc/mtab").is_symlink():
+        (work / "etc/mtab").symlink_to("../proc/self/mounts")
+    for point in MOUNT_POINTS:
+        (work / point).mkdir(exist_ok=True)
+    (work / ".noodle-complete").write_text(done)
+    work.rename(root)
+    return root
+
+
+@contextlib.contextmanager
+def aarch64_binfmt():
+    """Let the kernel run aarch64 programs under qemu, registering it only for this check if needed."""
+    entry = BINFMT / "qemu-aarch64"
+    if entry.is_file() and entry.read_text().startswith("enabled"):
+        flags = re.search(r"^flags: *(\w*)", entry.read_text(), re.M)
+        if flags is None or "F" not in flags.group(1):
+            raise CheckFailed(f"{entry}: registered without the F flag, so a chroot cannot find qemu; "
+                              f"re-register it from {BINFMT_CONF} (`systemctl restart systemd-binfmt`)")
+        yield
+        return
+    if not BINFMT_CONF.is_file():
+        raise CheckFailed(f"{BINFMT_CONF}: missing; apt-get install qemu-user-static")
+    if os.geteuid() != 0:
+        raise CheckFailed("registering qemu-aarch64 with binfmt_misc and chroot need root; "
+                          "run it as root or with sudo")
+    if not (BINFMT / "register").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)])
+    (BINFMT / "register").write_text(BINFMT_CONF.read_text().strip())
+    log(f"registered qemu-aarch64 with binfmt_misc for this check (from {BINFMT_CONF})")
+    try:
+        yield
+    finally:
+        entry.write_text("-1")  # unregister: leave the kernel as we found it
+
+
+def in_root(root: Path, binds: dict[str, Path], command: str,
+            env: dict[str, str]) -> subprocess.CompletedProcess:
+    """COMMAND by the root's /bin/sh in a chroot, with no network and BINDS mounted; mounts vanish after."""
+    mounts = [f"mount --rbind /dev {root}/dev", f"mount -t proc proc {root}/proc"]
+    mounts += [f"mount --bind {shlex.quote(str(host))} {root}/{inside}" for inside, host in binds.items()]
+    clean = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    chroot = f"exec chroot {root} /usr/bin/env -i {clean} /bin/sh -c {shlex.quote(command)}"
+    script = " && ".join(mounts + [chroot])
+    return subprocess.run(["unshare", "--mount", "--net", "--fork", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=STEP_TIMEOUT)
+
+
+def unpack(bundle: Path, into: Path) -> Path:
+    into.mkdir(parents=True)
+    with tarfile.open(bundle) as tar:
+        if sys.version_info >= (3, 12):
+            tar.extractall(into, filter="data")
+        else:
+            tar.extractall(into)  # noqa: S202 (our own tarball)
+    tops = [p for p in into.iterdir() if p.is_dir()]
+    if len(tops) != 1:
+        raise CheckFailed(f"{bundle}: expected one top folder, found {[p.name for p in tops]}")
+    return tops[0]
+
+
+def parse_labels(stdout: str, photos: str) -> dict[str, dict]:
+    rows = (json.loads(line) for line in stdout.splitlines() if line.startswith("{"))
+    return {os.path.relpath(row["file"], photos): row for row in rows}
+
+
+def said(stderr: str, pattern: str) -> str:
+    found = re.search(pattern, stderr)
+    return found.group(1) if found else "?"
+
+
+def compare(name: str, pi: dict[str, dict], x86: dict[str, dict]) -> list[str]:
+    if set(pi) != set(x86):
+        raise CheckFailed(f"{name}: different files classified: aarch64 {len(pi)}, x86 {len(x86)}")
+    differ = sorted(f for f in pi if pi[f]["label"] != x86[f]["label"])
+    for f in differ[:10]:
+        log(f"  {f}: {name} {pi[f]['label']} {pi[f]['score']}, x86 {x86[f]['label']} {x86[f]['score']}")
+    return differ
+
+
+def check_release(target: Target, bundle: Path, photos: Path, cache: Path, x86: dict[str, dict],
+                  work: Path) -> bool:
+    start = time.perf_counter()
+    root = build_root(target, cache)
+    log(f"{target.release} (Debian {target.debian}): root ready in {time.perf_counter() - start:.0f} s "
+        f"({root})")
+    bundle_dir = unpack(bundle, work / target.release)
+    home = work / f"{target.release}-tmp"
+    home.mkdir()
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/tmp", "LANG": "C.UTF-8",
+           "PIP_INDEX_URL": CLOSED_INDEX}
+    binds = {"bundle": bundle_dir, "photos": photos, "tmp": home}
+    start = time.perf_counter()
+    done = in_root(root, binds, "cd /bundle && ./install.sh", env)
+    for line in done.stdout.splitlines() + done.stderr.splitlines():
+        log(f"{target.release}: install.sh | {line}")
+    if done.returncode != 0:
+        raise CheckFailed(f"{target.release}: ./install.sh exited {done.returncode} (its output above)")
+    python = said(done.stdout, r"Python (\S+)")
+    venv = (bundle_dir / ".venv").resolve()
+    size = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink())
+    log(f"{target.release}: ./install.sh offline in {time.perf_counter() - start:.0f} s; "
+        f".venv is {size / 2**20:.0f} MiB")
+    model = next(bundle_dir.glob("model/*.tflite")).relative_to(bundle_dir)
+    start = time.perf_counter()
+    ran = in_root(root, binds, f"cd /bundle && ./noodle-edge classify {model} /photos --json -v", env)
+    if ran.returncode != 0:
+        for line in ran.stderr.strip().splitlines()[-10:]:
+            log(f"{target.release}:   | {line}")
+        raise CheckFailed(f"{target.release}: ./noodle-edge classify exited {ran.returncode} (output above)")
+    pi = parse_labels(ran.stdout, "/photos")
+    runtime = said(ran.stderr, r"runtime ([^;]+);")
+    differ = compare(target.release, pi, x86)
+    log(f"{target.release} (Debian {target.debian}): Python {python}, {runtime}: labels equal on "
+        f"{len(pi) - len(differ)} of {len(pi)} photos ({time.perf_counter() - start:.0f} s to classify "
+        f"under qemu)")
+    return bool(pi) and not differ
+
+
+def check(bundle: Path, photos: Path, releases: list[Target], cache: Path, edge_python: Path) -> int:
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pi-check-") as tmp:
+        work = Path(tmp)
+        host_dir = unpack(bundle, work / "x86")
+        wheels = sorted((host_dir / "wheels").glob("*.whl"))
+        if not wheels:
+            raise CheckFailed(f"{bundle}: no wheels/ in the bundle, so the offline install cannot be proven; "
+                              "make it with `make bundle` (not WHEELS=0)")
+        log(f"{bundle.name}: {bundle.stat().st_size / 2**20:.1f} MiB, {len(wheels)} wheels")
+        model = next(host_dir.glob("model/*.tflite")).relative_to(host_dir)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "NOODLE_RUNTIME"))}
+        ran = run([str(edge_python), "-m", "edge", "classify", str(model), str(photos), "--json", "-v"],
+                  cwd=host_dir, env=env)
+        x86 = parse_labels(ran.stdout, str(photos))
+        log(f"x86 ({edge_python.parent.parent.name}): {said(ran.stderr, r'runtime ([^;]+);')}, "
+            f"{len(x86)} photos")
+        passed = []
+        with aarch64_binfmt():
+            for target in releases:
+                if check_release(target, bundle, photos, cache, x86, work):
+                    passed.append(target.release)
+    failed = [r.release for r in releases if r.name not in passed]
+    log(f"{'FAILED on ' + ', '.join(failed) if failed else 'passed on ' + ', '.join(passed)} "
+        f"in {time.perf_counter() - start:.0f} s")
+    return 1 if failed else 0
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    source: Annotated[Path, typer.Argument(
+        help="A bundle (.tar.gz), or a run folder whose bundle `noodle bundle` wrote into --dist.")],
+    photos: Annotated[Path, typer.Argument(help="Photos to classify on x86 and on each release.")],
+    model: Annotated[str, typer.Option(help="The bundled variant, with a run folder.")] = DEFAULT_MODEL,
+    dist: Annotated[Path, typer.Option(
+        help="Where `noodle bundle` wrote it, with a run folder.")] = Path("dist"),
+    releases: Annotated[str, typer.Option(
+        help=f"Space-separated, of: {', '.join(RELEASES)}.")] = " ".join(RELEASES),
+    cache: Annotated[Path, typer.Option(help="Where the roots are kept.")] = ROOT / ".cache",
+    edge_python: Annotated[Path, typer.Option(
+        help="The x86 device environment's python.")] = ROOT / ".venv-edge/bin/python",
+) -> None:
+    """Install the bundle offline on each Pi release under qemu and compare its labels with x86's."""
+    try:
+        bundle = source if source.name.endswith(".tar.gz") else bundle_path(source, model, dist)
+        if not bundle.is_file():
+            raise CheckFailed(f"{bundle}: no such bundle; `make bundle` writes it")
+        unknown = [r for r in releases.split() if r not in RELEASES]
+        if unknown or not releases.split():
+            raise CheckFailed(f"--releases {releases!r}: use some of {', '.join(RELEASES)}")
+        code = check(bundle.resolve(), photos.resolve(), [RELEASES[r] for r in releases.split()],
+                     cache.resolve(), edge_python.absolute())
+    except (CheckFailed, subprocess.TimeoutExpired) as exc:
+        print(f"pi-check: error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    app(prog_name="python -m bench.pi_check")

@@ -1,0 +1,131 @@
+"""Variants beyond the converter's four, added to an export after `export_run`.
+
+`int8-mixed` (export.diagnose: int8 with the worst layers kept float) and
+`int8-litert` (export.litert_quant: the LiteRT Quantizer's static int8) are
+listed in the export manifest like the others, so validation, the
+tflite-runtime 2.14 check and compare treat them alike. `export_run` writes a
+manifest of its own variants only, so an export that does not ask for an
+extra again removes its file (and a diagnosis it did not redo): the folder
+never holds a model the manifest does not vouch for.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge.errors import first_line
+from edge.manifest import read_manifest, write_json
+from export.convert import export_dir, write_model
+
+MIXED = "int8-mixed"
+LITERT = "int8-litert"
+EXTRAS = (MIXED, LITERT)
+
+
+def remove_unrequested(run_dir: Path, requested: set[str], log=print) -> None:
+    """Delete extra files, and a diagnosis, left by an earlier export that this one does not redo."""
+    names = [f"{v}.tflite" for v in EXTRAS if v not in requested]
+    if "diagnosis" not in requested:
+        names += ["diagnosis.md", "diagnosis.json"]
+    for name in names:
+        path = export_dir(run_dir) / name
+        if path.is_file():
+            path.unlink()
+            log(f"removed  {path} (not asked for this time)")
+
+
+def add_variant(run_dir: Path, variant: str, blob: bytes, log=print, **details) -> dict:
+    """Write RUN/export/<variant>.tflite and list it in the export manifest; return its entry."""
+    out = export_dir(run_dir)
+    manifest = read_manifest(out)
+    entry = {**write_model(out, variant, blob, manifest), **details}
+    dest = out / entry["file"]
+    manifest["models"][variant] = entry
+    manifest["failed"].pop(variant, None)
+    write_json(out / "manifest.json", manifest)
+    log(f"wrote    {dest}  ({entry['bytes']:,} bytes)")
+    return entry
+
+
+def record_failure(run_dir: Path, variant: str, reason: str, log=print) -> None:
+    """List a variant that could not be made under the manifest's "failed", as export_run does."""
+    out = export_dir(run_dir)
+    manifest = read_manifest(out)
+    manifest["models"].pop(variant, None)
+    manifest["failed"][variant] = reason
+    (out / f"{variant}.tflite").unlink(missing_ok=True)
+    write_json(out / "manifest.json", manifest)
+    log(f"failed   {variant}.tflite: {reason}")
+
+
+def calibration(run_dir: Path, samples: int, split: str, data=None) -> tuple:
+    """The pixels export's int8 calibrated on (same photos, same shuffle), and their description."""
+    from export.convert import CALIBRATION_SEED, calibration_pixels, read_run
+
+    pixels = calibration_pixels(read_run(run_dir), samples, data=data, split=split)
+    info = {"samples": len(pixels), "requested": samples, "split": split, "from": f"{split} split",
+            "shuffle_seed": CALIBRATION_SEED, "pixels": "raw 0-255 float32"}
+    return pixels, info
+
+
+def make_extras(run_dir: Path, *, litert: bool, float_layers: str | None, diagnose: bool,
+                samples: int, split: str, io: str = "uint8", data=None, log=print) -> dict | None:
+    """int8-litert and/or a diagnosis with int8-mixed, as asked; returns the diagnosis report."""
+    run_dir = Path(run_dir)
+    requested = ({LITERT} if litert else set()) | ({MIXED} if float_layers else set())
+    remove_unrequested(run_dir, requested | ({"diagnosis"} if float_layers or diagnose else set()), log)
+    if not (requested or diagnose):
+        return None
+    pixels, info = calibration(run_dir, samples, split, data)
+    if litert:
+        from export import litert_quant
+
+        float32 = export_dir(run_dir) / "float32.tflite"
+        if not float32.is_file():
+            record_failure(run_dir, LITERT, "needs float32.tflite: export float32 too", log)
+        else:
+            try:
+                blob, made_by = litert_quant.quantize(float32, pixels)
+                add_variant(run_dir, LITERT, blob, log, calibration=info, made_by=made_by)
+            except litert_quant.QuantizerMissing:
+                raise
+            except Exception as exc:  # the quantizer's failure is this variant's, not the export's
+                record_failure(run_dir, LITERT, f"{type(exc).__name__}: {first_line(exc)}", log)
+    if float_layers or diagnose:
+        return diagnose_run(run_dir, pixels, info, "asked for with --diagnose" if diagnose
+                            else f"--float-layers {float_layers}", io, float_layers, log)
+    return None
+
+
+def diagnose_run(run_dir: Path, pixels, info: dict, reason: str, io: str = "uint8",
+                 float_layers: str | None = None, log=print) -> dict | None:
+    """diagnosis.{md,json} for RUN's model and, with `float_layers`, int8-mixed.tflite.
+
+    None, with a warning, when the debugger itself fails on this model.
+    """
+    from export import diagnose
+    from export.convert import load_model, read_run
+
+    model = load_model(run_dir, read_run(run_dir))
+    log(f"diagnosing int8 on {len(pixels)} calibration photos (TensorFlow's quantization debugger)")
+    try:
+        diagnosis = diagnose.diagnose(model, pixels, io)
+    except Exception as exc:  # an experimental TensorFlow tool: its failure must not hide the export's
+        reason = f"the quantization debugger failed: {type(exc).__name__}: {first_line(exc)}"
+        log(f"warning: {reason}")
+        if float_layers:
+            record_failure(run_dir, MIXED, reason, log)
+        return None
+    chosen = diagnose.choose_layers(diagnosis["layers"], float_layers) if float_layers else None
+    report = diagnose.write_report(export_dir(run_dir), diagnosis, info, chosen, reason)
+    for row in diagnosis["layers"][:3]:
+        log(f"  {row['rank']}. {row['layer']} ({row['op']}): rmse/scale {row['rmse_scale']:.3g}"
+            + ("  suspect" if row["suspect"] else ""))
+    log(f"wrote    {export_dir(run_dir) / 'diagnosis.md'}")
+    if chosen:
+        try:
+            blob = diagnose.mixed_model(diagnosis, chosen, io)
+        except Exception as exc:  # the converter's failure is this variant's, not the export's
+            record_failure(run_dir, MIXED, f"{type(exc).__name__}: {first_line(exc)}", log)
+        else:
+            add_variant(run_dir, MIXED, blob, log, calibration=info, float_layers=chosen)
+    return report

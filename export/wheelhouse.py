@@ -1,0 +1,123 @@
+"""The bundle's wheelhouse: the exact aarch64 wheels each Raspberry Pi OS release installs offline.
+
+For each target release the runner's requirements are evaluated as that
+release's Python on aarch64 would, `pip download` fetches wheels for its
+platform only, and requirements-pi.txt pins every file by version and
+sha256. On the Pi, install.sh installs exactly those files with
+`--no-index --require-hashes`. Downloads stay in a cache folder with one lock
+file per target and requirement set, so bundling again makes no network call.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.errors import NoodleError
+from edge.manifest import sha256_file, write_bytes
+
+ARCH = "aarch64"  # 64-bit Raspberry Pi OS; the runtimes publish no 32-bit ARM wheels
+
+
+@dataclass(frozen=True)
+class Target:
+    release: str  # the Debian codename Raspberry Pi OS is built on
+    debian: int
+    python: str  # the release's python3, major.minor
+    python_full: str  # for requirement markers that name a patch release
+    glibc: int  # glibc 2.<glibc>: the newest manylinux tag its wheels may carry
+
+
+# Bookworm (Debian 12: Python 3.11, glibc 2.36) is still on many Pis; Trixie
+# (Debian 13: Python 3.13, glibc 2.41) is Raspberry Pi OS since October 2025.
+TARGETS = (Target("bookworm", 12, "3.11", "3.11.2", 36), Target("trixie", 13, "3.13", "3.13.5", 41))
+
+
+class WheelhouseError(NoodleError):
+    pass
+
+
+@dataclass(frozen=True)
+class Wheel:
+    path: Path
+    name: str
+    version: str
+    sha256: str
+
+    @classmethod
+    def read(cls, path: Path) -> Wheel:
+        # name-version[-build]-python-abi-platform.whl (PEP 427); names are already normalized with "_".
+        name, version = path.name.split("-")[:2]
+        return cls(path, name.lower().replace("_", "-"), version, sha256_file(path))
+
+
+def platforms(target: Target) -> list[str]:
+    # pip does not widen a manylinux_2_X tag to older ones: list every tag this glibc runs.
+    newest_first = range(target.glibc, 16, -1)
+    return [f"manylinux_2_{minor}_{ARCH}" for minor in newest_first] + [f"manylinux2014_{ARCH}"]
+
+
+def for_target(requirements: list[str], target: Target) -> list[str]:
+    """The requirements whose markers hold for TARGET's Python on aarch64 Linux, markers dropped."""
+    from packaging.requirements import Requirement
+
+    env = {"python_version": target.python, "python_full_version": target.python_full,
+           "platform_machine": ARCH, "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
+           "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+    wanted = []
+    for line in requirements:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate(env):
+            wanted.append(f"{req.name}{req.specifier}")
+    return wanted
+
+
+def pip_download(specs: list[str], target: Target, dest: Path) -> None:
+    """Wheels for SPECS and their dependencies, for TARGET's Python and platform, into DEST."""
+    tags = [arg for tag in platforms(target) for arg in ("--platform", tag)]
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                           "--only-binary=:all:", *tags, "--python-version", target.python,
+                           "--implementation", "cp", "--dest", str(dest), *specs],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")] or ["(no message)"]
+        raise WheelhouseError(f"pip download for {target.release} (Python {target.python}, {ARCH}): "
+                              f"{errors[-1]}; check the network, or bundle without wheels (WHEELS=0)")
+
+
+def wheels_for(target: Target, requirements: list[str], cache: Path, download=pip_download) -> list[Wheel]:
+    """TARGET's wheels, from CACHE when its lock for these requirements is complete, else downloaded."""
+    specs = for_target(requirements, target)
+    key = hashlib.sha256("\n".join(specs + platforms(target)).encode()).hexdigest()[:12]
+    lock = cache / f"{target.release}-{key}.lock"
+    if lock.is_file():
+        names = lock.read_text().split()
+        if names and all((cache / name).is_file() for name in names):
+            return [Wheel.read(cache / name) for name in names]
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
+        download(specs, target, Path(tmp))
+        names = sorted(path.name for path in Path(tmp).glob("*.whl"))
+        if not names:
+            raise WheelhouseError(f"pip download for {target.release} gave no wheels for {', '.join(specs)}")
+        for name in names:
+            os.replace(Path(tmp) / name, cache / name)
+    write_bytes(lock, ("\n".join(names) + "\n").encode())
+    return [Wheel.read(cache / name) for name in names]
+
+
+def pinned_requirements(groups: dict[Target, list[Wheel]]) -> str:
+    """requirements-pi.txt: every wheel by exact version and sha256, one block per release."""
+    lines = ["# Written by `noodle bundle`: the wheels in wheels/, by exact version and sha256, per",
+             f"# Raspberry Pi OS release ({ARCH}). install.sh installs them with --require-hashes;",
+             "# requirements-pi.in holds the ranges they were resolved from."]
+    for target, wheels in groups.items():
+        lines += ["", f"# {target.release.capitalize()} (Debian {target.debian}), Python {target.python}"]
+        for wheel in sorted(wheels, key=lambda w: w.name):
+            lines += [f'{wheel.name}=={wheel.version}; python_version == "{target.python}" \\',
+                      f"    --hash=sha256:{wheel.sha256}"]
+    return "\n".join(lines) + "\n"

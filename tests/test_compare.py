@@ -1,0 +1,374 @@
+"""compare: paired statistics, the pictures, the --max-drop gate, --test photos, calibration, litert.
+
+The statistics are checked against values worked out by hand and against a
+paired bootstrap. The gate runs on `shifted_run`: a hand-weighted brightness
+model whose "int8" is the same net with its threshold moved just past one
+photo, so exactly one photo is lost (1.25 pp of 80) and the gate's
+arithmetic is known in advance. `--test` is checked against `noodle-edge
+classify` on the session's trained `exported_run`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from edge.manifest import FORMAT, SCHEMA, read_manifest, write_json
+from edge.preprocess import PREPROCESSING
+from export import stats
+
+ROOT = Path(__file__).resolve().parent.parent
+LABELS = ["bright", "dark"]
+SIZE = 32
+
+
+# ---------------------------------------------------------------- statistics
+
+def test_mcnemar_exact_known_values():
+    assert stats.mcnemar_exact(0, 5) == pytest.approx(0.0625)  # 2 * (1/2)^5
+    assert stats.mcnemar_exact(5, 0) == stats.mcnemar_exact(0, 5)
+    assert stats.mcnemar_exact(1, 9) == pytest.approx(2 * (1 + 10) / 2**10)
+    assert stats.mcnemar_exact(3, 3) == 1.0 and stats.mcnemar_exact(0, 0) == 1.0
+    big = stats.mcnemar_exact(400, 520)  # 2^920 overflows a float; the integer tail must not
+    assert 0 < big < 0.001 and big == stats.mcnemar_exact(520, 400)
+
+
+def test_identical_predictions_give_no_difference():
+    y = np.array([0, 1, 1, 0, 1, 0, 0, 1] * 10)
+    pred = np.where(np.arange(len(y)) % 7 == 0, 1 - y, y)
+    paired = stats.paired_comparison(y, pred, pred)
+    assert paired["delta_pp"] == 0 and paired["mcnemar_p"] == 1.0
+    assert paired["discordant"] == {"float_only": 0, "variant_only": 0}
+    lo, hi = paired["delta_ci95"]
+    assert lo < 0 < hi
+    assert "no detectable difference" in stats.verdict("int8", paired)
+
+
+def test_interval_covers_delta_and_agrees_with_a_paired_bootstrap():
+    rng = np.random.default_rng(7)
+    n = 600
+    y = rng.integers(0, 3, n)
+    ref = np.where(rng.random(n) < 0.8, y, (y + 1) % 3)
+    var = np.where(rng.random(n) < 0.06, (ref + 1) % 3, ref)  # a variant that flips ~6 % of labels
+    paired = stats.paired_comparison(y, ref, var)
+    table = stats.paired_table(ref == y, var == y)
+    assert paired["delta_pp"] == pytest.approx(100 * ((var == y).mean() - (ref == y).mean()))
+    assert paired["discordant"] == {"float_only": table["float_only"], "variant_only": table["variant_only"]}
+    lo, hi = paired["delta_ci95"]
+    assert lo < paired["delta_pp"] < hi
+    resample = np.random.default_rng(0).integers(0, n, (10_000, n))
+    deltas = 100 * ((var == y)[resample].mean(1) - (ref == y)[resample].mean(1))
+    boot_lo, boot_hi = np.percentile(deltas, [2.5, 97.5])
+    assert abs(lo - boot_lo) < 0.5 and abs(hi - boot_hi) < 0.5
+
+
+def test_verdict_says_worse_or_better_with_the_interval():
+    y = np.zeros(400, int)
+    right, wrong = np.zeros(400, int), np.r_[np.zeros(390, int), np.ones(10, int)]
+    worse = stats.paired_comparison(y, right, wrong)
+    assert worse["delta_pp"] == pytest.approx(-2.5) and worse["mcnemar_p"] < 0.05
+    lo, hi = worse["delta_ci95"]
+    assert hi < 0 and f"CI {lo:+.2f}..{hi:+.2f}" in stats.verdict("int8", worse)
+    assert stats.verdict("int8", worse).startswith("int8 is worse than float32 by 2.50 pp")
+    better = stats.paired_comparison(y, wrong, right)
+    assert stats.verdict("int8", better).startswith("int8 is better than float32 by 2.50 pp")
+
+
+def test_confusion_and_per_class_counts():
+    y = np.array([0, 0, 0, 1, 1, 2])
+    pred = np.array([0, 1, 0, 1, 1, 1])
+    counts = stats.confusion(y, pred, 4)
+    assert counts.tolist() == [[2, 1, 0, 0], [0, 2, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    per = stats.per_class(counts, ["a", "b", "c", "d"])
+    assert per["a"] == {"accuracy": pytest.approx(2 / 3), "correct": 2, "count": 3}
+    assert per["c"] == {"accuracy": 0.0, "correct": 0, "count": 1}
+    assert per["d"] == {"accuracy": None, "correct": 0, "count": 0}
+
+
+def test_gate_uses_the_point_delta():
+    from export.compare import gate
+
+    figures = {"float32": {"delta_pp": 0.0},
+               "int8": {"delta_pp": -1.25, "delta_ci95": [-3.9, 1.1],
+                        "discordant": {"float_only": 1, "variant_only": 0}}}
+    assert gate(figures, 1.25) == [] and gate(figures, 5) == []
+    (line,) = gate(figures, 0)
+    assert line.startswith("int8 loses 1.25 pp") and "-3.90..+1.10" in line
+
+
+# ---------------------------------------------------------------- the contact sheet
+
+def _scores(probs: dict, y: np.ndarray, tmp_path: Path):
+    from export.compare import Photos, Scores
+
+    files = [tmp_path / f"{i}.jpg" for i in range(len(y))]
+    x = np.random.default_rng(0).integers(0, 256, (len(y), 8, 8, 3), np.uint8)
+    return Scores(Photos(str(tmp_path), "test", list(zip(files, y, strict=True))), files, x, y, probs)
+
+
+def test_contact_sheet_only_when_labels_differ(tmp_path):
+    from export.figures import disagreements
+
+    y = np.array([0, 1, 0, 1, 0, 1])
+    p_float = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.3, 0.7], [0.8, 0.2], [0.4, 0.6]])
+    dest = tmp_path / "disagreements.png"
+    same = disagreements(_scores({"float32": p_float, "int8": p_float + [0.01, -0.01]}, y, tmp_path),
+                         LABELS, dest, "int8", "float32", top_shifts=2)
+    assert same["file"] is None and not dest.exists() and same["changed"] == 0
+    assert "same label on all 6 photos" in same["summary"]
+
+    p_int8 = p_float.copy()
+    p_int8[2] = [0.45, 0.55]  # the one photo whose label flips
+    sheet = disagreements(_scores({"float32": p_float, "int8": p_int8}, y, tmp_path),
+                          LABELS, dest, "int8", "float32", top_shifts=2)
+    assert sheet["file"] == "disagreements.png" and dest.stat().st_size > 0
+    assert sheet["changed"] == 1 and len(sheet["photos"]) == 3  # the flip, then 2 largest shifts
+    flip = sheet["photos"][0]
+    assert flip["label_changed"] and flip["float32"]["label"] == "bright" and flip["int8"]["label"] == "dark"
+    assert flip["int8"]["probability"] == pytest.approx(0.55)
+
+    # Nothing to show again: the stale sheet goes.
+    disagreements(_scores({"float32": p_float, "int8": p_float}, y, tmp_path), LABELS, dest, "int8",
+                  "float32", top_shifts=2)
+    assert not dest.exists()
+
+
+# ---------------------------------------------------------------- the gate, end to end
+
+def brightness_photos(root: Path, per_split: dict[str, int], seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for split, n in per_split.items():
+        for label, (low, high) in (("bright", (160, 230)), ("dark", (25, 95))):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(rng.integers(low, high) + rng.integers(-20, 21, (SIZE, SIZE, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{label}{i}.png")
+
+
+def brightness_model(bias: float = 6.0):
+    """P(dark) = sigmoid(bias - 12 * mean brightness): the threshold is brightness bias / 12."""
+    import keras
+
+    inputs = keras.Input((SIZE, SIZE, 3), name="pixels")
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(1, 1, activation="relu", name="grey")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("grey").set_weights([np.full((1, 1, 3, 1), 1 / 3, np.float32), np.zeros(1, np.float32)])
+    model.get_layer("probability").set_weights([np.array([[-12.0]], np.float32),
+                                                np.array([bias], np.float32)])
+    return model
+
+
+def write_run(run: Path, model, data: Path) -> Path:
+    run.mkdir(parents=True)
+    model.save(run / "model.keras")
+    write_json(run / "manifest.json", {
+        "format": FORMAT, "schema": SCHEMA, "kind": "model", "labels": LABELS,
+        "input": {"height": SIZE, "width": SIZE, "channels": 3, "dtype": "float32", "range": [0, 255]},
+        "output": "sigmoid", "preprocessing": PREPROCESSING, "arch": "brightness",
+        "params": int(model.count_params()), "data": {"root": str(data)}})
+    return run
+
+
+def noodle(*args: str):
+    from noodle import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def shifted_run(tmp_path_factory) -> Path:
+    """float32 right on all 80 test photos; "int8" loses exactly the darkest bright one."""
+    from export.convert import convert, export_run
+    from export.extras import add_variant
+    from train.data import decode, find_dataset
+
+    data = tmp_path_factory.mktemp("brightness") / "photos"
+    brightness_photos(data, {"train": 20, "test": 40})
+    run = write_run(data.parent / "run", brightness_model(), data)
+    export_run(run, variants=["float32"], log=lambda *_: None)
+
+    test = find_dataset(data).splits["test"]
+    decoded = decode(test, (SIZE, SIZE))
+    mean = decoded.x.reshape(len(decoded.y), -1).mean(1) / 255
+    bright = np.sort(mean[decoded.y == 0])
+    assert mean[decoded.y == 1].max() < bright[0]
+    # A threshold between the two darkest bright photos: only the darkest turns "dark".
+    threshold = (bright[0] + bright[1]) / 2
+    add_variant(run, "int8", convert(brightness_model(12 * threshold), "float32"), log=lambda *_: None)
+    return run
+
+
+@pytest.mark.slow
+def test_max_drop_gate_exit_codes(shifted_run):
+    # --variants float32 re-exports float32 only and keeps the shifted "int8" of the same model.
+    failed = noodle("export", shifted_run, "--variants", "float32", "--max-drop", "0")
+    assert failed.exit_code == 1, failed.output
+    (line,) = [s for s in failed.output.splitlines() if s.startswith("gate failed:")]
+    assert "int8 loses 1.25 pp" in line and "95 % CI" in line and "1 photo(s) only float32" in line
+    # The gate tripped, so int8 was diagnosed without being asked.
+    assert (shifted_run / "export" / "diagnosis.md").is_file()
+    assert json.loads((shifted_run / "export" / "diagnosis.json").read_text())["reason"].startswith(
+        "the gate tripped")
+
+    for allowed in ("5", "1.25"):  # "loses more than PP points": exactly PP passes
+        passed = noodle("export", shifted_run, "--variants", "float32", "--max-drop", allowed)
+        assert passed.exit_code == 0, passed.output
+        assert "gate     passed" in passed.output
+
+
+@pytest.mark.slow
+def test_report_keys_verdicts_and_pictures(shifted_run):
+    from export.compare import compare_run
+
+    report = compare_run(shifted_run, latency_runs=2, log=lambda *_: None)
+    rows = {r["variant"]: r for r in report["rows"]}
+    int8 = rows["int8"]
+    assert int8["delta_pp"] == pytest.approx(-1.25) and int8["mcnemar_p"] == 1.0
+    assert int8["discordant"] == {"float_only": 1, "variant_only": 0}
+    lo, hi = int8["delta_ci95"]
+    assert lo < -1.25 < hi
+    assert int8["per_class"]["bright"] == {"accuracy": 39 / 40, "correct": 39, "count": 40}
+    assert int8["confusion"]["counts"] == [[39, 1], [0, 40]]
+    assert report["test"]["count"] == 80 and report["test"]["split"] == "test"
+    md = (shifted_run / "export" / "report.md").read_text()
+    assert "int8: no detectable difference from float32 (delta -1.25 pp" in md
+    assert "](disagreements.png)" in md and "](confusion.png)" in md
+    assert report["disagreements"]["changed"] == 1
+    for name in ("disagreements.png", "confusion.png", "report.png"):
+        assert (shifted_run / "export" / name).stat().st_size > 0
+
+
+# ---------------------------------------------------------------- --test photos
+
+def _classify(model: Path, folder: Path) -> dict[Path, str]:
+    """file -> label from `noodle-edge classify --csv`: tflite-runtime 2.14 when the device
+    environment exists, and ai-edge-litert in this one."""
+    from edge.cli import app as edge_app
+    from export.validate import edge_python
+
+    outputs = [CliRunner().invoke(edge_app, ["classify", str(model), str(folder), "--csv"]).stdout]
+    python = edge_python()
+    if python is not None:
+        done = subprocess.run([str(python), "-m", "edge", "classify", str(model), str(folder), "--csv"],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    labels = [{Path(r["file"]).resolve(): r["label"] for r in csv.DictReader(io.StringIO(out))}
+              for out in outputs]
+    assert all(other == labels[0] for other in labels[1:]), "the two runtimes disagree"
+    return labels[0]
+
+
+@pytest.mark.slow
+def test_compare_on_a_test_folder_matches_noodle_edge_classify(exported_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "held-out"
+    source = Path(read_manifest(exported_run)["data"]["root"]) / "test"
+    shutil.copytree(source, folder)
+    result = noodle("compare", exported_run, "--test", folder, "--latency-runs", "2")
+    assert result.exit_code == 0, result.output
+    report = json.loads((exported_run / "export" / "report.json").read_text())
+    photos = sorted(p.resolve() for p in folder.rglob("*.jpg"))
+    assert report["test"] == {"source": str(folder), "split": "external", "count": len(photos),
+                              "skipped": []}
+    rows = {r["variant"]: r for r in report["rows"]}
+    with open(exported_run / "export" / "predictions.csv") as f:
+        predicted = list(csv.DictReader(f))
+    assert sorted(Path(r["file"]).resolve() for r in predicted) == photos
+    for variant in ("float32", "int8"):
+        edge = _classify(exported_run / "export" / f"{variant}.tflite", folder)
+        ours = {Path(r["file"]).resolve(): r[variant] for r in predicted}
+        assert ours == edge, variant
+        truth = {p: p.parent.name for p in photos}
+        assert rows[variant]["accuracy"] == pytest.approx(np.mean([edge[p] == truth[p] for p in photos]))
+
+
+@pytest.mark.slow
+def test_test_folder_with_other_classes_is_one_line(shifted_run, tmp_path):
+    for name in ("bright", "birds"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (16, 16)).save(tmp_path / name / "a.png")
+    result = noodle("compare", shifted_run, "--test", tmp_path)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "birds" in lines[0]
+
+
+# ---------------------------------------------------------------- calibration and the LiteRT Quantizer
+
+@pytest.mark.slow
+def test_calibration_options_reach_the_manifest_and_report(tmp_path):
+    from export.compare import compare_run
+
+    data = tmp_path / "photos"
+    brightness_photos(data, {"train": 20, "val": 10, "test": 10}, seed=3)
+    run = write_run(tmp_path / "run", brightness_model(), data)
+    result = noodle("export", run, "--variants", "float32,int8", "--calibration-samples", "12",
+                    "--calibration-split", "val")
+    assert result.exit_code == 0, result.output
+    assert "warning: int8 calibrated on only 12 photos" in result.output
+    calibration = read_manifest(run / "export")["models"]["int8"]["calibration"]
+    assert calibration["samples"] == 12 and calibration["split"] == "val"
+    compare_run(run, latency_runs=2, log=lambda *_: None)
+    assert "int8 calibrated on 12 photos from the val split" in (run / "export" / "report.md").read_text()
+    bad = noodle("export", run, "--calibration-split", "test")
+    assert bad.exit_code == 2
+
+
+@pytest.mark.slow
+def test_litert_quantizer_variant_side_by_side(tmp_path, monkeypatch):
+    pytest.importorskip("litert_quantizer")
+    from export import convert, litert_quant
+    from export.compare import compare_run
+
+    seen = {}
+    real_convert, real_quantize = convert.convert, litert_quant.quantize
+
+    def converter(model, variant, calibration=None, io="uint8"):
+        if variant == "int8":
+            seen["converter"] = np.array(calibration)
+        return real_convert(model, variant, calibration, io)
+
+    def quantizer(float_model, calibration):
+        seen["litert"] = np.array(calibration)
+        return real_quantize(float_model, calibration)
+
+    monkeypatch.setattr(convert, "convert", converter)
+    monkeypatch.setattr(litert_quant, "quantize", quantizer)
+    data = tmp_path / "photos"
+    brightness_photos(data, {"train": 20, "test": 10}, seed=5)
+    run = write_run(tmp_path / "run", brightness_model(), data)
+    result = noodle("export", run, "--quantizer", "litert")
+    assert result.exit_code == 0, result.output
+    models = read_manifest(run / "export")["models"]
+    entry = models["int8-litert"]
+    assert entry["made_by"]["recipe"] == "static_wi8_ai8"
+    same = {k: models["int8"]["calibration"][k] for k in ("samples", "split", "shuffle_seed")}
+    assert {k: entry["calibration"][k] for k in same} == same
+    # The very pixels the converter's int8 calibrated on.
+    assert len(seen["litert"]) == same["samples"] and np.array_equal(seen["litert"], seen["converter"])
+    validation = json.loads((run / "export" / "validation.json").read_text())
+    checked = validation["variants"]["int8-litert"]["runtimes"]
+    assert checked["ai-edge-litert"]["ok"]
+    if validation["runtimes"]["tflite-runtime"]:
+        assert checked["tflite-runtime"]["ok"]
+    report = compare_run(run, latency_runs=2, log=lambda *_: None)
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert rows["int8-litert"]["accuracy"] == rows["float32"]["accuracy"] == 1.0
+    assert "| int8-litert |" in (run / "export" / "report.md").read_text()
+    # An export that does not ask for it again removes it.
+    assert noodle("export", run, "--variants", "float32").exit_code == 0
+    assert not (run / "export" / "int8-litert.tflite").exists()
+    assert "int8-litert" not in read_manifest(run / "export")["models"]

@@ -1,0 +1,102 @@
+"""Run identity: which data and settings a run folder's model was trained on.
+
+A run folder is named `runs/<data name>-<arch>-<8 hex>`, the hex from the
+data's fingerprint (its labelled file list with sizes and mtimes) and the
+settings that change the model. Other photos, or another arch, epoch count or
+seed, get another folder, so a model is never reused for data it was not
+trained on. A folder given with --out that holds a run of other data is
+refused unless --force; the same data and settings resume or (--reuse) keep it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from edge.errors import NoodleError
+from edge.manifest import write_json
+
+# The TrainConfig fields that change the trained model. Not the output folder,
+# verbosity, or --cpu-replicas (a testing aid).
+MODEL_SETTINGS = ("arch", "image_size", "epochs", "batch_size", "learning_rate", "patience", "seed",
+                  "mixed_precision")
+RUNS = Path("runs")
+# Written into the resume state when training starts, so a killed run is only
+# resumed on the data and settings it started with.
+BACKUP_IDENTITY = Path(".backup") / "identity.json"
+
+
+class RunMismatch(NoodleError):
+    """A run folder that holds a model of other data or settings."""
+
+
+def identity(dataset, cfg) -> dict:
+    """The data fingerprint, the model settings and their combined short id."""
+    from train.fit import EPOCHS
+
+    settings = {k: getattr(cfg, k) for k in MODEL_SETTINGS}
+    # No --epochs means the architecture's own count: the same model as passing it.
+    settings["epochs"] = cfg.epochs or EPOCHS.get(cfg.arch)
+    settings_fp = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    run = hashlib.sha256(f"{dataset.fingerprint}\n{settings_fp}".encode()).hexdigest()[:16]
+    return {"run": run, "data_fingerprint": dataset.fingerprint, "settings_fingerprint": settings_fp,
+            "settings": settings}
+
+
+def default_run_dir(data: str | Path, arch: str, ident: dict, runs: str | Path = RUNS) -> Path:
+    """runs/<data name>-<arch>-<first 8 hex of the run id>."""
+    return Path(runs) / f"{Path(data).resolve().stem}-{arch}-{ident['run'][:8]}"
+
+
+def check_run_dir(out: Path, ident: dict, force: bool = False) -> str:
+    """What `noodle train` finds in `out`: "empty", "resume" or "complete" (same identity).
+
+    A complete or interrupted run of other data or settings is refused; with
+    `force` its manifest and resume state are removed so it is trained afresh.
+    """
+    out = Path(out)
+    if (out / "manifest.json").exists():
+        recorded = _read(out / "manifest.json").get("identity", {})
+        if recorded.get("run") == ident["run"]:
+            return "complete"
+        return _mismatch(out, ident, recorded, "a model", force)
+    if (out / ".backup").exists():
+        recorded = _read(out / BACKUP_IDENTITY)
+        if recorded.get("run") == ident["run"]:
+            return "resume"
+        return _mismatch(out, ident, recorded, "an interrupted run", force)
+    return "empty"
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _mismatch(out: Path, ident: dict, recorded: dict, what: str, force: bool) -> str:
+    if force:
+        (out / "manifest.json").unlink(missing_ok=True)
+        shutil.rmtree(out / ".backup", ignore_errors=True)
+        return "empty"
+    raise RunMismatch(f"{out}: holds {what} {_difference(ident, recorded)}; "
+                      "pass another --out (or none: each data set gets its own folder), "
+                      "or --force to replace it")
+
+
+def _difference(ident: dict, recorded: dict) -> str:
+    if not recorded.get("data_fingerprint"):
+        return "with no record of its data (made by an older noodle?)"
+    if recorded["data_fingerprint"] != ident["data_fingerprint"]:
+        return (f"trained on other data (fingerprint {recorded['data_fingerprint'][:8]}, "
+                f"this data {ident['data_fingerprint'][:8]})")
+    old, new = recorded.get("settings", {}), ident["settings"]
+    changed = ", ".join(f"{k} {old.get(k)} -> {new[k]}" for k in new if old.get(k) != new[k])
+    return f"trained with other settings ({changed or 'unknown'})"
+
+
+def record_start(out: Path, ident: dict) -> None:
+    """Mark the resume state with the identity it belongs to, before training writes it."""
+    write_json(Path(out) / BACKUP_IDENTITY, ident)
