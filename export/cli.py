@@ -29,6 +29,12 @@ class Quantizer(str, Enum):
     litert = "litert"
 
 
+class IOType(str, Enum):
+    # uint8 takes raw camera pixels unchanged; int8 is for accelerators that want signed tensors.
+    uint8 = "uint8"
+    int8 = "int8"
+
+
 class CalibrationSplit(str, Enum):
     train = "train"
     val = "val"
@@ -45,8 +51,8 @@ def export_command(
     calibration_split: Annotated[CalibrationSplit, typer.Option(
         help="The split those photos come from; never the test split, which scores the variants.")]
     = CalibrationSplit.train,
-    io: Annotated[str, typer.Option(
-        help="int8 model's input/output type: uint8 (raw camera pixels) or int8.")] = "uint8",
+    io: Annotated[IOType, typer.Option(
+        help="int8 model's input/output type: uint8 (raw camera pixels) or int8.")] = IOType.uint8,
     quantizer: Annotated[Quantizer, typer.Option(
         help="litert: also write int8-litert.tflite with the LiteRT Quantizer's static int8 recipe, "
              "on the same calibration photos, to compare with the converter's int8.")] = Quantizer.tflite,
@@ -67,6 +73,7 @@ def export_command(
     from export.extras import make_extras
     from export.validate import raise_for, validate_export
 
+    io = io.value
     export_run(run_dir, variants=variants, calibration_samples=calibration_samples,
                calibration_split=calibration_split.value, io=io, log=typer.echo, data=data)
     diagnosis = make_extras(run_dir, litert=quantizer is Quantizer.litert, float_layers=float_layers,
