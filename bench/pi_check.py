@@ -126,7 +126,9 @@ def build_root(target: Target, cache: Path) -> Path:
     (work / "etc/ssl/certs/ca-certificates.crt").write_bytes(b"".join(c.read_bytes() for c in certs))
     if not (work / "etc/mtab").is_symlink():
         (work / "etc/mtab").symlink_to("../proc/self/mounts")
-    for point in MOUNT_POINTS:
+    for point in MOUNT_POINTS:  # the first stage links proc to the host's /proc; the second undoes that
+        if (work / point).is_symlink():
+            (work / point).unlink()
         (work / point).mkdir(exist_ok=True)
     (work / ".noodle-complete").write_text(done)
     work.rename(root)
@@ -264,7 +266,7 @@ def check(bundle: Path, photos: Path, releases: list[Target], cache: Path, edge_
             for target in releases:
                 if check_release(target, bundle, photos, cache, x86, work):
                     passed.append(target.release)
-    failed = [r.release for r in releases if r.name not in passed]
+    failed = [r.release for r in releases if r.release not in passed]
     log(f"{'FAILED on ' + ', '.join(failed) if failed else 'passed on ' + ', '.join(passed)} "
         f"in {time.perf_counter() - start:.0f} s")
     return 1 if failed else 0

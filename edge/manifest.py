@@ -332,6 +332,10 @@ class ModelEntry(_Schema):
     fully_integer: bool
     calibration: dict | None = None
     compatibility: dict | None = None
+    # The extra variants' own record: which quantizer made int8-litert, which
+    # layers int8-mixed keeps float.
+    made_by: dict | None = None
+    float_layers: list | None = None
 
     @classmethod
     def _read(cls, f: _Fields) -> ModelEntry:
@@ -340,7 +344,8 @@ class ModelEntry(_Schema):
         return cls(f.at("file", _text), f.at("sha256", _sha256, required=False) if sha else None,
                    f.at("bytes", _count), f.child("input", TensorSpec), f.child("output", TensorSpec),
                    f.at("fully_integer", _flag), f.at("calibration", _object, required=False),
-                   f.at("compatibility", _object, required=False))
+                   f.at("compatibility", _object, required=False), f.at("made_by", _object, required=False),
+                   f.at("float_layers", _list, required=False))
 
     def to_dict(self) -> dict:
         out = {"file": self.file}
@@ -350,8 +355,9 @@ class ModelEntry(_Schema):
                    fully_integer=self.fully_integer)
         if self.calibration is not None:
             out["calibration"] = self.calibration
-        if self.compatibility is not None:
-            out["compatibility"] = self.compatibility
+        for key in ("compatibility", "made_by", "float_layers"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
 

@@ -19,7 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import NoodleError, first_line
-from edge.manifest import FORMAT, MANIFEST_NAME, SCHEMA, atomic_output, read_manifest, sha256_file, write_json
+from edge.manifest import (
+    MANIFEST_NAME,
+    ExportManifest,
+    InputSpec,
+    ModelEntry,
+    RunManifest,
+    atomic_output,
+    load_export,
+    read_manifest,
+    sha256_file,
+    write_json,
+)
 from edge.manifest import image_size as manifest_image_size
 from export.check import describe
 
@@ -356,24 +367,23 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
         if stale not in models:
             (out / f"{stale}.tflite").unlink(missing_ok=True)
 
-    manifest = {
-        "format": FORMAT,
-        "schema": SCHEMA,
-        "kind": "export",
-        "labels": list(train_manifest["labels"]),
-        "input": {k: train_manifest["input"][k] for k in ("height", "width", "channels")},
-        "output": train_manifest["output"],
-        "preprocessing": train_manifest["preprocessing"],
-        "source": source,
-        "converter": {"tensorflow": tf.__version__, "keras": keras.__version__},
-        "models": {v: models[v] for v in VARIANTS if v in models},
-        "saved_model": None if "saved_model" in failed else "saved_model/",
-        "failed": failed,
+    trained = RunManifest.from_dict(train_manifest, str(run_dir / MANIFEST_NAME))
+    manifest = ExportManifest(
+        labels=trained.labels,
+        # The .tflite files take pixels as the device gives them, whatever Keras saw.
+        input=InputSpec(height=trained.input.height, width=trained.input.width),
+        output=trained.output,
+        preprocessing=trained.preprocessing,
+        source=source,
+        converter={"tensorflow": tf.__version__, "keras": keras.__version__},
+        models={v: ModelEntry.from_dict(models[v], f"models.{v}") for v in VARIANTS if v in models},
+        saved_model=None if "saved_model" in failed else "saved_model/",
+        failed=failed,
         # Filled in by record_validation; until then the export is not fit to ship.
-        "validation": None,
-    }
-    write_json(out / MANIFEST_NAME, manifest)
-    return manifest
+        validation=None,
+    )
+    write_json(out / MANIFEST_NAME, manifest.to_dict())
+    return manifest.to_dict()
 
 
 def record_validation(run_dir: str | os.PathLike, report: dict, log=print) -> dict:
@@ -385,22 +395,22 @@ def record_validation(run_dir: str | os.PathLike, report: dict, log=print) -> di
     `noodle bundle` ships only an export whose validation passed.
     """
     out = export_dir(run_dir)
-    manifest = read_manifest(out)
+    manifest = load_export(out)
     for variant, reason in report["failed"].items():
-        entry = manifest["models"].pop(variant, None)
-        manifest["failed"][variant] = reason
+        entry = manifest.models.pop(variant, None)
+        manifest.failed[variant] = reason
         if entry:
-            (out / entry["file"]).unlink(missing_ok=True)
-            log(f"removed  {out / entry['file']}: {reason}")
+            (out / entry.file).unlink(missing_ok=True)
+            log(f"removed  {out / entry.file}: {reason}")
     parity_ok = report["parity"] is None or report["parity"]["ok"]
-    manifest["validation"] = {
-        "passed": bool(manifest["models"]) and parity_ok and not report["failed"],
+    manifest.validation = {
+        "passed": bool(manifest.models) and parity_ok and not report["failed"],
         "report": VALIDATION_FILE, "report_sha256": sha256_file(out / VALIDATION_FILE),
         "split": report["split"], "count": report["count"],
         "runtimes": report["runtimes"],
     }
-    write_json(out / MANIFEST_NAME, manifest)
-    return manifest
+    write_json(out / MANIFEST_NAME, manifest.to_dict())
+    return manifest.to_dict()
 
 
 def _reusable_entries(out: Path, source_sha: str, keep: list[str]) -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge.errors import first_line
-from edge.manifest import read_manifest, write_json
+from edge.manifest import MANIFEST_NAME, ModelEntry, load_export, write_json
 from export.convert import export_dir, write_model
 
 MIXED = "int8-mixed"
@@ -36,12 +36,12 @@ def remove_unrequested(run_dir: Path, requested: set[str], log=print) -> None:
 def add_variant(run_dir: Path, variant: str, blob: bytes, log=print, **details) -> dict:
     """Write RUN/export/<variant>.tflite and list it in the export manifest; return its entry."""
     out = export_dir(run_dir)
-    manifest = read_manifest(out)
-    entry = {**write_model(out, variant, blob, manifest), **details}
+    manifest = load_export(out)
+    entry = {**write_model(out, variant, blob, manifest.to_dict()), **details}
     dest = out / entry["file"]
-    manifest["models"][variant] = entry
-    manifest["failed"].pop(variant, None)
-    write_json(out / "manifest.json", manifest)
+    manifest.models[variant] = ModelEntry.from_dict(entry, f"models.{variant}")
+    manifest.failed.pop(variant, None)
+    write_json(out / MANIFEST_NAME, manifest.to_dict())
     log(f"wrote    {dest}  ({entry['bytes']:,} bytes)")
     return entry
 
@@ -49,11 +49,11 @@ def add_variant(run_dir: Path, variant: str, blob: bytes, log=print, **details) 
 def record_failure(run_dir: Path, variant: str, reason: str, log=print) -> None:
     """List a variant that could not be made under the manifest's "failed", as export_run does."""
     out = export_dir(run_dir)
-    manifest = read_manifest(out)
-    manifest["models"].pop(variant, None)
-    manifest["failed"][variant] = reason
+    manifest = load_export(out)
+    manifest.models.pop(variant, None)
+    manifest.failed[variant] = reason
     (out / f"{variant}.tflite").unlink(missing_ok=True)
-    write_json(out / "manifest.json", manifest)
+    write_json(out / MANIFEST_NAME, manifest.to_dict())
     log(f"failed   {variant}.tflite: {reason}")
 
 

@@ -349,6 +349,11 @@ def test_bad_input_is_one_line_exit_2(brightness_run, tmp_path):
     assert "not the image" in one_line_error("export", str(not_image))
 
     run = copy_run(brightness_run, tmp_path / "run")
-    assert "--io int16" in one_line_error("export", str(run), "--io", "int16")
+    # A choice outside an Enum is typer's usage error: exit 2, the option and its choices, no traceback.
+    from noodle import app
+
+    bad_choice = CliRunner().invoke(app, ["export", str(run), "--io", "int16"])
+    assert bad_choice.exit_code == 2 and "Traceback" not in bad_choice.output
+    assert "'--io'" in bad_choice.output and "'uint8', 'int8'" in bad_choice.output
     assert "--variants int4" in one_line_error("export", str(run), "--variants", "int8,int4")
     assert "no export yet" in one_line_error("compare", str(run))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import NoodleError
-from edge.manifest import FORMAT, SCHEMA, atomic_output, write_bytes, write_json
+from edge.manifest import InputSpec, Preprocessing, RunManifest, atomic_output, write_bytes, write_json
 from edge.postprocess import predicted_index, widen
 from edge.preprocess import PREPROCESSING
 from train import cluster as clusters
@@ -362,29 +362,26 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
             probs = predict_probabilities(model, decoded[split].x)
             metrics[split] = classification_metrics(decoded[split].y, probs, dataset.classes)
 
-    manifest = {
-        "format": FORMAT,
-        "schema": SCHEMA,
-        "kind": "model",
-        "labels": dataset.classes,
-        "input": {"height": size[0], "width": size[1], "channels": 3, "dtype": "float32",
-                  "range": [0, 255]},
-        "output": "sigmoid" if num_classes == 2 else "softmax",
-        "preprocessing": PREPROCESSING,
-        "arch": cfg.arch,
-        "params": int(model.count_params()),
-        "seed": cfg.seed,
-        "training": {**{k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "verbose")},
-                     "epochs": epochs, "global_batch": global_batch, "replicas": replicas,
-                     "device": device, "tensorflow": tf.__version__, "keras": keras.__version__},
-        "data": dataset.summary(),
+    manifest = RunManifest(
+        labels=dataset.classes,
+        # Keras sees float32 0-255 pixels; the model rescales them itself.
+        input=InputSpec(height=size[0], width=size[1], dtype="float32", range=(0, 255)),
+        output="sigmoid" if num_classes == 2 else "softmax",
+        preprocessing=Preprocessing.from_dict(PREPROCESSING, "edge.preprocess.PREPROCESSING"),
+        arch=cfg.arch,
+        params=int(model.count_params()),
+        seed=cfg.seed,
+        training={**{k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "verbose")},
+                  "epochs": epochs, "global_batch": global_batch, "replicas": replicas,
+                  "device": device, "tensorflow": tf.__version__, "keras": keras.__version__},
+        data=dataset.summary(),
         # What the run folder's name and reuse are decided by (train.runs).
-        "identity": runs.identity(dataset, cfg),
-        "skipped": skipped,
-        "metrics": metrics,
-        "files": {"model": "model.keras", "history": "history.csv", "curves": "curves.png",
-                  "metrics": "metrics.json", "tensorboard": "tensorboard/"},
-    }
+        identity=runs.identity(dataset, cfg),
+        skipped=skipped,
+        metrics=metrics,
+        files={"model": "model.keras", "history": "history.csv", "curves": "curves.png",
+               "metrics": "metrics.json", "tensorboard": "tensorboard/"},
+    ).to_dict()
     with atomic_output(cfg.out / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
     write_bytes(cfg.out / "history.csv", history_log.read_bytes())
