@@ -12,7 +12,6 @@ child processes. Writes BENCHMARKS.md and bench.json, each atomically.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
@@ -28,7 +27,10 @@ from typing import Annotated
 
 import typer
 
+from edge.bench import loadavg, rss_mb
 from edge.errors import NoodleError, one_line_errors
+from export.check import ChildFailed, run_json
+from train.fit import read_history
 
 ROOT = Path(__file__).resolve().parent.parent
 # The photos issue 5 names (400 test photos); $NOODLE_SHARED_PHOTOS moves them, as for the tests.
@@ -151,13 +153,6 @@ def rel(path: str | os.PathLike) -> Path:
     return Path(os.path.relpath(path))
 
 
-def loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def environments(log) -> list[dict]:
     """The device environment (tflite-runtime) and this one (ai-edge-litert), with their versions."""
     from export.validate import edge_python
@@ -195,16 +190,10 @@ def child_env() -> dict:
 
 def json_step(cmd: list, timeout: int = STEP_TIMEOUT) -> dict:
     """Run a child that prints one JSON line; its object, or StepFailed with its last error line."""
-    cmd = [str(c) for c in cmd]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise StepFailed(f"timed out after {timeout} s") from None
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise StepFailed(f"exit {done.returncode}: {tail}")
-    return json.loads(lines[-1])
+        return run_json(cmd, timeout, env=child_env())
+    except ChildFailed as exc:
+        raise StepFailed(str(exc)) from None
 
 
 def attempt(fn, *args) -> dict:
@@ -236,9 +225,7 @@ def first_label(cmd: list, marker: str, timeout: int = STEP_TIMEOUT) -> dict:
             errors.seek(0)
             tail = (errors.read().decode(errors="replace").strip().splitlines() or ["no label printed"])[-1]
             raise StepFailed(f"exit {proc.returncode}: {tail}")
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    rss = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
-    return {"seconds": seconds, "peak_rss_mb": rss / 1e6}
+    return {"seconds": seconds, "peak_rss_mb": rss_mb(usage.ru_maxrss)}
 
 
 # --- row 1: the noodle clock -----------------------------------------------------------------
@@ -418,10 +405,7 @@ def training(runs: list[tuple[str, Path, str]]) -> list[dict]:
     rows = []
     for label, run, source in runs:
         manifest = json.loads((run / "manifest.json").read_text())
-        history = []
-        if (run / "history.csv").is_file():
-            with open(run / "history.csv", newline="") as f:
-                history = list(csv.DictReader(f))
+        history = read_history(run / "history.csv")
         row = {"data": label, "run": str(run), "source": source,
                "device": manifest["training"].get("device", "CPU"),
                "train_images": sum(manifest["data"]["counts"]["train"].values()),
@@ -432,12 +416,12 @@ def training(runs: list[tuple[str, Path, str]]) -> list[dict]:
             row["not_measured"] = f"{run}/history.csv has no images_per_second (trained by an older noodle)"
         else:
             first = history[0]
-            row["first_epoch"] = {"seconds": float(first["epoch_seconds"]),
-                                  "images_per_second": float(first["images_per_second"])}
+            row["first_epoch"] = {"seconds": first["epoch_seconds"],
+                                  "images_per_second": first["images_per_second"]}
             if row["decode_seconds"] is not None:
                 row["first_epoch"]["with_decode_images_per_second"] = (
-                    row["train_images"] / (row["decode_seconds"] + float(first["epoch_seconds"])))
-            later = [float(h["images_per_second"]) for h in history[1:]]
+                    row["train_images"] / (row["decode_seconds"] + first["epoch_seconds"]))
+            later = [h["images_per_second"] for h in history[1:]]
             row["later_epochs"] = stats(later) if later else {"not_measured": "only one epoch ran"}
         rows.append(row)
     return rows

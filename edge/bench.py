@@ -38,11 +38,12 @@ def invoke_times_ms(clf, pixels: np.ndarray, runs: int) -> np.ndarray:
     return times
 
 
-def _latency_ms(clf, pixels: np.ndarray, runs: int) -> dict:
+def latency_ms(clf, pixels: np.ndarray, runs: int) -> dict:
+    """Percentiles of bare invokes on `pixels`: the one latency summary of noodle's figures."""
     times = invoke_times_ms(clf, pixels, runs)
-    return {"batch": len(pixels), "p50_ms": float(np.percentile(times, 50)),
-            "p99_ms": float(np.percentile(times, 99)),
-            "per_image_ms": float(np.percentile(times, 50)) / len(pixels)}
+    p50 = float(np.percentile(times, 50))
+    return {"batch": len(pixels), "runs": runs, "p50_ms": p50, "p99_ms": float(np.percentile(times, 99)),
+            "mean_ms": float(times.mean()), "per_image_ms": p50 / len(pixels)}
 
 
 def bench(clf, files: list[str], batch: int | None = None, workers: int | None = None,
@@ -54,10 +55,10 @@ def bench(clf, files: list[str], batch: int | None = None, workers: int | None =
     decode_ms = (time.perf_counter() - start) / len(decoded) * 1000
     pixels = np.stack(decoded)
     batch = min(batch or BATCH, len(pixels)) if clf.batchable else 1
-    latency = [_latency_ms(clf, pixels[:1], INVOKES)]
+    latency = [latency_ms(clf, pixels[:1], INVOKES)]
     if batch > 1:
         tiled = np.resize(pixels, (batch, *pixels.shape[1:]))  # repeats photos when there are fewer
-        latency.append(_latency_ms(clf, tiled, max(20, INVOKES // batch)))
+        latency.append(latency_ms(clf, tiled, max(20, INVOKES // batch)))
     passes, failed = [], 0
     for _ in range(repeat):
         start = time.perf_counter()
@@ -70,9 +71,14 @@ def bench(clf, files: list[str], batch: int | None = None, workers: int | None =
         "files": len(files), "unreadable": failed, "batch": batch, "decode_workers": workers,
         "decode_ms_per_file": decode_ms, "latency": latency,
         "end_to_end_seconds": passes, "files_per_second": len(files) / best,
-        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "loadavg": loadavg(),
         "cpus": default_workers(),
     }
+
+
+def rss_mb(ru_maxrss: int) -> float:
+    """A getrusage/wait4 ru_maxrss in MB (10^6 bytes): bytes on macOS, KiB elsewhere."""
+    return ru_maxrss / 1e6 if sys.platform == "darwin" else ru_maxrss * 1024 / 1e6
 
 
 def peak_rss_mb() -> float | None:
@@ -81,8 +87,15 @@ def peak_rss_mb() -> float | None:
         import resource
     except ImportError:  # Windows
         return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6  # bytes there, KiB here
+    return rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def loadavg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, printed beside every timing (None where unknown)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def report(f: dict) -> str:

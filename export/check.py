@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from edge.bench import invoke_times_ms
+from edge.bench import latency_ms, peak_rss_mb
 from edge.errors import NoodleError, first_line
 from edge.runtime import RUNTIMES, Classifier, find_runtime, package_version
 
@@ -46,25 +45,36 @@ def describe(interpreter) -> dict:
     }
 
 
-def peak_rss_kb() -> int:
-    """This process's peak resident memory so far, in KiB (macOS reports bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak // 1024 if sys.platform == "darwin" else peak
+class ChildFailed(Exception):
+    """A child process that printed no JSON line; str() is its exit code and last stderr line."""
 
 
-def latency_ms(clf: Classifier, pixels: np.ndarray, runs: int) -> dict:
-    """Percentiles of `interpreter.invoke()` alone, batch 1, the input left set by one run."""
-    times = invoke_times_ms(clf, pixels[:1], runs)
-    return {"runs": runs, "p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
-            "mean": float(times.mean())}
+def run_json(cmd: list, timeout: float, env: dict | None = None) -> dict:
+    """Run a child that prints one JSON line (this module, bench.probe, edge bench); its object.
+
+    The last line starting with "{" counts, so log lines before it do no harm.
+    """
+    import json
+    import subprocess
+
+    cmd = [str(c) for c in cmd]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ChildFailed(f"timed out after {timeout:g} s") from None
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ChildFailed(f"exit {done.returncode}: {tail}")
+    return json.loads(lines[-1])
 
 
 def check(models: list[Path], pixels: np.ndarray | None, runtime: str | None, out: Path | None,
           latency_runs: int, threads: list[int]) -> dict:
     name, _ = find_runtime(runtime)
-    baseline = peak_rss_kb()
+    baseline = peak_rss_mb()
     report = {"runtime": name, "version": package_version(name), "python": sys.version.split()[0],
-              "numpy": np.__version__, "baseline_rss_kb": baseline, "models": {}}
+              "numpy": np.__version__, "baseline_rss_mb": baseline, "models": {}}
     for path in models:
         entry: dict = {}
         try:
@@ -74,7 +84,7 @@ def check(models: list[Path], pixels: np.ndarray | None, runtime: str | None, ou
             probs = clf.probabilities(pixels)
             entry.update(ok=True, variant=clf.variant, **describe(clf.interpreter))
             # Read before the latency runs: what loading and running one model costs.
-            entry["peak_rss_kb"] = peak_rss_kb()
+            entry["peak_rss_mb"] = peak_rss_mb()
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
                 np.save(out / f"{path.stem}.npy", probs)
@@ -83,7 +93,7 @@ def check(models: list[Path], pixels: np.ndarray | None, runtime: str | None, ou
                 entry["latency_ms"] = {}
                 for n in threads:
                     timed = clf if n == threads[0] else Classifier(path, runtime=name, threads=n)
-                    entry["latency_ms"][str(n)] = latency_ms(timed, pixels, latency_runs)
+                    entry["latency_ms"][str(n)] = latency_ms(timed, pixels[:1], latency_runs)
         except (NoodleError, ValueError, RuntimeError) as exc:
             entry = {"ok": False, "error": first_line(exc)}
         report["models"][str(path)] = entry

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.bench import loadavg
 from edge.manifest import image_size, read_manifest, write_bytes, write_json
 from edge.postprocess import predicted_index
 from edge.runtime import Classifier
@@ -207,7 +208,7 @@ def measure(out: Path, manifest: dict, edge, runs: int, log) -> tuple[dict, dict
                                     threads=",".join(map(str, threads)))
             results[variant] = report["models"][str(path)]
             info.update(version=report["version"], python=report["python"],
-                        baseline_rss_kb=report["baseline_rss_kb"])
+                        baseline_rss_mb=report["baseline_rss_mb"])
             log(f"measured {entry['file']}")
     return results, info
 
@@ -239,7 +240,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
             "variant": variant, "file": entry["file"], "bytes": entry["bytes"],
             "size_vs_float32": entry["bytes"] / base_bytes if base_bytes else None,
             **figures[variant],
-            "latency_ms": b.get("latency_ms"), "peak_rss_kb": b.get("peak_rss_kb"),
+            "latency_ms": b.get("latency_ms"), "peak_rss_mb": b.get("peak_rss_mb"),
             "fully_integer": b.get("fully_integer", entry.get("fully_integer")),
             "input": entry["input"], "output": entry["output"],
             "runtimes": {**v.get("runtimes", {}), bench_info["runtime"]: {"ok": b["ok"]}},
@@ -262,7 +263,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
                        "predicted": "argmax; an exact tie goes to the lowest class index"},
         "calibration": {v: e["calibration"] for v, e in manifest["models"].items() if e.get("calibration")},
         "benchmark": {**bench_info, "runs": latency_runs, "machine": platform.machine(),
-                      "cpus": os.cpu_count(), "loadavg": _loadavg()},
+                      "cpus": os.cpu_count(), "loadavg": loadavg()},
         "rows": rows, "failed": manifest.get("failed", {}),
         "predictions": PREDICTIONS_FILE,
         "disagreements": sheet,
@@ -281,7 +282,7 @@ def to_markdown(report: dict) -> str:
     head = ["variant", "bytes", "size vs float32", "accuracy", "delta vs float32 (95 % CI)",
             "discordant (float32 only / variant only)", "McNemar p", "agreement", "per-class accuracy"]
     head += [f"p50 / p99 ms, {n} thread{'s' if n > 1 else ''}" for n in threads]
-    head += ["peak RSS MiB", "fully integer"]
+    head += ["peak RSS MB", "fully integer"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         paired = "delta_pp" in r and r["variant"] != REFERENCE
@@ -295,8 +296,8 @@ def to_markdown(report: dict) -> str:
                            for k, c in r["per_class"].items())]
         for n in threads:
             lat = (r["latency_ms"] or {}).get(str(n))
-            cells.append(f"{lat['p50']:.3f} / {lat['p99']:.3f}" if lat else "n/a")
-        cells += [f"{r['peak_rss_kb'] / 1024:.1f}" if r["peak_rss_kb"] else "n/a",
+            cells.append(f"{lat['p50_ms']:.3f} / {lat['p99_ms']:.3f}" if lat else "n/a")
+        cells += [f"{r['peak_rss_mb']:.1f}" if r["peak_rss_mb"] else "n/a",
                   "yes" if r["fully_integer"] else "no"]
         lines.append("| " + " | ".join(cells) + " |")
     verdicts = [r["verdict"] for r in report["rows"] if r["variant"] != REFERENCE and r.get("verdict")]
@@ -314,11 +315,13 @@ def to_markdown(report: dict) -> str:
         (f"float32 parity with Keras: labels agree on {_pct(p['agreement'], 2)}, max |prob diff| "
          f"{p['max_prob_diff']:.2g} ({'ok' if p['ok'] else 'FAILED'})." if p
          else "No float32 file: parity with Keras not checked."),
-        f"Every file ran under {', '.join(f'{k} {v}' for k, v in report['runtimes'].items() if v)}"
+        f"Every file in the table ran under "
+        f"{', '.join(f'{k} {v}' for k, v in report['runtimes'].items() if v)}"
         + ("" if report["runtimes"].get("tflite-runtime") else " (tflite-runtime 2.14 NOT checked)") + ".",
         f"Latency: interpreter.invoke() alone, batch 1, {b['runs']} runs, {b['runtime']} {b['version']} "
-        f"on {b['cpus']} {b['machine']} CPUs (load average {b['loadavg']}); peak RSS of a fresh "
-        f"process that loads and runs one model (the bare process: {b['baseline_rss_kb'] / 1024:.1f} MiB).",
+        f"on {b['cpus']} {b['machine']} CPUs (load average {' '.join(map(str, b['loadavg'] or ['?']))}); "
+        "peak RSS of a fresh "
+        f"process that loads and runs one model (the bare process: {b['baseline_rss_mb']:.1f} MB).",
     ]
     if report["failed"]:
         notes.append("FAILED: " + "; ".join(f"{k}: {v}" for k, v in report["failed"].items()))
@@ -347,8 +350,4 @@ def _pct(x, digits: int) -> str:
     return "" if x is None else f"{x * 100:.{digits}f} %"
 
 
-def _loadavg() -> str | None:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return None
+

@@ -141,7 +141,7 @@ def chart(report: dict, dest: Path) -> None:
     axes[1].set_title(f"accuracy on {report['test']['count']} photos (%)")
     width = 0.8 / len(threads)
     for i, n in enumerate(threads):
-        p50 = [((r["latency_ms"] or {}).get(str(n)) or {}).get("p50", 0) for r in rows]
+        p50 = [((r["latency_ms"] or {}).get(str(n)) or {}).get("p50_ms", 0) for r in rows]
         axes[2].bar([j + i * width for j in range(len(rows))], p50, width, label=f"{n} thread(s)")
     axes[2].set_xticks([j + width * (len(threads) - 1) / 2 for j in range(len(rows))], names)
     axes[2].set_title("invoke latency p50 (ms)")

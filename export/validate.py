@@ -10,10 +10,8 @@ written to RUN/export/validation.json.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from edge.errors import first_line
 from edge.manifest import read_manifest, sha256_file, write_json
 from edge.postprocess import predicted_index
 from edge.runtime import Classifier, RuntimeMissing, package_version
+from export.check import ChildFailed, run_json
 from export.convert import (
     MODEL_FILE,
     VALIDATION_FILE,
@@ -66,13 +65,11 @@ def run_edge_check(python: Path, models: list[Path], pixels: np.ndarray | None, 
         args += ["--pixels", str(workdir / "pixels.npy"), "--out", str(workdir / "probabilities")]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("NOODLE_RUNTIME", None)
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ExportError(f"{python} -m export.check failed ({tail}); rebuild the device "
-                          "environment with `make edge-env`")
-    report = json.loads(lines[-1])
+    try:
+        report = run_json(args, timeout=900, env=env)
+    except ChildFailed as exc:
+        raise ExportError(f"{python} -m export.check failed ({exc}); rebuild the device "
+                          "environment with `make edge-env`") from None
     if "error" in report:
         raise ExportError(f"{python} -m export.check: {report['error']}")
     return report

@@ -351,7 +351,7 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
         return None
     model = float32_copy(model, cfg.arch, (*size, 3), num_classes)
 
-    history = _read_history(history_log)
+    history = read_history(history_log)
     # The epochs early stopping watched, hence the one whose weights were kept.
     watched = range(watch_from if len(history) > watch_from else 0, len(history))
     metrics = {"train_seconds": round(train_seconds, 1), "decode_seconds": round(decode_seconds, 1),
@@ -465,21 +465,22 @@ def float32_copy(model, arch: str, input_shape: tuple[int, int, int], num_classe
     return copy
 
 
-def _read_history(path: Path) -> list[dict]:
+def read_history(path: Path) -> list[dict]:
+    """history.csv as one dict of numbers per epoch (training, and the benchmark's throughput row).
+
+    Keras' CSVLogger writes "NA" for a value an epoch did not log; that is NaN here.
+    """
     import csv
 
     if not path.exists():
         return []
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+    return [{k: (int(v) if k == "epoch" else float("nan") if v in ("", "NA") else float(v))
+             for k, v in row.items()} for row in rows]
 
 
 def _remove_tree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
-
-
-def load_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
