@@ -82,7 +82,20 @@ def rss_mb(ru_maxrss: int) -> float:
 
 
 def peak_rss_mb() -> float | None:
-    """This process's peak resident memory so far, in MB (None where the OS does not say)."""
+    """This process's peak resident memory so far, in MB (None where the OS does not say).
+
+    Linux's VmHWM first: ru_maxrss of a process started by a large parent keeps
+    the parent's high-water mark across fork and exec (measured: a child of a
+    300 MB parent reports 313 MB against its own 13 MB), which made every
+    model "cost" whatever the exporter held when it measured.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # Windows

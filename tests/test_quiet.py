@@ -18,6 +18,7 @@ NOISY = [
     "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the "
     "appropriate compiler flags.",
     "fully_quantize: 0, inference_type: 6, input_inference_type: UINT8, output_inference_type: UINT8",
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
 ]
 KEPT = [
     "error: runs/x: no such run folder; train one with `noodle train DATA --out runs/x`",

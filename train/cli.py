@@ -142,7 +142,8 @@ def train_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch progress.")] = False,
 ) -> None:
     """Train a classifier on DATA and write model.keras with its manifest."""
-    from train.fit import load_json, train
+    from edge.manifest import read_manifest
+    from train.fit import train
     from train.runs import check_run_dir
 
     cfg, dataset, ident = _config_and_data(
@@ -154,7 +155,7 @@ def train_command(
     if state == "complete" and reuse:
         typer.echo(f"reusing {cfg.out}: its model was trained on this data with these settings "
                    "(`noodle train` without --reuse trains again)")
-        typer.echo(summary(load_json(cfg.out / "manifest.json"), cfg.out))
+        typer.echo(summary(read_manifest(cfg.out), cfg.out))
         return
     manifest = train(cfg, log=typer.echo, dataset=dataset, identity=ident)
     if manifest is not None:  # None: a cluster worker other than the chief, which writes it

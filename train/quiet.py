@@ -32,6 +32,8 @@ NOISE = re.compile(
         r"^To enable the following instructions: .* rebuild TensorFlow",
         # The converter's settings dump, printed by its C++ quantizer.
         r"^fully_quantize: \d+, inference_type: ",
+        # The interpreter's note that XNNPACK is on, once per model validation loads.
+        r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU",
     ])
 )
 
