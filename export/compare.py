@@ -71,7 +71,11 @@ class Scores:
     files: list[Path]
     x: np.ndarray  # (n, h, w, 3) uint8, what the models saw
     y: np.ndarray
-    probs: dict[str, np.ndarray]  # variant -> (n, classes)
+    probs: dict[str, np.ndarray]  # variant -> (n, classes), under ai-edge-litert (RUNTIME)
+    # The same photos under tflite-runtime 2.14 (the Pi's on Bookworm): its int8
+    # kernels round differently, so a label can differ; a user must see that.
+    device_probs: dict[str, np.ndarray] = field(default_factory=dict)
+    device_runtime: str | None = None
 
 
 def evaluation_photos(train_manifest: dict, data=None, test=None) -> Photos:
@@ -86,8 +90,14 @@ def evaluation_photos(train_manifest: dict, data=None, test=None) -> Photos:
     return Photos(source=str(dataset.root), split=split, items=list(dataset.splits[split]))
 
 
-def score(out: Path, manifest: dict, photos: Photos) -> Scores:
-    """Every listed variant's probabilities on the photos, decoded once."""
+def score(out: Path, manifest: dict, photos: Photos, edge=None) -> Scores:
+    """Every listed variant's probabilities on the photos, decoded once, under both runtimes.
+
+    ai-edge-litert in this process; tflite-runtime 2.14 in the device
+    environment when it exists (the figures `noodle-edge classify` gives there).
+    """
+    import tempfile
+
     from train.data import decode
 
     decoded = decode(photos.items, image_size(manifest))
@@ -97,7 +107,18 @@ def score(out: Path, manifest: dict, photos: Photos) -> Scores:
     probs = {variant: Classifier(out / entry["file"], manifest=manifest, runtime=RUNTIME)
              .probabilities(decoded.x).astype(np.float64)
              for variant, entry in manifest["models"].items()}
-    return Scores(photos, decoded.files, decoded.x, decoded.y, probs)
+    scores = Scores(photos, decoded.files, decoded.x, decoded.y, probs)
+    python = edge_python(edge)
+    if python is not None:
+        models = {v: out / e["file"] for v, e in manifest["models"].items()}
+        with tempfile.TemporaryDirectory(prefix="noodle-score-") as tmp:
+            report = run_edge_check(python, list(models.values()), decoded.x, Path(tmp))
+            scores.device_runtime = f"{report['runtime']} {report['version']}"
+            for variant, path in models.items():
+                result = report["models"][str(path)]
+                if result["ok"]:
+                    scores.device_probs[variant] = np.load(result["probabilities"]).astype(np.float64)
+    return scores
 
 
 def accuracy_figures(scores: Scores, labels: list[str]) -> dict[str, dict]:
@@ -123,15 +144,20 @@ def accuracy_figures(scores: Scores, labels: list[str]) -> dict[str, dict]:
                 paired = stats.paired_comparison(y, ref_pred, pred)
                 fig["verdict"] = stats.verdict(variant, paired)
             fig.update(paired, accuracy_delta=fig["accuracy"] - float((ref_pred == y).mean()))
+        if variant in scores.device_probs:
+            device_pred = predicted_index(scores.device_probs[variant])
+            fig["device_runtime"] = {"runtime": scores.device_runtime,
+                                     "accuracy": float((device_pred == y).mean()),
+                                     "labels_differ": int((device_pred != pred).sum())}
         figures[variant] = fig
     return figures
 
 
-def paired_figures(run_dir: Path, data=None, test=None) -> tuple[Scores, dict]:
+def paired_figures(run_dir: Path, data=None, test=None, edge=None) -> tuple[Scores, dict]:
     """Scores and accuracy figures of RUN/export/ on the evaluation photos (no latency)."""
     train_manifest = read_run(run_dir)
     manifest = _export_manifest(run_dir)
-    scores = score(export_dir(run_dir), manifest, evaluation_photos(train_manifest, data, test))
+    scores = score(export_dir(run_dir), manifest, evaluation_photos(train_manifest, data, test), edge)
     return scores, accuracy_figures(scores, list(manifest["labels"]))
 
 
@@ -142,13 +168,15 @@ def write_predictions(scores: Scores, labels: list[str], dest: Path) -> None:
 
     buffer = io.StringIO()
     out = csv.writer(buffer, lineterminator="\n")
-    variants = list(scores.probs)
-    out.writerow(["file", "true"] + [c for v in variants for c in (v, f"{v}_score")])
-    preds = {v: predicted_index(p) for v, p in scores.probs.items()}
+    # Columns "int8" are ai-edge-litert's; "int8@tflite-runtime" the device environment's.
+    columns = {**scores.probs, **{f"{v}@{(scores.device_runtime or '').split()[0]}": p
+                                  for v, p in scores.device_probs.items()}}
+    out.writerow(["file", "true"] + [c for v in columns for c in (v, f"{v}_score")])
+    preds = {v: predicted_index(p) for v, p in columns.items()}
     for i, path in enumerate(scores.files):
         out.writerow([str(path), labels[scores.y[i]]]
-                     + [c for v in variants
-                        for c in (labels[preds[v][i]], f"{scores.probs[v][i, preds[v][i]]:.6f}")])
+                     + [c for v in columns
+                        for c in (labels[preds[v][i]], f"{columns[v][i, preds[v][i]]:.6f}")])
     write_bytes(dest, buffer.getvalue().encode())
 
 
@@ -228,7 +256,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     out = export_dir(run_dir)
     manifest = _export_manifest(run_dir)
     validation = _validation(run_dir, manifest, data, edge, log)
-    scores, figures = paired_figures(run_dir, data, test)
+    scores, figures = paired_figures(run_dir, data, test, edge)
     photos = scores.photos
     log(f"scored every variant on {len(scores.y)} photos from {photos.source} ({photos.split})")
     bench, bench_info = measure(out, manifest, edge, latency_runs, log)
@@ -309,6 +337,7 @@ def to_markdown(report: dict) -> str:
         + f". Keras model accuracy on the validation step's {report['validation']['count']} "
         f"{report['validation']['split']} photos: {_pct(report['keras_accuracy'], 2)}.",
         *(_calibration_words(v, c) for v, c in report["calibration"].items()),
+        *_device_words(report["rows"]),
         f"Statistics: each variant paired with float32 on the same photos; 95 % CI by "
         f"{report['statistics']['ci95']}; {report['statistics']['test']}; a difference counts as "
         f"detectable when p < {report['statistics']['alpha']}.",
@@ -350,4 +379,16 @@ def _pct(x, digits: int) -> str:
     return "" if x is None else f"{x * 100:.{digits}f} %"
 
 
-
+def _device_words(rows: list[dict]) -> list[str]:
+    """What the Pi's runtime gives on the same photos, where it differs from the table's."""
+    device = [r for r in rows if r.get("device_runtime")]
+    if not device:
+        return ["tflite-runtime 2.14 did not score these photos (no device environment: `make edge-env`)."]
+    runtime = device[0]["device_runtime"]["runtime"]
+    differ = [r for r in device if r["device_runtime"]["labels_differ"]]
+    if not differ:
+        return [f"Under {runtime} every variant gives the same label on every photo as in the table."]
+    return [f"Under {runtime}: " + "; ".join(
+        f"{r['variant']} {_pct(r['device_runtime']['accuracy'], 2)} ({r['device_runtime']['labels_differ']} "
+        "photo(s) labelled differently: its integer kernels round differently)" for r in differ)
+        + ". `predictions.csv` has both runtimes' labels per photo."]

@@ -19,6 +19,7 @@ NOISY = [
     "appropriate compiler flags.",
     "fully_quantize: 0, inference_type: 6, input_inference_type: UINT8, output_inference_type: UINT8",
     "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+    "W0000 00:00:1795620500.686044    9024 tf_tfl_flatbuffer_helpers.cc:364] Ignored output_format.",
 ]
 KEPT = [
     "error: runs/x: no such run folder; train one with `noodle train DATA --out runs/x`",

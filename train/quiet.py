@@ -30,6 +30,8 @@ NOISE = re.compile(
         r"^WARNING: All log messages before absl::InitializeLog\(\) is called",
         # The continuation of cpu_feature_guard's notice.
         r"^To enable the following instructions: .* rebuild TensorFlow",
+        # The converter noting options that TFLite conversion always ignores.
+        r"^W\d{4} [\d:.]+\s+\d+ \S+:\d+\] Ignored (output_format|drop_control_dependency)\.?$",
         # The converter's settings dump, printed by its C++ quantizer.
         r"^fully_quantize: \d+, inference_type: ",
         # The interpreter's note that XNNPACK is on, once per model validation loads.

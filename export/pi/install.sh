@@ -213,8 +213,10 @@ else
     }
     # shellcheck disable=SC2086  # $system_site is one option or none
     step "making the virtual environment" "$PYTHON" -m venv $system_site "$venv"
+    # --no-compile: Python compiles what the runner imports on first use, instead
+    # of every module of numpy and the runtime (their tests included) now.
     step "installing from $source" "$venv/bin/python" -m pip install --disable-pip-version-check \
-        --no-input --quiet "$@"
+        --no-input --quiet --no-compile "$@"
     found=$(describe "$venv" 2>>"$LOG") ||
         fail "the installed runtime does not load: $(tail -n 1 "$LOG"); see $here/$LOG"
     printf '%s\n' "$stamp" >"$venv/.noodle-installed"
