@@ -29,6 +29,7 @@ import typer
 
 from edge.bench import loadavg, rss_mb
 from edge.errors import NoodleError, one_line_errors
+from edge.manifest import RunDir, load_run
 from export.check import ChildFailed, run_json
 from train.fit import read_history
 
@@ -114,7 +115,7 @@ def run_bench(repeats: int = REPEATS, photos: Path | None = None, run: Path | No
     workers = default_workers()
     log(f"comparing on {len(files)} photos from {folder}, {repeats} repeat(s), {workers} decode thread(s)")
     size = (manifest["input"]["height"], manifest["input"]["width"])
-    keras_model = run_dir / "model.keras"
+    keras_model = RunDir(run_dir).model
     report["sides"] = sides(envs, models, keras_model, [str(folder)], size, workers, repeats, log)
     report["cold_start"] = cold_start(envs, models.get("int8"), keras_model, files[0], repeats, log)
     report["sizes"] = {v: e["bytes"] for v, e in manifest["models"].items() if v in VARIANTS}
@@ -275,9 +276,9 @@ def clock(data: Path | None, work: Path, log) -> dict:
 
 def accuracy(run: Path) -> dict:
     """Test accuracy of the Keras model and of each exported variant, as compare reported it."""
-    metrics = json.loads((run / "manifest.json").read_text())["metrics"]
+    metrics = load_run(run).metrics
     out = {"keras": metrics.get("test", {}).get("accuracy")}
-    report = run / "export" / "report.json"
+    report = RunDir(run).report_json
     if report.is_file():
         for row in json.loads(report.read_text())["rows"]:
             out[row["variant"]] = row["accuracy"]
@@ -289,10 +290,10 @@ def accuracy(run: Path) -> dict:
 def exported_run(run: Path) -> tuple[Path, dict, dict]:
     from edge.manifest import read_manifest
 
-    if not (run / "model.keras").is_file():
+    if not RunDir(run).model.is_file():
         raise BenchError(f"{run}: no model.keras; pass a run folder written by `noodle train`")
-    manifest = read_manifest(run / "export")
-    models = {v: run / "export" / manifest["models"][v]["file"] if v in manifest["models"] else None
+    manifest = read_manifest(RunDir(run).export_manifest)
+    models = {v: RunDir(run).export / manifest["models"][v]["file"] if v in manifest["models"] else None
               for v in VARIANTS}
     if not any(models.values()):
         raise BenchError(f"{run}/export: neither int8 nor float32 was exported; run `noodle export {run}`")
@@ -404,8 +405,8 @@ def training(runs: list[tuple[str, Path, str]]) -> list[dict]:
     """Images/s per epoch from each run's history.csv: the first epoch (plus decoding), the rest."""
     rows = []
     for label, run, source in runs:
-        manifest = json.loads((run / "manifest.json").read_text())
-        history = read_history(run / "history.csv")
+        manifest = load_run(run).to_dict()
+        history = read_history(RunDir(run).history)
         row = {"data": label, "run": str(run), "source": source,
                "device": manifest["training"].get("device", "CPU"),
                "train_images": sum(manifest["data"]["counts"]["train"].values()),

@@ -40,6 +40,52 @@ OUTPUT_KINDS = ("sigmoid", "softmax")
 WRITERS = {"model": "noodle train", "export": "noodle export"}
 
 
+@dataclass(frozen=True)
+class RunDir:
+    """Every path of a run folder, named once: what `noodle train` and `noodle export` write.
+
+        RUN/  model.keras manifest.json history.csv curves.png metrics.json tensorboard/
+              .backup/ (resume state)  .cache/ (memory-mapped pixels)
+        RUN/export/  <variant>.tflite manifest.json validation.json saved_model/
+                     report.{md,json,png} predictions.csv confusion.png disagreements.png
+                     diagnosis.{md,json}
+    """
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    # written by `noodle train`
+    model = property(lambda self: self.root / "model.keras")
+    manifest = property(lambda self: self.root / MANIFEST_NAME)
+    history = property(lambda self: self.root / "history.csv")
+    curves = property(lambda self: self.root / "curves.png")
+    metrics = property(lambda self: self.root / "metrics.json")
+    tensorboard = property(lambda self: self.root / "tensorboard")
+    backup = property(lambda self: self.root / ".backup")
+    cache = property(lambda self: self.root / ".cache")
+    # written by `noodle export` and `noodle compare`
+    export = property(lambda self: self.root / "export")
+    export_manifest = property(lambda self: self.export / MANIFEST_NAME)
+    validation = property(lambda self: self.export / "validation.json")
+    saved_model = property(lambda self: self.export / "saved_model")
+    report_json = property(lambda self: self.export / "report.json")
+    report_md = property(lambda self: self.export / "report.md")
+    report_png = property(lambda self: self.export / "report.png")
+    predictions = property(lambda self: self.export / "predictions.csv")
+    confusion = property(lambda self: self.export / "confusion.png")
+    disagreements = property(lambda self: self.export / "disagreements.png")
+    diagnosis_json = property(lambda self: self.export / "diagnosis.json")
+    diagnosis_md = property(lambda self: self.export / "diagnosis.md")
+
+    def tflite(self, variant: str) -> Path:
+        return self.export / f"{variant}.tflite"
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+
 class ManifestError(NoodleError, ValueError):
     """A manifest that is missing, unreadable, malformed or from another version of noodle."""
 

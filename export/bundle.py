@@ -17,6 +17,7 @@ and renamed, so dist/ never holds half of one.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.metadata
 import io
 import json
@@ -29,7 +30,7 @@ from typing import Annotated
 import typer
 
 from edge.errors import NoodleError, one_line_errors
-from edge.manifest import MANIFEST_NAME, atomic_output, read_manifest, sha256_file
+from edge.manifest import MANIFEST_NAME, atomic_output, load_export, sha256_file
 from export.wheelhouse import TARGETS, pinned_requirements, pip_download, wheels_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,39 +115,36 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     requirements-pi.txt pins them; without, the Pi installs from the index.
     """
     export = Path(run_dir) / "export"
-    manifest = read_manifest(export / MANIFEST_NAME)
+    manifest = load_export(export)
     # Only an export whose validation finished and passed ships: one killed
     # during validation has files and a manifest but no proof they run.
-    validation = manifest.get("validation") or {}
-    if not validation.get("passed"):
-        state = "did not pass" if validation else "never finished"
+    if not (manifest.validation or {}).get("passed"):
+        state = "did not pass" if manifest.validation else "never finished"
         raise BundleError(f"{export / MANIFEST_NAME}: the export's validation {state}; "
                           f"run `noodle export {run_dir}` and bundle when it succeeds")
-    entry = manifest.get("models", {}).get(variant)
+    entry = manifest.entry(variant)
     if entry is None:
-        have = ", ".join(manifest.get("models", {})) or "none"
-        failed = manifest.get("failed", {}).get(variant)
+        have = ", ".join(manifest.models) or "none"
+        failed = (manifest.failed or {}).get(variant)
         raise BundleError(f"{export / MANIFEST_NAME}: no {variant} model"
                           + (f" (its export failed: {failed})" if failed else "")
                           + f"; exported: {have}; pick one with MODEL=... or re-run `noodle export`")
-    model = export / entry["file"]
+    model = export / entry.file
     if not model.is_file():
         raise BundleError(f"{model}: missing; re-run `noodle export {run_dir}`")
-    if entry.get("sha256") and sha256_file(model) != entry["sha256"]:
+    if entry.sha256 and sha256_file(model) != entry.sha256:
         raise BundleError(f"{model}: sha256 differs from {export / MANIFEST_NAME}; re-run `noodle export`")
     # The device's manifest lists the one model it gets; the rest of the export stays home.
-    shipped = {k: v for k, v in manifest.items() if k not in ("models", "failed")}
-    shipped["models"] = {variant: entry}
+    shipped = dataclasses.replace(manifest, models={variant: entry}, failed=None)
 
     ver = version()
     dest = bundle_path(run_dir, variant, out)
     top = dest.name.removesuffix(".tar.gz")
-    h, w = manifest["input"]["height"], manifest["input"]["width"]
-    values = {"VERSION": ver, "TOP": top, "MODEL_FILE": entry["file"], "VARIANT": variant,
-              "SIZE": f"{h}x{w}", "LABELS": ", ".join(manifest["labels"])}
+    values = {"VERSION": ver, "TOP": top, "MODEL_FILE": entry.file, "VARIANT": variant,
+              "SIZE": f"{manifest.input.height}x{manifest.input.width}", "LABELS": ", ".join(manifest.labels)}
     files: dict[str, bytes | Path] = device_sources()
-    files[f"model/{entry['file']}"] = model
-    files[f"model/{MANIFEST_NAME}"] = (json.dumps(shipped, indent=2) + "\n").encode()
+    files[f"model/{entry.file}"] = model
+    files[f"model/{MANIFEST_NAME}"] = (json.dumps(shipped.to_dict(), indent=2) + "\n").encode()
     requirements = pi_requirements()
     files["requirements-pi.in"] = ("# Written by `noodle bundle` from pyproject.toml: the runner's "
                                    "dependencies and the `edge` extra.\n"
@@ -173,7 +171,7 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
                       f"({sum(p.stat().st_size for p in wheels) / 2**20:.1f} MiB)" if wheels
                       else "no wheels (the Pi installs from the index)")
     log(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB): {variant} model "
-        f"{entry['bytes'] / 1024:.0f} KiB, {shipped_wheels}")
+        f"{entry.bytes / 1024:.0f} KiB, {shipped_wheels}")
     return dest
 
 

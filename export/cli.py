@@ -135,6 +135,7 @@ def compare_command(
                          test=test, top_shifts=shifts)
     typer.echo("")
     typer.echo(to_markdown(report))
-    out = Path(run_dir) / "export"
-    typer.echo(f"report: {out / 'report.md'} (and report.json, report.png, confusion.png"
+    from edge.manifest import RunDir
+
+    typer.echo(f"report: {RunDir(run_dir).report_md} (and report.json, report.png, confusion.png"
                + (", disagreements.png" if report["disagreements"]["file"] else "") + ")")

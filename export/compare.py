@@ -28,16 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from edge.bench import loadavg
-from edge.manifest import image_size, read_manifest, write_bytes, write_json
+from edge.manifest import RunDir, image_size, read_manifest, write_bytes, write_json
 from edge.postprocess import predicted_index
 from edge.runtime import Classifier
 from export import stats
 from export.convert import (
     CALIBRATION_WARN_BELOW,
-    VALIDATION_FILE,
     ExportError,
     evaluation_data,
-    export_dir,
     read_run,
 )
 from export.validate import RUNTIME, edge_python, run_edge_check, validate_export
@@ -51,8 +49,6 @@ TOP_SHIFTS = 8
 # The variant the contact sheet is about: the one `make bundle` ships.
 SHEET_VARIANT = "int8"
 REFERENCE = "float32"
-# Every photo's label and score per variant, to check against `noodle-edge classify`.
-PREDICTIONS_FILE = "predictions.csv"
 
 
 @dataclass
@@ -157,7 +153,7 @@ def paired_figures(run_dir: Path, data=None, test=None, edge=None) -> tuple[Scor
     """Scores and accuracy figures of RUN/export/ on the evaluation photos (no latency)."""
     train_manifest = read_run(run_dir)
     manifest = _export_manifest(run_dir)
-    scores = score(export_dir(run_dir), manifest, evaluation_photos(train_manifest, data, test), edge)
+    scores = score(RunDir(run_dir).export, manifest, evaluation_photos(train_manifest, data, test), edge)
     return scores, accuracy_figures(scores, list(manifest["labels"]))
 
 
@@ -201,18 +197,18 @@ def gate(figures: dict[str, dict], max_drop: float) -> list[str]:
 
 
 def _export_manifest(run_dir: Path) -> dict:
-    out = export_dir(run_dir)
-    if not out.is_dir():
-        raise ExportError(f"{out}: no export yet; run `noodle export {run_dir}` first")
-    manifest = read_manifest(out)
+    run = RunDir(run_dir)
+    if not run.export.is_dir():
+        raise ExportError(f"{run.export}: no export yet; run `noodle export {run_dir}` first")
+    manifest = read_manifest(run.export_manifest)
     if not manifest.get("models"):
-        raise ExportError(f"{out / 'manifest.json'}: lists no models; run `noodle export {run_dir}`")
+        raise ExportError(f"{run.export_manifest}: lists no models; run `noodle export {run_dir}`")
     return manifest
 
 
 def _validation(run_dir: Path, manifest: dict, data, edge, log) -> dict:
     """validation.json if it describes these exact files; otherwise validate again."""
-    path = export_dir(run_dir) / VALIDATION_FILE
+    path = RunDir(run_dir).validation
     current = {v: e["sha256"] for v, e in manifest["models"].items()}
     if path.is_file():
         report = json.loads(path.read_text())
@@ -253,7 +249,8 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
 
     run_dir = Path(run_dir)
     read_run(run_dir)
-    out = export_dir(run_dir)
+    run = RunDir(run_dir)
+    out = run.export
     manifest = _export_manifest(run_dir)
     validation = _validation(run_dir, manifest, data, edge, log)
     scores, figures = paired_figures(run_dir, data, test, edge)
@@ -274,8 +271,8 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
             "runtimes": {**v.get("runtimes", {}), bench_info["runtime"]: {"ok": b["ok"]}},
         })
     labels = list(manifest["labels"])
-    write_predictions(scores, labels, out / PREDICTIONS_FILE)
-    sheet = draw.disagreements(scores, labels, out / "disagreements.png", SHEET_VARIANT, REFERENCE,
+    write_predictions(scores, labels, run.predictions)
+    sheet = draw.disagreements(scores, labels, run.disagreements, SHEET_VARIANT, REFERENCE,
                                top_shifts)
     report = {
         "run": str(run_dir),
@@ -293,14 +290,14 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
         "benchmark": {**bench_info, "runs": latency_runs, "machine": platform.machine(),
                       "cpus": os.cpu_count(), "loadavg": loadavg()},
         "rows": rows, "failed": manifest.get("failed", {}),
-        "predictions": PREDICTIONS_FILE,
+        "predictions": run.predictions.name,
         "disagreements": sheet,
-        "figures": {"confusion": draw.confusion_figure(rows, labels, out / "confusion.png"),
+        "figures": {"confusion": draw.confusion_figure(rows, labels, run.confusion),
                     "chart": "report.png"},
     }
-    write_json(out / "report.json", report)
-    write_bytes(out / "report.md", to_markdown(report).encode())
-    draw.chart(report, out / "report.png")
+    write_json(run.report_json, report)
+    write_bytes(run.report_md, to_markdown(report).encode())
+    draw.chart(report, run.report_png)
     return report
 
 

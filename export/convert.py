@@ -24,6 +24,7 @@ from edge.manifest import (
     ExportManifest,
     InputSpec,
     ModelEntry,
+    RunDir,
     RunManifest,
     atomic_output,
     load_export,
@@ -62,9 +63,6 @@ COMPATIBILITY = {
 # uint8 input takes raw camera pixels unchanged (scale 1, zero point 0);
 # int8 is for accelerators that only take signed tensors.
 IO_TYPES = ("uint8", "int8")
-EXPORT_DIR = "export"
-VALIDATION_FILE = "validation.json"
-MODEL_FILE = "model.keras"
 
 
 class ExportError(NoodleError):
@@ -75,10 +73,6 @@ class ExportFailed(NoodleError):
     """Some variant could not be written or validated; the others were."""
 
     exit_code = 1
-
-
-def export_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / EXPORT_DIR
 
 
 # ---------------------------------------------------------------- the run folder
@@ -93,8 +87,8 @@ def read_run(run_dir: str | os.PathLike) -> dict:
     if manifest.get("kind") != "model":
         raise ExportError(f"{run_dir / MANIFEST_NAME}: a {manifest.get('kind')!r} manifest, not a "
                           "training run's; pass the run folder that `noodle train` wrote")
-    if not (run_dir / MODEL_FILE).is_file():
-        raise ExportError(f"{run_dir / MODEL_FILE}: no model in the run folder; "
+    if not RunDir(run_dir).model.is_file():
+        raise ExportError(f"{RunDir(run_dir).model}: no model in the run folder; "
                           f"re-run `noodle train DATA --out {run_dir}`")
     return manifest
 
@@ -103,7 +97,7 @@ def load_model(run_dir: Path, manifest: dict):
     """The Keras model, checked to take (batch, height, width, 3) images as the manifest says."""
     import keras
 
-    path = run_dir / MODEL_FILE
+    path = RunDir(run_dir).model
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a bad file
@@ -238,8 +232,8 @@ def inspect(path: Path) -> dict:
     return info
 
 
-def write_model(out: Path, variant: str, blob: bytes, described: dict) -> dict:
-    """Write OUT/<variant>.tflite with its description embedded; return its manifest entry.
+def write_model(run: RunDir, variant: str, blob: bytes, described: dict) -> dict:
+    """Write RUN/export/<variant>.tflite with its description embedded; return its manifest entry.
 
     Labels, input, output kind and preprocessing go inside the file (its
     flatbuffer metadata), so a copy that lost its manifest still classifies.
@@ -249,7 +243,7 @@ def write_model(out: Path, variant: str, blob: bytes, described: dict) -> dict:
 
     blob = embed(blob, {"variant": variant,
                         **{k: described[k] for k in ("labels", "input", "output", "preprocessing")}})
-    dest = out / f"{variant}.tflite"
+    dest = run.tflite(variant)
     with atomic_output(dest) as tmp:
         tmp.write_bytes(blob)
     return {"file": dest.name, "sha256": sha256_file(dest), "bytes": dest.stat().st_size, **inspect(dest)}
@@ -309,11 +303,12 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     import keras
     import tensorflow as tf
 
-    out = export_dir(run_dir)
+    run = RunDir(run_dir)
+    out = run.export
     out.mkdir(parents=True, exist_ok=True)
-    source = {"model": MODEL_FILE, "sha256": sha256_file(run_dir / MODEL_FILE),
+    source = {"model": run.model.name, "sha256": sha256_file(run.model),
               "arch": train_manifest.get("arch"), "params": train_manifest.get("params")}
-    models = _reusable_entries(out, source["sha256"], keep=[v for v in VARIANTS if v not in variants])
+    models = _reusable_entries(run, source["sha256"], keep=[v for v in VARIANTS if v not in variants])
     # From here until the new manifest is written, the folder has none: a killed
     # export is never mistaken for a complete one with stale checksums.
     (out / MANIFEST_NAME).unlink(missing_ok=True)
@@ -342,9 +337,9 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
 
     failed: dict[str, str] = {}
     for variant in variants:
-        dest = out / f"{variant}.tflite"
+        dest = run.tflite(variant)
         try:
-            models[variant] = write_model(out, variant, convert(model, variant, calibration, io),
+            models[variant] = write_model(run, variant, convert(model, variant, calibration, io),
                                           train_manifest)
             if variant == "int8":
                 models[variant]["calibration"] = calibration_info
@@ -358,14 +353,14 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
             continue
         log(f"wrote    {dest}  ({models[variant]['bytes']:,} bytes)")
     try:
-        write_saved_model(model, out / "saved_model")
-        log(f"wrote    {out / 'saved_model'}/")
+        write_saved_model(model, run.saved_model)
+        log(f"wrote    {run.saved_model}/")
     except Exception as exc:  # the SavedModel is a by-product; its failure is reported
         failed["saved_model"] = _first_line(exc)
         log(f"failed   saved_model: {failed['saved_model']}")
     for stale in VARIANTS:
         if stale not in models:
-            (out / f"{stale}.tflite").unlink(missing_ok=True)
+            run.tflite(stale).unlink(missing_ok=True)
 
     trained = RunManifest.from_dict(train_manifest, str(run_dir / MANIFEST_NAME))
     manifest = ExportManifest(
@@ -394,7 +389,8 @@ def record_validation(run_dir: str | os.PathLike, report: dict, log=print) -> di
     manifest then records that validation finished and whether it passed;
     `noodle bundle` ships only an export whose validation passed.
     """
-    out = export_dir(run_dir)
+    run = RunDir(run_dir)
+    out = run.export
     manifest = load_export(out)
     for variant, reason in report["failed"].items():
         entry = manifest.models.pop(variant, None)
@@ -405,7 +401,7 @@ def record_validation(run_dir: str | os.PathLike, report: dict, log=print) -> di
     parity_ok = report["parity"] is None or report["parity"]["ok"]
     manifest.validation = {
         "passed": bool(manifest.models) and parity_ok and not report["failed"],
-        "report": VALIDATION_FILE, "report_sha256": sha256_file(out / VALIDATION_FILE),
+        "report": run.validation.name, "report_sha256": sha256_file(run.validation),
         "split": report["split"], "count": report["count"],
         "runtimes": report["runtimes"],
     }
@@ -413,10 +409,10 @@ def record_validation(run_dir: str | os.PathLike, report: dict, log=print) -> di
     return manifest.to_dict()
 
 
-def _reusable_entries(out: Path, source_sha: str, keep: list[str]) -> dict:
+def _reusable_entries(run: RunDir, source_sha: str, keep: list[str]) -> dict:
     """Entries of a previous export of the same model for variants not being redone."""
     try:
-        previous = read_manifest(out)
+        previous = read_manifest(run.export_manifest)
     except NoodleError:
         return {}
     if previous.get("source", {}).get("sha256") != source_sha:
@@ -424,7 +420,7 @@ def _reusable_entries(out: Path, source_sha: str, keep: list[str]) -> dict:
     kept = {}
     for variant in keep:
         entry = previous.get("models", {}).get(variant)
-        path = out / f"{variant}.tflite"
+        path = run.tflite(variant)
         if entry and path.is_file() and sha256_file(path) == entry.get("sha256"):
             kept[variant] = entry
     return kept

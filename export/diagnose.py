@@ -142,7 +142,7 @@ def mixed_model(diagnosis: dict, float_tensors: list[str], io: str = "uint8") ->
                 converter._experimental_disable_per_channel_quantization_for_dense_layers))
 
 
-def write_report(out_dir, diagnosis: dict, calibration_info: dict, float_tensors: list[str] | None,
+def write_report(run, diagnosis: dict, calibration_info: dict, float_tensors: list[str] | None,
                  reason: str) -> dict:
     """diagnosis.json (every layer) and diagnosis.md (the worst TABLE_ROWS); returns the json."""
     layers = diagnosis["layers"]
@@ -150,7 +150,7 @@ def write_report(out_dir, diagnosis: dict, calibration_info: dict, float_tensors
               "suspect_above": SUSPECT_RMSE_SCALE, "rounding_only": 1 / math.sqrt(12),
               "calibration": calibration_info, "kept_float": float_tensors or [],
               "layers": layers}
-    write_json(out_dir / "diagnosis.json", report)
+    write_json(run.diagnosis_json, report)
     suspects = [r for r in layers if r["suspect"]]
     lines = [
         "# int8 quantization diagnosis", "",
@@ -183,5 +183,5 @@ def write_report(out_dir, diagnosis: dict, calibration_info: dict, float_tensors
     else:
         lines.append("To keep the worst layers float: `noodle export RUN --float-layers auto` "
                      "(or a number, or layer names) writes int8-mixed.tflite.")
-    write_bytes(out_dir / "diagnosis.md", ("\n".join(lines) + "\n").encode())
+    write_bytes(run.diagnosis_md, ("\n".join(lines) + "\n").encode())
     return report

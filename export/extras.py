@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge.errors import first_line
-from edge.manifest import MANIFEST_NAME, ModelEntry, load_export, write_json
-from export.convert import export_dir, write_model
+from edge.manifest import ModelEntry, RunDir, load_export, write_json
+from export.convert import write_model
 
 MIXED = "int8-mixed"
 LITERT = "int8-litert"
@@ -23,11 +23,11 @@ EXTRAS = (MIXED, LITERT)
 
 def remove_unrequested(run_dir: Path, requested: set[str], log=print) -> None:
     """Delete extra files, and a diagnosis, left by an earlier export that this one does not redo."""
-    names = [f"{v}.tflite" for v in EXTRAS if v not in requested]
+    run = RunDir(run_dir)
+    paths = [run.tflite(v) for v in EXTRAS if v not in requested]
     if "diagnosis" not in requested:
-        names += ["diagnosis.md", "diagnosis.json"]
-    for name in names:
-        path = export_dir(run_dir) / name
+        paths += [run.diagnosis_md, run.diagnosis_json]
+    for path in paths:
         if path.is_file():
             path.unlink()
             log(f"removed  {path} (not asked for this time)")
@@ -35,25 +35,25 @@ def remove_unrequested(run_dir: Path, requested: set[str], log=print) -> None:
 
 def add_variant(run_dir: Path, variant: str, blob: bytes, log=print, **details) -> dict:
     """Write RUN/export/<variant>.tflite and list it in the export manifest; return its entry."""
-    out = export_dir(run_dir)
-    manifest = load_export(out)
-    entry = {**write_model(out, variant, blob, manifest.to_dict()), **details}
-    dest = out / entry["file"]
+    run = RunDir(run_dir)
+    manifest = load_export(run.export_manifest)
+    entry = {**write_model(run, variant, blob, manifest.to_dict()), **details}
+    dest = run.tflite(variant)
     manifest.models[variant] = ModelEntry.from_dict(entry, f"models.{variant}")
     manifest.failed.pop(variant, None)
-    write_json(out / MANIFEST_NAME, manifest.to_dict())
+    write_json(run.export_manifest, manifest.to_dict())
     log(f"wrote    {dest}  ({entry['bytes']:,} bytes)")
     return entry
 
 
 def record_failure(run_dir: Path, variant: str, reason: str, log=print) -> None:
     """List a variant that could not be made under the manifest's "failed", as export_run does."""
-    out = export_dir(run_dir)
-    manifest = load_export(out)
+    run = RunDir(run_dir)
+    manifest = load_export(run.export_manifest)
     manifest.models.pop(variant, None)
     manifest.failed[variant] = reason
-    (out / f"{variant}.tflite").unlink(missing_ok=True)
-    write_json(out / MANIFEST_NAME, manifest.to_dict())
+    run.tflite(variant).unlink(missing_ok=True)
+    write_json(run.export_manifest, manifest.to_dict())
     log(f"failed   {variant}.tflite: {reason}")
 
 
@@ -79,7 +79,7 @@ def make_extras(run_dir: Path, *, litert: bool, float_layers: str | None, diagno
     if litert:
         from export import litert_quant
 
-        float32 = export_dir(run_dir) / "float32.tflite"
+        float32 = RunDir(run_dir).tflite("float32")
         if not float32.is_file():
             record_failure(run_dir, LITERT, "needs float32.tflite: export float32 too", log)
         else:
@@ -116,11 +116,11 @@ def diagnose_run(run_dir: Path, pixels, info: dict, reason: str, io: str = "uint
             record_failure(run_dir, MIXED, reason, log)
         return None
     chosen = diagnose.choose_layers(diagnosis["layers"], float_layers) if float_layers else None
-    report = diagnose.write_report(export_dir(run_dir), diagnosis, info, chosen, reason)
+    report = diagnose.write_report(RunDir(run_dir), diagnosis, info, chosen, reason)
     for row in diagnosis["layers"][:3]:
         log(f"  {row['rank']}. {row['layer']} ({row['op']}): rmse/scale {row['rmse_scale']:.3g}"
             + ("  suspect" if row["suspect"] else ""))
-    log(f"wrote    {export_dir(run_dir) / 'diagnosis.md'}")
+    log(f"wrote    {RunDir(run_dir).diagnosis_md}")
     if chosen:
         try:
             blob = diagnose.mixed_model(diagnosis, chosen, io)

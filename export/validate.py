@@ -18,17 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import first_line
-from edge.manifest import read_manifest, sha256_file, write_json
+from edge.manifest import RunDir, read_manifest, sha256_file, write_json
 from edge.postprocess import predicted_index
 from edge.runtime import Classifier, RuntimeMissing, package_version
 from export.check import ChildFailed, run_json
 from export.convert import (
-    MODEL_FILE,
-    VALIDATION_FILE,
     ExportError,
     ExportFailed,
     evaluation_data,
-    export_dir,
     load_model,
     read_run,
 )
@@ -104,11 +101,12 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
 
     run_dir = Path(run_dir)
     train_manifest = read_run(run_dir)
-    out = export_dir(run_dir)
+    run = RunDir(run_dir)
+    out = run.export
     manifest = read_manifest(out)
     if manifest.get("kind") != "export":
         raise ExportError(f"{out}: not an export; run `noodle export {run_dir}`")
-    if manifest["source"]["sha256"] != sha256_file(run_dir / MODEL_FILE):
+    if manifest["source"]["sha256"] != sha256_file(run.model):
         raise ExportError(f"{out}: exported from another model.keras (retrained since?); "
                           f"run `noodle export {run_dir}` again")
     if not manifest["models"]:
@@ -162,7 +160,7 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
         "edge_python": edge_report.get("python_path") if edge_report else None,
         "variants": variants, "failed": failed,
     }
-    write_json(out / VALIDATION_FILE, report)
+    write_json(run.validation, report)
     for variant, v in variants.items():
         log(f"{variant:<8} accuracy {v['accuracy']:.2%}"
             + (f"  delta {v['accuracy_delta'] * 100:+.2f} pp  agreement {v['agreement']:.2%}"

@@ -203,6 +203,13 @@ def copy(unpacked, tmp_path) -> Path:
     return dest
 
 
+def test_runner_before_install_says_so(copy):
+    done = subprocess.run(["./noodle-edge", "classify", "model/int8.tflite", "x.jpg"], cwd=copy,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: {copy}/.venv: not installed; run {copy}/install.sh first"
+
+
 def test_install_refuses_32_bit_arm(copy):
     error = one_error(install(copy, tools={"uname": "echo armv7l"}))
     assert "32-bit ARM" in error and "install 64-bit Raspberry Pi OS" in error
@@ -383,11 +390,12 @@ def test_service_install_and_remove(copy, device_wheels, tmp_path):
     calls = tmp_path / "systemctl.log"
     tools = {**AARCH64, "systemctl": f'echo "$*" >> {calls}'}
     units = tmp_path / "units"
-    done = install(copy, "--service", SERVICE, tools=tools, NOODLE_UNIT_DIR=str(units), SUDO_USER="pi")
+    # Installed with sudo by a user (any that exists here): the service runs as that user.
+    done = install(copy, "--service", SERVICE, tools=tools, NOODLE_UNIT_DIR=str(units), SUDO_USER="nobody")
     assert done.returncode == 0, done.stderr
     assert "journalctl -u noodle-edge -f" in done.stdout and (copy / ".venv").is_symlink()
     unit = (units / "noodle-edge.service").read_text()
-    assert "User=pi" in unit and f'ExecStart="{copy}/noodle-edge" {SERVICE}' in unit
+    assert "User=nobody" in unit and f'ExecStart="{copy}/noodle-edge" {SERVICE}' in unit
     assert calls.read_text().splitlines() == ["daemon-reload", "enable noodle-edge.service",
                                               "restart noodle-edge.service"]
     error = one_error(install(copy, "--service", "camrea model/int8.tflite", tools=tools,
@@ -454,3 +462,16 @@ def test_bundle_command(shippable_run, tmp_path):
     assert bundle.bundle_path(shippable_run, "int8", tmp_path).is_file()
     bad = CliRunner().invoke(app, ["bundle", str(tmp_path), "--out", str(tmp_path), "--no-wheels"])
     assert bad.exit_code == 2 and "no manifest" in bad.stderr
+
+
+def test_pi_check_refuses_what_it_cannot_check(shippable_run, tmp_path):
+    from bench.pi_check import app as pi_check
+
+    missing = CliRunner().invoke(pi_check, [str(shippable_run), str(tmp_path), "--dist", str(tmp_path)])
+    assert missing.exit_code == 2 and "no such bundle; `make bundle` writes it" in missing.stderr
+    # A bundle without wheels/ cannot prove the offline install.
+    path = write_bundle(shippable_run, "int8", tmp_path, log=quiet)
+    unknown = CliRunner().invoke(pi_check, [str(path), str(tmp_path), "--releases", "bookworm jessie"])
+    assert unknown.exit_code == 2 and "use some of bookworm, trixie" in unknown.stderr
+    offline = CliRunner().invoke(pi_check, [str(path), str(tmp_path), "--releases", "trixie"])
+    assert offline.exit_code == 2 and "no wheels/ in the bundle" in offline.stderr

@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import NoodleError
-from edge.manifest import InputSpec, Preprocessing, RunManifest, atomic_output, write_bytes, write_json
+from edge.manifest import (
+    InputSpec,
+    Preprocessing,
+    RunDir,
+    RunManifest,
+    atomic_output,
+    write_bytes,
+    write_json,
+)
 from edge.postprocess import predicted_index, widen
 from edge.preprocess import PREPROCESSING
 from train import cluster as clusters
@@ -212,10 +220,12 @@ def train(cfg: TrainConfig, log=print, dataset: datasets.Dataset | None = None,
     kind = clusters.choose(cfg.cluster)
     resolver = None if kind is clusters.Cluster.none else clusters.resolver(kind)
     chief = clusters.is_chief(resolver)
-    work = cfg.out if chief else Path(tempfile.mkdtemp(prefix=f"noodle-{clusters.task_name(resolver)}-"))
-    if not chief and (cfg.out / ".backup").is_dir():
+    run = RunDir(cfg.out)
+    # Where this process writes while it trains: the run folder, or a scratch one off the chief.
+    work = run if chief else RunDir(tempfile.mkdtemp(prefix=f"noodle-{clusters.task_name(resolver)}-"))
+    if not chief and run.backup.is_dir():
         # The run folder is shared with the chief: resume from its state, as it will.
-        shutil.copytree(cfg.out / ".backup", work / ".backup")
+        shutil.copytree(run.backup, work.backup)
     if chief and identity is not None:
         runs.record_start(cfg.out, identity)
     if cfg.mixed_precision:
@@ -229,18 +239,19 @@ def train(cfg: TrainConfig, log=print, dataset: datasets.Dataset | None = None,
             # Global state: later models in this process (tests, export) are float32 again.
             keras.mixed_precision.set_global_policy(policy)
         if not chief:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work.root, ignore_errors=True)
 
 
 def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_resolver,
-           work: Path, chief: bool) -> dict | None:
+           work: RunDir, chief: bool) -> dict | None:
     """`train` in `work`: the run folder on the chief, a scratch folder on other workers."""
+    run = RunDir(cfg.out)
     dataset = dataset or datasets.find_dataset(cfg.data)
     size = (cfg.image_size, cfg.image_size)
 
     started = time.perf_counter()
     decoded = {
-        split: datasets.decode(items, size, cache_dir=work / ".cache", name=split)
+        split: datasets.decode(items, size, cache_dir=work.cache, name=split)
         for split, items in dataset.splits.items()
     }
     decode_seconds = time.perf_counter() - started
@@ -260,7 +271,7 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
         log(f"warning: {warning}")
     mapped = [split for split, d in decoded.items() if isinstance(d.x, np.memmap)]
     if mapped:
-        log(f"pixels of {', '.join(mapped)} memory-mapped from {work / '.cache'}, "
+        log(f"pixels of {', '.join(mapped)} memory-mapped from {work.cache}, "
             f"being over {datasets.IN_MEMORY_LIMIT:,} bytes (NOODLE_IN_MEMORY_LIMIT)")
 
     import keras
@@ -309,7 +320,7 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
 
-    backup = work / ".backup"
+    backup = work.backup
     history_log = backup / "history.csv"
     backup.mkdir(parents=True, exist_ok=True)
     progress = Progress(len(decoded["train"].y), backup, log)
@@ -324,7 +335,7 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
         keras.callbacks.BackupAndRestore(str(backup / "state"), double_checkpoint=True),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                       restore_best_weights=True, start_from_epoch=watch_from),
-        keras.callbacks.TensorBoard(str(work / "tensorboard"), histogram_freq=0),
+        keras.callbacks.TensorBoard(str(work.tensorboard), histogram_freq=0),
     ]
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     if device == "CPU":
@@ -379,19 +390,19 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
         identity=runs.identity(dataset, cfg),
         skipped=skipped,
         metrics=metrics,
-        files={"model": "model.keras", "history": "history.csv", "curves": "curves.png",
-               "metrics": "metrics.json", "tensorboard": "tensorboard/"},
+        files={"model": run.model.name, "history": run.history.name, "curves": run.curves.name,
+               "metrics": run.metrics.name, "tensorboard": f"{run.tensorboard.name}/"},
     ).to_dict()
-    with atomic_output(cfg.out / "model.keras", suffix=".keras") as tmp:
+    with atomic_output(run.model, suffix=".keras") as tmp:
         model.save(tmp)
-    write_bytes(cfg.out / "history.csv", history_log.read_bytes())
+    write_bytes(run.history, history_log.read_bytes())
     if history:
-        plot_curves(history, cfg.out / "curves.png")
-    write_json(cfg.out / "metrics.json", {"labels": dataset.classes, **metrics})
+        plot_curves(history, run.curves)
+    write_json(run.metrics, {"labels": dataset.classes, **metrics})
     # The manifest goes last: its presence says the run folder is complete.
-    write_json(cfg.out / "manifest.json", manifest)
+    write_json(run.manifest, manifest)
     _remove_tree(backup)
-    _remove_tree(work / ".cache")
+    _remove_tree(work.cache)
     return manifest
 
 

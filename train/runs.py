@@ -15,16 +15,16 @@ import shutil
 from pathlib import Path
 
 from edge.errors import NoodleError
-from edge.manifest import write_json
+from edge.manifest import RunDir, write_json
 
 # The TrainConfig fields that change the trained model. Not the output folder,
 # verbosity, or --cpu-replicas (a testing aid).
 MODEL_SETTINGS = ("arch", "image_size", "epochs", "batch_size", "learning_rate", "patience", "seed",
                   "mixed_precision")
 RUNS = Path("runs")
-# Written into the resume state when training starts, so a killed run is only
-# resumed on the data and settings it started with.
-BACKUP_IDENTITY = Path(".backup") / "identity.json"
+# Written into the resume state (RunDir.backup) when training starts, so a
+# killed run is only resumed on the data and settings it started with.
+BACKUP_IDENTITY = "identity.json"
 
 
 class RunMismatch(NoodleError):
@@ -55,14 +55,14 @@ def check_run_dir(out: Path, ident: dict, force: bool = False) -> str:
     A complete or interrupted run of other data or settings is refused; with
     `force` its manifest and resume state are removed so it is trained afresh.
     """
-    out = Path(out)
-    if (out / "manifest.json").exists():
-        recorded = _read(out / "manifest.json").get("identity", {})
+    run = RunDir(out)
+    if run.manifest.exists():
+        recorded = _read(run.manifest).get("identity", {})
         if recorded.get("run") == ident["run"]:
             return "complete"
         return _mismatch(out, ident, recorded, "a model", force)
-    if (out / ".backup").exists():
-        recorded = _read(out / BACKUP_IDENTITY)
+    if run.backup.exists():
+        recorded = _read(run.backup / BACKUP_IDENTITY)
         if recorded.get("run") == ident["run"]:
             return "resume"
         return _mismatch(out, ident, recorded, "an interrupted run", force)
@@ -78,8 +78,8 @@ def _read(path: Path) -> dict:
 
 def _mismatch(out: Path, ident: dict, recorded: dict, what: str, force: bool) -> str:
     if force:
-        (out / "manifest.json").unlink(missing_ok=True)
-        shutil.rmtree(out / ".backup", ignore_errors=True)
+        RunDir(out).manifest.unlink(missing_ok=True)
+        shutil.rmtree(RunDir(out).backup, ignore_errors=True)
         return "empty"
     raise RunMismatch(f"{out}: holds {what} {_difference(ident, recorded)}; "
                       "pass another --out (or none: each data set gets its own folder), "
@@ -99,4 +99,4 @@ def _difference(ident: dict, recorded: dict) -> str:
 
 def record_start(out: Path, ident: dict) -> None:
     """Mark the resume state with the identity it belongs to, before training writes it."""
-    write_json(Path(out) / BACKUP_IDENTITY, ident)
+    write_json(RunDir(out).backup / BACKUP_IDENTITY, ident)

@@ -19,8 +19,9 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 PYTHON=${PYTHON:-python3}
-# Free space the install needs here: the venv with pip and the wheels unpacked
-# take 110-160 MB (measured on Bookworm and Trixie), pip's temporary copies more.
+# Free space the install needs here: the finished .venv is 104 MiB on Bookworm
+# and 132 MiB on Trixie (measured by pi-check); pip's temporary copies and the
+# bytecode written on first use need more while it runs.
 NEED_MB=${NOODLE_NEED_MB:-300}
 UNIT=noodle-edge.service
 UNIT_DIR=${NOODLE_UNIT_DIR:-/etc/systemd/system}
@@ -42,8 +43,9 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --index) use_index=1 ;;
         --service | --print-service)
-            [ $# -ge 2 ] && [ -n "$2" ] ||
+            if [ $# -lt 2 ] || [ -z "$2" ]; then
                 fail "$1 needs noodle-edge's arguments as one quoted word; e.g. $1 'camera model/@MODEL_FILE@ --picamera --json'"
+            fi
             mode=${1#--}
             service_args=$2
             shift ;;
@@ -222,7 +224,7 @@ else
     printf '%s\n' "$stamp" >"$venv/.noodle-installed"
     chmod 755 "$venv"  # mktemp made it private
     if [ "$(id -u)" = 0 ] && [ -n "${SUDO_USER:-}" ]; then
-        chown -R "$SUDO_USER:" "$venv"
+        chown -R "$SUDO_USER:" "$venv" 2>/dev/null || fail "cannot give .venv to $SUDO_USER (SUDO_USER); run it as that user"
     fi
     old=$(readlink .venv 2>/dev/null || true)
     case "$old" in .venv-??????) ;; *) old="" ;; esac  # only ever delete what install.sh made
