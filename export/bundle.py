@@ -30,7 +30,7 @@ from typing import Annotated
 import typer
 
 from edge.errors import NoodleError, one_line_errors
-from edge.manifest import MANIFEST_NAME, atomic_output, load_export, sha256_file
+from edge.manifest import MANIFEST_NAME, RunDir, atomic_output, load_export, sha256_file
 from export.wheelhouse import TARGETS, pinned_requirements, pip_download, wheels_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,26 +114,26 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     With WHEEL_CACHE, the tarball carries every target release's wheels and
     requirements-pi.txt pins them; without, the Pi installs from the index.
     """
-    export = Path(run_dir) / "export"
-    manifest = load_export(export)
+    run = RunDir(run_dir)
+    manifest = load_export(run.export_manifest)
     # Only an export whose validation finished and passed ships: one killed
     # during validation has files and a manifest but no proof they run.
     if not (manifest.validation or {}).get("passed"):
         state = "did not pass" if manifest.validation else "never finished"
-        raise BundleError(f"{export / MANIFEST_NAME}: the export's validation {state}; "
+        raise BundleError(f"{run.export_manifest}: the export's validation {state}; "
                           f"run `noodle export {run_dir}` and bundle when it succeeds")
     entry = manifest.entry(variant)
     if entry is None:
         have = ", ".join(manifest.models) or "none"
         failed = (manifest.failed or {}).get(variant)
-        raise BundleError(f"{export / MANIFEST_NAME}: no {variant} model"
+        raise BundleError(f"{run.export_manifest}: no {variant} model"
                           + (f" (its export failed: {failed})" if failed else "")
                           + f"; exported: {have}; pick one with MODEL=... or re-run `noodle export`")
-    model = export / entry.file
+    model = run.export / entry.file
     if not model.is_file():
         raise BundleError(f"{model}: missing; re-run `noodle export {run_dir}`")
     if entry.sha256 and sha256_file(model) != entry.sha256:
-        raise BundleError(f"{model}: sha256 differs from {export / MANIFEST_NAME}; re-run `noodle export`")
+        raise BundleError(f"{model}: sha256 differs from {run.export_manifest}; re-run `noodle export`")
     # The device's manifest lists the one model it gets; the rest of the export stays home.
     shipped = dataclasses.replace(manifest, models={variant: entry}, failed=None)
 

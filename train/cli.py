@@ -5,6 +5,7 @@ TensorFlow is imported inside the commands, so `noodle --help` stays fast.
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,11 +14,13 @@ import typer
 from edge.errors import one_line_errors
 from train.cluster import Cluster
 from train.data import MISSING
-from train.fit import TrainConfig
+from train.fit import EPOCHS, TrainConfig
 from train.runs import RUNS
 
 # The defaults live in TrainConfig, with their reasons; the options repeat none of them.
 DEFAULTS = TrainConfig(data=Path("."), out=Path("."))
+# The architectures, named by the table that gives each its epochs (train.models would import Keras).
+ArchName = Enum("ArchName", {name: name for name in EPOCHS}, type=str)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Datasets: make the embedded default.", no_args_is_help=True)
@@ -45,10 +48,11 @@ Data = Annotated[Path, typer.Argument(
     help="Photos: class folders, Kaggle flat names (cat.0.jpg), or a CSV of file and label columns.")]
 Runs = Annotated[Path, typer.Option(
     help="Where run folders go: RUNS/<data name>-<arch>-<8 hex of the data and settings>.")]
-Arch = Annotated[str, typer.Option(help="noodle (small, int8-friendly) or seed (the classic recipe).")]
+Arch = Annotated[ArchName, typer.Option(
+    help="noodle (small, int8-friendly, the default) or seed (the classic recipe).")]
 Epochs = Annotated[int | None, typer.Option(
-    help="Epochs (noodle: the length of its cosine schedule, 30; seed: an upper bound, 25). "
-         "Early stopping on validation loss keeps the best.")]
+    help="Epochs (default " + ", ".join(f"{a} {n}" for a, n in EPOCHS.items()) + "; a cosine schedule's "
+         "length, else an upper bound). Early stopping on validation loss keeps the best.")]
 ImageSize = Annotated[int, typer.Option(help="Square input side in pixels.")]
 BatchSize = Annotated[int, typer.Option(help="Per device.")]
 LearningRate = Annotated[float, typer.Option(help="Adam's rate (noodle: the start of its cosine decay).")]
@@ -68,13 +72,10 @@ SplitColumn = Annotated[str | None, typer.Option(
 
 def _config_and_data(data, out, runs, arch, columns, **settings):
     """The TrainConfig, the dataset, its identity and the run folder for these options."""
-    from train.data import DataError, find_dataset
-    from train.fit import EPOCHS
+    from train.data import find_dataset
     from train.runs import default_run_dir, identity
 
-    # Every architecture has its epoch count in EPOCHS; train.models would import Keras.
-    if arch not in EPOCHS:
-        raise DataError(f"--arch {arch}: unknown architecture; choose {' or '.join(EPOCHS)}")
+    arch = ArchName(arch).value
     dataset = find_dataset(data, **columns)
     cfg = TrainConfig(data=data, out=Path("."), arch=arch, **settings)
     ident = identity(dataset, cfg)
@@ -87,7 +88,7 @@ def _config_and_data(data, out, runs, arch, columns, **settings):
 def run_dir_command(
     data: Data,
     runs: Runs = RUNS,
-    arch: Arch = DEFAULTS.arch,
+    arch: Arch = ArchName(DEFAULTS.arch),
     epochs: Epochs = None,
     image_size: ImageSize = DEFAULTS.image_size,
     batch_size: BatchSize = DEFAULTS.batch_size,
@@ -118,7 +119,7 @@ def train_command(
     out: Annotated[Path | None, typer.Option(
         help="Run folder to write (default: RUNS/<data name>-<arch>-<8 hex>, see `noodle run-dir`).")] = None,
     runs: Runs = RUNS,
-    arch: Arch = DEFAULTS.arch,
+    arch: Arch = ArchName(DEFAULTS.arch),
     epochs: Epochs = None,
     image_size: ImageSize = DEFAULTS.image_size,
     batch_size: BatchSize = DEFAULTS.batch_size,

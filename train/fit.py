@@ -287,7 +287,7 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
         keras.mixed_precision.set_global_policy("mixed_float16")
     replicas = strategy.num_replicas_in_sync
     global_batch = cfg.batch_size * replicas
-    epochs = cfg.epochs or EPOCHS.get(cfg.arch, 50)
+    epochs = cfg.epochs or EPOCHS[cfg.arch]
     num_classes = len(dataset.classes)
 
     cosine = cfg.arch in COSINE
