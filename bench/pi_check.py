@@ -218,7 +218,10 @@ def check_release(target: Target, bundle: Path, photos: Path, cache: Path, x86: 
            "PIP_INDEX_URL": CLOSED_INDEX}
     binds = {"bundle": bundle_dir, "photos": photos, "tmp": home}
     start = time.perf_counter()
-    done = in_root(root, binds, "cd /bundle && ./install.sh", env)
+    with system_picamera2(root, cache) if target.release == PICAMERA2_RELEASE else contextlib.nullcontext():
+        done = in_root(root, binds, "cd /bundle && ./install.sh", env)
+        if done.returncode == 0 and target.release == PICAMERA2_RELEASE:
+            check_picamera2(root, binds, env)
     for line in done.stdout.splitlines() + done.stderr.splitlines():
         log(f"{target.release}: install.sh | {line}")
     if done.returncode != 0:
@@ -242,6 +245,51 @@ def check_release(target: Target, bundle: Path, photos: Path, cache: Path, x86: 
         f"{len(pi) - len(differ)} of {len(pi)} photos ({time.perf_counter() - start:.0f} s to classify "
         f"under qemu)")
     return bool(pi) and not differ
+
+
+# picamera2 comes from Raspberry Pi's own apt archive (python3-picamera2), which
+# these Debian roots cannot reach; its Python files are on PyPI. Put where the
+# apt package puts them, they prove that the bundle's venv sees the system's
+# picamera2 (install.sh makes it with --system-site-packages). Importing it
+# needs libcamera's bindings, which exist only on a Pi, so the check is that
+# the venv finds the module there, not that it runs.
+PICAMERA2_RELEASE = "trixie"
+SYSTEM_SITE = "usr/lib/python3/dist-packages"
+
+
+def picamera2_files(cache: Path) -> Path:
+    """picamera2's PyPI wheel, downloaded once into the cache."""
+    folder = cache / "picamera2"
+    wheels = sorted(folder.glob("picamera2-*.whl"))
+    if not wheels:
+        run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+             "--dest", str(folder), "picamera2"])
+        wheels = sorted(folder.glob("picamera2-*.whl"))
+    return wheels[-1]
+
+
+@contextlib.contextmanager
+def system_picamera2(root: Path, cache: Path):
+    """picamera2's files in ROOT's dist-packages, as `apt install python3-picamera2` leaves them."""
+    import zipfile
+
+    with zipfile.ZipFile(picamera2_files(cache)) as wheel:
+        wheel.extractall(root / SYSTEM_SITE, [n for n in wheel.namelist() if n.startswith("picamera2/")])
+    try:
+        yield
+    finally:
+        shutil.rmtree(root / SYSTEM_SITE / "picamera2", ignore_errors=True)  # the cached root stays Debian's
+
+
+def check_picamera2(root: Path, binds: dict, env: dict) -> None:
+    """The bundle's venv in ROOT finds the system's picamera2 (install.sh saw it and let it through)."""
+    found = in_root(root, binds, "cd /bundle && .venv/bin/python -c 'import importlib.util as u; "
+                    "print(u.find_spec(\"picamera2\").origin)'", env)
+    origin = found.stdout.strip()
+    if found.returncode != 0 or not origin.startswith(f"/{SYSTEM_SITE}/picamera2/"):
+        raise CheckFailed(f"{PICAMERA2_RELEASE}: the bundle's .venv does not see the system's picamera2 "
+                          f"({origin or found.stderr.strip()[-200:]})")
+    log(f"{PICAMERA2_RELEASE}: the bundle's .venv finds the system's picamera2 at {origin}")
 
 
 def check(bundle: Path, photos: Path, releases: list[Target], cache: Path, edge_python: Path) -> int:
