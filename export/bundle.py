@@ -31,12 +31,15 @@ import typer
 
 from edge.errors import NoodleError, one_line_errors
 from edge.manifest import MANIFEST_NAME, RunDir, atomic_output, load_export, sha256_file
-from export.wheelhouse import TARGETS, pinned_requirements, pip_download, wheels_for
+from edge.runtime import package_version
+from export.wheelhouse import TARGETS, pinned_requirements, pip_download, target_environment, wheels_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "pi"
 EDGE = ROOT / "edge"
 DISTRIBUTION = "noodle-kit"
+# The extra in pyproject.toml that names the device's interpreter.
+EXTRA = "edge"
 # The int8 model: a quarter of float32's size, and the Pi's integer kernels are its fast path.
 DEFAULT_MODEL = "int8"
 EXECUTABLE = {"install.sh", "noodle-edge"}
@@ -52,11 +55,11 @@ class BundleError(NoodleError):
 
 
 def version() -> str:
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
+    installed = package_version(DISTRIBUTION)
+    if installed is None:
         found = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
         return found.group(1) if found else "0"
+    return installed
 
 
 def pi_requirements() -> list[str]:
@@ -69,13 +72,19 @@ def pi_requirements() -> list[str]:
         declared = importlib.metadata.requires(DISTRIBUTION) or []
     except importlib.metadata.PackageNotFoundError:
         raise BundleError(f"{DISTRIBUTION} is not installed here; run `make setup` first") from None
+    from packaging.requirements import Requirement
+
     lines = []
-    for req in declared:
-        spec, _, marker = (part.strip() for part in req.partition(";"))
-        extra = re.search(r'extra\s*==\s*"([^"]+)"', marker)
-        if extra and extra.group(1) != "edge":
-            continue
-        marker = re.sub(r'\s*(and\s+)?extra\s*==\s*"edge"(\s+and)?\s*', " ", marker).strip()
+    for line in declared:
+        req = Requirement(line)
+        marker = str(req.marker) if req.marker is not None else ""
+        if "extra ==" in marker and not any(req.marker.evaluate({**target_environment(t), "extra": EXTRA})
+                                            for t in TARGETS):
+            continue  # another extra's (train, litert, ...)
+        # packaging writes markers in one normal form, so the extra's clause reads exactly so.
+        for clause in (f' and extra == "{EXTRA}"', f'extra == "{EXTRA}" and ', f'extra == "{EXTRA}"'):
+            marker = marker.replace(clause, "")
+        spec = f"{req.name}{req.specifier}"
         lines.append(f"{spec}; {marker}" if marker else spec)
     return lines
 

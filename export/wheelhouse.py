@@ -61,13 +61,18 @@ def platforms(target: Target) -> list[str]:
     return [f"manylinux_2_{minor}_{ARCH}" for minor in newest_first] + [f"manylinux2014_{ARCH}"]
 
 
+def target_environment(target: Target) -> dict[str, str]:
+    """The marker variables of TARGET's Python on aarch64 Linux, for packaging's evaluate()."""
+    return {"python_version": target.python, "python_full_version": target.python_full,
+            "platform_machine": ARCH, "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
+            "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+
+
 def for_target(requirements: list[str], target: Target) -> list[str]:
     """The requirements whose markers hold for TARGET's Python on aarch64 Linux, markers dropped."""
     from packaging.requirements import Requirement
 
-    env = {"python_version": target.python, "python_full_version": target.python_full,
-           "platform_machine": ARCH, "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
-           "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+    env = target_environment(target)
     wanted = []
     for line in requirements:
         req = Requirement(line)

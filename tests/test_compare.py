@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from edge.manifest import FORMAT, SCHEMA, read_manifest, write_json
+from edge.manifest import InputSpec, Preprocessing, RunManifest, read_manifest, write_json
 from edge.preprocess import PREPROCESSING
 from export import stats
 
@@ -172,11 +172,10 @@ def brightness_model(bias: float = 6.0):
 def write_run(run: Path, model, data: Path) -> Path:
     run.mkdir(parents=True)
     model.save(run / "model.keras")
-    write_json(run / "manifest.json", {
-        "format": FORMAT, "schema": SCHEMA, "kind": "model", "labels": LABELS,
-        "input": {"height": SIZE, "width": SIZE, "channels": 3, "dtype": "float32", "range": [0, 255]},
-        "output": "sigmoid", "preprocessing": PREPROCESSING, "arch": "brightness",
-        "params": int(model.count_params()), "data": {"root": str(data)}})
+    write_json(run / "manifest.json", RunManifest(
+        labels=LABELS, input=InputSpec(height=SIZE, width=SIZE, dtype="float32", range=(0, 255)),
+        output="sigmoid", preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="brightness",
+        params=int(model.count_params()), data={"root": str(data)}).to_dict())
     return run
 
 

@@ -22,12 +22,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edge.manifest import (
-    FORMAT,
     SCHEMA,
     ExportManifest,
     InputSpec,
     ModelEntry,
     Preprocessing,
+    RunManifest,
     TensorSpec,
     read_manifest,
     sha256_file,
@@ -61,11 +61,11 @@ def copy_run(src: Path, dest: Path) -> Path:
 
 
 def write_training_manifest(run: Path, model, data: Path | None, **override) -> None:
-    manifest = {"format": FORMAT, "schema": SCHEMA, "kind": "model", "labels": LABELS,
-                "input": {"height": 64, "width": 64, "channels": 3, "dtype": "float32", "range": [0, 255]},
-                "output": "sigmoid", "preprocessing": PREPROCESSING, "arch": "brightness",
-                "params": int(model.count_params()), "data": {"root": str(data)}, **override}
-    write_json(run / "manifest.json", manifest)
+    manifest = RunManifest(
+        labels=LABELS, input=InputSpec(height=64, width=64, dtype="float32", range=(0, 255)),
+        output="sigmoid", preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="brightness",
+        params=int(model.count_params()), data={"root": str(data)}).to_dict()
+    write_json(run / "manifest.json", {**manifest, **override})
 
 
 @pytest.fixture(scope="module")
