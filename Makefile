@@ -91,10 +91,11 @@ export: setup data edge-env trained
 	if [ $$status -le 1 ]; then $(NOODLE) compare $(RUN) $(if $(TEST),--test $(TEST)) || exit $$?; fi; \
 	exit $$status
 
-# An exported run, made once for `make bundle`; `make export` redoes it. Exit 1
-# means some variant failed: bundling the chosen one still says whether it exists.
+# An exported run, made once for `make bundle`; `make export` redoes it, and so
+# does this when an earlier export never finished validating (killed) or failed
+# it. Exit 1 means some variant failed: bundling the chosen one says whether it exists.
 exported: trained edge-env
-	@test -f $(RUN)/export/manifest.json || $(NOODLE) export $(RUN) || [ $$? -eq 1 ]
+	@grep -qs '"passed": true' $(RUN)/export/manifest.json || $(NOODLE) export $(RUN) || [ $$? -eq 1 ]
 
 # WHEELS=1 puts the exact aarch64 wheels for Bookworm and Trixie in the
 # tarball (tens of MB, downloaded once into .cache/wheels), so the Pi installs

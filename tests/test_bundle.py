@@ -475,3 +475,37 @@ def test_pi_check_refuses_what_it_cannot_check(shippable_run, tmp_path):
     assert unknown.exit_code == 2 and "use some of bookworm, trixie" in unknown.stderr
     offline = CliRunner().invoke(pi_check, [str(path), str(tmp_path), "--releases", "trixie"])
     assert offline.exit_code == 2 and "no wheels/ in the bundle" in offline.stderr
+
+
+@pytest.mark.slow
+def test_an_export_killed_during_validation_is_not_bundled(trained_run, tmp_path):
+    """D9: files and a manifest exist, but validation never finished: bundle refuses, naming the fix."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from noodle import app
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.keras", "manifest.json"):
+        shutil.copy2(trained_run / name, run / name)
+    export = [sys.executable, "-m", "noodle", "export", str(run), "--variants", "float32,int8"]
+    proc = subprocess.Popen(export, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("validating on"):
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.wait(timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    assert manifest["validation"] is None and set(manifest["models"]) == {"float32", "int8"}
+
+    result = CliRunner().invoke(app, ["bundle", str(run), "--out", str(tmp_path / "dist"), "--no-wheels"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "validation never finished" in lines[0] and f"noodle export {run}" in lines[0]
+    assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())

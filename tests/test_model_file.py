@@ -15,7 +15,6 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -272,18 +271,6 @@ def test_the_verifier_reads_the_model_and_refuses_damage(export):
             read_model(broken, "m")
     with pytest.raises(ModelError, match="not a TFLite model"):
         read_model(b"GIF89a" + data[6:], "m")
-
-
-@pytest.mark.parametrize("variant", ["float32", "int8"])
-def test_the_verifier_is_fast(export, variant):
-    data = (export / f"{variant}.tflite").read_bytes()
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        read_model(data, variant)
-        times.append(time.perf_counter() - start)
-    # Measured about 0.5 ms for 3 MB; a few ms is the budget of a cold start.
-    assert min(times) < 0.005, times
 
 
 def structural_edits():
