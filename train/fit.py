@@ -111,7 +111,7 @@ def pick_strategy(cpu_replicas: int = 0, cluster_resolver=None):
     return tf.distribute.get_strategy()
 
 
-def augmentation(arch: str, seed: int):
+def augmentation(seed: int):
     """The seed recipe's flip, zoom and shear, as Keras preprocessing layers.
 
     Applied in tf.data to training batches only, never saved in the model.
@@ -313,7 +313,7 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
     # training drops its ragged last batch (it is reshuffled every epoch), and
     # validation is trimmed to a multiple of the replica count (< 1 image each).
     train_ds = _dataset(decoded["train"].x, decoded["train"].y, global_batch, True, cfg.seed,
-                        augmentation(cfg.arch, cfg.seed), drop_remainder=True)
+                        augmentation(cfg.seed), drop_remainder=True)
     n_val = len(decoded["val"].y) // replicas * replicas
     val_ds = _dataset(decoded["val"].x[:n_val], decoded["val"].y[:n_val], global_batch, False, cfg.seed)
     options = tf.data.Options()
