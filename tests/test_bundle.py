@@ -414,8 +414,10 @@ def test_service_install_and_remove(copy, device_wheels, tmp_path):
 def systemd_analyze() -> str:
     found = shutil.which("systemd-analyze")
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "systemd"], capture_output=True, timeout=600,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        # A fresh machine's package lists may be empty: update once, then install.
+        for step in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "systemd"]):
+            subprocess.run(step, capture_output=True, timeout=600, env=env)
         found = shutil.which("systemd-analyze")
     if found is None:
         pytest.skip("systemd-analyze is missing and could not be installed "
