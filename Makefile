@@ -38,12 +38,12 @@ EXPORT_FLAGS = $(if $(MAX_DROP),--max-drop $(MAX_DROP)) $(if $(TEST),--test $(TE
 SAMPLE   := data/sample
 DATA_DIR := $(if $(DATA),$(DATA),$(SAMPLE))
 NOODLE   := $(BIN)/noodle
-# The settings that name the run folder, given alike to `noodle train` and `noodle run-dir`.
+# The settings that name the run folder, given alike to every `noodle train` below.
 MODEL_FLAGS = --arch $(ARCH) $(if $(EPOCHS),--epochs $(EPOCHS))
-# The run folder, named by noodle itself (`noodle run-dir`). Recursively
+# The run folder, named by noodle itself (`noodle train --print-run-dir`). Recursively
 # expanded and memoized: only the recipes that use it pay for the look-up,
 # once, after `data` has made the sample; `make help` and `make test` never do.
-RUN = $(eval RUN := $$(shell $(NOODLE) run-dir $(DATA_DIR) $(MODEL_FLAGS) --runs $(OUT)))$(RUN)
+RUN = $(eval RUN := $$(shell $(NOODLE) train $(DATA_DIR) $(MODEL_FLAGS) --runs $(OUT) --print-run-dir))$(RUN)
 
 .PHONY: setup edge-env data train trained exported export bundle pi-check pi-tools bench test lint clean help
 

@@ -401,7 +401,7 @@ def test_read_labelled_refuses_classes_the_model_lacks(tmp_path):
 # ----------------------------------------------------------------------- run identity
 
 def run_dir(*args) -> str:
-    result = CliRunner().invoke(app, ["run-dir", *map(str, args)])
+    result = CliRunner().invoke(app, ["train", *map(str, args), "--print-run-dir"])
     assert result.exit_code == 0, result.output
     return result.stdout.strip()
 

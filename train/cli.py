@@ -43,7 +43,7 @@ def data_sample(
     typer.echo(f"wrote {sum(counts.values())} JPEGs to {out} ({detail})")
 
 
-# Options shared by `noodle train` and `noodle run-dir`: both must name the same folder.
+# The options that name the run folder (and so decide whether a model is reused).
 Data = Annotated[Path, typer.Argument(
     help="Photos: class folders, Kaggle flat names (cat.0.jpg), or a CSV of file and label columns.")]
 Runs = Annotated[Path, typer.Option(
@@ -83,31 +83,6 @@ def _config_and_data(data, out, runs, arch, columns, **settings):
     return cfg, dataset, ident
 
 
-@app.command("run-dir")
-@one_line_errors
-def run_dir_command(
-    data: Data,
-    runs: Runs = RUNS,
-    arch: Arch = ArchName(DEFAULTS.arch),
-    epochs: Epochs = None,
-    image_size: ImageSize = DEFAULTS.image_size,
-    batch_size: BatchSize = DEFAULTS.batch_size,
-    learning_rate: LearningRate = DEFAULTS.learning_rate,
-    patience: Patience = DEFAULTS.patience,
-    seed: Seed = DEFAULTS.seed,
-    mixed_precision: MixedPrecision = False,
-    file_column: FileColumn = None,
-    label_column: LabelColumn = None,
-    split_column: SplitColumn = None,
-) -> None:
-    """Print the run folder `noodle train` would use for DATA and these settings (reads no pixels)."""
-    cfg, _, _ = _config_and_data(
-        data, None, runs, arch, _columns(file_column, label_column, split_column), epochs=epochs,
-        image_size=image_size, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-        seed=seed, mixed_precision=mixed_precision)
-    typer.echo(cfg.out)
-
-
 def _columns(file_column, label_column, split_column) -> dict:
     return {"file_column": file_column, "label_column": label_column, "split_column": split_column}
 
@@ -117,7 +92,7 @@ def _columns(file_column, label_column, split_column) -> dict:
 def train_command(
     data: Data,
     out: Annotated[Path | None, typer.Option(
-        help="Run folder to write (default: RUNS/<data name>-<arch>-<8 hex>, see `noodle run-dir`).")] = None,
+        help="Run folder to write (default: RUNS/<data name>-<arch>-<8 hex>, see --print-run-dir).")] = None,
     runs: Runs = RUNS,
     arch: Arch = ArchName(DEFAULTS.arch),
     epochs: Epochs = None,
@@ -141,6 +116,9 @@ def train_command(
     cpu_replicas: Annotated[int, typer.Option(
         help="Mirror over N logical CPU devices (testing).", hidden=True)] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch progress.")] = False,
+    print_run_dir: Annotated[bool, typer.Option(
+        "--print-run-dir", help="Print the run folder these data and settings get, and stop "
+                                "(reads no pixels; the Makefile names RUN with it).")] = False,
 ) -> None:
     """Train a classifier on DATA and write model.keras with its manifest."""
     from edge.manifest import read_manifest
@@ -152,6 +130,9 @@ def train_command(
         image_size=image_size, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
         seed=seed, mixed_precision=mixed_precision, cluster=cluster.value, cpu_replicas=cpu_replicas,
         verbose=0 if quiet else (1 if sys.stdout.isatty() else 2))
+    if print_run_dir:
+        typer.echo(cfg.out)
+        return
     state = check_run_dir(cfg.out, ident, force=force)
     if state == "complete" and reuse:
         typer.echo(f"reusing {cfg.out}: its model was trained on this data with these settings "
