@@ -153,11 +153,11 @@ def brightness_photos(root: Path, per_split: dict[str, int], seed: int = 0) -> N
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{label}{i}.png")
 
 
-def brightness_model(bias: float = 6.0):
+def brightness_model(bias: float = 6.0, size: int = SIZE):
     """P(dark) = sigmoid(bias - 12 * mean brightness): the threshold is brightness bias / 12."""
     import keras
 
-    inputs = keras.Input((SIZE, SIZE, 3), name="pixels")
+    inputs = keras.Input((size, size, 3), name="pixels")
     x = keras.layers.Rescaling(1 / 255.0)(inputs)
     x = keras.layers.Conv2D(1, 1, activation="relu", name="grey")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
@@ -169,13 +169,18 @@ def brightness_model(bias: float = 6.0):
     return model
 
 
-def write_run(run: Path, model, data: Path) -> Path:
+def run_manifest(model, data: Path | None, size: int = SIZE) -> dict:
+    """What `noodle train` would write for a hand-made brightness model trained on DATA."""
+    return RunManifest(
+        labels=LABELS, input=InputSpec(height=size, width=size, dtype="float32", range=(0, 255)),
+        output="sigmoid", preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="brightness",
+        params=int(model.count_params()), data={"root": str(data)}).to_dict()
+
+
+def write_run(run: Path, model, data: Path, size: int = SIZE) -> Path:
     run.mkdir(parents=True)
     model.save(run / "model.keras")
-    write_json(run / "manifest.json", RunManifest(
-        labels=LABELS, input=InputSpec(height=SIZE, width=SIZE, dtype="float32", range=(0, 255)),
-        output="sigmoid", preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="brightness",
-        params=int(model.count_params()), data={"root": str(data)}).to_dict())
+    write_json(run / "manifest.json", run_manifest(model, data, size))
     return run
 
 

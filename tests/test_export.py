@@ -27,7 +27,6 @@ from edge.manifest import (
     InputSpec,
     ModelEntry,
     Preprocessing,
-    RunManifest,
     TensorSpec,
     read_manifest,
     sha256_file,
@@ -37,6 +36,7 @@ from edge.preprocess import PREPROCESSING
 from edge.runtime import Classifier
 from export.convert import VARIANTS, calibration_pixels, export_run
 from export.validate import ParityError, edge_python, raise_for, validate_export
+from tests.test_compare import brightness_model, run_manifest, write_run
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["bright", "dark"]
@@ -60,18 +60,9 @@ def copy_run(src: Path, dest: Path) -> Path:
     return dest
 
 
-def write_training_manifest(run: Path, model, data: Path | None, **override) -> None:
-    manifest = RunManifest(
-        labels=LABELS, input=InputSpec(height=64, width=64, dtype="float32", range=(0, 255)),
-        output="sigmoid", preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="brightness",
-        params=int(model.count_params()), data={"root": str(data)}).to_dict()
-    write_json(run / "manifest.json", {**manifest, **override})
-
-
 @pytest.fixture(scope="module")
 def brightness_run(tmp_path_factory) -> Path:
     """A run folder whose model is right on every photo: P(dark) = sigmoid(6 - 12 * brightness)."""
-    import keras
 
     data = tmp_path_factory.mktemp("brightness") / "photos"
     rng = np.random.default_rng(0)
@@ -84,20 +75,7 @@ def brightness_run(tmp_path_factory) -> Path:
                 pixels = np.clip(level + rng.integers(-20, 21, (64, 64, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
 
-    inputs = keras.Input((64, 64, 3), name="pixels")
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.Conv2D(1, 1, activation="relu", name="grey")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
-    model = keras.Model(inputs, outputs)
-    model.get_layer("grey").set_weights([np.full((1, 1, 3, 1), 1 / 3, np.float32), np.zeros(1, np.float32)])
-    model.get_layer("probability").set_weights([np.array([[-12.0]], np.float32), np.array([6.0], np.float32)])
-
-    run = data.parent / "run"
-    run.mkdir()
-    model.save(run / "model.keras")
-    write_training_manifest(run, model, data)
-    return run
+    return write_run(data.parent / "run", brightness_model(size=64), data, size=64)
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +323,7 @@ def test_bad_input_is_one_line_exit_2(brightness_run, tmp_path):
     inputs = keras.Input((10,))
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))
     model.save(not_image / "model.keras")
-    write_training_manifest(not_image, model, None)
+    write_json(not_image / "manifest.json", run_manifest(model, None, 64))
     assert "not the image" in one_line_error("export", str(not_image))
 
     run = copy_run(brightness_run, tmp_path / "run")
