@@ -58,6 +58,11 @@ BatchSize = Annotated[int, typer.Option(help="Per device.")]
 LearningRate = Annotated[float, typer.Option(help="Adam's rate (noodle: the start of its cosine decay).")]
 Patience = Annotated[int, typer.Option(help="Epochs without a better validation loss before stopping.")]
 Seed = Annotated[int, typer.Option(help="Seed for weights, shuffling and augmentation.")]
+TrainOnVal = Annotated[bool | None, typer.Option(
+    "--train-on-val/--hold-out-val",
+    help="Train on the validation photos too, or keep them out for validation curves and early "
+         "stopping. Default: noodle trains on them (its fixed cosine schedule chooses nothing on "
+         "them), seed holds them out; always held out when there is no test split.")]
 MixedPrecision = Annotated[bool, typer.Option(
     help="float16 compute: faster on GPUs with tensor cores (Volta or newer), slower on CPUs. "
          "model.keras is float32 either way.")]
@@ -101,6 +106,7 @@ def train_command(
     learning_rate: LearningRate = DEFAULTS.learning_rate,
     patience: Patience = DEFAULTS.patience,
     seed: Seed = DEFAULTS.seed,
+    train_on_val: TrainOnVal = DEFAULTS.train_on_val,
     mixed_precision: MixedPrecision = False,
     file_column: FileColumn = None,
     label_column: LabelColumn = None,
@@ -128,7 +134,8 @@ def train_command(
     cfg, dataset, ident = _config_and_data(
         data, out, runs, arch, _columns(file_column, label_column, split_column), epochs=epochs,
         image_size=image_size, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-        seed=seed, mixed_precision=mixed_precision, cluster=cluster.value, cpu_replicas=cpu_replicas,
+        seed=seed, train_on_val=train_on_val, mixed_precision=mixed_precision, cluster=cluster.value,
+        cpu_replicas=cpu_replicas,
         verbose=0 if quiet else (1 if sys.stdout.isatty() else 2))
     if print_run_dir:
         typer.echo(cfg.out)
@@ -152,7 +159,10 @@ def summary(manifest: dict, run_dir: Path) -> str:
         f"run folder   {run_dir}",
         f"model        {manifest['arch']}, {manifest['params']:,} params, "
         f"{manifest['input']['height']}x{manifest['input']['width']} RGB, labels {manifest['labels']}",
-        f"training     {m['epochs_run']} epochs (best {m['best_epoch']}) in {m['train_seconds']}s "
+        f"training     {m['epochs_run']} epochs "
+        + ("on training and validation photos" if manifest["training"].get("train_on_val")
+           else f"(best {m['best_epoch']})")
+        + f" in {m['train_seconds']}s "
         f"on {manifest['training']['replicas']} {manifest['training']['device']} replica(s)",
     ]
     sources = manifest["data"].get("splits", {})

@@ -33,11 +33,13 @@ class RunMismatch(NoodleError):
 
 def identity(dataset, cfg) -> dict:
     """The data fingerprint, the model settings and their combined short id."""
-    from train.fit import EPOCHS
+    from train.fit import EPOCHS, trains_on_val
 
     settings = {k: getattr(cfg, k) for k in MODEL_SETTINGS}
     # No --epochs means the architecture's own count: the same model as passing it.
     settings["epochs"] = cfg.epochs or EPOCHS.get(cfg.arch)
+    # Likewise no --train-on-val/--hold-out-val: what the architecture and the data make of it.
+    settings["train_on_val"] = trains_on_val(cfg, dataset)
     settings_fp = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     run = hashlib.sha256(f"{dataset.fingerprint}\n{settings_fp}".encode()).hexdigest()[:16]
     return {"run": run, "data_fingerprint": dataset.fingerprint, "settings_fingerprint": settings_fp,
