@@ -409,7 +409,8 @@ def training(runs: list[tuple[str, Path, str]]) -> list[dict]:
         history = read_history(RunDir(run).history)
         row = {"data": label, "run": str(run), "source": source,
                "device": manifest["training"].get("device", "CPU"),
-               "train_images": sum(manifest["data"]["counts"]["train"].values()),
+               "train_images": manifest["metrics"].get(
+                   "train_images", sum(manifest["data"]["counts"]["train"].values())),
                "decode_seconds": manifest["metrics"].get("decode_seconds"), "epochs": len(history)}
         if not history:
             row["not_measured"] = f"{run} has no history.csv"

@@ -40,7 +40,12 @@ def test_run_folder_holds_model_manifest_history_curves_metrics(trained_run):
     with open(trained_run / "history.csv") as f:
         history = list(csv.DictReader(f))
     assert len(history) == manifest["metrics"]["epochs_run"] == 4
-    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history[0])
+    assert {"loss", "accuracy"} <= set(history[0])
+    # noodle trains on the validation photos too: no validation score, every
+    # epoch run, and the test split (40 photos) still held out.
+    assert manifest["training"]["train_on_val"] is True
+    assert manifest["metrics"]["train_images"] == 96 + 24 and manifest["metrics"]["best_epoch"] == 4
+    assert "val" not in manifest["metrics"] and {row.get("val_loss", "NA") for row in history} == {"NA"}
 
     metrics = json.loads((trained_run / "metrics.json").read_text())
     test = metrics["test"]
@@ -71,7 +76,7 @@ def test_cli_trains_on_two_replicas_and_skips_bad_files(sample_data, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "noodle", "train", str(data), "--out", str(out), "--epochs", "1",
-         "--cpu-replicas", "2", "--batch-size", "16"],
+         "--cpu-replicas", "2", "--batch-size", "16", "--hold-out-val"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -82,10 +87,32 @@ def test_cli_trains_on_two_replicas_and_skips_bad_files(sample_data, tmp_path):
     counts = manifest["data"]["counts"]
     assert counts["train"]["stripes"] + counts["val"]["stripes"] == 61
     assert "skipped      3 unreadable" in result.stdout
-    assert "validation" in result.stdout and "test" in result.stdout
+    # --hold-out-val: trained on train alone, scored on validation (trimmed to whole batches) and test.
+    assert manifest["training"]["train_on_val"] is False
+    # The 122 readable photos of train and validation (bad files may land in either).
+    assert manifest["metrics"]["train_images"] + manifest["metrics"]["val"]["count"] == 122
+    assert re.search(r"^validation +\d+\.\d% of \d+", result.stdout, re.M)
+    assert "validation photos too" not in result.stdout and "test" in result.stdout
     # Without a GPU, one line of ours says so, with the cores used instead.
     on_cpu = "CPU replica(s)" in result.stdout
     assert bool(re.search(r"^no GPU found: training on \d+ CPU cores$", result.stdout, re.M)) == on_cpu
+
+
+def test_validation_photos_are_trained_on_only_when_a_test_split_scores_the_model(sample_data):
+    from train.data import find_dataset
+    from train.fit import TrainConfig, trains_on_val
+    from train.runs import identity
+
+    ds = find_dataset(sample_data)
+    noodle, seed = (TrainConfig(data=sample_data, out=sample_data, arch=a) for a in ("noodle", "seed"))
+    assert trains_on_val(noodle, ds) and not trains_on_val(seed, ds)
+    # Saying what the architecture does anyway is the same model, the same run folder.
+    assert identity(ds, noodle) == identity(ds, TrainConfig(data=sample_data, out=sample_data,
+                                                             train_on_val=True))
+    assert identity(ds, noodle) != identity(ds, TrainConfig(data=sample_data, out=sample_data,
+                                                             train_on_val=False))
+    ds.splits["test"] = []  # nothing else would score the model: validation stays out
+    assert not trains_on_val(TrainConfig(data=sample_data, out=sample_data, train_on_val=True), ds)
 
 
 def test_unknown_arch_is_a_usage_error_naming_the_choices(sample_data, tmp_path):

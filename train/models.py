@@ -2,8 +2,9 @@
 
 Every model takes raw 0-255 RGB pixels and rescales them itself, so the
 preprocessing the device runs (edge.preprocess) is all that stands between a
-photo and the model. Augmentation is never inside a model: it lives in the
-training input pipeline, so exported graphs hold only inference ops.
+photo and the model. Augmentation is never inside a model: training wraps
+it around the model (train.fit.for_training) and saves the model alone, so
+exported graphs hold only inference ops.
 """
 from __future__ import annotations
 
@@ -55,12 +56,12 @@ def noodle(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     a quarter). With most weights in layers of fan-in 3x3x128 or more, the
     int8 file is 25.8 % of the float32 one.
 
-    Still the default after the accuracy levers in the README (400 shared
-    test photos, mean of seeds 0-2: 76.7 %): warm-up with a higher peak rate,
-    label smoothing, AdamW, mixup, shifts and turns, 20 or 40 epochs, an 80x80
-    or 96x96 input and a residual variant scored 73.8-78.1 %, none above the
-    noise of rerunning a seed (up to 2.75 pp), and the larger inputs cost
-    1.6-2.0x the invoke time.
+    Still the default after two rounds of accuracy levers (README, "Accuracy:
+    what was tried"): wider or residual layers, 80-128 px inputs, SGD, weight
+    averaging, label smoothing, mixup, erasing, colour, more dropout, test-time
+    flips and averaged models scored within the noise of rerunning a seed (up
+    to 2.75 pp) or cost 1.5-4x the training or invoke time. What moved every
+    seed was more training photos (train.fit.TrainConfig.train_on_val).
     """
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1 / 255.0)(inputs)
