@@ -185,10 +185,10 @@ def test_sample_data_is_two_balanced_classes(sample_data):
 
 # --------------------------------------------------------------- CSVs as people write them
 
-def write_csv(path: Path, rows) -> Path:
+def write_csv(path: Path, rows, delimiter: str = ",") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
+        csv.writer(f, delimiter=delimiter).writerows(rows)
     return path
 
 
@@ -243,17 +243,38 @@ def test_csv_columns_by_name_then_by_option(tmp_path):
         for kind in ("a", "b"):
             rows.append(("x", photo(tmp_path / f"{kind}{i}.png").name, kind, "test" if i == 0 else "train"))
     path = write_csv(tmp_path / "l.csv", rows)
-    with pytest.raises(DataError, match=r"cannot tell which column holds the photos .*--file-column"):
+    # "photo" is no known name, but its cells name photos; "notes" or "kind" is a guess too far.
+    with pytest.raises(DataError, match=r"cannot tell which column holds the labels .*--label-column"):
         find_dataset(path)
-    ds = find_dataset(path, file_column="photo", label_column="Kind")
+    ds = find_dataset(path, label_column="Kind")
     assert ds.classes == ["a", "b"] and totals(ds, ("test",)) == {"a": 1, "b": 1}
-    assert ds.options == {"file_column": "photo", "label_column": "Kind"}
+    assert ds.options == {"label_column": "Kind"}
+    ds = find_dataset(path, file_column="photo", label_column="3")
+    assert ds.classes == ["a", "b"] and totals(ds, ("test",)) == {"a": 1, "b": 1}
+    # Two columns of photos: only an option can tell.
+    rows2 = [(*r[1:], r[1]) for r in rows]
+    with pytest.raises(DataError, match=r"cannot tell which column holds the photos .*--file-column"):
+        find_dataset(write_csv(tmp_path / "l3.csv", rows2))
     # A fold column of numbers is not a split: say so, and how to ignore it.
     rows = [(r[1], r[2], "3") for r in rows[1:]]
     with pytest.raises(DataError, match=r"l2.csv:2: unknown split '3' .*--split-column none"):
         find_dataset(write_csv(tmp_path / "l2.csv", [("filename", "class", "fold"), *rows]))
     ds = find_dataset(tmp_path / "l2.csv", split_column="none")
     assert ds.sources["test"].startswith("carved")
+
+
+@pytest.mark.parametrize("header", [("photo", "kind", "subset"), ("Picture", "Animal")])
+def test_csv_headers_of_other_names_are_read_by_what_their_cells_hold(tmp_path, header):
+    rows = [header]
+    for i in range(8):
+        for kind in ("kitty", "pup"):
+            name = photo(tmp_path / f"{kind}{i}.jpg").name
+            rows.append((name, kind, "validation" if i == 0 else "training")[: len(header)])
+    ds = find_dataset(write_csv(tmp_path / "export.csv", rows, delimiter=";"))
+    assert ds.classes == ["kitty", "pup"] and not ds.skipped
+    assert totals(ds, ("train", "val", "test")) == {"kitty": 8, "pup": 8}
+    if "subset" in header:  # a split column of other words: "validation" is val
+        assert ds.sources["val"] == "given" and totals(ds, ("val",)) == {"kitty": 1, "pup": 1}
 
 
 def test_csv_empty_label_names_the_row(tmp_path):

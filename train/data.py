@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import NoodleError
-from edge.preprocess import ImageError, is_image_file, load_image
+from edge.preprocess import ImageError, is_heif_file, is_image_file, load_image
 
 # Folder names people give their splits, in the order we look for them.
 SPLIT_NAMES = {
@@ -289,12 +289,22 @@ def _read_csv(path: Path, file_column: str | None = None, label_column: str | No
     base = path.parent
     given = {_norm(c) for c in (file_column, label_column, split_column) if c and not c.isdigit()}
     first = [_norm(c) for c in rows[0][1]]
-    # A header names known columns (or the ones asked for) and no existing file.
-    has_header = (any(c in FILE_COLUMNS + LABEL_COLUMNS + SPLIT_COLUMNS or c in given for c in first)
+    # A header names known columns (or the ones asked for), or names no photo
+    # where the next row does ("photo,kind" over "cat.1.jpg,cat"); and no existing file.
+    named = any(c in FILE_COLUMNS + LABEL_COLUMNS + SPLIT_COLUMNS or c in given for c in first)
+    names_photo = [any(_photo_like(base, c) for c in row) for _, row in rows[:2]]
+    has_header = ((named or names_photo == [False, True])
                   and not any(c.strip() and (base / c.strip()).is_file() for c in rows[0][1]))
-    fi, li, si = _columns(path, first if has_header else None, len(rows[0][1]),
-                          file_column, label_column, split_column)
     body = rows[1:] if has_header else rows
+    sample = [row for _, row in body[:200]]
+
+    def holds_photos(i: int) -> bool:
+        """Whether nearly every cell of column i names a photo."""
+        cells = [row[i] for row in sample if len(row) > i and row[i].strip()]
+        return bool(cells) and sum(_photo_like(base, c) for c in cells) >= 0.9 * len(cells)
+
+    fi, li, si = _columns(path, first if has_header else None, len(rows[0][1]),
+                          file_column, label_column, split_column, holds_photos)
     width = max(i for i in (fi, li, si) if i is not None)
     resolve = _resolver(base, [r[fi].strip() for _, r in body if len(r) > fi])
 
@@ -325,6 +335,12 @@ def _read_csv(path: Path, file_column: str | None = None, label_column: str | No
     return raw, missing
 
 
+def _photo_like(base: Path, cell: str) -> bool:
+    """A CSV cell that names a photo: an image file name, or a file beside the CSV."""
+    cell = cell.strip()
+    return bool(cell) and (is_image_file(cell) or is_heif_file(cell) or (base / cell).is_file())
+
+
 def _dialect(sample: str):
     """Commas, or the semicolons (and tabs) spreadsheets write where the comma is a decimal point."""
     try:
@@ -337,8 +353,13 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s\-]+", "_", name.strip().lower())
 
 
-def _columns(path: Path, header: list[str] | None, width: int, file_column, label_column, split_column):
-    """Indices of the file, label and (or None) split columns."""
+def _columns(path: Path, header: list[str] | None, width: int, file_column, label_column, split_column,
+             holds_photos=lambda i: False):
+    """Indices of the file, label and (or None) split columns.
+
+    By header name (an option's, then a known one); the file column also by
+    content (`holds_photos`), since a tool's export may call it anything.
+    """
     def given(option: str, value: str) -> int | None:
         if _norm(value) == NO_COLUMN:
             return None
@@ -368,6 +389,10 @@ def _columns(path: Path, header: list[str] | None, width: int, file_column, labe
             picked[key] = header.index(free[0]) if free else None
     fi, li, si = picked["file"], picked["label"], picked["split"]
     rest = [i for i in range(width) if i not in (fi, li, si)]
+    photos = [i for i in rest if holds_photos(i)]
+    if fi is None and not file_column and len(photos) == 1:
+        fi = photos[0]
+        rest.remove(fi)
     # Two columns, one recognised: the other is the one left.
     if fi is None and li is not None and len(rest) == 1 and not file_column:
         fi = rest.pop()
