@@ -277,6 +277,45 @@ def test_csv_headers_of_other_names_are_read_by_what_their_cells_hold(tmp_path, 
         assert ds.sources["val"] == "given" and totals(ds, ("val",)) == {"kitty": 1, "pup": 1}
 
 
+def test_csv_one_hot_labels_name_the_class_by_the_column_marked_1(tmp_path):
+    """Kaggle's plant-pathology shape: image_id,healthy,rust,scab with one 1 a row (ids without extension)."""
+    rows = [("image_id", "healthy", "rust", "scab")]
+    for i in range(18):
+        hot = ["0", "0", "0"]
+        hot[i % 3] = "1.0" if i % 2 else "1"
+        rows.append((photo(tmp_path / "images" / f"Train_{i}.jpg").stem, *hot))
+    ds = find_dataset(write_csv(tmp_path / "train.csv", rows))
+    assert ds.classes == ["healthy", "rust", "scab"] and not ds.skipped
+    assert totals(ds, ("train", "val", "test")) == {"healthy": 6, "rust": 6, "scab": 6}
+    # Two classes marked, or none: one line naming the row and the fix.
+    bad = rows[:-1] + [(rows[-1][0], "1", "0", "1")]
+    with pytest.raises(DataError, match=r"b.csv:19: Train_17 is marked 'healthy' and 'scab'; .*exactly one "
+                                        r"of the columns healthy, rust, scab"):
+        find_dataset(write_csv(tmp_path / "b.csv", bad))
+    bad = rows[:-1] + [(rows[-1][0], "0", "0", "0")]
+    with pytest.raises(DataError, match=r"c.csv:19: Train_17 is marked no class"):
+        find_dataset(write_csv(tmp_path / "c.csv", bad))
+
+
+def test_roboflow_export_one_csv_per_split_folder(tmp_path):
+    """train/ valid/ test/, each with photos and a `_classes.csv`: `filename, Cat, Dog` (spaces and all)."""
+    for split, n in (("train", 10), ("valid", 3), ("test", 4)):
+        rows = [("filename", " Cat", " Dog")]
+        for i in range(n):
+            for hot, kind in (((" 1", " 0"), "cat"), ((" 0", " 1"), "dog")):
+                rows.append((photo(tmp_path / split / f"{kind}{i}_jpg.rf.{i:04x}.jpg").name, *hot))
+        rows.append(("gone_jpg.rf.0.jpg", " 1", " 0"))  # listed, not there: skipped and reported
+        write_csv(tmp_path / split / "_classes.csv", rows)
+    ds = find_dataset(tmp_path)
+    assert ds.layout == "csv-per-split" and ds.classes == ["Cat", "Dog"]
+    assert {s: n for s, n in ds.sources.items()} == {"train": "given", "val": "given", "test": "given"}
+    assert totals(ds, ("train",)) == {"Cat": 10, "Dog": 10} and totals(ds, ("test",)) == {"Cat": 4, "Dog": 4}
+    assert len(ds.skipped) == 3 and {s["reason"] for s in ds.skipped} == {"listed in CSV but missing"}
+    # Scoring a model on the export reads its test split the same way.
+    items, skipped = read_labelled(tmp_path, ["Cat", "Dog"])
+    assert len(items) == 8 and [s["file"] for s in skipped] == [str(tmp_path / "test" / "gone_jpg.rf.0.jpg")]
+
+
 def test_csv_empty_label_names_the_row(tmp_path):
     rows = [("file", "label")] + [(photo(tmp_path / f"{i}.jpg").name, "cat" if i else "") for i in range(4)]
     with pytest.raises(DataError, match=r"l.csv:2: empty label for 0.jpg"):

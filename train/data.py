@@ -2,7 +2,9 @@
 
 Four layouts are detected (see `find_dataset`): class-per-folder with or
 without train/val/test folders, Kaggle's flat `cat.0.jpg` names, and a CSV of
-file and label columns (a header is optional, its names are recognised). Hidden
+file and label columns (a header is optional, its names are recognised; the
+label may be one-hot, a 0/1 column per class), given as DATA or one per split
+folder beside its photos (Roboflow's `train/_classes.csv`). Hidden
 entries, `__MACOSX/` and `._*` files are skipped everywhere. Every image goes
 through `edge.preprocess.load_image`, the same function the device runs, and is
 cached as uint8 so only the first pass decodes.
@@ -38,6 +40,10 @@ LABEL_COLUMNS = ("label", "labels", "class", "class_name", "classname", "categor
 SPLIT_COLUMNS = ("split", "set", "subset", "fold", "partition")
 # Given as a column option, ignores a split column detection would have used.
 NO_COLUMN = "none"
+# Cells of one-hot label columns (`filename,cat,dog` over `a.jpg,1,0`), as
+# Roboflow's classification CSVs and Kaggle's plant-pathology or ISIC ground
+# truths write them: the class is the header of the column holding the 1.
+ONE_HOT = {"0": False, "1": True, "0.0": False, "1.0": True}
 
 # When there is no test split: 15 % of each class is carved for validation and
 # another 15 % for test (70/15/15), so the photos that chose the epoch never
@@ -150,6 +156,8 @@ def read_labelled(path: str | os.PathLike, labels: list[str],
     path = Path(path)
     _, raw, missing = _read(path, {k: v for k, v in columns.items() if v}, known=labels)
     items = raw.get("test") or [item for split in raw.values() for item in split]
+    if raw.get("test"):  # only the split scored: a photo missing from train/ is no concern here
+        missing = [m for m in missing if m[2] == "test"]
     unknown = sorted({label for _, label in items} - set(labels))
     if unknown:
         found = sorted({label for _, label in items})
@@ -191,12 +199,20 @@ def _read_folder(root: Path, known: list[str] | None):
         for split, names in SPLIT_NAMES.items()
     }
     if split_dirs["train"] is not None or (known and split_dirs["test"] is not None):
-        raw, layout = {}, None
+        raw, layout, missing = {}, None, []
         for split, folder in split_dirs.items():  # train first: its labels check the others'
             if folder is None:
                 continue
+            labels = sorted(p for p in folder.glob("*.csv") if not _hidden(p.name))
             if _class_folders(folder):
                 raw[split], layout = _read_class_folders(folder), "folders"
+            elif _images_in(folder) and len(labels) == 1:
+                # Roboflow's classification export: train/_classes.csv beside the photos.
+                # Its rows are this folder's split whatever a split column says.
+                listed, lost = _read_csv(labels[0], split_column=NO_COLUMN)
+                raw[split] = [item for items in listed.values() for item in items]
+                missing += [(file, label, split, line) for file, label, _, line in lost]
+                layout = layout or "csv-per-split"
             elif _images_in(folder):
                 raw[split] = _read_flat(folder, known or _labels(raw.get("train")))
                 layout = layout or "kaggle-flat"
@@ -205,7 +221,7 @@ def _read_folder(root: Path, known: list[str] | None):
                 f"{split_dirs['train']}: no class folders and no images; "
                 "put photos in train/<class>/ (one folder per class)"
             )
-        return layout, raw, []
+        return layout, raw, missing
     if _class_folders(root):
         return "class-folders", {"train": _read_class_folders(root)}, []
     if _images_in(root):
@@ -303,9 +319,14 @@ def _read_csv(path: Path, file_column: str | None = None, label_column: str | No
         cells = [row[i] for row in sample if len(row) > i and row[i].strip()]
         return bool(cells) and sum(_photo_like(base, c) for c in cells) >= 0.9 * len(cells)
 
+    def one_hot(i: int) -> bool:
+        """Whether every cell of column i is a 0 or a 1."""
+        cells = [row[i].strip() for row in sample if len(row) > i]
+        return bool(cells) and all(c in ONE_HOT for c in cells)
+
     fi, li, si = _columns(path, first if has_header else None, len(rows[0][1]),
-                          file_column, label_column, split_column, holds_photos)
-    width = max(i for i in (fi, li, si) if i is not None)
+                          file_column, label_column, split_column, holds_photos, one_hot)
+    width = max(max(i) if isinstance(i, tuple) else i for i in (fi, li, si) if i is not None)
     resolve = _resolver(base, [r[fi].strip() for _, r in body if len(r) > fi])
 
     raw: Raw = {}
@@ -313,9 +334,10 @@ def _read_csv(path: Path, file_column: str | None = None, label_column: str | No
     for line, row in body:
         if len(row) <= width:
             raise DataError(f"{path}:{line}: expected {width + 1} columns; got {','.join(row)!r}")
-        name, label = row[fi].strip(), row[li].strip()
+        name = row[fi].strip()
         if not name:
             raise DataError(f"{path}:{line}: no file name; fill it in or delete the row")
+        label = _marked(path, line, name, row, li, rows[0][1]) if isinstance(li, tuple) else row[li].strip()
         if not label:
             raise DataError(f"{path}:{line}: empty label for {name}; fill it in or delete the row")
         split = "train" if si is None else _split(path, line, row[si], first[si] if has_header else si + 1)
@@ -333,6 +355,18 @@ def _read_csv(path: Path, file_column: str | None = None, label_column: str | No
         seen[file] = (label, line, split)
         raw.setdefault(split, []).append((file, label))
     return raw, missing
+
+
+def _marked(path: Path, line: int, name: str, row: list[str], columns: tuple[int, ...],
+            header: list[str]) -> str:
+    """The class of a one-hot row: the header of its one column marked 1."""
+    marked = [header[i].strip() for i in columns if ONE_HOT.get(row[i].strip())]
+    if len(marked) != 1:
+        found = "no class" if not marked else " and ".join(repr(m) for m in marked)
+        names = ", ".join(header[i].strip() for i in columns)
+        raise DataError(f"{path}:{line}: {name} is marked {found}; noodle learns one class per photo, "
+                        f"so put a 1 in exactly one of the columns {names}")
+    return marked[0]
 
 
 def _photo_like(base: Path, cell: str) -> bool:
@@ -354,11 +388,13 @@ def _norm(name: str) -> str:
 
 
 def _columns(path: Path, header: list[str] | None, width: int, file_column, label_column, split_column,
-             holds_photos=lambda i: False):
+             holds_photos=lambda i: False, one_hot=lambda i: False):
     """Indices of the file, label and (or None) split columns.
 
     By header name (an option's, then a known one); the file column also by
     content (`holds_photos`), since a tool's export may call it anything.
+    The label is a tuple of indices when it is one-hot: two or more columns
+    left whose every cell is 0 or 1 (`one_hot`), one per class.
     """
     def given(option: str, value: str) -> int | None:
         if _norm(value) == NO_COLUMN:
@@ -398,6 +434,9 @@ def _columns(path: Path, header: list[str] | None, width: int, file_column, labe
         fi = rest.pop()
     if li is None and fi is not None and len(rest) == 1 and not label_column:
         li = rest.pop()
+    hot = tuple(i for i in rest if one_hot(i))
+    if li is None and fi is not None and len(hot) >= 2 and not label_column:
+        li = hot
     for index, option in ((fi, "file-column"), (li, "label-column")):
         if index is None:
             what = "photos" if option == "file-column" else "labels"
