@@ -229,6 +229,30 @@ def test_csv_kaggle_ids_without_extension_found_in_a_sibling_folder(tmp_path):
         find_dataset(tmp_path)
 
 
+def test_csv_paths_written_on_another_machine(tmp_path):
+    """Windows paths into class folders, and Label Studio's upload paths to a flat folder."""
+    rows = [("filepath", "label")]
+    for kind in ("cats", "dogs"):
+        for i in range(5):
+            photo(tmp_path / "pets" / kind / f"{i}.jpg")  # the same names in both classes
+            rows.append((f"C:\\Users\\me\\Desktop\\pets\\{kind}\\{i}.jpg", kind))
+    ds = find_dataset(write_csv(tmp_path / "windows.csv", rows))
+    assert ds.classes == ["cats", "dogs"] and not ds.skipped
+    assert all(f.parent.name == ds.classes[y] for items in ds.splits.values() for f, y in items)
+    # A relative path that is missing stays missing, not the other class's photo of that name.
+    (tmp_path / "pets" / "cats" / "4.jpg").unlink()
+    rows = [("filepath", "label")] + [(f"pets/{k}/{i}.jpg", k) for k in ("cats", "dogs") for i in range(5)]
+    ds = find_dataset(write_csv(tmp_path / "relative.csv", rows))
+    assert [s["file"] for s in ds.skipped] == [str(tmp_path / "pets" / "cats" / "4.jpg")]
+    rows = [("id", "image", "choice", "annotator")]
+    for i in range(12):
+        name = photo(tmp_path / "upload" / f"3f{i:02d}-pic{i}.jpg").name
+        rows.append((str(i), f"/data/upload/1/{name}", "left" if i % 2 else "right", "me@example.com"))
+    ds = find_dataset(write_csv(tmp_path / "label-studio.csv", rows))
+    assert ds.classes == ["left", "right"] and not ds.skipped
+    assert totals(ds, ("train", "val", "test")) == {"left": 6, "right": 6}
+
+
 def test_csv_from_a_spreadsheet_semicolons_bom_crlf_and_spaced_header(tmp_path):
     lines = ["\ufeffFile Name;Class"] + [f"{photo(tmp_path / f'p {i}.jpg').name};{'ab'[i % 2]}"
                                          for i in range(8)]

@@ -36,7 +36,7 @@ SPLIT_NAMES = {
 FILE_COLUMNS = ("file", "filename", "file_name", "filepath", "file_path", "path", "image",
                 "image_name", "image_path", "image_id", "img", "img_name", "fname", "id", "name")
 LABEL_COLUMNS = ("label", "labels", "class", "class_name", "classname", "category", "target",
-                 "breed", "species", "y")
+                 "breed", "species", "choice", "choices", "y")
 SPLIT_COLUMNS = ("split", "set", "subset", "fold", "partition")
 # Given as a column option, ignores a split column detection would have used.
 NO_COLUMN = "none"
@@ -456,30 +456,49 @@ def _split(path: Path, line: int, value: str, column: str | int) -> str:
 def _resolver(base: Path, names: list[str]):
     """name -> existing file (resolved) or None.
 
-    A name is a path relative to the CSV's folder. One that is not there
-    (Kaggle's `id` column, often without an extension) is looked for as
-    written or as `<name>.<image extension>` in the one folder, at most two
-    levels under the CSV's, that holds the most of these names (e.g. train/).
+    A name is a path relative to the CSV's folder. A path written on another
+    machine (`C:\\Users\\me\\pets\\cats\\1.jpg`, Colab's `/content/drive/...`,
+    Label Studio's `/data/upload/1/...`) is found by its longest tail that
+    exists under the CSV's folder. A bare name still not there (Kaggle's `id`
+    column, often without an extension), or such a path by its last part, is
+    looked for as written or as `<name>.<image extension>` in the one folder,
+    at most two levels under the CSV's, that holds the most of these names
+    (e.g. train/).
     """
     direct = {}
     for name in set(names):
         p = base / name
         if p.is_file():
             direct[name] = p.resolve()
-    lost = set(names) - set(direct)
+    cut = None  # the tail that worked last: one export writes one prefix
+    for name in sorted(set(names) - set(direct)):
+        parts = _parts(name)
+        for i in dict.fromkeys([cut, *range(1, len(parts))]):
+            if i is not None and 0 < i < len(parts) and (p := base.joinpath(*parts[i:])).is_file():
+                direct[name], cut = p.resolve(), i
+                break
+    # By last part only a bare name or another machine's path: a missing cats/1.jpg
+    # must stay missing, not become the dogs/1.jpg the index holds.
+    lost = {name: _parts(name)[-1] for name in set(names) - set(direct)
+            if len(_parts(name)) == 1 or re.match(r"/|[A-Za-z]:", name) or "\\" in name}
     index: dict[str, Path] = {}
     if lost:
         best = 0
         for folder in _folders(base, depth=2):
             here = _name_index(folder)
-            score = sum(1 for n in lost if n in here)
+            score = sum(1 for last in lost.values() if last in here)
             if score > best:
                 best, index = score, here
 
     def resolve(name: str) -> Path | None:
-        return direct.get(name) or index.get(name)
+        return direct.get(name) or (index.get(lost[name]) if name in lost else None)
 
     return resolve
+
+
+def _parts(name: str) -> list[str]:
+    """A path's parts, whichever machine wrote it: / or \\ separators, no drive."""
+    return [p for p in re.split(r"[\\/]+", name) if p and p != "." and not re.fullmatch(r"[A-Za-z]:", p)]
 
 
 def _folders(base: Path, depth: int):
