@@ -496,12 +496,16 @@ def test_run_folder_is_named_by_data_and_settings(tmp_path):
     name = run_dir(first, "--runs", tmp_path / "runs")
     assert Path(name).parent == tmp_path / "runs" and Path(name).name.startswith("photos-noodle-")
     assert run_dir(first, "--runs", tmp_path / "runs") == name
-    assert run_dir(first, "--runs", tmp_path / "runs", "--epochs", 30) == name  # noodle's own count
+    from train.fit import EPOCHS, IMAGE_SIZE
+
+    own = ("--epochs", EPOCHS["noodle"], "--image-size", IMAGE_SIZE["noodle"])  # noodle's own settings
+    assert run_dir(first, "--runs", tmp_path / "runs", *own) == name
     others = [run_dir(second, "--runs", tmp_path / "runs"),
               run_dir(first, "--runs", tmp_path / "runs", "--arch", "seed"),
               run_dir(first, "--runs", tmp_path / "runs", "--epochs", 3),
-              run_dir(first, "--runs", tmp_path / "runs", "--seed", 1)]
-    assert len({name, *others}) == 5
+              run_dir(first, "--runs", tmp_path / "runs", "--seed", 1),
+              run_dir(first, "--runs", tmp_path / "runs", "--image-size", 64)]
+    assert len({name, *others}) == 6
     edited = first / "cats" / "cats.0.jpg"
     photo(edited)  # same name, new pixels
     assert run_dir(first, "--runs", tmp_path / "runs") != name

@@ -28,6 +28,7 @@ from edge.manifest import (
     ModelEntry,
     Preprocessing,
     TensorSpec,
+    image_size,
     read_manifest,
     sha256_file,
     write_json,
@@ -108,7 +109,8 @@ def test_all_variants_written_and_listed_with_sha256(exported_run):
 
 
 def test_every_file_runs_through_the_edge_runner(exported_run):
-    pixels = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), np.uint8)
+    size = image_size(read_manifest(exported_run))
+    pixels = np.random.default_rng(0).integers(0, 256, (3, *size, 3), np.uint8)
     outputs = {}
     for variant in VARIANTS:
         probs = Classifier(exported_run / "export" / f"{variant}.tflite").probabilities(pixels)
@@ -146,7 +148,7 @@ def test_float32_matches_keras(exported_run):
 
     manifest = read_manifest(exported_run)
     test_items = find_dataset(manifest["data"]["root"]).splits["test"]
-    x = decode(test_items, (64, 64)).x
+    x = decode(test_items, image_size(manifest)).x
     expected = keras.models.load_model(exported_run / "model.keras").predict(x.astype(np.float32),
                                                                              verbose=0)[:, 0]
     got = Classifier(exported_run / "export" / "float32.tflite").probabilities(x)[:, 1]

@@ -31,7 +31,8 @@ def test_run_folder_holds_model_manifest_history_curves_metrics(trained_run):
 
     manifest = json.loads((trained_run / "manifest.json").read_text())
     assert manifest["labels"] == ["discs", "stripes"]
-    assert manifest["input"] == {"height": 64, "width": 64, "channels": 3, "dtype": "float32",
+    # noodle's own input side (train.fit.IMAGE_SIZE): no --image-size given.
+    assert manifest["input"] == {"height": 56, "width": 56, "channels": 3, "dtype": "float32",
                                  "range": [0, 255]}
     assert manifest["preprocessing"]["name"] == "noodle-rgb-squash"
     assert manifest["seed"] == 0 and manifest["arch"] == "noodle"
@@ -62,7 +63,7 @@ def test_saved_model_takes_raw_pixels_and_rescales_itself(trained_run):
     model = keras.models.load_model(trained_run / "model.keras")
     assert model.layers[1].__class__.__name__ == "Rescaling"
     assert not any("Random" in layer.__class__.__name__ for layer in model.layers)
-    p = model.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0)
+    p = model.predict(np.zeros((1, 56, 56, 3), np.float32), verbose=0)
     assert p.shape == (1, 1) and 0.0 <= p[0, 0] <= 1.0
 
 
@@ -113,6 +114,23 @@ def test_validation_photos_are_trained_on_only_when_a_test_split_scores_the_mode
                                                              train_on_val=False))
     ds.splits["test"] = []  # nothing else would score the model: validation stays out
     assert not trains_on_val(TrainConfig(data=sample_data, out=sample_data, train_on_val=True), ds)
+
+
+def test_each_architecture_has_its_own_input_side_and_epochs(sample_data):
+    from train.data import find_dataset
+    from train.fit import TrainConfig
+    from train.runs import identity
+
+    ds = find_dataset(sample_data)
+
+    def settings(**kw):
+        return identity(ds, TrainConfig(data=sample_data, out=sample_data, **kw))["settings"]
+
+    assert (settings(arch="noodle")["image_size"], settings(arch="noodle")["epochs"]) == (56, 45)
+    assert (settings(arch="seed")["image_size"], settings(arch="seed")["epochs"]) == (64, 25)
+    # Passing the default is the same model; another side is another.
+    assert settings(arch="seed") == settings(arch="seed", image_size=64, epochs=25)
+    assert settings() == settings(image_size=56) != settings(image_size=64)
 
 
 def test_unknown_arch_is_a_usage_error_naming_the_choices(sample_data, tmp_path):

@@ -14,7 +14,7 @@ import typer
 from edge.errors import one_line_errors
 from train.cluster import Cluster
 from train.data import MISSING
-from train.fit import EPOCHS, TrainConfig
+from train.fit import EPOCHS, IMAGE_SIZE, TrainConfig
 from train.runs import RUNS
 
 # The defaults live in TrainConfig, with their reasons; the options repeat none of them.
@@ -53,7 +53,9 @@ Arch = Annotated[ArchName, typer.Option(
 Epochs = Annotated[int | None, typer.Option(
     help="Epochs (default " + ", ".join(f"{a} {n}" for a, n in EPOCHS.items()) + "; a cosine schedule's "
          "length, else an upper bound). Early stopping on validation loss keeps the best.")]
-ImageSize = Annotated[int, typer.Option(help="Square input side in pixels.")]
+ImageSize = Annotated[int | None, typer.Option(
+    help="Square input side in pixels (default "
+         + ", ".join(f"{a} {n}" for a, n in IMAGE_SIZE.items()) + ").")]
 BatchSize = Annotated[int, typer.Option(help="Per device.")]
 LearningRate = Annotated[float, typer.Option(help="Adam's rate (noodle: the start of its cosine decay).")]
 Patience = Annotated[int, typer.Option(help="Epochs without a better validation loss before stopping.")]

@@ -46,8 +46,9 @@ def _conv_bn(x, filters: int, stride: int = 1):
 def noodle(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     """The default: a small all-convolutional net that quantizes cleanly.
 
-    A stride-2 stem sees the 64x64 input once with 16 filters, so everything
-    after it runs at 32x32 or less; width grows as resolution halves, and
+    A stride-2 stem sees the input (56x56 by default, train.fit.IMAGE_SIZE)
+    once with 16 filters, so everything after it runs at half that side or
+    less; width grows as resolution halves, and
     global average pooling instead of a big dense layer keeps it at about
     0.76 M parameters, 39 % of the seed's. Plain 3x3 convolutions, not
     depthwise-separable ones: int8 stores a float scale and an int64 zero
@@ -56,23 +57,25 @@ def noodle(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     a quarter). With most weights in layers of fan-in 3x3x128 or more, the
     int8 file is 25.8 % of the float32 one.
 
-    Still the default after two rounds of accuracy levers (README, "Accuracy:
-    what was tried"): wider or residual layers, 80-128 px inputs, SGD, weight
-    averaging, label smoothing, mixup, erasing, colour, more dropout, test-time
-    flips and averaged models scored within the noise of rerunning a seed (up
-    to 2.75 pp) or cost 1.5-4x the training or invoke time. What moved every
-    seed was more training photos (train.fit.TrainConfig.train_on_val).
+    Still the default after three rounds of accuracy levers (README, "Accuracy:
+    what was tried"): wider or residual layers, a full-resolution first layer,
+    80-128 px inputs, SGD, weight averaging, label smoothing, mixup, erasing,
+    colour, more dropout, test-time flips and averaged models scored within
+    the noise of rerunning a seed (up to 2.75 pp) or cost 1.5-4x the training
+    or invoke time. What moved every seed was more training photos
+    (train.fit.TrainConfig.train_on_val); longer training, bought with a
+    smaller input, added about 1 pp (train.fit.IMAGE_SIZE).
     """
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1 / 255.0)(inputs)
-    x = _conv_bn(x, 16, stride=2)  # 32x32
+    x = _conv_bn(x, 16, stride=2)  # 28x28 from 56x56
     x = _conv_bn(x, 32)
-    x = layers.MaxPooling2D(2)(x)  # 16x16
+    x = layers.MaxPooling2D(2)(x)  # 14x14
     x = _conv_bn(x, 64)
-    x = layers.MaxPooling2D(2)(x)  # 8x8
+    x = layers.MaxPooling2D(2)(x)  # 7x7
     x = _conv_bn(x, 128)
     x = _conv_bn(x, 192)
-    x = layers.MaxPooling2D(2)(x)  # 4x4
+    x = layers.MaxPooling2D(2)(x)  # 3x3
     x = _conv_bn(x, 256)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3)(x)
