@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -338,6 +339,16 @@ def test_roboflow_export_one_csv_per_split_folder(tmp_path):
     # Scoring a model on the export reads its test split the same way.
     items, skipped = read_labelled(tmp_path, ["Cat", "Dog"])
     assert len(items) == 8 and [s["file"] for s in skipped] == [str(tmp_path / "test" / "gone_jpg.rf.0.jpg")]
+    # A CSV that labels nothing beside photos whose names do: the names.
+    for kind in ("cat", "dog"):
+        for i in range(5):
+            photo(tmp_path / "kaggle" / "train" / f"{kind}.{i}.jpg")
+    write_csv(tmp_path / "kaggle" / "train" / "notes.csv", [("who", "when"), ("me", "today")])
+    assert find_dataset(tmp_path / "kaggle").layout == "kaggle-flat"
+    # One that labels nothing beside photos whose names do not: the CSV's own error.
+    (tmp_path / "train" / "_classes.csv").write_text("who,when\nme,today\n")
+    with pytest.raises(DataError, match=r"_classes.csv: names none of the photos beside it; write one"):
+        find_dataset(tmp_path)
 
 
 def test_csv_empty_label_names_the_row(tmp_path):
@@ -507,7 +518,9 @@ def test_run_folder_is_named_by_data_and_settings(tmp_path):
               run_dir(first, "--runs", tmp_path / "runs", "--image-size", 64)]
     assert len({name, *others}) == 6
     edited = first / "cats" / "cats.0.jpg"
-    photo(edited)  # same name, new pixels
+    before = edited.stat().st_mtime
+    photo(edited)  # same name, new pixels, maybe the same size: the fingerprint sees the mtime
+    os.utime(edited, (before + 2, before + 2))  # whole seconds, as the fingerprint keeps them
     assert run_dir(first, "--runs", tmp_path / "runs") != name
 
 

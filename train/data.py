@@ -206,11 +206,11 @@ def _read_folder(root: Path, known: list[str] | None):
             labels = sorted(p for p in folder.glob("*.csv") if not _hidden(p.name))
             if _class_folders(folder):
                 raw[split], layout = _read_class_folders(folder), "folders"
-            elif _images_in(folder) and len(labels) == 1:
+            elif _images_in(folder) and len(labels) == 1 and (listed := _split_csv(labels[0], folder)):
                 # Roboflow's classification export: train/_classes.csv beside the photos.
                 # Its rows are this folder's split whatever a split column says.
-                listed, lost = _read_csv(labels[0], split_column=NO_COLUMN)
-                raw[split] = [item for items in listed.values() for item in items]
+                items, lost = listed
+                raw[split] = [item for rows in items.values() for item in rows]
                 missing += [(file, label, split, line) for file, label, _, line in lost]
                 layout = layout or "csv-per-split"
             elif _images_in(folder):
@@ -227,6 +227,22 @@ def _read_folder(root: Path, known: list[str] | None):
     if _images_in(root):
         return "kaggle-flat", {"train": _read_flat(root, known)}, []
     raise DataError(f"{root}: unknown layout; {LAYOUTS}")
+
+
+def _split_csv(path: Path, folder: Path):
+    """A split folder's one CSV as its labels, or None when it is no labels file
+    and the photos' own names label them (`cat.0.jpg` beside a `notes.csv`)."""
+    try:
+        listed, lost = _read_csv(path, split_column=NO_COLUMN)
+        if not any(listed.values()):
+            raise DataError(f"{path}: names none of the photos beside it; write one file,label row per photo")
+        return listed, lost
+    except DataError as not_labels:
+        try:
+            _read_flat(folder)
+        except DataError:
+            raise not_labels from None  # neither: the CSV's error says more
+        return None
 
 
 def _hidden(name: str) -> bool:
