@@ -45,6 +45,7 @@ def test_run_folder_holds_model_manifest_history_curves_metrics(trained_run):
     # noodle trains on the validation photos too: no validation score, every
     # epoch run, and the test split (40 photos) still held out.
     assert manifest["training"]["train_on_val"] is True
+    assert (manifest["training"]["image_size"], manifest["training"]["epochs"]) == (56, 4)  # as resolved
     assert manifest["metrics"]["train_images"] == 96 + 24 and manifest["metrics"]["best_epoch"] == 4
     assert "val" not in manifest["metrics"] and {row.get("val_loss", "NA") for row in history} == {"NA"}
 

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +96,16 @@ COSINE = {"noodle"}
 
 class TrainError(NoodleError):
     pass
+
+
+def resolved(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the architecture's own input side and epochs where none was given.
+
+    What the run identity, the training and the manifest all see, so passing
+    a default names, trains and records the same model as leaving it out.
+    """
+    return replace(cfg, image_size=cfg.image_size or IMAGE_SIZE[cfg.arch],
+                   epochs=cfg.epochs or EPOCHS[cfg.arch])
 
 
 def trains_on_val(cfg: TrainConfig, dataset: datasets.Dataset) -> bool:
@@ -288,8 +298,8 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
     """`train` in `work`: the run folder on the chief, a scratch folder on other workers."""
     run = RunDir(cfg.out)
     dataset = dataset or datasets.find_dataset(cfg.data)
-    side = cfg.image_size or IMAGE_SIZE[cfg.arch]
-    size = (side, side)
+    cfg = resolved(cfg)
+    size = (cfg.image_size, cfg.image_size)
 
     on_val = trains_on_val(cfg, dataset)
     splits = dict(dataset.splits)
@@ -337,7 +347,7 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
         keras.mixed_precision.set_global_policy("mixed_float16")
     replicas = strategy.num_replicas_in_sync
     global_batch = cfg.batch_size * replicas
-    epochs = cfg.epochs or EPOCHS[cfg.arch]
+    epochs = cfg.epochs
     num_classes = len(dataset.classes)
 
     cosine = cfg.arch in COSINE
@@ -443,7 +453,7 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
         params=int(model.count_params()),
         seed=cfg.seed,
         training={**{k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "verbose")},
-                  "epochs": epochs, "train_on_val": on_val, "global_batch": global_batch,
+                  "train_on_val": on_val, "global_batch": global_batch,
                   "replicas": replicas, "device": device, "tensorflow": tf.__version__,
                   "keras": keras.__version__},
         data=dataset.summary(),

@@ -33,12 +33,10 @@ class RunMismatch(NoodleError):
 
 def identity(dataset, cfg) -> dict:
     """The data fingerprint, the model settings and their combined short id."""
-    from train.fit import EPOCHS, IMAGE_SIZE, trains_on_val
+    from train.fit import resolved, trains_on_val
 
-    settings = {k: getattr(cfg, k) for k in MODEL_SETTINGS}
     # No --epochs or --image-size means the architecture's own: the same model as passing it.
-    settings["epochs"] = cfg.epochs or EPOCHS.get(cfg.arch)
-    settings["image_size"] = cfg.image_size or IMAGE_SIZE.get(cfg.arch)
+    settings = {k: getattr(resolved(cfg), k) for k in MODEL_SETTINGS}
     # Likewise no --train-on-val/--hold-out-val: what the architecture and the data make of it.
     settings["train_on_val"] = trains_on_val(cfg, dataset)
     settings_fp = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
