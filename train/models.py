@@ -63,9 +63,10 @@ def noodle(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     80-128 px inputs, progressive resizing, SGD, weight decay, weight
     averaging, label smoothing, mixup, CutMix, erasing, colour, other dropout,
     test-time flips and averaged models scored within the noise of the seeds
-    or below it, or cost 1.4-4x the training or invoke time. What moved every seed was more training photos
-    (train.fit.TrainConfig.train_on_val); longer training, bought with a
-    smaller input, added about 1 pp (train.fit.IMAGE_SIZE).
+    or below it, or cost 1.4-4x the training or invoke time. What moved every
+    seed was more training photos (train.fit.TrainConfig.train_on_val);
+    longer training, bought with a smaller input, added about 1 pp
+    (train.fit.IMAGE_SIZE).
     """
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1 / 255.0)(inputs)

@@ -36,7 +36,8 @@ def identity(dataset, cfg) -> dict:
     from train.fit import resolved, trains_on_val
 
     # No --epochs or --image-size means the architecture's own: the same model as passing it.
-    settings = {k: getattr(resolved(cfg), k) for k in MODEL_SETTINGS}
+    full = resolved(cfg)
+    settings = {k: getattr(full, k) for k in MODEL_SETTINGS}
     # Likewise no --train-on-val/--hold-out-val: what the architecture and the data make of it.
     settings["train_on_val"] = trains_on_val(cfg, dataset)
     settings_fp = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
