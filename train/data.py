@@ -60,7 +60,7 @@ SPLIT_SEED = 20240613
 # or `Cat1.jpg ...` are not 500 classes.
 FLAT_MIN_PER_CLASS = 5
 # Above this many bytes of decoded pixels a split goes to a memory-mapped file
-# in the run folder instead of memory (about 175,000 photos at 64x64). Set
+# in the run folder instead of memory (about 228,000 photos at 56x56). Set
 # NOODLE_IN_MEMORY_LIMIT (bytes) lower on a machine with little memory.
 IN_MEMORY_LIMIT = int(os.environ.get("NOODLE_IN_MEMORY_LIMIT", 2 << 30))
 

@@ -48,26 +48,24 @@ def noodle(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
 
     A stride-2 stem sees the input (56x56 by default, train.fit.IMAGE_SIZE)
     once with 16 filters, so everything after it runs at half that side or
-    less; width grows as resolution halves, and
-    global average pooling instead of a big dense layer keeps it at about
-    0.76 M parameters, 39 % of the seed's. Plain 3x3 convolutions, not
-    depthwise-separable ones: int8 stores a float scale and an int64 zero
-    point per output channel, which outweigh a depthwise filter's 9 weights
-    (a MobileNet-like variant's int8 file was a third of its float32 one, not
-    a quarter). With most weights in layers of fan-in 3x3x128 or more, the
-    int8 file is 25.8 % of the float32 one.
+    less; width grows as resolution halves, and global average pooling instead
+    of a big dense layer keeps it at about 0.76 M parameters, 39 % of the
+    seed's. Plain 3x3 convolutions, not depthwise-separable ones: int8 stores a
+    float scale and an int64 zero point per output channel, which outweigh a
+    depthwise filter's 9 weights (a MobileNet-like variant's int8 file was a
+    third of its float32 one, not a quarter). With most weights in layers of
+    fan-in 3x3x128 or more, the int8 file is 25.8 % of the float32 one.
 
     Still the default after five rounds of accuracy levers (README, "Accuracy:
-    what was tried"): wider or residual layers, squeeze-and-excitation, SiLU,
-    a full-resolution or 5x5 first layer, max pooling beside the average,
+    what was tried"): wider or residual layers, squeeze-and-excitation, SiLU, a
+    full-resolution or 5x5 first layer, max pooling beside the average,
     80-128 px inputs, progressive resizing, SGD, SAM, weight decay, weight
     averaging, label smoothing, mixup, CutMix, erasing, RandAugment, colour,
-    other dropout, test-time flips and averaged models scored within the
-    noise of the seeds or below it, or cost 1.4-4x the training or invoke
-    time. What moved every
-    seed was more training photos (train.fit.TrainConfig.train_on_val);
-    longer training, bought with a smaller input, added about 1 pp
-    (train.fit.IMAGE_SIZE).
+    other dropout, test-time flips and averaged models scored within the noise
+    of the seeds or below it, or cost 1.4-4x the training or invoke time. What
+    moved every seed was more training photos
+    (train.fit.TrainConfig.train_on_val); longer training, bought with a
+    smaller input, added about 1 pp (train.fit.IMAGE_SIZE).
     """
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1 / 255.0)(inputs)
