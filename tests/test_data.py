@@ -320,6 +320,11 @@ def test_csv_one_hot_labels_name_the_class_by_the_column_marked_1(tmp_path):
     bad = rows[:-1] + [(rows[-1][0], "0", "0", "0")]
     with pytest.raises(DataError, match=r"c.csv:19: Train_17 is marked no class"):
         find_dataset(write_csv(tmp_path / "c.csv", bad))
+    # No header: nothing names the classes, and the fix says where they go.
+    with pytest.raises(DataError, match=r"d.csv: columns other than the file's hold only 0 and 1, .*"
+                                        r"no header row names the classes; add one, e.g. file,class1,class2,"
+                                        r"class3$"):
+        find_dataset(write_csv(tmp_path / "d.csv", rows[1:]))
 
 
 def test_roboflow_export_one_csv_per_split_folder(tmp_path):

@@ -429,6 +429,13 @@ def _columns(path: Path, header: list[str] | None, width: int, file_column, labe
         si = given("split-column", split_column) if split_column else (2 if width > 2 else None)
         if width < 2 or fi is None or li is None:
             raise DataError(f"{path}: needs a file column and a label column; write file,label rows")
+        # One-hot columns name their classes only in a header; without one the
+        # second of them would be read as a split column and refused for its 1s.
+        hot = [i for i in range(width) if i != fi and one_hot(i)]
+        if len(hot) >= 2 and len(hot) == width - 1 and not (label_column or split_column):
+            raise DataError(f"{path}: columns other than the file's hold only 0 and 1, as one-hot labels do, "
+                            f"but no header row names the classes; add one, e.g. "
+                            f"file,{','.join(f'class{n}' for n in range(1, width))}")
         return fi, li, si
 
     # Columns named by an option first, then the first known name among the others.
