@@ -349,7 +349,13 @@ def test_roboflow_export_one_csv_per_split_folder(tmp_path):
         for i in range(5):
             photo(tmp_path / "kaggle" / "train" / f"{kind}.{i}.jpg")
     write_csv(tmp_path / "kaggle" / "train" / "notes.csv", [("who", "when"), ("me", "today")])
-    assert find_dataset(tmp_path / "kaggle").layout == "kaggle-flat"
+    # A test folder of two photos a class: the training split's classes vouch for its names.
+    for kind in ("cat", "dog"):
+        for i in (10, 11):
+            photo(tmp_path / "kaggle" / "test" / f"{kind}.{i}.jpg")
+    write_csv(tmp_path / "kaggle" / "test" / "notes.csv", [("who", "when"), ("me", "today")])
+    ds = find_dataset(tmp_path / "kaggle")
+    assert ds.layout == "kaggle-flat" and totals(ds, ("test",)) == {"cat": 2, "dog": 2}
     # One that labels nothing beside photos whose names do not: the CSV's own error.
     (tmp_path / "train" / "_classes.csv").write_text("who,when\nme,today\n")
     with pytest.raises(DataError, match=r"_classes.csv: names none of the photos beside it; write one"):

@@ -206,16 +206,10 @@ def _read_folder(root: Path, known: list[str] | None):
             labels = sorted(p for p in folder.glob("*.csv") if not _hidden(p.name))
             if _class_folders(folder):
                 raw[split], layout = _read_class_folders(folder), "folders"
-            elif _images_in(folder) and len(labels) == 1 and (listed := _split_csv(labels[0], folder)):
-                # Roboflow's classification export: train/_classes.csv beside the photos.
-                # Its rows are this folder's split whatever a split column says.
-                items, lost = listed
-                raw[split] = [item for rows in items.values() for item in rows]
-                missing += [(file, label, split, line) for file, label, _, line in lost]
-                layout = layout or "csv-per-split"
             elif _images_in(folder):
-                raw[split] = _read_flat(folder, known or _labels(raw.get("train")))
-                layout = layout or "kaggle-flat"
+                raw[split], lost, kind = _split_folder(folder, labels, known or _labels(raw.get("train")))
+                missing += [(file, label, split, line) for file, label, _, line in lost]
+                layout = layout or kind
         if not raw.get("train") and not (known and raw):
             raise DataError(
                 f"{split_dirs['train']}: no class folders and no images; "
@@ -229,20 +223,24 @@ def _read_folder(root: Path, known: list[str] | None):
     raise DataError(f"{root}: unknown layout; {LAYOUTS}")
 
 
-def _split_csv(path: Path, folder: Path):
-    """A split folder's one CSV as its labels, or None when it is no labels file
-    and the photos' own names label them (`cat.0.jpg` beside a `notes.csv`)."""
-    try:
-        listed, lost = _read_csv(path, split_column=NO_COLUMN)
-        if not any(listed.values()):
-            raise DataError(f"{path}: names none of the photos beside it; write one file,label row per photo")
-        return listed, lost
-    except DataError as not_labels:
+def _split_folder(folder: Path, csvs: list[Path], known: list[str] | None):
+    """A split folder's photos, missing rows and layout: labelled by its one CSV,
+    else by the photos' own names (`cat.0.jpg` beside a `notes.csv`)."""
+    if len(csvs) == 1:
+        # Roboflow's classification export: train/_classes.csv beside the photos.
+        # Its rows are this folder's split whatever a split column says.
         try:
-            _read_flat(folder)
-        except DataError:
-            raise not_labels from None  # neither: the CSV's error says more
-        return None
+            listed, lost = _read_csv(csvs[0], split_column=NO_COLUMN)
+            if not any(listed.values()):
+                raise DataError(f"{csvs[0]}: names none of the photos beside it; "
+                                "write one file,label row per photo")
+            return [item for rows in listed.values() for item in rows], lost, "csv-per-split"
+        except DataError as not_labels:
+            try:
+                return _read_flat(folder, known), [], "kaggle-flat"
+            except DataError:
+                raise not_labels from None  # neither: the CSV's error says more
+    return _read_flat(folder, known), [], "kaggle-flat"
 
 
 def _hidden(name: str) -> bool:
