@@ -47,6 +47,7 @@ def test_run_folder_holds_model_manifest_history_curves_metrics(trained_run):
     assert manifest["training"]["train_on_val"] is True
     assert (manifest["training"]["image_size"], manifest["training"]["epochs"]) == (56, 4)  # as resolved
     assert manifest["metrics"]["train_images"] == 96 + 24 and manifest["metrics"]["best_epoch"] == 4
+    assert manifest["metrics"]["batch_norm_photos"] == 96 + 24  # all of them: under BATCH_NORM_PHOTOS
     assert "val" not in manifest["metrics"] and {row.get("val_loss", "NA") for row in history} == {"NA"}
 
     metrics = json.loads((trained_run / "metrics.json").read_text())
@@ -66,6 +67,39 @@ def test_saved_model_takes_raw_pixels_and_rescales_itself(trained_run):
     assert not any("Random" in layer.__class__.__name__ for layer in model.layers)
     p = model.predict(np.zeros((1, 56, 56, 3), np.float32), verbose=0)
     assert p.shape == (1, 1) and 0.0 <= p[0, 0] <= 1.0
+
+
+@pytest.mark.parametrize("arch", ["noodle", "seed"])
+def test_batch_norm_takes_the_exact_statistics_of_un_augmented_training_photos(arch):
+    import keras
+
+    from train.fit import exact_batch_norm
+    from train.models import build
+
+    keras.utils.set_random_seed(3)
+    model = build(arch, (32, 32, 3), 3)
+    x = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    before = [w.copy() for w in model.get_weights()]
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if arch == "seed":  # no batch norm: nothing to set, nothing changed
+        assert exact_batch_norm(model, x) == 0
+        assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+        return
+    # Batches of 16 over 40 photos: the sums run across a ragged last batch.
+    assert exact_batch_norm(model, x, batch=16) == 40 and len(layers) == 6
+    for layer in layers:
+        # What each layer meets at inference, with every layer before it as now set.
+        f = keras.Model(model.inputs, layer.input).predict_on_batch(x.astype(np.float32))
+        f = f.reshape(-1, f.shape[-1]).astype(np.float64)
+        np.testing.assert_allclose(layer.moving_mean.numpy(), f.mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), f.var(0), rtol=1e-3, atol=1e-5)
+    # Only the statistics moved: the learned weights are as they were.
+    trained = {id(v) for layer in layers for v in (layer.moving_mean, layer.moving_variance)}
+    for v, old in zip(model.weights, before, strict=True):
+        if id(v) not in trained:
+            assert np.array_equal(v.numpy(), old), v.path
+    # Over the limit: a seeded sample of that many photos.
+    assert exact_batch_norm(model, x, limit=10) == 10
 
 
 @pytest.mark.slow
@@ -132,6 +166,20 @@ def test_each_architecture_has_its_own_input_side_and_epochs(sample_data):
     # Passing the default is the same model; another side is another.
     assert settings(arch="seed") == settings(arch="seed", image_size=64, epochs=25)
     assert settings() == settings(image_size=56) != settings(image_size=64)
+
+
+def test_a_model_of_an_older_training_recipe_is_another_run(sample_data, monkeypatch):
+    """`make export` passes --reuse: a model older code trained must not pass for this code's."""
+    from train import fit
+    from train.data import find_dataset
+    from train.runs import identity
+
+    ds = find_dataset(sample_data)
+    cfg = fit.TrainConfig(data=sample_data, out=sample_data)
+    before = identity(ds, cfg)
+    assert before["settings"]["recipe"] == fit.RECIPE
+    monkeypatch.setattr(fit, "RECIPE", fit.RECIPE - 1)
+    assert identity(ds, cfg)["run"] != before["run"]
 
 
 def test_unknown_arch_is_a_usage_error_naming_the_choices(sample_data, tmp_path):

@@ -92,6 +92,16 @@ EPOCHS = {"seed": 25, "noodle": 45}
 # constant one: big steps early, settled weights at the end, and no long
 # patience spent waiting for a plateau. The seed keeps the classic constant rate.
 COSINE = {"noodle"}
+# What training does beyond its settings, as a number in every run's identity
+# (train.runs): raised when the same settings would now make another model, so
+# `--reuse` never keeps a model of older code as if this code had made it.
+# 2: batch-norm statistics recomputed once training ends (exact_batch_norm).
+RECIPE = 2
+# Batch-norm statistics are recomputed once training ends (exact_batch_norm),
+# over the training photos or a seeded sample of this many: a few thousand
+# photos pin a channel's mean and variance, and each of the six layers
+# costs a pass over them.
+BATCH_NORM_PHOTOS = 4096
 
 
 class TrainError(NoodleError):
@@ -428,6 +438,9 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
         log(f"{clusters.task_name(cluster_resolver)} done; the chief writes the run folder")
         return None
     model = float32_copy(model, cfg.arch, (*size, 3), num_classes)
+    bn_photos = exact_batch_norm(model, decoded["train"].x, seed=cfg.seed)
+    if bn_photos:
+        log(f"batch-norm statistics set to those of {bn_photos} training photos, un-augmented")
 
     history = read_history(history_log)
     # The epochs early stopping watched, hence the one whose weights were kept;
@@ -437,7 +450,9 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
     metrics = {"train_seconds": round(train_seconds, 1), "decode_seconds": round(decode_seconds, 1),
                "epochs_run": len(history), "best_epoch": best if history else None,
                # What training saw: the train split, with the validation one when trained on.
-               "train_images": int(len(decoded["train"].y))}
+               "train_images": int(len(decoded["train"].y)),
+               # The photos exact_batch_norm measured (0: the model has no batch norm).
+               "batch_norm_photos": bn_photos}
     for split in ("val", "test"):
         if split in decoded and len(decoded[split].y):
             probs = predict_probabilities(model, decoded[split].x)
@@ -545,6 +560,47 @@ def float32_copy(model, arch: str, input_shape: tuple[int, int, int], num_classe
     copy = build(arch, input_shape, num_classes)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def exact_batch_norm(model, x: np.ndarray, limit: int = BATCH_NORM_PHOTOS, seed: int = 0,
+                     batch: int = 64) -> int:
+    """Give every batch-norm layer the mean and variance it meets at inference; return the photos used.
+
+    Training leaves each layer a moving average over its last few dozen
+    batches of augmented photos (momentum 0.9), while the device feeds it
+    un-augmented ones: zoomed-out and sheared photos carry reflected borders,
+    and on the shared cats-vs-dogs photos the trained model called 52-58 % of
+    the balanced test photos dogs (47-50 % after this). Here each layer in
+    turn, those before it already set and in inference mode, takes the exact
+    statistics of what the training photos (`x`, or a seeded sample of
+    `limit`) bring it. There it raised test accuracy from 78.2 to 79.3 % over
+    seeds 0-7, better on 7 of 8 (README, round 7). Statistics of augmented
+    photos instead scored 78.0 %: what pays is matching what inference sees.
+    About 2 s for 1,000 photos at 56x56 on two cores; `batch` photos a call
+    keep the features in hand small (100 MB at 224x224).
+    """
+    import keras
+
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers or not len(x):
+        return 0
+    rows = np.arange(len(x))
+    if len(x) > limit:
+        # Sorted: a memory-mapped split reads forward.
+        rows = np.sort(np.random.default_rng(seed).choice(len(x), limit, replace=False))
+    for layer in layers:
+        features = keras.Model(model.input, layer.input)
+        count, total, squares = 0, 0.0, 0.0
+        for i in range(0, len(rows), batch):
+            # Called, not predict_on_batch: one traced function per layer and
+            # batch shape would fill the log with retracing warnings.
+            f = np.asarray(features(x[rows[i : i + batch]].astype(np.float32), training=False), np.float64)
+            f = f.reshape(-1, f.shape[-1])
+            count, total, squares = count + len(f), total + f.sum(0), squares + (f * f).sum(0)
+        mean = total / count
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(np.maximum(squares / count - mean * mean, 0.0).astype(np.float32))
+    return len(rows)
 
 
 def read_history(path: Path) -> list[dict]:

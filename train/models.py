@@ -56,17 +56,18 @@ def noodle(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     third of its float32 one, not a quarter). With most weights in layers of
     fan-in 3x3x128 or more, the int8 file is 25.8 % of the float32 one.
 
-    Still the default after six rounds of accuracy levers (README, "Accuracy:
+    Still the default after seven rounds of accuracy levers (README, "Accuracy:
     what was tried"): wider or residual layers, squeeze-and-excitation, SiLU, a
     full-resolution or 5x5 first layer, max pooling beside the average, a
     flattened head, anti-aliased pooling, 80-128 px inputs, progressive
-    resizing, centre crops, aspect jitter, SGD, SAM, weight decay, weight
-    averaging, label smoothing, mixup, CutMix, erasing, RandAugment, colour,
-    other dropout, test-time flips and averaged models scored within the noise
-    of the seeds or below it, or cost 1.4-4x the training or invoke time. What
-    moved every seed was more training photos
+    resizing, centre crops, random crops, aspect jitter, SGD, SAM, weight
+    decay, weight averaging, label smoothing, mixup, CutMix, erasing,
+    RandAugment, colour, other dropout, test-time flips and averaged models
+    scored within the noise of the seeds or below it, or cost 1.4-4x the
+    training or invoke time. What moved every seed was more training photos
     (train.fit.TrainConfig.train_on_val); longer training, bought with a
-    smaller input, added about 1 pp (train.fit.IMAGE_SIZE).
+    smaller input, added about 1 pp (train.fit.IMAGE_SIZE), and batch-norm
+    statistics of un-augmented photos another 1.1 pp (train.fit.exact_batch_norm).
     """
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1 / 255.0)(inputs)

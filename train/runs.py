@@ -1,11 +1,13 @@
 """Run identity: which data and settings a run folder's model was trained on.
 
 A run folder is named `runs/<data name>-<arch>-<8 hex>`, the hex from the
-data's fingerprint (its labelled file list with sizes and mtimes) and the
-settings that change the model. Other photos, or another arch, epoch count or
-seed, get another folder, so a model is never reused for data it was not
-trained on. A folder given with --out that holds a run of other data is
-refused unless --force; the same data and settings resume or (--reuse) keep it.
+data's fingerprint (its labelled file list with sizes and mtimes), the
+settings that change the model and the training code's recipe number
+(train.fit.RECIPE). Other photos, or another arch, epoch count, seed or
+recipe, get another folder, so a model is never reused for data it was not
+trained on, or as the work of code that did not make it. A folder given
+with --out that holds a run of other data is refused unless --force; the
+same data and settings resume or (--reuse) keep it.
 """
 from __future__ import annotations
 
@@ -33,13 +35,14 @@ class RunMismatch(NoodleError):
 
 def identity(dataset, cfg) -> dict:
     """The data fingerprint, the model settings and their combined short id."""
-    from train.fit import resolved, trains_on_val
+    from train.fit import RECIPE, resolved, trains_on_val
 
     # No --epochs or --image-size means the architecture's own: the same model as passing it.
     full = resolved(cfg)
     settings = {k: getattr(full, k) for k in MODEL_SETTINGS}
     # Likewise no --train-on-val/--hold-out-val: what the architecture and the data make of it.
     settings["train_on_val"] = trains_on_val(cfg, dataset)
+    settings["recipe"] = RECIPE
     settings_fp = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     run = hashlib.sha256(f"{dataset.fingerprint}\n{settings_fp}".encode()).hexdigest()[:16]
     return {"run": run, "data_fingerprint": dataset.fingerprint, "settings_fingerprint": settings_fp,
