@@ -16,7 +16,8 @@ BIN    := $(VENV)/bin
 DATA   ?=
 # noodle (small, int8-friendly, the default) or seed (the classic recipe).
 ARCH   ?= noodle
-# Upper bound on epochs; empty lets noodle pick (early stopping decides).
+# Epochs; empty: the architecture's own (train.fit.EPOCHS: noodle runs its cosine
+# schedule to the end, the seed stops early when validation stops improving).
 EPOCHS ?=
 # Where run folders go: $(OUT)/<data name>-<arch>-<8 hex>/, the hex from the
 # data's file list and the settings, so other data never reuses a model.
