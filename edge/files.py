@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.errors import NoodleError
 from edge.preprocess import (
     HEIF_FIX,
     IMAGE_SUFFIXES,
@@ -30,6 +31,7 @@ from edge.preprocess import (
     os_reason,
     return_freed_decodes,
 )
+from edge.text import escape_name, unescape_name  # noqa: F401 (their home before edge.text)
 
 # Images per invoke. Measured on the int8 noodle model (2-core x86, 1 thread):
 # tflite-runtime 2.14 1.63 ms/image at batch 1, 1.44 at 8, 1.64 at 32;
@@ -40,6 +42,8 @@ BATCH = 16
 # the pool, few enough that a huge folder is not decoded into memory at once.
 AHEAD = 3
 GLOB_CHARS = frozenset("*?[")
+# Decode threads allowed per core: past a few per core they only wait on each other.
+WORKERS_PER_CORE = 8
 
 
 def default_workers() -> int:
@@ -48,6 +52,22 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+def check_per_core(option: str, value: int | None, per_core: int) -> None:
+    """A count of threads: None (its default) or 1 to `per_core` per core this process may use."""
+    if value is None:
+        return
+    cores = default_workers()
+    most = per_core * cores
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise NoodleError(f"{option} {value}: out of range; use 1 to {most} "
+                          f"({per_core} per core, {cores} core(s) here), or leave it out")
+
+
+def check_workers(workers: int | None) -> None:
+    """--workers: None (one per core) or 1 to WORKERS_PER_CORE per core."""
+    check_per_core("--workers", workers, WORKERS_PER_CORE)
 
 
 @dataclass
@@ -120,59 +140,6 @@ def _images_under(folder: str, problems: list[str]) -> list[str]:
     return found
 
 
-# How a name is shown in the table, in CSV and on stderr: like `ls --quoting-style=escape`.
-# A backslash doubles; a byte that is not UTF-8 (a name the OS gave as bytes) and any
-# control or unprintable character become \ooo, three octal digits per byte (the usual
-# C escapes \t \n \r stay short); every other character is itself. unescape_name
-# reverses it to the name's exact bytes.
-_C_ESCAPES = {"\\": "\\\\", "\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v",
-              "\f": "\\f", "\r": "\\r"}
-_C_UNESCAPES = {v[1]: k.encode() for k, v in _C_ESCAPES.items()}
-
-
-def escape_name(name: str, encoding: str | None = None) -> str:
-    """A file name as printable text; `encoding` (default: stdout's) decides what else to escape."""
-    encoding = encoding or getattr(sys.stdout, "encoding", None) or "utf-8"
-    if "\\" not in name and name.isprintable() and _encodable(name, encoding):
-        return name  # nearly every name: no per-character work
-    out = []
-    for ch in name:
-        if ch in _C_ESCAPES:
-            out.append(_C_ESCAPES[ch])
-        elif "\udc80" <= ch <= "\udcff":  # os.fsdecode's stand-in for an undecodable byte
-            out.append(f"\\{ord(ch) - 0xDC00:03o}")
-        elif not ch.isprintable() or not _encodable(ch, encoding):
-            out.append("".join(f"\\{b:03o}" for b in ch.encode("utf-8", "surrogatepass")))
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def unescape_name(text: str) -> bytes:
-    """The exact bytes of a name that escape_name printed (for CSV and the table)."""
-    out, i = bytearray(), 0
-    while i < len(text):
-        ch = text[i]
-        if ch != "\\":
-            out += ch.encode("utf-8", "surrogateescape")
-            i += 1
-        elif text[i + 1 : i + 2] in _C_UNESCAPES:
-            out += _C_UNESCAPES[text[i + 1]]
-            i += 2
-        else:
-            out.append(int(text[i + 1 : i + 4], 8))
-            i += 4
-    return bytes(out)
-
-
-def _encodable(text: str, encoding: str) -> bool:
-    try:
-        text.encode(encoding)
-    except (UnicodeEncodeError, LookupError):
-        return False
-    return True
-
-
 def _decode(load, path: str) -> np.ndarray | str:
     try:
         return load(path)
@@ -186,6 +153,7 @@ def classify(clf, paths: list[str], k: int = 1, batch: int | None = None,
              workers: int | None = None) -> Iterator[Result]:
     """Yield a Result per path, in order; `clf` is an edge.runtime.Classifier."""
     batch = max(1, min((batch or BATCH) if clf.batchable else 1, len(paths) or 1))
+    check_workers(workers)
     workers = workers or default_workers()
     return_freed_decodes()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:

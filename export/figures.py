@@ -13,6 +13,12 @@ import numpy as np
 
 from edge.manifest import atomic_output
 from edge.postprocess import predicted_index
+from edge.text import shown as shown_text
+
+
+def plain(label: str, width: int = 24) -> str:
+    """A label as matplotlib text: escaped, cut, and `$` literal (a pair would be read as TeX)."""
+    return shown_text(label, width, "utf-8").replace("$", r"\$")
 
 # Thumbnails per row of the contact sheet, and the most it draws: a broken
 # int8 (a wrong calibration scale) changes hundreds of labels, and a sheet of
@@ -80,6 +86,7 @@ def disagreements(scores, labels: list[str], dest: Path, variant: str, reference
 def _draw_sheet(scores, labels, shown, changed, p_ref, p_var, pred_ref, pred_var, shift, variant,
                 reference, dest: Path) -> None:
     plt = _pyplot()
+    labels = [plain(label) for label in labels]
     cols = min(SHEET_COLUMNS, len(shown))
     rows = math.ceil(len(shown) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 3.0 * rows), squeeze=False)
@@ -88,7 +95,7 @@ def _draw_sheet(scores, labels, shown, changed, p_ref, p_var, pred_ref, pred_var
     for ax, i in zip(axes.flat, shown, strict=False):
         ax.imshow(scores.x[i])
         flipped = i in changed
-        ax.set_title(f"{Path(scores.files[i]).name[:22]}\ntrue {labels[scores.y[i]]}\n"
+        ax.set_title(f"{plain(Path(scores.files[i]).name, 22)}\ntrue {labels[scores.y[i]]}\n"
                      f"{reference}: {labels[pred_ref[i]]} {p_ref[i, pred_ref[i]]:.2f}\n"
                      f"{variant}: {labels[pred_var[i]]} {p_var[i, pred_var[i]]:.2f}",
                      fontsize=7, color="tab:red" if flipped else "black")
@@ -104,6 +111,7 @@ def confusion_figure(rows: list[dict], labels: list[str], dest: Path) -> str | N
         dest.unlink(missing_ok=True)
         return None
     plt = _pyplot()
+    labels = [plain(label) for label in labels]
     k = len(labels)
     side = max(2.6, 0.45 * k + 1.4)
     cols = min(CONFUSION_COLUMNS, len(rows))
@@ -121,7 +129,7 @@ def confusion_figure(rows: list[dict], labels: list[str], dest: Path) -> str | N
         ax.set_yticks(range(k), labels, fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
-        ax.set_title(f"{r['variant']} ({r['accuracy'] * 100:.1f} %)", fontsize=9)
+        ax.set_title(f"{plain(r['variant'])} ({r['accuracy'] * 100:.1f} %)", fontsize=9)
     fig.tight_layout()
     _save(fig, dest)
     return dest.name

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge.errors import NoodleError
 from edge.preprocess import ImageError, is_heif_file, is_image_file, load_image
+from edge.text import escape_name, label_problem
 
 # Folder names people give their splits, in the order we look for them.
 SPLIT_NAMES = {
@@ -260,9 +261,18 @@ def _labels(items) -> list[str] | None:
     return sorted({label for _, label in items}) if items else None
 
 
+def _label(label: str, where: str | os.PathLike) -> str:
+    """A class name, refused (naming where it came from) unless edge.text.label_problem allows it."""
+    problem = label_problem(label)
+    if problem is not None:
+        raise DataError(f"{escape_name(str(where))}: {problem}")
+    return label
+
+
 def _read_class_folders(folder: Path) -> list[tuple[Path, str]]:
     items = []
     for class_dir in _class_folders(folder):
+        _label(class_dir.name, class_dir)
         files = sorted(p for p in class_dir.rglob("*")
                        if p.is_file() and is_image_file(p)
                        and not any(_hidden(part) for part in p.relative_to(class_dir).parts))
@@ -285,20 +295,23 @@ def _read_flat(folder: Path, known: list[str] | None = None) -> list[tuple[Path,
     counts = Counter(label for _, label in items)
     why = None
     if unlabelled:
-        why = f"{len(unlabelled)} of {len(files)} names have no '<class>.' prefix, e.g. {unlabelled[0]}"
+        why = (f"{len(unlabelled)} of {len(files)} names have no '<class>.' prefix, "
+               f"e.g. {escape_name(unlabelled[0])}")
     elif known is not None:
         strangers = sorted(set(counts) - set(known))
         if strangers:
             why = f"prefixes {strangers[:5]} are not the classes {list(known)}"
     elif len(counts) < 2:
-        why = f"every name starts with '{next(iter(counts))}.', which is one class"
+        why = f"every name starts with '{escape_name(next(iter(counts)))}.', which is one class"
     else:
         few = sorted(c for c, n in counts.items() if n < FLAT_MIN_PER_CLASS)
         if few:
             why = (f"{len(few)} of {len(counts)} prefixes name fewer than {FLAT_MIN_PER_CLASS} photos, "
-                   f"e.g. '{few[0]}.' ({counts[few[0]]})")
+                   f"e.g. '{escape_name(few[0])}.' ({counts[few[0]]})")
     if why:
         raise DataError(f"{folder}: file names do not spell classes ({why}); {LAYOUTS}")
+    for label, file in {label: f for f, label in items}.items():
+        _label(label, file)
     return items
 
 
@@ -311,7 +324,11 @@ def _read_csv(path: Path, file_column: str | None = None, label_column: str | No
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, _dialect(f.read(1 << 16)))
             f.seek(0)
-            rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+            rows, start = [], 1
+            for r in reader:  # each row with the line it starts on (a quoted cell may span lines)
+                if r and any(c.strip() for c in r):
+                    rows.append((start, r))
+                start = reader.line_num + 1
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: unreadable CSV ({exc}); save it as UTF-8 file,label rows") from None
     if not rows:
@@ -344,7 +361,7 @@ def _read_csv(path: Path, file_column: str | None = None, label_column: str | No
     resolve = _resolver(base, [r[fi].strip() for _, r in body if len(r) > fi])
 
     raw: Raw = {}
-    missing, seen = [], {}
+    missing, seen, allowed = [], {}, set()
     for line, row in body:
         if len(row) <= width:
             raise DataError(f"{path}:{line}: expected {width + 1} columns; got {','.join(row)!r}")
@@ -354,6 +371,8 @@ def _read_csv(path: Path, file_column: str | None = None, label_column: str | No
         label = _marked(path, line, name, row, li, rows[0][1]) if isinstance(li, tuple) else row[li].strip()
         if not label:
             raise DataError(f"{path}:{line}: empty label for {name}; fill it in or delete the row")
+        if label not in allowed:
+            allowed.add(_label(label, f"{path}:{line}"))
         split = "train" if si is None else _split(path, line, row[si], first[si] if has_header else si + 1)
         file = resolve(name)
         if file is None:
