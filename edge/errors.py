@@ -1,12 +1,18 @@
 """User-facing errors: one line naming the file and the fix, exit code 2.
 
 Every stage raises a subclass of NoodleError for bad input; the CLIs turn it
-into that one line instead of a traceback.
+into that one line instead of a traceback. SIGTERM (`kill`, systemd's stop, a
+timeout) is raised as Terminated, a KeyboardInterrupt, so the same cleanup
+runs as for Ctrl-C (atomic_output removes its temporary file); the process
+then ends by SIGTERM, as its caller expects.
 """
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
+import threading
 
 
 class NoodleError(Exception):
@@ -21,11 +27,30 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwind as Ctrl-C does, so every cleanup runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _catch_sigterm() -> bool:
+    """Turn SIGTERM into Terminated while a command runs; False where that is not ours to do."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return False  # someone else's handler (an outer command, a test runner)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    return True
+
+
 def one_line_errors(command):
-    """Decorate a CLI command: NoodleError -> `error: ...` on stderr, exit 2."""
+    """Decorate a CLI command: NoodleError -> `error: ...` on stderr, exit 2; SIGTERM cleans up."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        ours = _catch_sigterm()
         try:
             return command(*args, **kwargs)
         except NoodleError as exc:
@@ -33,8 +58,18 @@ def one_line_errors(command):
             for line in str(exc).splitlines() or [""]:
                 print(f"error: {line}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
+        except Terminated:
+            print("terminated", file=sys.stderr)
+            if ours:  # cleaned up: now end as SIGTERM ends a process
+                sys.stderr.flush()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise SystemExit(128 + signal.SIGTERM) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
+        finally:
+            if ours:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     return wrapper

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from edge.manifest import DISK_FULL, OutputError, make_folder
+
 CLASSES = ("discs", "stripes")
 # Per class: enough for a stable validation figure, few enough to train in seconds.
 TRAIN_PER_CLASS = 300
@@ -78,18 +80,29 @@ def write_sample(out: Path, seed: int = DEFAULT_SEED, train_per_class: int = TRA
     leaves a half-made dataset that a later `make` would take as complete.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: a file is where the dataset folder should be; move it away, "
+                          "or give another folder")
+    make_folder(out.parent)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     rng = random.Random(seed)
     counts = {}
-    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
-        for label, name in enumerate(CLASSES):
-            folder = tmp / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                img = draw_sample(rng, label)
-                img.save(folder / f"{name.rstrip('s')}.{i}.jpg", quality=rng.randint(75, 95))
-            counts[f"{split}/{name}"] = per_class
+    try:
+        for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+            for label, name in enumerate(CLASSES):
+                folder = tmp / split / name
+                folder.mkdir(parents=True)
+                for i in range(per_class):
+                    img = draw_sample(rng, label)
+                    img.save(folder / f"{name.rstrip('s')}.{i}.jpg", quality=rng.randint(75, 95))
+                counts[f"{split}/{name}"] = per_class
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half dataset left to take for one
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise OutputError(f"{out}: cannot write the photos (No space left on device); free some "
+                              "space and run it again") from None
+        raise
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
