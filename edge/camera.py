@@ -29,6 +29,7 @@ import numpy as np
 
 from edge.errors import NoodleError, first_line
 from edge.preprocess import crop_square, from_frame
+from edge.text import escape_name, shown
 
 # Pauses before each reopen, in seconds; the last repeats. Short first (a
 # glitch), then long enough for a USB camera to re-enumerate.
@@ -45,6 +46,9 @@ JPEG_QUALITY = 95
 # `capture` from a live camera saves nothing in its first seconds: exposure and white
 # balance are still settling (picamera2's capture examples wait 2 s after start).
 SETTLE_SECONDS = 2.0
+# The largest camera index --source takes: /dev/video0 is 0, and OpenCV's
+# "backend + index" numbers (200 is V4L2's first camera) stay below this.
+MAX_DEVICE_INDEX = 9999
 
 
 class SourceError(NoodleError):
@@ -117,11 +121,27 @@ def open_capture(source: str, picamera: bool = False):
     except ImportError:
         raise SourceError(f"--source {source}: OpenCV is not installed; "
                           "pip install opencv-python-headless") from None
-    return cv2.VideoCapture(int(source) if source.isdigit() else source)
+    index = device_index(source)
+    return cv2.VideoCapture(source if index is None else index)
+
+
+def device_index(source: str) -> int | None:
+    """--source as a camera index (0 for /dev/video0), or None for a video file or URL.
+
+    Only ASCII digits make an index, up to MAX_DEVICE_INDEX; other digits
+    (a superscript, another script's) and larger numbers are refused, unless
+    a file of that name exists.
+    """
+    if not source.isdigit() or os.path.exists(source):
+        return None
+    if source.isascii() and int(source) <= MAX_DEVICE_INDEX:
+        return int(source)
+    raise SourceError(f"--source {shown(source)}: not a camera index; a camera is 0 to {MAX_DEVICE_INDEX} "
+                      "in digits 0-9 (0 is /dev/video0), else give a video file or a stream URL")
 
 
 def _is_file(source: str) -> bool:
-    return not source.isdigit() and "://" not in source
+    return device_index(source) is None and "://" not in source
 
 
 class Frames:
@@ -145,7 +165,7 @@ class Frames:
         self._count: int | None = None
         self._size: int | None = None
         if self._file and not os.path.exists(source):
-            raise SourceError(f"{source}: no such video file; pass --source 0 for a camera, "
+            raise SourceError(f"{escape_name(source)}: no such video file; pass --source 0 for a camera, "
                               "a video file or a stream URL")
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -229,7 +249,7 @@ class Summary:
 
     def line(self) -> str:
         fps = self.frames / self.seconds if self.seconds else 0.0
-        counts = ", ".join(f"{label} {n}" for label, n in self.labels.most_common())
+        counts = ", ".join(f"{shown(label)} {n}" for label, n in self.labels.most_common())
         return (f"{self.frames} frames in {self.seconds:.1f} s ({fps:.1f} fps)"
                 + (f"; labels: {counts}" if counts else "")
                 + (f"; {self.reopened} reopen(s)" if self.reopened else "")
@@ -256,8 +276,8 @@ def run(clf, frames: Frames, every: int = 30, max_frames: int | None = None, as_
                 tick = now
                 out(json.dumps({"frame": summary.frames, "label": label, "score": round(score, 4),
                                 "fps": round(fps, 1)}) if as_json
-                    else f"frame {summary.frames:>6}  {label}  {score:.3f}  {fps:6.1f} fps")
-            if window is not None and not window.draw(frame, f"{label} {score:.2f}"):
+                    else f"frame {summary.frames:>6}  {shown(label)}  {score:.3f}  {fps:6.1f} fps")
+            if window is not None and not window.draw(frame, f"{shown(label, encoding='ascii')} {score:.2f}"):
                 break
             if max_frames and summary.frames >= max_frames:
                 break

@@ -39,15 +39,39 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say which runtim
 NoVerify = Annotated[bool, typer.Option(
     "--no-verify", help="Run a model whose manifest entry has no sha256 (with a warning); "
                         "a recorded sha256 and the file's structure are always checked.")]
+Strict = Annotated[bool, typer.Option(
+    "--strict", help="Refuse a model whose manifest does not record that its export's validation "
+                     "passed (without it: a warning). The boot service runs with it.")]
+Workers = Annotated[int | None, typer.Option(help="Decode threads (default: one per core).")]
 
 
-def _load(model: Path, threads: int | None, runtime: str | None, verbose: bool, no_verify: bool = False):
+def _check_numbers(threads: int | None, workers: int | None = None) -> None:
+    """--threads and --workers in range, before anything is loaded."""
+    from edge.files import check_workers
+    from edge.runtime import check_threads
+
+    check_threads(threads)
+    check_workers(workers)
+
+
+def _load(model: Path, threads: int | None, runtime: str | None, verbose: bool, no_verify: bool = False,
+          strict: bool = False):
     from edge.runtime import Classifier, package_version
+    from edge.text import escape_name, shown
 
     clf = Classifier(model, threads=threads, runtime=runtime, allow_unverified=no_verify)
+    if clf.validation != "passed":
+        where = escape_name(str(model))
+        why = (f"its export's validation {clf.validation} (as its manifest.json records)" if clf.validation
+               else "no manifest.json beside it records that its export's validation passed")
+        if strict:
+            raise NoodleError(f"{where}: {why}; --strict runs only validated models: re-run "
+                              "`noodle export` until it passes, and keep its manifest.json beside the model")
+        print(f"warning: {where}: {why}, so its answers are unchecked; re-run `noodle export`, "
+              "or pass --strict to refuse such a model", file=sys.stderr)
     if verbose:
-        print(f"model {model} ({clf.variant}, {clf.size[0]}x{clf.size[1]}, labels {', '.join(clf.labels)} "
-              f"from its {clf.described_by}); "
+        print(f"model {escape_name(str(model))} ({shown(clf.variant)}, {clf.size[0]}x{clf.size[1]}, "
+              f"labels {', '.join(map(shown, clf.labels))} from its {clf.described_by}); "
               f"runtime {clf.runtime} {package_version(clf.runtime) or '(version unknown)'}; "
               f"interpreter threads {threads or 'default'}", file=sys.stderr)
     return clf
@@ -62,24 +86,29 @@ def classify(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV with a header row.")] = False,
     threads: Threads = None,
-    workers: Annotated[int | None, typer.Option(help="Decode threads (default: one per core).")] = None,
+    workers: Workers = None,
     batch: Batch = None,
     runtime: Runtime = None,
     verbose: Verbose = False,
     no_verify: NoVerify = False,
+    strict: Strict = False,
 ) -> None:
     """Classify image files; unreadable ones are reported on stderr and the exit code is 1.
 
     Names that are not UTF-8 print escaped as `ls` does in the table and CSV
     (byte 0xFF as \\377, a backslash as \\\\); JSON keeps Python's \\udcff
-    form, which os.fsencode turns back into the exact bytes.
+    form, which os.fsencode turns back into the exact bytes. Labels are
+    escaped alike (a control or bidi character as \\ooo), and the table cuts
+    long ones. A CSV cell that would start with = + - @ (a spreadsheet formula)
+    or ' gets a ' in front; edge.text.csv_value undoes both.
     """
     if as_json and as_csv:
         raise NoodleError("--json and --csv: choose one output format")
+    _check_numbers(threads, workers)
     from edge.files import classify as run
     from edge.files import escape_name, expand
 
-    clf = _load(model, threads or 1, runtime, verbose, no_verify)
+    clf = _load(model, threads or 1, runtime, verbose, no_verify, strict)
     top_k = min(top_k, len(clf.labels))
     files, problems = expand(paths)
     for problem in problems:
@@ -115,10 +144,12 @@ def _writer(as_json: bool, as_csv: bool, k: int, files: list[str], labels: list[
 
     File names: JSON gives the name as Python holds it, a byte that is not UTF-8 as
     its surrogate escape (\\udcff for 0xFF), so os.fsencode(json.loads(line)["file"])
-    is the exact name. The table and CSV print edge.files.escape_name's form
-    (0xFF as \\377, a backslash doubled), which edge.files.unescape_name reverses.
+    is the exact name. The table and CSV print edge.text.escape_name's form
+    (0xFF as \\377, a backslash doubled), which edge.text.unescape_name reverses;
+    labels likewise. CSV cells are edge.text.csv_cell's (formulas neutralized),
+    which edge.text.csv_value reverses. JSON escapes every control character itself.
     """
-    from edge.files import escape_name
+    from edge.text import csv_cell, escape_name, shown
 
     if as_json:
         import json
@@ -134,17 +165,17 @@ def _writer(as_json: bool, as_csv: bool, k: int, files: list[str], labels: list[
         out = csv.writer(sys.stdout, lineterminator="\n")
         out.writerow(["file", "label", "score"]
                      + [f"{c}_{i}" for i in range(2, k + 1) for c in ("label", "score")])
-        return lambda r: out.writerow([escape_name(r.path)]
-                                      + [v for label, s in r.top for v in (label, f"{s:.6f}")])
+        return lambda r: out.writerow([csv_cell(r.path, None)] + [
+            v for label, s in r.top for v in (csv_cell(label, None), f"{s:.6f}")])
     # Widths from all paths up front, so rows stream out aligned.
     wide = min(max(len(escape_name(f)) for f in files), 80)
-    lw = max(5, *(len(label) for label in labels))
+    lw = max(5, *(len(shown(label)) for label in labels))
     print(f"{'file':<{wide}}  {'label':<{lw}}  score" + ("  next" if k > 1 else ""))
 
     def row(r):
         (label, score), rest = r.top[0], r.top[1:]
-        line = f"{escape_name(r.path):<{wide}}  {label:<{lw}}  {score:.3f}"
-        print(line + ("  " + ", ".join(f"{n} {s:.3f}" for n, s in rest) if rest else ""))
+        line = f"{escape_name(r.path):<{wide}}  {shown(label):<{lw}}  {score:.3f}"
+        print(line + ("  " + ", ".join(f"{shown(n)} {s:.3f}" for n, s in rest) if rest else ""))
     return row
 
 
@@ -168,13 +199,15 @@ def camera(
     runtime: Runtime = None,
     verbose: Verbose = False,
     no_verify: NoVerify = False,
+    strict: Strict = False,
 ) -> None:
     """Classify camera or video frames: centre-crop, the same preprocessing, label and FPS."""
+    _check_numbers(threads)
     from edge import camera as cam
     from edge.files import default_workers
 
     frames = cam.Frames(source, picamera=picamera, retries=retries)
-    clf = _load(model, threads or default_workers(), runtime, verbose, no_verify)
+    clf = _load(model, threads or default_workers(), runtime, verbose, no_verify, strict)
     summary = cam.run(clf, frames, every=every, max_frames=max_frames, as_json=as_json, show=show)
     if summary.lost is not None:
         print(f"error: {summary.lost}", file=sys.stderr)
@@ -220,15 +253,17 @@ def bench(
     model: Model,
     photos: Annotated[list[str], typer.Argument(help="Image files, folders or globs to time on.")],
     threads: Threads = None,
-    workers: Annotated[int | None, typer.Option(help="Decode threads (default: one per core).")] = None,
+    workers: Workers = None,
     batch: Batch = None,
     repeat: Annotated[int, typer.Option(
         min=1, help="End-to-end passes over the photos; the best is reported.")] = 3,
     runtime: Runtime = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of the table.")] = False,
     no_verify: NoVerify = False,
+    strict: Strict = False,
 ) -> None:
     """Time it: invoke latency p50/p99 and end-to-end files per second (decode + invoke)."""
+    _check_numbers(threads, workers)
     from edge.bench import bench as run
     from edge.bench import report
     from edge.files import expand
@@ -236,7 +271,7 @@ def bench(
     files, problems = expand(photos)
     if problems or not files:
         raise NoodleError("; ".join(problems) or "no photos to time on")
-    clf = _load(model, threads or 1, runtime, verbose=False, no_verify=no_verify)
+    clf = _load(model, threads or 1, runtime, verbose=False, no_verify=no_verify, strict=strict)
     figures = run(clf, files, batch=batch, workers=workers, repeat=repeat)
     figures["interpreter_threads"] = threads or 1
     if as_json:

@@ -17,6 +17,14 @@ Which file is trusted, and how:
   input size and preprocessing, and the sha256 of its weights recorded there
   must match, so a lone renamed .tflite runs and a damaged one does not.
   A model with neither is refused.
+- Its output must be one row of class scores per image, (batch, classes).
+  Scores that are not probabilities (a row that does not sum to 1 within
+  PROBABILITY_TOLERANCE, or a value outside [0, 1]) are logits, as a model
+  trained elsewhere with a linear last layer gives: softmax (or, for one
+  unit, sigmoid) is applied, and a warning says so once.
+- `validation` is what the manifest records of the export's validation:
+  "passed", "did not pass" or "never finished" (None: a lone file, no
+  manifest to say); the CLI warns, or with --strict refuses, unless it passed.
 """
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import NoodleError, first_line
+from edge.files import check_per_core
 from edge.manifest import (
     MANIFEST_NAME,
     EmbeddedMetadata,
@@ -42,6 +51,7 @@ from edge.manifest import (
 )
 from edge.postprocess import ranked, widen
 from edge.preprocess import load_image
+from edge.text import escape_name
 from edge.tflite_file import METADATA_NAME, TFLITE_IDENTIFIER, ModelError, ModelFile, read_model
 
 # Tried in this order: the Pi's runtime, its successor, then full TensorFlow
@@ -53,6 +63,17 @@ RUNTIMES = {
 }
 # Set to one of RUNTIMES' names to insist on it (validation runs each in turn).
 RUNTIME_ENV = "NOODLE_RUNTIME"
+# Interpreter threads allowed per core: more only adds switching, and ai-edge-litert
+# crashes (SIGSEGV, nothing printed) when asked for tens of thousands.
+THREADS_PER_CORE = 4
+# How far a row of probabilities may sum from 1 (an int8 softmax rounds each class
+# to 1/256), and lie outside [0, 1], before the row is read as logits.
+PROBABILITY_TOLERANCE = 0.05
+
+
+def check_threads(threads: int | None) -> None:
+    """--threads: None (the runtime's default) or 1 to THREADS_PER_CORE per core."""
+    check_per_core("--threads", threads, THREADS_PER_CORE)
 
 
 class RuntimeMissing(NoodleError):
@@ -201,6 +222,22 @@ def _agree(path: Path, manifest: dict, embedded: EmbeddedMetadata) -> None:
                          "was edited or belongs to another export: copy both from the same export")
 
 
+def _not_probabilities(out: np.ndarray) -> str | None:
+    """Why (n, units) model outputs cannot be probabilities, or None when they can."""
+    tol = PROBABILITY_TOLERANCE
+    low, high = float(np.min(out)), float(np.max(out))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return None  # a broken model; its NaN scores are not logits either
+    if low < -tol or high > 1 + tol:
+        return f"values from {low:.3g} to {high:.3g}, outside [0, 1]"
+    if out.shape[1] > 1:
+        sums = out.sum(axis=1)
+        worst = float(sums[np.argmax(np.abs(sums - 1))])
+        if abs(worst - 1) > tol:
+            return f"a row sums to {worst:.3g}, not 1"
+    return None
+
+
 class Classifier:
     """One loaded model: labels, input size and quantization from the model and manifest."""
 
@@ -224,6 +261,9 @@ class Classifier:
             self.size = image_size(manifest)
             # Where the labels came from, for messages.
             self.described_by = "manifest"
+            record = manifest.get("validation")
+            self.validation: str | None = (("passed" if record.get("passed") else "did not pass")
+                                           if isinstance(record, dict) else "never finished")
         else:
             if embedded.weights_sha256 != model.weights_sha256():
                 raise ModelError(f"{self.path}: its weights differ from the sha256 its embedded metadata "
@@ -231,9 +271,11 @@ class Classifier:
             self.variant, self.labels = embedded.variant, list(embedded.labels)
             self.size = (embedded.input.height, embedded.input.width)
             self.described_by = "embedded metadata"
+            self.validation = None  # a lone file records no validation
         self._check_shapes(model)
         if manifest is not None and embedded is not None:
             _agree(self.path, manifest, embedded)
+        check_threads(threads)
         self.runtime, interpreter_class = find_runtime(runtime)
         with quiet_info(self.path, self.runtime):
             # The bytes just checked, not the path: the file cannot change in between.
@@ -246,6 +288,8 @@ class Classifier:
         # model saved with a fixed one is run an image at a time.
         signature = self._input.get("shape_signature", self._input["shape"])
         self.batchable = len(signature) > 0 and int(signature[0]) == -1
+        # "probabilities" until a row says otherwise, then "logits" for good.
+        self.scores = "probabilities"
 
     def _check_entry(self, manifest: dict, model: ModelFile, allow_unverified: bool) -> str:
         """The variant of this file in `manifest`, its sha256 checked."""
@@ -273,7 +317,11 @@ class Classifier:
         if tuple(shape[1:]) != expected:
             raise ModelError(f"{self.path}: model input {tuple(shape[1:])} but {source} says {expected}; "
                              "the model and manifest come from different exports")
-        units = model.outputs[0].shape[-1] if model.outputs[0].shape else 0
+        out = tuple(model.outputs[0].shape)
+        if len(out) != 2 or out[1] < 1:
+            raise ModelError(f"{self.path}: model output {out}, not one row of class scores per image "
+                             "(batch, classes); noodle runs image classifiers, as `noodle export` writes")
+        units = out[1]
         wanted = 2 if units == 1 else units
         if len(self.labels) != wanted:
             kind = "a 1-unit sigmoid needs 2" if units == 1 else f"a {units}-unit softmax needs {units}"
@@ -337,10 +385,27 @@ class Classifier:
         return np.concatenate(outs)
 
     def probabilities(self, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
-        """(n, classes) probabilities; a sigmoid output becomes two columns."""
+        """(n, classes) probabilities; a sigmoid output becomes two columns, logits become probabilities."""
         outs = [self.invoke(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
         out = np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
-        return widen(out)
+        return widen(self._as_probabilities(out))
+
+    def _as_probabilities(self, out: np.ndarray) -> np.ndarray:
+        """Scores that are not probabilities are logits: softmax (sigmoid for one unit), said once."""
+        if self.scores == "probabilities" and len(out):
+            why = _not_probabilities(out)
+            if why is not None:
+                self.scores = "logits"
+                applied = "sigmoid" if out.shape[1] == 1 else "softmax"
+                print(f"warning: {escape_name(str(self.path))}: its outputs are not probabilities ({why}); "
+                      f"read as logits, {applied} applied", file=sys.stderr)
+        if self.scores == "probabilities":
+            return out
+        if out.shape[1] == 1:
+            with np.errstate(over="ignore"):  # exp of a large logit: inf, so 0 or 1, as it should
+                return (1 / (1 + np.exp(-out.astype(np.float64)))).astype(np.float32)
+        shifted = np.exp(out.astype(np.float64) - out.max(axis=1, keepdims=True))
+        return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def top_k(self, probs: np.ndarray, k: int = 1) -> list[list[tuple[str, float]]]:
         order = ranked(probs, k)

@@ -4,6 +4,7 @@ TensorFlow is imported inside the commands, so `noodle --help` stays fast.
 """
 from __future__ import annotations
 
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -57,8 +58,8 @@ def export_command(
         help="litert: also write int8-litert.tflite with the LiteRT Quantizer's static int8 recipe, "
              "on the same calibration photos, to compare with the converter's int8.")] = Quantizer.tflite,
     max_drop: Annotated[float | None, typer.Option(
-        min=0, help="Exit 1 when a variant's accuracy is more than this many points below float32's "
-             "(and diagnose int8).")] = None,
+        help="Exit 1 when a variant's accuracy is more than this many points below float32's "
+             "(and diagnose int8); 0 or more.")] = None,
     diagnose: Annotated[bool, typer.Option(
         "--diagnose", help="Rank int8's layers by quantization error: export/diagnosis.md.")] = False,
     float_layers: Annotated[str | None, typer.Option(
@@ -73,6 +74,7 @@ def export_command(
     from export.extras import make_extras
     from export.validate import raise_for, validate_export
 
+    check_max_drop(max_drop)
     io = io.value
     export_run(run_dir, variants=variants, calibration_samples=calibration_samples,
                calibration_split=calibration_split.value, io=io, log=typer.echo, data=data)
@@ -89,6 +91,15 @@ def export_command(
         raise ExportFailed("; ".join(f"{v}: {m}" for v, m in manifest["failed"].items()))
 
 
+def check_max_drop(max_drop: float | None) -> None:
+    """--max-drop: None, or a finite number of points, 0 or more (NaN would pass every variant)."""
+    if max_drop is not None and not (math.isfinite(max_drop) and max_drop >= 0):
+        from export.convert import ExportError
+
+        raise ExportError(f"--max-drop {max_drop:g}: out of range; give the points a variant may lose "
+                          "against float32, a number 0 or more (e.g. --max-drop 1)")
+
+
 def _gate(run_dir: Path, max_drop: float, test, data, diagnosed: bool, samples: int, split: str,
           io: str) -> None:
     """Exit 1, one line per variant, when one loses more than `max_drop` points; diagnose first."""
@@ -96,6 +107,7 @@ def _gate(run_dir: Path, max_drop: float, test, data, diagnosed: bool, samples: 
     from export.convert import ExportError
     from export.extras import calibration, diagnose_run
 
+    check_max_drop(max_drop)
     scores, figures = paired_figures(run_dir, data, test)
     if REFERENCE not in figures:
         raise ExportError(f"--max-drop compares with {REFERENCE}.tflite, which this export lacks; "
