@@ -36,7 +36,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +44,8 @@ from typing import Annotated
 import typer
 
 from edge.errors import NoodleError
-from export.bundle import DEFAULT_MODEL, bundle_path
+from export.bundle import DEFAULT_MODEL, BundleError, bundle_path
+from export.bundle import unpack as unpack_bundle
 from export.wheelhouse import TARGETS, Target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,16 +174,16 @@ def in_root(root: Path, binds: dict[str, Path], command: str,
 
 
 def unpack(bundle: Path, into: Path) -> Path:
+    """The bundle unpacked into INTO (new); a link, absolute or `..` member refuses it whole.
+
+    This runs as root, so export.bundle.unpack checks every member before
+    writing any, and tarfile's `data` filter checks them again.
+    """
     into.mkdir(parents=True)
-    with tarfile.open(bundle) as tar:
-        if sys.version_info >= (3, 12):
-            tar.extractall(into, filter="data")
-        else:
-            tar.extractall(into)  # noqa: S202 (our own tarball)
-    tops = [p for p in into.iterdir() if p.is_dir()]
-    if len(tops) != 1:
-        raise CheckFailed(f"{bundle}: expected one top folder, found {[p.name for p in tops]}")
-    return tops[0]
+    try:
+        return unpack_bundle(bundle, into)
+    except BundleError as exc:
+        raise CheckFailed(str(exc)) from None
 
 
 def parse_labels(stdout: str, photos: str) -> dict[str, dict]:

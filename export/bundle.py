@@ -12,7 +12,10 @@
         README-PI.md         the commands to type on the Pi
 
 The templates live in export/pi/. The tarball is written to a temporary name
-and renamed, so dist/ never holds half of one.
+and renamed, so dist/ never holds half of one; its sha256 is printed, for
+checking the copy on the Pi. Its members are plain files under the top
+folder, never a link, an absolute path or `..`; `unpack` (pi-check, the
+tests) refuses a tarball with any such member before writing anything.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import json
 import re
 import tarfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated
 
 import typer
@@ -32,6 +35,7 @@ import typer
 from edge.errors import NoodleError, one_line_errors
 from edge.manifest import MANIFEST_NAME, RunDir, atomic_output, load_export, sha256_file
 from edge.runtime import package_version
+from edge.text import escape_name, markdown
 from export.wheelhouse import TARGETS, pinned_requirements, pip_download, target_environment, wheels_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +52,11 @@ TEMPLATE_FILES = ("install.sh", "noodle-edge", "noodle-edge.service", "README-PI
 WHEEL_CACHE = Path(".cache/wheels")
 # Packages a device module may not import: the Pi has numpy, Pillow, typer and an interpreter.
 HOST_ONLY = {"train", "export", "bench", "tests", "tensorflow", "keras", "pytest"}
+# What a model file or variant may be named to ship: install.sh and README-PI.md
+# put the names into shell commands and Markdown as they are.
+SHIPPABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# How many labels README-PI.md lists, and how many characters of each.
+README_LABELS, README_LABEL_WIDTH = 20, 60
 
 
 class BundleError(NoodleError):
@@ -138,7 +147,7 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
         raise BundleError(f"{run.export_manifest}: no {variant} model"
                           + (f" (its export failed: {failed})" if failed else "")
                           + f"; exported: {have}; pick one with MODEL=... or re-run `noodle export`")
-    model = run.export / entry.file
+    model = _model_file(run, variant, entry.file)
     if not model.is_file():
         raise BundleError(f"{model}: missing; re-run `noodle export {run_dir}`")
     if entry.sha256 and sha256_file(model) != entry.sha256:
@@ -150,7 +159,8 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     dest = bundle_path(run_dir, variant, out)
     top = dest.name.removesuffix(".tar.gz")
     values = {"VERSION": ver, "TOP": top, "MODEL_FILE": entry.file, "VARIANT": variant,
-              "SIZE": f"{manifest.input.height}x{manifest.input.width}", "LABELS": ", ".join(manifest.labels)}
+              "SIZE": f"{manifest.input.height}x{manifest.input.width}",
+              "LABELS": readme_labels(manifest.labels)}
     files: dict[str, bytes | Path] = device_sources()
     files[f"model/{entry.file}"] = model
     files[f"model/{MANIFEST_NAME}"] = (json.dumps(shipped.to_dict(), indent=2) + "\n").encode()
@@ -168,6 +178,8 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
         files[name] = _render(name, values)
 
     now = int(time.time())
+    for name in files:
+        check_member_name(f"{top}/{name}", dest)
     # Wheels are already compressed: a light gzip level saves seconds and costs nothing in size.
     with atomic_output(dest, suffix=".tar.gz") as tmp, tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
         for name, data in files.items():
@@ -181,7 +193,75 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
                       else "no wheels (the Pi installs from the index)")
     log(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB): {variant} model "
         f"{entry.bytes / 1024:.0f} KiB, {shipped_wheels}")
+    log(f"sha256 {sha256_file(dest)}  {dest.name} (on the Pi, `sha256sum {dest.name}` must print the "
+        "same; README-PI.md)")
     return dest
+
+
+def _model_file(run: RunDir, variant: str, name: str) -> Path:
+    """The export's model file for `variant`, refused unless it is a plain file inside RUN/export/."""
+    field = f"{run.export_manifest}: models.{variant}.file"
+    if not SHIPPABLE_NAME.fullmatch(name) or not SHIPPABLE_NAME.fullmatch(variant):
+        raise BundleError(f"{field} '{escape_name(name)}' (variant '{escape_name(variant)}'): a bundle "
+                          "ships names of letters, digits, '.', '_' and '-' only; re-run `noodle export`")
+    model = run.export / name
+    if model.is_symlink() or (model.exists() and model.resolve().parent != run.export.resolve()):
+        raise BundleError(f"{field}: {model} is a link, out of the export folder perhaps; a bundle "
+                          "ships the file `noodle export` wrote: re-run it")
+    return model
+
+
+def readme_labels(labels: list[str]) -> str:
+    """The labels for README-PI.md's prose: escaped for Markdown, long ones and long lists cut."""
+    shown = [markdown(label, README_LABEL_WIDTH) for label in labels[:README_LABELS]]
+    more = len(labels) - len(shown)
+    return ", ".join(shown) + (f" and {more} more (model/manifest.json lists them)" if more > 0 else "")
+
+
+def check_member_name(name: str, where: Path | str) -> None:
+    """A tarball member's name: relative, under one top folder, no `..`, no backslash."""
+    parts = PurePosixPath(name).parts
+    if (not parts or name.startswith("/") or ".." in parts or "\\" in name or ":" in parts[0]
+            or not name.isprintable()):
+        raise BundleError(f"{where}: member '{escape_name(name)}' is an absolute path or climbs out with "
+                          "'..'; the tarball was altered or is not a noodle bundle: make it again with "
+                          "`noodle bundle`")
+
+
+def check_members(tar: tarfile.TarFile, where: Path | str) -> list[tarfile.TarInfo]:
+    """Every member of a bundle, refused as a whole unless each is a plain file or folder inside it."""
+    members = tar.getmembers()
+    for member in members:
+        check_member_name(member.name, where)
+        if not (member.isfile() or member.isdir()):
+            kind = ("a symlink" if member.issym() else "a hard link" if member.islnk()
+                    else "a device or other special file")
+            raise BundleError(f"{where}: member '{escape_name(member.name)}' is {kind}; a noodle bundle "
+                              "holds plain files only: make it again with `noodle bundle`")
+    return members
+
+
+def unpack(bundle: Path, into: Path) -> Path:
+    """Unpack a bundle into INTO (made, or empty); return its top folder. Nothing lands outside INTO.
+
+    Every member is checked before any is written (check_members), and
+    tarfile's `data` filter, where this Python has it, checks them again.
+    """
+    into.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(bundle) as tar:
+            members = check_members(tar, bundle)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(into, members, filter="data")
+            else:
+                tar.extractall(into, members)  # noqa: S202 (every member checked above)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise BundleError(f"{bundle}: cannot unpack it ({exc}); copy it again") from None
+    tops = sorted({PurePosixPath(m.name).parts[0] for m in members})
+    if len(tops) != 1 or not (into / tops[0]).is_dir():
+        raise BundleError(f"{bundle}: expected one top folder, found {tops}; "
+                          "make it again with `noodle bundle`")
+    return into / tops[0]
 
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)

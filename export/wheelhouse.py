@@ -6,6 +6,9 @@ platform only, and requirements-pi.txt pins every file by version and
 sha256. On the Pi, install.sh installs exactly those files with
 `--no-index --require-hashes`. Downloads stay in a cache folder with one lock
 file per target and requirement set, so bundling again makes no network call.
+The lock records each wheel's sha256 as it was downloaded (pip checks a
+download against the hash the index publishes), and a cached wheel that no
+longer has it is refused: the cache is never trusted blindly.
 """
 from __future__ import annotations
 
@@ -99,20 +102,38 @@ def wheels_for(target: Target, requirements: list[str], cache: Path, download=pi
     specs = for_target(requirements, target)
     key = hashlib.sha256("\n".join(specs + platforms(target)).encode()).hexdigest()[:12]
     lock = cache / f"{target.release}-{key}.lock"
-    if lock.is_file():
-        names = lock.read_text().split()
-        if names and all((cache / name).is_file() for name in names):
-            return [Wheel.read(cache / name) for name in names]
+    recorded = _read_lock(lock)
+    # A lock of an older noodle records no sha256: those wheels are downloaded again.
+    if recorded and all(recorded.values()) and all((cache / name).is_file() for name in recorded):
+        wheels = [Wheel.read(cache / name) for name in recorded]
+        for wheel in wheels:
+            expected = recorded[wheel.path.name]
+            if wheel.sha256 != expected:
+                raise WheelhouseError(
+                    f"{wheel.path}: sha256 {wheel.sha256[:16]}... differs from {expected[:16]}... "
+                    f"recorded in {lock} when it was downloaded; the cache was altered: delete that wheel "
+                    "(or the whole cache) and bundle again to download it afresh")
+        return wheels
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
         download(specs, target, Path(tmp))
-        names = sorted(path.name for path in Path(tmp).glob("*.whl"))
-        if not names:
+        downloaded = [Wheel.read(path) for path in sorted(Path(tmp).glob("*.whl"))]
+        if not downloaded:
             raise WheelhouseError(f"pip download for {target.release} gave no wheels for {', '.join(specs)}")
-        for name in names:
-            os.replace(Path(tmp) / name, cache / name)
-    write_bytes(lock, ("\n".join(names) + "\n").encode())
-    return [Wheel.read(cache / name) for name in names]
+        for wheel in downloaded:
+            os.replace(wheel.path, cache / wheel.path.name)
+    write_bytes(lock, "".join(f"{w.path.name} {w.sha256}\n" for w in downloaded).encode())
+    return [Wheel(cache / w.path.name, w.name, w.version, w.sha256) for w in downloaded]
+
+
+def _read_lock(lock: Path) -> dict[str, str | None]:
+    """A lock file's wheels: file name -> the sha256 recorded at download (None in an old lock)."""
+    try:
+        lines = lock.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    return {fields[0]: fields[1] if len(fields) > 1 else None
+            for fields in (line.split() for line in lines) if fields}
 
 
 def pinned_requirements(groups: dict[Target, list[Wheel]]) -> str:

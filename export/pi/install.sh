@@ -16,6 +16,9 @@
 # .venv symlink, which is atomic (renaming the folder would break the paths
 # a venv records, such as .venv/bin/pip's).
 set -eu
+# A pipe fails when any of its commands does, where this sh knows how (dash
+# does not: the pipes below are ones whose failure a later check catches).
+if (set -o pipefail) 2>/dev/null; then set -o pipefail; fi
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 PYTHON=${PYTHON:-python3}
@@ -46,6 +49,11 @@ while [ $# -gt 0 ]; do
             if [ $# -lt 2 ] || [ -z "$2" ]; then
                 fail "$1 needs noodle-edge's arguments as one quoted word; e.g. $1 'camera model/@MODEL_FILE@ --picamera --json'"
             fi
+            # A unit holds one line per setting: a newline (or any control character)
+            # would end ExecStart early, or break the sed that fills the template in.
+            case "$2" in
+                *[[:cntrl:]]*) fail "$1: noodle-edge's arguments hold a newline, tab or other control character, which a systemd unit cannot take; give them on one line, e.g. $1 'camera model/@MODEL_FILE@ --picamera --json'" ;;
+            esac
             mode=${1#--}
             service_args=$2
             shift ;;
@@ -211,6 +219,10 @@ else
             fail "the package index has no $missing for Python $pyver on $arch, or cannot be reached; check the network"
         grep -q "DO NOT MATCH THE HASHES" "$LOG" &&
             fail "a file in wheels/ differs from its sha256 in requirements-pi.txt (a damaged copy); copy the bundle again"
+        grep -q "Hashes are required in --require-hashes mode" "$LOG" &&
+            fail "requirements-pi.txt: a package has no --hash=sha256 line, so the bundle was altered (noodle bundle pins every wheel); copy the bundle again, checking its sha256"
+        grep -q "must have their versions pinned with ==" "$LOG" &&
+            fail "requirements-pi.txt: a package is not pinned with ==, so the bundle was altered (noodle bundle pins every wheel); copy the bundle again, checking its sha256"
         fail "$what failed: $(grep -v '^[[:space:]]*$' "$LOG" | tail -n 1); the whole story is in $here/$LOG"
     }
     # shellcheck disable=SC2086  # $system_site is one option or none
