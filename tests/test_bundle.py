@@ -52,10 +52,8 @@ def tarball(shippable_run, tmp_path_factory) -> Path:
 
 
 def unpack(tarball: Path, into: Path) -> Path:
-    into.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tarball) as tar:
-        tar.extractall(into)
-    return into / tarball.name.removesuffix(".tar.gz")
+    """The bundle's own unpacker: links, absolute paths and `..` are refused (tests/test_hostile.py)."""
+    return bundle.unpack(tarball, into)
 
 
 @pytest.fixture(scope="module")
@@ -365,8 +363,9 @@ def test_service_unit_passes_systemd_analyze_verify(copy, systemd_analyze, tmp_p
     done = install(copy, "--print-service", SERVICE, SUDO_USER=user)
     assert done.returncode == 0, done.stderr
     unit = done.stdout
-    for line in (f"User={user}", f"WorkingDirectory={copy}", f'ExecStart="{copy}/noodle-edge" {SERVICE}',
-                 "Restart=on-failure", "WantedBy=multi-user.target"):
+    for line in (f"User={user}", f"WorkingDirectory={copy}",
+                 f'ExecStart="{copy}/noodle-edge" {SERVICE} --strict', "Restart=on-failure",
+                 "WantedBy=multi-user.target"):
         assert line in unit.splitlines()
     (tmp_path / "noodle-edge.service").write_text(unit)
     verify = subprocess.run([systemd_analyze, "verify", str(tmp_path / "noodle-edge.service")],
@@ -395,7 +394,7 @@ def test_service_install_and_remove(copy, device_wheels, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "journalctl -u noodle-edge -f" in done.stdout and (copy / ".venv").is_symlink()
     unit = (units / "noodle-edge.service").read_text()
-    assert "User=nobody" in unit and f'ExecStart="{copy}/noodle-edge" {SERVICE}' in unit
+    assert "User=nobody" in unit and f'ExecStart="{copy}/noodle-edge" {SERVICE} --strict' in unit
     assert calls.read_text().splitlines() == ["daemon-reload", "enable noodle-edge.service",
                                               "restart noodle-edge.service"]
     error = one_error(install(copy, "--service", "camrea model/int8.tflite", tools=tools,
