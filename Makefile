@@ -14,9 +14,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Photos to train on; empty means the embedded default, generated into data/sample.
 DATA   ?=
-# noodle (small, int8-friendly, the default) or seed (the classic recipe).
-ARCH   ?= noodle
-# Epochs; empty: the architecture's own (train.fit.EPOCHS: noodle runs its cosine
+# An architecture of train.config.ARCHITECTURES (lite0, noodle, seed); empty: its
+# first row, the default (`noodle train --help` lists them).
+ARCH   ?=
+# Epochs; empty: the architecture's own (train.config.ARCHITECTURES: lite0 and noodle run a cosine
 # schedule to the end, the seed stops early when validation stops improving).
 EPOCHS ?=
 # Where run folders go: $(OUT)/<data name>-<arch>-<8 hex>/, the hex from the
@@ -40,7 +41,7 @@ SAMPLE   := data/sample
 DATA_DIR := $(if $(DATA),$(DATA),$(SAMPLE))
 NOODLE   := $(BIN)/noodle
 # The settings that name the run folder, given alike to every `noodle train` below.
-MODEL_FLAGS = --arch $(ARCH) $(if $(EPOCHS),--epochs $(EPOCHS))
+MODEL_FLAGS = $(if $(ARCH),--arch $(ARCH)) $(if $(EPOCHS),--epochs $(EPOCHS))
 # The run folder, named by noodle itself (`noodle train --print-run-dir`). Recursively
 # expanded and memoized: only the recipes that use it pay for the look-up,
 # once, after `data` has made the sample; `make help` and `make test` never do.
@@ -49,7 +50,7 @@ RUN = $(eval RUN := $$(shell $(NOODLE) train $(DATA_DIR) $(MODEL_FLAGS) --runs $
 .PHONY: setup edge-env data train trained exported export bundle pi-check pi-tools bench test lint clean help
 
 help:
-	@sed -n '2,10p' Makefile
+	@sed -n '1,10p' Makefile
 
 # The virtual environment, rebuilt when pyproject.toml changes.
 setup: $(VENV)/.installed
@@ -113,10 +114,13 @@ bundle: setup exported
 # Photos: the shared test photos when they are beside the checkout, else the data's.
 PI_RELEASES ?= bookworm trixie
 PHOTOS  ?= $(firstword $(wildcard ../shared/data/cats-vs-dogs/test $(DATA_DIR)/test) $(DATA_DIR))
+# Photos classified under qemu per release, evenly spaced through each class
+# folder (0: all): emulated, the pretrained default takes about a second a photo.
+PI_SAMPLE ?= 100
 SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
 pi-check: bundle edge-env pi-tools
 	$(SUDO) $(BIN)/python -m bench.pi_check $(RUN) $(PHOTOS) --model $(MODEL) --dist dist \
-	  --releases "$(PI_RELEASES)" --cache .cache
+	  --releases "$(PI_RELEASES)" --cache .cache --sample $(PI_SAMPLE)
 
 pi-tools:
 	@command -v debootstrap >/dev/null && command -v qemu-aarch64-static >/dev/null || \

@@ -292,10 +292,39 @@ def check_picamera2(root: Path, binds: dict, env: dict) -> None:
     log(f"{PICAMERA2_RELEASE}: the bundle's .venv finds the system's picamera2 at {origin}")
 
 
-def check(bundle: Path, photos: Path, releases: list[Target], cache: Path, edge_python: Path) -> int:
+def sample_photos(photos: Path, count: int, into: Path) -> Path:
+    """`count` of the photos under `photos`, evenly spaced through each folder's sorted files, copied.
+
+    Each folder (a class, in a labelled layout) keeps its share, so both
+    labels are exercised; all of them when there are no more than `count`.
+    """
+    from edge.preprocess import is_image_file
+
+    files = sorted(p for p in photos.rglob("*") if p.is_file() and is_image_file(p))
+    if len(files) <= count:
+        return photos
+    by_folder: dict[Path, list[Path]] = {}
+    for f in files:
+        by_folder.setdefault(f.parent, []).append(f)
+    chosen = []
+    for group in by_folder.values():
+        share = max(1, round(count * len(group) / len(files)))
+        chosen += [group[int(i * len(group) / share)] for i in range(share)]
+    for f in chosen:
+        dest = into / f.relative_to(photos)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dest)
+    log(f"{photos}: {len(chosen)} of its {len(files)} photos, evenly spaced through each folder (--sample)")
+    return into
+
+
+def check(bundle: Path, photos: Path, releases: list[Target], cache: Path, edge_python: Path,
+          sample: int = 0) -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pi-check-") as tmp:
         work = Path(tmp)
+        if sample:
+            photos = sample_photos(photos, sample, work / "photos")
         host_dir = unpack(bundle, work / "x86")
         wheels = sorted((host_dir / "wheels").glob("*.whl"))
         if not wheels:
@@ -336,6 +365,9 @@ def main(
     cache: Annotated[Path, typer.Option(help="Where the roots are kept.")] = ROOT / ".cache",
     edge_python: Annotated[Path, typer.Option(
         help="The x86 device environment's python.")] = ROOT / ".venv-edge/bin/python",
+    sample: Annotated[int, typer.Option(
+        min=0, help="Classify only this many of the photos (0: all): an EfficientNet under qemu "
+                    "takes seconds a photo.")] = 0,
 ) -> None:
     """Install the bundle offline on each Pi release under qemu and compare its labels with x86's."""
     try:
@@ -346,7 +378,7 @@ def main(
         if unknown or not releases.split():
             raise CheckFailed(f"--releases {releases!r}: use some of {', '.join(RELEASES)}")
         code = check(bundle.resolve(), photos.resolve(), [RELEASES[r] for r in releases.split()],
-                     cache.resolve(), edge_python.absolute())
+                     cache.resolve(), edge_python.absolute(), sample)
     except (CheckFailed, subprocess.TimeoutExpired) as exc:
         print(f"pi-check: error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None

@@ -23,24 +23,39 @@ from edge.preprocess import BUDGET, return_freed_decodes
 # Invokes before timing (the first ones allocate and fill caches), and timed ones.
 WARMUP = 5
 INVOKES = 200
+# The fewest timed invokes a time budget may stop at: a p50 of ten is still a median.
+MIN_RUNS = 10
 
 
-def invoke_times_ms(clf, pixels: np.ndarray, runs: int) -> np.ndarray:
-    """Milliseconds of each of `runs` bare `interpreter.invoke()` calls on `pixels`."""
+def invoke_times_ms(clf, pixels: np.ndarray, runs: int, budget_s: float | None = None) -> np.ndarray:
+    """Milliseconds of each of `runs` bare `interpreter.invoke()` calls on `pixels`.
+
+    `budget_s`: stop early once the timed invokes have taken this long (at
+    least MIN_RUNS run), so a slow kernel (tflite-runtime 2.14's int8
+    depthwise convolutions on x86: hundreds of ms) cannot hold up an export.
+    """
     clf.invoke(pixels)  # sets the input (and size) once; only invoke() is timed
-    for _ in range(WARMUP):
+    for _ in range(WARMUP if budget_s is None else 1):
         clf.interpreter.invoke()
     times = np.empty(runs)
+    spent = 0
     for i in range(runs):
         start = time.perf_counter_ns()
         clf.interpreter.invoke()
         times[i] = (time.perf_counter_ns() - start) / 1e6
+        spent += times[i]
+        if budget_s is not None and i + 1 >= MIN_RUNS and spent >= budget_s * 1000:
+            return times[: i + 1]
     return times
 
 
-def latency_ms(clf, pixels: np.ndarray, runs: int) -> dict:
-    """Percentiles of bare invokes on `pixels`: the one latency summary of noodle's figures."""
-    times = invoke_times_ms(clf, pixels, runs)
+def latency_ms(clf, pixels: np.ndarray, runs: int, budget_s: float | None = None) -> dict:
+    """Percentiles of bare invokes on `pixels`: the one latency summary of noodle's figures.
+
+    "runs" is the number timed: fewer than asked when `budget_s` ran out first.
+    """
+    times = invoke_times_ms(clf, pixels, runs, budget_s)
+    runs = len(times)
     p50 = float(np.percentile(times, 50))
     return {"batch": len(pixels), "runs": runs, "p50_ms": p50, "p99_ms": float(np.percentile(times, 99)),
             "mean_ms": float(times.mean()), "per_image_ms": p50 / len(pixels)}

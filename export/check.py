@@ -7,7 +7,8 @@ measure invoke latency and the peak memory of a process that loads and runs
 one model. numpy and edge.runtime only: it must import where TensorFlow cannot.
 
     python -m export.check MODEL.tflite... [--pixels X.npy] [--out DIR]
-                         [--runtime tflite-runtime] [--latency 200] [--threads 1,4]
+                         [--runtime tflite-runtime] [--latency 200] [--latency-budget 5]
+                         [--threads 1,4]
 """
 from __future__ import annotations
 
@@ -49,10 +50,11 @@ class ChildFailed(Exception):
     """A child process that printed no JSON line; str() is its exit code and last stderr line."""
 
 
-def run_json(cmd: list, timeout: float, env: dict | None = None) -> dict:
+def run_json(cmd: list, timeout: float, env: dict | None = None, ok_codes: tuple[int, ...] = (0,)) -> dict:
     """Run a child that prints one JSON line (this module, bench.probe, edge bench); its object.
 
     The last line starting with "{" counts, so log lines before it do no harm.
+    `ok_codes`: exit codes whose JSON is a report (this module exits 1 when some model failed).
     """
     import json
     import subprocess
@@ -63,14 +65,14 @@ def run_json(cmd: list, timeout: float, env: dict | None = None) -> dict:
     except subprocess.TimeoutExpired:
         raise ChildFailed(f"timed out after {timeout:g} s") from None
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
+    if done.returncode not in ok_codes or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise ChildFailed(f"exit {done.returncode}: {tail}")
     return json.loads(lines[-1])
 
 
 def check(models: list[Path], pixels: np.ndarray | None, runtime: str | None, out: Path | None,
-          latency_runs: int, threads: list[int]) -> dict:
+          latency_runs: int, threads: list[int], latency_budget: float | None = None) -> dict:
     name, _ = find_runtime(runtime)
     baseline = peak_rss_mb()
     report = {"runtime": name, "version": package_version(name), "python": sys.version.split()[0],
@@ -93,7 +95,8 @@ def check(models: list[Path], pixels: np.ndarray | None, runtime: str | None, ou
                 entry["latency_ms"] = {}
                 for n in threads:
                     timed = clf if n == threads[0] else Classifier(path, runtime=name, threads=n)
-                    entry["latency_ms"][str(n)] = latency_ms(timed, pixels[:1], latency_runs)
+                    entry["latency_ms"][str(n)] = latency_ms(timed, pixels[:1], latency_runs,
+                                                                 latency_budget)
         except (NoodleError, ValueError, RuntimeError) as exc:
             entry = {"ok": False, "error": first_line(exc)}
         report["models"][str(path)] = entry
@@ -107,12 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write each model's probabilities here as <stem>.npy")
     parser.add_argument("--runtime", choices=list(RUNTIMES), help="insist on this interpreter")
     parser.add_argument("--latency", type=int, default=0, metavar="N", help="time N invokes")
+    parser.add_argument("--latency-budget", type=float, metavar="S",
+                        help="stop timing a model and thread count after S seconds (at least 10 invokes)")
     parser.add_argument("--threads", default="1", help="comma-separated thread counts for --latency")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",") if t.strip()]
     try:
         pixels = np.load(args.pixels) if args.pixels is not None else None
-        report = check(args.models, pixels, args.runtime, args.out, args.latency, threads)
+        report = check(args.models, pixels, args.runtime, args.out, args.latency, threads,
+                       args.latency_budget)
     except NoodleError as exc:
         print(json.dumps({"error": str(exc)}))
         return 2

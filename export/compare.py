@@ -31,6 +31,7 @@ from edge.bench import loadavg
 from edge.manifest import RunDir, image_size, read_manifest, write_bytes, write_json
 from edge.postprocess import predicted_index
 from edge.runtime import Classifier
+from edge.text import TABLE_WIDTH, csv_cell, markdown
 from export import stats
 from export.convert import (
     CALIBRATION_WARN_BELOW,
@@ -38,11 +39,22 @@ from export.convert import (
     evaluation_data,
     read_run,
 )
-from export.validate import RUNTIME, edge_python, run_edge_check, validate_export
+from export.validate import (
+    EDGE_RUNTIME,
+    RUNTIME,
+    edge_python,
+    edge_sample,
+    load_scores,
+    run_edge_check,
+    validate_export,
+)
 
 # Timed invokes per model and thread count: enough for a stable p99 of a
 # millisecond-scale model, a second or two per row.
 LATENCY_RUNS = 200
+# ...or fewer, at least 10, when they take longer than this (tflite-runtime
+# 2.14's int8 depthwise kernels on x86 run for hundreds of ms an invoke).
+LATENCY_BUDGET_S = 1.5
 # Beside every photo whose label changed, the contact sheet shows this many
 # more: the largest probability shifts among photos whose label held.
 TOP_SHIFTS = 8
@@ -68,10 +80,12 @@ class Scores:
     x: np.ndarray  # (n, h, w, 3) uint8, what the models saw
     y: np.ndarray
     probs: dict[str, np.ndarray]  # variant -> (n, classes), under ai-edge-litert (RUNTIME)
-    # The same photos under tflite-runtime 2.14 (the Pi's on Bookworm): its int8
-    # kernels round differently, so a label can differ; a user must see that.
+    # A sample of the photos (device_rows, export.validate.EDGE_SAMPLE) under
+    # tflite-runtime 2.14 (the Pi's on Bookworm): its int8 kernels round
+    # differently, so a label can differ; a user must see that.
     device_probs: dict[str, np.ndarray] = field(default_factory=dict)
     device_runtime: str | None = None
+    device_rows: np.ndarray | None = None
 
 
 def evaluation_photos(train_manifest: dict, data=None, test=None) -> Photos:
@@ -89,8 +103,8 @@ def evaluation_photos(train_manifest: dict, data=None, test=None) -> Photos:
 def score(out: Path, manifest: dict, photos: Photos, edge=None) -> Scores:
     """Every listed variant's probabilities on the photos, decoded once, under both runtimes.
 
-    ai-edge-litert in this process; tflite-runtime 2.14 in the device
-    environment when it exists (the figures `noodle-edge classify` gives there).
+    ai-edge-litert in this process, every photo; tflite-runtime 2.14 in the
+    device environment when it exists, a sample of them (export.validate.edge_sample).
     """
     import tempfile
 
@@ -100,6 +114,19 @@ def score(out: Path, manifest: dict, photos: Photos, edge=None) -> Scores:
     if not len(decoded.y):
         raise ExportError(f"{photos.source}: no readable photos to score the variants on")
     photos.skipped = photos.skipped + decoded.skipped
+    files_sha256 = {v: e["sha256"] for v, e in manifest["models"].items()}
+    # The photos validation scored, with these files: its figures, not a second run of every file.
+    saved = None if photos.split == "external" else load_scores(RunDir(out.parent), decoded.files,
+                                                                files_sha256)
+    if saved is not None and all(f"litert/{v}" in saved for v in manifest["models"]):
+        scores = Scores(photos, decoded.files, decoded.x, decoded.y,
+                        {v: saved[f"litert/{v}"] for v in manifest["models"]})
+        if "device/rows" in saved:
+            scores.device_rows = saved["device/rows"]
+            scores.device_probs = {v: saved[f"device/{v}"] for v in manifest["models"]
+                                   if f"device/{v}" in saved}
+            scores.device_runtime = saved_runtime(RunDir(out.parent))
+        return scores
     probs = {variant: Classifier(out / entry["file"], manifest=manifest, runtime=RUNTIME)
              .probabilities(decoded.x).astype(np.float64)
              for variant, entry in manifest["models"].items()}
@@ -107,14 +134,24 @@ def score(out: Path, manifest: dict, photos: Photos, edge=None) -> Scores:
     python = edge_python(edge)
     if python is not None:
         models = {v: out / e["file"] for v, e in manifest["models"].items()}
+        scores.device_rows = edge_sample(decoded.y)
         with tempfile.TemporaryDirectory(prefix="noodle-score-") as tmp:
-            report = run_edge_check(python, list(models.values()), decoded.x, Path(tmp))
+            report = run_edge_check(python, list(models.values()), decoded.x[scores.device_rows], Path(tmp))
             scores.device_runtime = f"{report['runtime']} {report['version']}"
             for variant, path in models.items():
                 result = report["models"][str(path)]
                 if result["ok"]:
                     scores.device_probs[variant] = np.load(result["probabilities"]).astype(np.float64)
     return scores
+
+
+def saved_runtime(run: RunDir) -> str | None:
+    """The device runtime validation.json names, as "tflite-runtime 2.14.0"."""
+    try:
+        version = json.loads(run.validation.read_text())["runtimes"].get(EDGE_RUNTIME)
+    except (OSError, ValueError, KeyError):
+        return None
+    return f"{EDGE_RUNTIME} {version}" if version else None
 
 
 def accuracy_figures(scores: Scores, labels: list[str]) -> dict[str, dict]:
@@ -141,10 +178,12 @@ def accuracy_figures(scores: Scores, labels: list[str]) -> dict[str, dict]:
                 fig["verdict"] = stats.verdict(variant, paired)
             fig.update(paired, accuracy_delta=fig["accuracy"] - float((ref_pred == y).mean()))
         if variant in scores.device_probs:
+            rows = scores.device_rows
             device_pred = predicted_index(scores.device_probs[variant])
-            fig["device_runtime"] = {"runtime": scores.device_runtime,
-                                     "accuracy": float((device_pred == y).mean()),
-                                     "labels_differ": int((device_pred != pred).sum())}
+            fig["device_runtime"] = {"runtime": scores.device_runtime, "photos": int(len(rows)),
+                                     "accuracy": float((device_pred == y[rows]).mean()),
+                                     "accuracy_litert_same_photos": float((pred[rows] == y[rows]).mean()),
+                                     "labels_differ": int((device_pred != pred[rows]).sum())}
         figures[variant] = fig
     return figures
 
@@ -158,21 +197,36 @@ def paired_figures(run_dir: Path, data=None, test=None, edge=None) -> tuple[Scor
 
 
 def write_predictions(scores: Scores, labels: list[str], dest: Path) -> None:
-    """file, true label, then each variant's label and its probability, one photo a row."""
+    """file, true label, then each variant's label and its probability, one photo a row.
+
+    Text cells are edge.text.csv_cell's, as `noodle-edge classify --csv` writes
+    them: control characters escaped, a cell that a spreadsheet would run as a
+    formula (= + - @) prefixed with a quote; edge.text.csv_value reverses both.
+    """
     import csv
     import io
 
+    labels = [csv_cell(label) for label in labels]
     buffer = io.StringIO()
     out = csv.writer(buffer, lineterminator="\n")
     # Columns "int8" are ai-edge-litert's; "int8@tflite-runtime" the device environment's.
     columns = {**scores.probs, **{f"{v}@{(scores.device_runtime or '').split()[0]}": p
                                   for v, p in scores.device_probs.items()}}
-    out.writerow(["file", "true"] + [c for v in columns for c in (v, f"{v}_score")])
+    out.writerow(["file", "true"] + [csv_cell(c) for v in columns for c in (v, f"{v}_score")])
     preds = {v: predicted_index(p) for v, p in columns.items()}
+    # Row i of each column's probabilities: every photo under ai-edge-litert, the sample on the device.
+    where = {v: np.arange(len(scores.y)) for v in scores.probs}
+    if scores.device_rows is not None:
+        where.update({c: scores.device_rows for c in columns if c not in scores.probs})
+    at = {v: {int(photo): row for row, photo in enumerate(rows)} for v, rows in where.items()}
+    def cells(v: str, i: int) -> tuple[str, str]:
+        if i not in at[v]:
+            return "", ""
+        row = at[v][i]
+        return labels[preds[v][row]], f"{columns[v][row, preds[v][row]]:.6f}"
+
     for i, path in enumerate(scores.files):
-        out.writerow([str(path), labels[scores.y[i]]]
-                     + [c for v in columns
-                        for c in (labels[preds[v][i]], f"{columns[v][i, preds[v][i]]:.6f}")])
+        out.writerow([csv_cell(str(path)), labels[scores.y[i]]] + [c for v in columns for c in cells(v, i)])
     write_bytes(dest, buffer.getvalue().encode())
 
 
@@ -229,7 +283,7 @@ def measure(out: Path, manifest: dict, edge, runs: int, log) -> tuple[dict, dict
         for variant, entry in manifest["models"].items():
             path = out / entry["file"]
             report = run_edge_check(python, [path], None, Path(tmp), runtime=runtime, latency=runs,
-                                    threads=",".join(map(str, threads)))
+                                    threads=",".join(map(str, threads)), latency_budget=LATENCY_BUDGET_S)
             results[variant] = report["models"][str(path)]
             info.update(version=report["version"], python=report["python"],
                         baseline_rss_mb=report["baseline_rss_mb"])
@@ -279,7 +333,9 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
         "test": {"source": photos.source, "split": photos.split, "count": int(len(scores.y)),
                  "skipped": photos.skipped},
         "labels": labels, "keras_accuracy": validation["keras"]["accuracy"],
-        "validation": {"split": validation["split"], "count": validation["count"]},
+        "validation": {"split": validation["split"], "count": validation["count"],
+                       # The sample validation checked float32 against Keras on (export.validate.EDGE_SAMPLE).
+                       "keras_count": validation["keras"].get("count", validation["count"])},
         "parity": validation["parity"], "runtimes": validation["runtimes"],
         "statistics": {"reference": REFERENCE, "delta": "variant accuracy - float32 accuracy, pp",
                        "ci95": "Newcombe hybrid score interval for paired proportions (method 10)",
@@ -287,7 +343,8 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
                        "alpha": stats.ALPHA,
                        "predicted": "argmax; an exact tie goes to the lowest class index"},
         "calibration": {v: e["calibration"] for v, e in manifest["models"].items() if e.get("calibration")},
-        "benchmark": {**bench_info, "runs": latency_runs, "machine": platform.machine(),
+        "benchmark": {**bench_info, "runs": latency_runs, "budget_s": LATENCY_BUDGET_S,
+                      "machine": platform.machine(),
                       "cpus": os.cpu_count(), "loadavg": loadavg()},
         "rows": rows, "failed": manifest.get("failed", {}),
         "predictions": run.predictions.name,
@@ -302,6 +359,8 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
 
 
 def to_markdown(report: dict) -> str:
+    """report.md (also printed by `noodle compare`). Labels, variants, paths and reasons go
+    through edge.text.markdown: no control character, `|`, newline or HTML reaches it raw."""
     threads = report["benchmark"]["threads"]
     test = report["test"]
     head = ["variant", "bytes", "size vs float32", "accuracy", "delta vs float32 (95 % CI)",
@@ -312,27 +371,30 @@ def to_markdown(report: dict) -> str:
     for r in report["rows"]:
         paired = "delta_pp" in r and r["variant"] != REFERENCE
         lo, hi = r.get("delta_ci95") or (0, 0)
-        cells = [r["variant"], f"{r['bytes']:,}", _pct(r["size_vs_float32"], 1), _pct(r["accuracy"], 2),
+        cells = [markdown(r["variant"]), f"{r['bytes']:,}", _pct(r["size_vs_float32"], 1),
+                 _pct(r["accuracy"], 2),
                  f"{r['delta_pp']:+.2f} pp ({lo:+.2f}..{hi:+.2f})" if paired else "",
                  f"{r['discordant']['float_only']} / {r['discordant']['variant_only']}" if paired else "",
                  f"{r['mcnemar_p']:.3g}" if paired else "",
                  _pct(r.get("agreement"), 2),
-                 ", ".join(f"{k} {_pct(c['accuracy'], 1)} ({c['correct']}/{c['count']})"
-                           for k, c in r["per_class"].items())]
+                 ", ".join(f"{markdown(k, TABLE_WIDTH)} {_pct(c['accuracy'], 1)} "
+                           f"({c['correct']}/{c['count']})" for k, c in r["per_class"].items())]
         for n in threads:
             lat = (r["latency_ms"] or {}).get(str(n))
             cells.append(f"{lat['p50_ms']:.3f} / {lat['p99_ms']:.3f}" if lat else "n/a")
         cells += [f"{r['peak_rss_mb']:.1f}" if r["peak_rss_mb"] else "n/a",
                   "yes" if r["fully_integer"] else "no"]
         lines.append("| " + " | ".join(cells) + " |")
-    verdicts = [r["verdict"] for r in report["rows"] if r["variant"] != REFERENCE and r.get("verdict")]
+    verdicts = [markdown(r["verdict"]) for r in report["rows"]
+                if r["variant"] != REFERENCE and r.get("verdict")]
     b, p = report["benchmark"], report["parity"]
     skipped = len(test["skipped"])
     notes = [
-        f"{test['count']} photos from {test['source']} ({_split_words(test['split'])})"
+        f"{test['count']} photos from {markdown(test['source'])} ({_split_words(test['split'])})"
         + (f"; {skipped} unreadable or missing file(s) skipped" if skipped else "")
-        + f". Keras model accuracy on the validation step's {report['validation']['count']} "
-        f"{report['validation']['split']} photos: {_pct(report['keras_accuracy'], 2)}.",
+        + f". Keras model accuracy on the {report['validation'].get('keras_count')} of the validation step's "
+        f"{report['validation']['count']} {report['validation']['split']} photos it compared float32 with "
+        f"Keras on: {_pct(report['keras_accuracy'], 2)}.",
         *(_calibration_words(v, c) for v, c in report["calibration"].items()),
         *_device_words(report["rows"]),
         f"Statistics: each variant paired with float32 on the same photos; 95 % CI by "
@@ -344,13 +406,15 @@ def to_markdown(report: dict) -> str:
         f"Every file in the table ran under "
         f"{', '.join(f'{k} {v}' for k, v in report['runtimes'].items() if v)}"
         + ("" if report["runtimes"].get("tflite-runtime") else " (tflite-runtime 2.14 NOT checked)") + ".",
-        f"Latency: interpreter.invoke() alone, batch 1, {b['runs']} runs, {b['runtime']} {b['version']} "
+        f"Latency: interpreter.invoke() alone, batch 1, {b['runs']} runs (fewer, at least 10, where "
+        f"they took over {b.get('budget_s', LATENCY_BUDGET_S):g} s), {b['runtime']} {b['version']} "
         f"on {b['cpus']} {b['machine']} CPUs (load average {' '.join(map(str, b['loadavg'] or ['?']))}); "
         "peak RSS of a fresh "
         f"process that loads and runs one model (the bare process: {b['baseline_rss_mb']:.1f} MB).",
     ]
     if report["failed"]:
-        notes.append("FAILED: " + "; ".join(f"{k}: {v}" for k, v in report["failed"].items()))
+        notes.append("FAILED: " + "; ".join(f"{markdown(k)}: {markdown(v)}"
+                                            for k, v in report["failed"].items()))
     sheet = report["disagreements"]
     pictures = ["Confusion matrices: ![confusion](confusion.png) ([confusion.png](confusion.png))"
                 if report["figures"]["confusion"] else "No confusion matrix: no variant was scored."]
@@ -383,9 +447,13 @@ def _device_words(rows: list[dict]) -> list[str]:
         return ["tflite-runtime 2.14 did not score these photos (no device environment: `make edge-env`)."]
     runtime = device[0]["device_runtime"]["runtime"]
     differ = [r for r in device if r["device_runtime"]["labels_differ"]]
+    photos = device[0]["device_runtime"].get("photos")
+    sample = f" on a sample of {photos} of these photos"
     if not differ:
-        return [f"Under {runtime} every variant gives the same label on every photo as in the table."]
-    return [f"Under {runtime}: " + "; ".join(
-        f"{r['variant']} {_pct(r['device_runtime']['accuracy'], 2)} ({r['device_runtime']['labels_differ']} "
-        "photo(s) labelled differently: its integer kernels round differently)" for r in differ)
-        + ". `predictions.csv` has both runtimes' labels per photo."]
+        return [f"Under {runtime}{sample} every variant gives the same label as in the table."]
+    return [f"Under {runtime}{sample}: " + "; ".join(
+        f"{r['variant']} {_pct(r['device_runtime']['accuracy'], 2)} (ai-edge-litert on the same photos "
+        f"{_pct(r['device_runtime']['accuracy_litert_same_photos'], 2)}; "
+        f"{r['device_runtime']['labels_differ']} photo(s) labelled differently: its integer kernels "
+        "round differently)" for r in differ)
+        + ". `predictions.csv` has both runtimes' labels per photo (the device's on the sample only)."]

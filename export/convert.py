@@ -24,6 +24,7 @@ from edge.manifest import (
     ExportManifest,
     InputSpec,
     ModelEntry,
+    OutputError,
     RunDir,
     RunManifest,
     atomic_output,
@@ -93,13 +94,23 @@ def read_run(run_dir: str | os.PathLike) -> dict:
     return manifest
 
 
+_LOADED: dict[tuple, object] = {}
+
+
 def load_model(run_dir: Path, manifest: dict):
-    """The Keras model, checked to take (batch, height, width, 3) images as the manifest says."""
+    """The Keras model, checked to take (batch, height, width, 3) images as the manifest says.
+
+    Loaded once per process and file (export, then validation: 13 s each for
+    EfficientNet-Lite0); callers only read it.
+    """
     import keras
 
     path = RunDir(run_dir).model
     try:
-        model = keras.models.load_model(path, compile=False)
+        key = (str(path.resolve()), sha256_file(path))
+        model = _LOADED.get(key) or keras.models.load_model(path, compile=False)
+        _LOADED.clear()
+        _LOADED[key] = model
     except Exception as exc:  # Keras raises many types for a bad file
         raise ExportError(f"{path}: cannot load the model ({first_line(exc)}); "
                           f"re-run `noodle train DATA --out {run_dir}`") from None
@@ -173,10 +184,18 @@ def convert(model, variant: str, calibration: np.ndarray | None = None, io: str 
 
 
 def make_converter(model, variant: str, calibration: np.ndarray | None = None, io: str = "uint8"):
-    """The TFLiteConverter set up for one variant (the int8 diagnosis reuses int8's)."""
+    """The TFLiteConverter set up for one variant (the int8 diagnosis reuses int8's).
+
+    `model`: a Keras model, or the folder of its SavedModel. From the folder
+    the graph is traced once for every variant: from a Keras model each
+    conversion traces and saves it again (20 s a variant for EfficientNet-Lite0).
+    """
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if isinstance(model, (str, os.PathLike)):
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(model))
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if variant == "float16":
         # float16 weights, dequantized at load: half the size, float32 accuracy.
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -202,6 +221,44 @@ def make_converter(model, variant: str, calibration: np.ndarray | None = None, i
     elif variant != "float32":
         raise ExportError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     return converter
+
+
+def convert_all(graph, variants: list[str], calibration: np.ndarray | None, io: str) -> dict:
+    """Each variant's .tflite bytes, or the exception its converter raised.
+
+    The converter runs on one core, and int8 (its calibration included) takes
+    as long as the three others together, so with a SavedModel to read and a
+    second core the float variants convert in a second process meanwhile.
+    """
+    floats = [v for v in variants if v != "int8"]
+    if "int8" not in variants or not floats or not isinstance(graph, Path) or (os.cpu_count() or 1) < 2:
+        return {v: _attempt(graph, v, calibration, io) for v in variants}
+    import concurrent.futures
+    import multiprocessing
+
+    # spawn: TensorFlow's threads do not survive a fork.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        others = pool.submit(_convert_each, str(graph), floats, io)
+        blobs = {"int8": _attempt(graph, "int8", calibration, io)}
+        try:
+            blobs.update(others.result())
+        except Exception as exc:  # the second process died: its variants failed with it
+            blobs.update({v: RuntimeError(f"the converter's process failed ({_first_line(exc)})")
+                          for v in floats})
+    return blobs
+
+
+def _attempt(graph, variant: str, calibration: np.ndarray | None, io: str):
+    try:
+        return convert(graph, variant, calibration, io)
+    except Exception as exc:  # reported per variant by export_run
+        return exc
+
+
+def _convert_each(graph: str, variants: list[str], io: str) -> dict:
+    """In the second process: the float variants, which need no calibration."""
+    return {v: _attempt(Path(graph), v, None, io) for v in variants}
 
 
 @contextlib.contextmanager
@@ -336,15 +393,28 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
                 "raise --calibration-samples or add photos")
 
     failed: dict[str, str] = {}
+    # The SavedModel first: every variant converts from it, tracing the graph once.
+    graph = model
+    try:
+        write_saved_model(model, run.saved_model)
+        graph = run.saved_model
+        log(f"wrote    {run.saved_model}/")
+    except Exception as exc:  # the SavedModel is a by-product; its failure is reported
+        failed["saved_model"] = _first_line(exc)
+        log(f"failed   saved_model: {failed['saved_model']}; converting from the Keras model")
+    blobs = convert_all(graph, variants, calibration, io)
     for variant in variants:
         dest = run.tflite(variant)
         try:
-            models[variant] = write_model(run, variant, convert(model, variant, calibration, io),
-                                          train_manifest)
+            if isinstance(blobs[variant], BaseException):
+                raise blobs[variant]
+            models[variant] = write_model(run, variant, blobs[variant], train_manifest)
             if variant == "int8":
                 models[variant]["calibration"] = calibration_info
             if variant == "dynamic":
                 models[variant]["compatibility"] = COMPATIBILITY
+        except OutputError:  # a full disk fails every variant after it too: stop, in one line
+            raise
         except Exception as exc:  # one variant's converter error must not lose the others
             failed[variant] = _first_line(exc)
             models.pop(variant, None)
@@ -352,12 +422,6 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
             log(f"failed   {dest.name}: {failed[variant]}")
             continue
         log(f"wrote    {dest}  ({models[variant]['bytes']:,} bytes)")
-    try:
-        write_saved_model(model, run.saved_model)
-        log(f"wrote    {run.saved_model}/")
-    except Exception as exc:  # the SavedModel is a by-product; its failure is reported
-        failed["saved_model"] = _first_line(exc)
-        log(f"failed   saved_model: {failed['saved_model']}")
     for stale in VARIANTS:
         if stale not in models:
             run.tflite(stale).unlink(missing_ok=True)

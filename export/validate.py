@@ -10,6 +10,7 @@ written to RUN/export/validation.json.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import first_line
-from edge.manifest import RunDir, read_manifest, sha256_file, write_json
+from edge.manifest import RunDir, read_manifest, sha256_file, write_bytes, write_json
 from edge.postprocess import predicted_index
 from edge.runtime import Classifier, RuntimeMissing, package_version
 from export.check import ChildFailed, run_json
@@ -40,6 +41,14 @@ EDGE_RUNTIME = "tflite-runtime"
 # The device environment `make edge-env` builds; $NOODLE_EDGE_PYTHON overrides it.
 EDGE_PYTHON_ENV = "NOODLE_EDGE_PYTHON"
 DEFAULT_EDGE_PYTHON = Path(__file__).resolve().parent.parent / ".venv-edge" / "bin" / "python"
+# tflite-runtime 2.14 scores a seeded sample of this many photos (every class
+# in proportion), ai-edge-litert all of them: on x86 its int8 depthwise
+# convolutions are about 30x slower than ai-edge-litert's (say nothing of a
+# Pi's), so an EfficientNet would take minutes over a few hundred photos.
+# Label parity between the two runtimes is checked on the sample.
+EDGE_SAMPLE = 100
+# Threads for scoring photos (not for timing them: compare measures 1 thread and all).
+CORES = os.cpu_count() or 1
 
 
 class ParityError(ExportFailed):
@@ -52,18 +61,35 @@ def edge_python(path: str | os.PathLike | None = None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def edge_sample(y: np.ndarray, n: int = EDGE_SAMPLE, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded sample of `n` photos, each class in proportion (all when fewer)."""
+    if len(y) <= n:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    # Round-robin over classes in a shuffled order: every class keeps its share.
+    ranks = np.empty(len(y))
+    for c in np.unique(y):
+        members = order[y[order] == c]
+        ranks[members] = (np.arange(len(members)) + rng.random()) / len(members)
+    return np.sort(order[np.argsort(ranks[order], kind="stable")[:n]])
+
+
 def run_edge_check(python: Path, models: list[Path], pixels: np.ndarray | None, workdir: Path,
-                   runtime: str = EDGE_RUNTIME, latency: int = 0, threads: str = "1") -> dict:
+                   runtime: str = EDGE_RUNTIME, latency: int = 0, threads: str = "1",
+                   latency_budget: float | None = None) -> dict:
     """`python -m export.check` in another environment; its one-line JSON report."""
     args = [str(python), "-m", "export.check", *map(str, models), "--runtime", runtime,
             "--latency", str(latency), "--threads", threads]
+    if latency_budget is not None:
+        args += ["--latency-budget", str(latency_budget)]
     if pixels is not None:
         np.save(workdir / "pixels.npy", pixels)
         args += ["--pixels", str(workdir / "pixels.npy"), "--out", str(workdir / "probabilities")]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("NOODLE_RUNTIME", None)
     try:
-        report = run_json(args, timeout=900, env=env)
+        report = run_json(args, timeout=900, env=env, ok_codes=(0, 1))
     except ChildFailed as exc:
         raise ExportError(f"{python} -m export.check failed ({exc}); rebuild the device "
                           "environment with `make edge-env`") from None
@@ -116,13 +142,17 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
     split = "test" if dataset.splits.get("test") else "val"
     decoded = decode(dataset.splits[split], (manifest["input"]["height"], manifest["input"]["width"]))
     x, y, labels = decoded.x, decoded.y, list(manifest["labels"])
-    log(f"validating on the {split} split: {len(y)} photos")
+    log(f"validating on the {split} split: {len(y)} photos under {RUNTIME}")
 
-    keras_probs = predict_probabilities(load_model(run_dir, train_manifest), x)
+    # The sample tflite-runtime scores is also where float32 is checked against
+    # Keras: parity is a property of the graph, and Keras is the slow one.
+    rows = edge_sample(y)
+    keras_probs = predict_probabilities(load_model(run_dir, train_manifest), x[rows])
     probs, variants, failed = {}, {}, {}
     for variant, entry in manifest["models"].items():
         try:
-            clf = Classifier(out / entry["file"], manifest=manifest, runtime=RUNTIME)
+            # Every core: this scores photos, it does not time them.
+            clf = Classifier(out / entry["file"], manifest=manifest, runtime=RUNTIME, threads=CORES)
             probs[variant] = clf.probabilities(x).astype(np.float64)
         except RuntimeMissing:
             raise
@@ -134,16 +164,17 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
                              "bytes": manifest["models"][variant]["bytes"],
                              "fully_integer": manifest["models"][variant]["fully_integer"],
                              **metrics(y, p, labels, reference),
-                             "vs_keras": metrics(y, p, labels, keras_probs)}
+                             "vs_keras": metrics(y[rows], p[rows], labels, keras_probs)}
         if reference is not None:
             delta = variants[variant]["accuracy"] - variants["float32"]["accuracy"]
             variants[variant]["accuracy_delta"] = delta
         variants[variant]["runtimes"] = {RUNTIME: {"ok": True}}
 
-    edge_report = _check_on_device_runtime(out, manifest, x, probs, variants, failed, edge, log)
+    device = {}
+    edge_report = _check_on_device_runtime(out, manifest, x, probs, variants, failed, edge, log, rows, device)
     for variant in failed:  # the report lists as run only what ran under every runtime
         variants.pop(variant, None)
-    keras_metrics = metrics(y, keras_probs, labels, None)
+    keras_metrics = {**metrics(y[rows], keras_probs, labels, None), "count": int(len(rows))}
     parity = None
     if "float32" in variants:
         k = variants["float32"]["vs_keras"]
@@ -158,14 +189,47 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
         "runtimes": {RUNTIME: package_version("ai-edge-litert"),
                      EDGE_RUNTIME: edge_report.get("version") if edge_report else None},
         "edge_python": edge_report.get("python_path") if edge_report else None,
+        # The photos tflite-runtime scored: a sample of `count` (EDGE_SAMPLE).
+        "edge_count": edge_report.get("photos") if edge_report else 0,
         "variants": variants, "failed": failed,
     }
     write_json(run.validation, report)
+    save_scores(run, decoded.files, y, {v: probs[v] for v in variants}, device, report)
     for variant, v in variants.items():
         log(f"{variant:<8} accuracy {v['accuracy']:.2%}"
             + (f"  delta {v['accuracy_delta'] * 100:+.2f} pp  agreement {v['agreement']:.2%}"
                f"  max |dp| {v['max_prob_diff']:.2g}" if "agreement" in v else ""))
     return report
+
+
+def save_scores(run: RunDir, files: list[Path], y: np.ndarray, probs: dict, device: dict,
+                report: dict) -> None:
+    """validation.npz: the photos, and each variant's probabilities under both runtimes.
+
+    `noodle compare` scores the same photos with the same files; it reads
+    these instead of running every file again (export.compare.score).
+    """
+    import io
+
+    arrays = {"files": np.array([str(f) for f in files]), "y": y,
+              "files_sha256": np.array(json.dumps(report["files_sha256"], sort_keys=True))}
+    arrays.update({f"litert/{v}": p for v, p in probs.items()})
+    arrays.update({f"device/{v}": p for v, p in device.items() if v in probs or v == "rows"})
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(run.validation_scores, buffer.getvalue())
+
+
+def load_scores(run: RunDir, files: list[Path], files_sha256: dict) -> dict | None:
+    """validation.npz's arrays when they are of these photos and these files, else None."""
+    try:
+        with np.load(run.validation_scores, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError):
+        return None
+    same_files = json.loads(str(arrays["files_sha256"])) == files_sha256
+    same_photos = arrays["files"].tolist() == [str(f) for f in files]
+    return arrays if same_files and same_photos else None
 
 
 def raise_for(report: dict) -> None:
@@ -215,8 +279,11 @@ def explain_load_error(path: Path, runtime: str, error: str) -> str:
 
 
 def _check_on_device_runtime(out: Path, manifest: dict, x: np.ndarray, probs: dict, variants: dict,
-                             failed: dict, edge, log) -> dict | None:
-    """Load and run every file under tflite-runtime 2.14 in the device environment."""
+                             failed: dict, edge, log, rows: np.ndarray, device: dict) -> dict | None:
+    """Load and run every file under tflite-runtime 2.14 in the device environment, on a sample.
+
+    Fills `device` with the sample's rows and each variant's probabilities on them.
+    """
     python = edge_python(edge)
     if python is None:
         log(f"warning: no device environment ({edge or DEFAULT_EDGE_PYTHON.parent.parent.name}); "
@@ -225,20 +292,23 @@ def _check_on_device_runtime(out: Path, manifest: dict, x: np.ndarray, probs: di
             v["runtimes"][EDGE_RUNTIME] = {"ok": None, "error": "not checked: no device environment"}
         return None
     models = [out / manifest["models"][v]["file"] for v in variants]
+    device["rows"] = rows
+    log(f"checking under {EDGE_RUNTIME} on {len(rows)} of the {len(x)} photos (export.validate.EDGE_SAMPLE)")
     with tempfile.TemporaryDirectory(prefix="noodle-check-") as tmp:
-        report = run_edge_check(python, models, x, Path(tmp))
+        report = run_edge_check(python, models, x[rows], Path(tmp), threads=str(CORES))
         for variant, path in zip(list(variants), models, strict=True):
             result = report["models"][str(path)]
             if not result["ok"]:
                 failed[variant] = explain_load_error(path, f"{EDGE_RUNTIME} {report['version']}",
                                                      result["error"])
                 continue
-            edge_probs = np.load(result["probabilities"]).astype(np.float64)
-            agree = float((predicted_index(edge_probs) == predicted_index(probs[variant])).mean())
+            edge_probs = device[variant] = np.load(result["probabilities"]).astype(np.float64)
+            agree = float((predicted_index(edge_probs) == predicted_index(probs[variant][rows])).mean())
             variants[variant]["runtimes"][EDGE_RUNTIME] = {
-                "ok": True, "agreement_with_litert": agree,
-                "max_prob_diff_vs_litert": float(np.abs(edge_probs - probs[variant]).max())}
+                "ok": True, "photos": int(len(rows)), "agreement_with_litert": agree,
+                "max_prob_diff_vs_litert": float(np.abs(edge_probs - probs[variant][rows]).max())}
     report["python_path"] = str(python)
+    report["photos"] = int(len(rows))
     return report
 
 

@@ -40,7 +40,7 @@ def trained_run(sample_data, tmp_path_factory) -> Path:
     from train.fit import TrainConfig, train
 
     out = tmp_path_factory.mktemp("runs") / "sample-noodle"
-    train(TrainConfig(data=sample_data, out=out, epochs=4, patience=10, verbose=0),
+    train(TrainConfig(data=sample_data, out=out, arch="noodle", epochs=4, patience=10, verbose=0),
           log=lambda *_: None)
     return out
 

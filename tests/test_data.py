@@ -516,11 +516,12 @@ def test_run_folder_is_named_by_data_and_settings(tmp_path):
     first = folders(tmp_path / "a" / "photos", {"cats": 5, "dogs": 5}, split=None)
     second = folders(tmp_path / "b" / "photos", {"cats": 5, "dogs": 5}, split=None)
     name = run_dir(first, "--runs", tmp_path / "runs")
-    assert Path(name).parent == tmp_path / "runs" and Path(name).name.startswith("photos-noodle-")
-    assert run_dir(first, "--runs", tmp_path / "runs") == name
-    from train.fit import EPOCHS, IMAGE_SIZE
+    from train.config import ARCHITECTURES, DEFAULT_ARCH
 
-    own = ("--epochs", EPOCHS["noodle"], "--image-size", IMAGE_SIZE["noodle"])  # noodle's own settings
+    assert Path(name).parent == tmp_path / "runs" and Path(name).name.startswith(f"photos-{DEFAULT_ARCH}-")
+    assert run_dir(first, "--runs", tmp_path / "runs") == name
+    default = ARCHITECTURES[DEFAULT_ARCH]
+    own = ("--epochs", default.epochs, "--image-size", default.image_size)  # the default's own settings
     assert run_dir(first, "--runs", tmp_path / "runs", *own) == name
     others = [run_dir(second, "--runs", tmp_path / "runs"),
               run_dir(first, "--runs", tmp_path / "runs", "--arch", "seed"),
@@ -536,7 +537,7 @@ def test_run_folder_is_named_by_data_and_settings(tmp_path):
 
 
 def test_a_run_folder_of_other_data_is_refused_unless_forced(tmp_path):
-    from train.fit import TrainConfig
+    from train.config import TrainConfig
     from train.runs import RunMismatch, check_run_dir, identity, record_start
 
     cfg = TrainConfig(data=tmp_path, out=tmp_path / "run")
@@ -586,7 +587,9 @@ def test_two_data_sets_in_folders_of_the_same_name_train_two_models(tmp_path):
     second = train(b)
     assert second.returncode == 0, second.stderr[-3000:]
     runs = sorted((tmp_path / "runs").iterdir())
-    assert len(runs) == 2 and all(r.name.startswith("labels-noodle-") for r in runs)
+    from train.config import DEFAULT_ARCH
+
+    assert len(runs) == 2 and all(r.name.startswith(f"labels-{DEFAULT_ARCH}-") for r in runs)
     by_labels = {tuple(json.loads((r / "manifest.json").read_text())["labels"]): r for r in runs}
     assert set(by_labels) == {("corgi", "pug"), ("ant", "bee", "cat")}
     run_a = by_labels[("corgi", "pug")]

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,8 +136,8 @@ def test_cli_trains_on_two_replicas_and_skips_bad_files(sample_data, tmp_path):
 
 
 def test_validation_photos_are_trained_on_only_when_a_test_split_scores_the_model(sample_data):
+    from train.config import TrainConfig, trains_on_val
     from train.data import find_dataset
-    from train.fit import TrainConfig, trains_on_val
     from train.runs import identity
 
     ds = find_dataset(sample_data)
@@ -144,16 +145,16 @@ def test_validation_photos_are_trained_on_only_when_a_test_split_scores_the_mode
     assert trains_on_val(noodle, ds) and not trains_on_val(seed, ds)
     # Saying what the architecture does anyway is the same model, the same run folder.
     assert identity(ds, noodle) == identity(ds, TrainConfig(data=sample_data, out=sample_data,
-                                                             train_on_val=True))
+                                                             arch="noodle", train_on_val=True))
     assert identity(ds, noodle) != identity(ds, TrainConfig(data=sample_data, out=sample_data,
-                                                             train_on_val=False))
+                                                             arch="noodle", train_on_val=False))
     ds.splits["test"] = []  # nothing else would score the model: validation stays out
     assert not trains_on_val(TrainConfig(data=sample_data, out=sample_data, train_on_val=True), ds)
 
 
 def test_each_architecture_has_its_own_input_side_and_epochs(sample_data):
+    from train.config import ARCHITECTURES, DEFAULT_ARCH, TrainConfig
     from train.data import find_dataset
-    from train.fit import TrainConfig
     from train.runs import identity
 
     ds = find_dataset(sample_data)
@@ -163,22 +164,26 @@ def test_each_architecture_has_its_own_input_side_and_epochs(sample_data):
 
     assert (settings(arch="noodle")["image_size"], settings(arch="noodle")["epochs"]) == (56, 50)
     assert (settings(arch="seed")["image_size"], settings(arch="seed")["epochs"]) == (64, 25)
+    assert (settings(arch="lite0")["image_size"], settings(arch="lite0")["epochs"]) == (192, 15)
     # Passing the default is the same model; another side is another.
     assert settings(arch="seed") == settings(arch="seed", image_size=64, epochs=25)
-    assert settings() == settings(image_size=56) != settings(image_size=64)
+    side = ARCHITECTURES[DEFAULT_ARCH].image_size
+    assert settings() == settings(image_size=side) != settings(image_size=side + 32)
+    assert settings(arch="noodle") == settings(arch="noodle", image_size=56) != settings(arch="noodle",
+                                                                                          image_size=64)
 
 
 def test_a_model_of_an_older_training_recipe_is_another_run(sample_data, monkeypatch):
     """`make export` passes --reuse: a model older code trained must not pass for this code's."""
-    from train import fit
+    from train import config, runs
     from train.data import find_dataset
     from train.runs import identity
 
     ds = find_dataset(sample_data)
-    cfg = fit.TrainConfig(data=sample_data, out=sample_data)
+    cfg = config.TrainConfig(data=sample_data, out=sample_data)
     before = identity(ds, cfg)
-    assert before["settings"]["recipe"] == fit.RECIPE
-    monkeypatch.setattr(fit, "RECIPE", fit.RECIPE - 1)
+    assert before["settings"]["recipe"] == config.RECIPE
+    monkeypatch.setattr(runs, "RECIPE", config.RECIPE - 1)
     assert identity(ds, cfg)["run"] != before["run"]
 
 
@@ -448,7 +453,7 @@ def test_mixed_precision_is_undone_when_training_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(fit, "augmentation", fail)
     data = tinted_photos(tmp_path / "photos", 2)
     with pytest.raises(RuntimeError, match="on purpose"):
-        fit.train(fit.TrainConfig(data=data, out=tmp_path / "run", image_size=32, epochs=1,
+        fit.train(fit.TrainConfig(data=data, out=tmp_path / "run", arch="noodle", image_size=32, epochs=1,
                                   mixed_precision=True, verbose=0), log=lambda *_: None)
     assert keras.mixed_precision.global_policy().name == "float32"
 
@@ -492,3 +497,16 @@ def test_memory_mapped_pixels_equal_in_memory_ones_with_bad_files_cut(sample_dat
     assert len(mapped.x) == 9 and mapped.files == in_memory.files == good
     np.testing.assert_array_equal(mapped.x, in_memory.x)
     np.testing.assert_array_equal(mapped.y, in_memory.y)
+
+
+def test_the_readmes_architecture_table_is_the_table():
+    """README's table is train.config.ARCHITECTURES, row for row: one source, and the docs follow it."""
+    from train.config import ARCHITECTURES, DEFAULT_ARCH
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("<!-- architectures: from train.config.ARCHITECTURES -->")[1].split("<!--")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.strip().splitlines()[2:]]
+    expected = [[f"`{a.name}`" + (" (default)" if a.name == DEFAULT_ARCH else ""), a.summary,
+                 str(a.image_size), str(a.epochs), a.schedule, a.weights, str(a.fine_tune)]
+                for a in ARCHITECTURES.values()]
+    assert rows == expected

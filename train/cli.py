@@ -13,14 +13,18 @@ import typer
 
 from edge.errors import one_line_errors
 from train.cluster import Cluster
+from train.config import ARCHITECTURES, TrainConfig
 from train.data import MISSING
-from train.fit import EPOCHS, IMAGE_SIZE, TrainConfig
 from train.runs import RUNS
 
 # The defaults live in TrainConfig, with their reasons; the options repeat none of them.
 DEFAULTS = TrainConfig(data=Path("."), out=Path("."))
-# The architectures, named by the table that gives each its epochs (train.models would import Keras).
-ArchName = Enum("ArchName", {name: name for name in EPOCHS}, type=str)
+# The architectures, named by their table (train.models would import Keras).
+ArchName = Enum("ArchName", {name: name for name in ARCHITECTURES}, type=str)
+
+
+def _each(field: str) -> str:
+    return ", ".join(f"{a.name} {getattr(a, field)}" for a in ARCHITECTURES.values())
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Datasets: make the embedded default.", no_args_is_help=True)
@@ -49,13 +53,19 @@ Data = Annotated[Path, typer.Argument(
 Runs = Annotated[Path, typer.Option(
     help="Where run folders go: RUNS/<data name>-<arch>-<8 hex of the data and settings>.")]
 Arch = Annotated[ArchName, typer.Option(
-    help="noodle (small, int8-friendly, the default) or seed (the classic recipe).")]
+    help="; ".join(f"{a.name}: {a.summary}" for a in ARCHITECTURES.values()) + ".")]
 Epochs = Annotated[int | None, typer.Option(
-    help="Epochs (default " + ", ".join(f"{a} {n}" for a, n in EPOCHS.items()) + "; a cosine schedule's "
+    help=f"Epochs (default {_each('epochs')}; of the head when pretrained; a cosine schedule's "
          "length, else an upper bound). Early stopping on validation loss keeps the best.")]
 ImageSize = Annotated[int | None, typer.Option(
-    help="Square input side in pixels (default "
-         + ", ".join(f"{a} {n}" for a, n in IMAGE_SIZE.items()) + ").")]
+    help=f"Square input side in pixels (default {_each('image_size')}).")]
+Weights = Annotated[str | None, typer.Option(
+    help="A pretrained architecture's backbone weights: imagenet (installed with noodle, converted "
+         "once into the cache folder, $NOODLE_CACHE or $XDG_CACHE_HOME/noodle), none (random; the "
+         "whole net trains), or a .weights.h5 file of the backbone.")]
+FineTune = Annotated[int | None, typer.Option(
+    help=f"Pretrained only: after the head, also train the backbone's top N blocks (batch norm "
+         f"frozen, a tenth of the rate); 0: the head alone (default {_each('fine_tune')}).")]
 BatchSize = Annotated[int, typer.Option(help="Per device.")]
 LearningRate = Annotated[float, typer.Option(help="Adam's rate (noodle: the start of its cosine decay).")]
 Patience = Annotated[int, typer.Option(help="Epochs without a better validation loss before stopping.")]
@@ -83,11 +93,32 @@ def _config_and_data(data, out, runs, arch, columns, **settings):
     from train.runs import default_run_dir, identity
 
     arch = ArchName(arch).value
-    dataset = find_dataset(data, **columns)
     cfg = TrainConfig(data=data, out=Path("."), arch=arch, **settings)
+    check_weights(cfg)
+    dataset = find_dataset(data, **columns)
     ident = identity(dataset, cfg)
     cfg.out = out or default_run_dir(data, arch, ident, runs)
     return cfg, dataset, ident
+
+
+def check_weights(cfg: TrainConfig) -> None:
+    """--weights and --fine-tune only where they mean something, before any pixel is read."""
+    from train.lite0 import BLOCKS, WeightsError
+
+    arch = cfg.architecture
+    if cfg.weights not in (None, "none") and not arch.pretrained:
+        raise WeightsError(f"--weights {cfg.weights}: {arch.name} trains from scratch; pass --arch "
+                           + " or ".join(a.name for a in ARCHITECTURES.values() if a.pretrained)
+                           + " for a pretrained backbone, or leave --weights out")
+    if cfg.weights not in (None, "none", "imagenet") and not Path(cfg.weights).is_file():
+        raise WeightsError(f"--weights {cfg.weights}: no such file; pass imagenet, none or a "
+                           ".weights.h5 file of the backbone")
+    if cfg.fine_tune and not cfg.pretrained:
+        raise WeightsError(f"--fine-tune {cfg.fine_tune}: only a pretrained backbone is fine-tuned "
+                           f"(--arch {arch.name} --weights {cfg.weights or arch.weights})")
+    if cfg.fine_tune is not None and not 0 <= cfg.fine_tune <= BLOCKS:
+        raise WeightsError(f"--fine-tune {cfg.fine_tune}: out of range; the backbone has {BLOCKS} blocks, "
+                           f"give 0 to {BLOCKS}")
 
 
 def _columns(file_column, label_column, split_column) -> dict:
@@ -104,6 +135,8 @@ def train_command(
     arch: Arch = ArchName(DEFAULTS.arch),
     epochs: Epochs = None,
     image_size: ImageSize = DEFAULTS.image_size,
+    weights: Weights = DEFAULTS.weights,
+    fine_tune: FineTune = DEFAULTS.fine_tune,
     batch_size: BatchSize = DEFAULTS.batch_size,
     learning_rate: LearningRate = DEFAULTS.learning_rate,
     patience: Patience = DEFAULTS.patience,
@@ -135,7 +168,8 @@ def train_command(
 
     cfg, dataset, ident = _config_and_data(
         data, out, runs, arch, _columns(file_column, label_column, split_column), epochs=epochs,
-        image_size=image_size, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
+        image_size=image_size, weights=weights, fine_tune=fine_tune, batch_size=batch_size,
+        learning_rate=learning_rate, patience=patience,
         seed=seed, train_on_val=train_on_val, mixed_precision=mixed_precision, cluster=cluster.value,
         cpu_replicas=cpu_replicas,
         verbose=0 if quiet else (1 if sys.stdout.isatty() else 2))

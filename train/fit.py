@@ -11,12 +11,11 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edge.errors import NoodleError
 from edge.manifest import (
     InputSpec,
     Preprocessing,
@@ -31,104 +30,20 @@ from edge.preprocess import PREPROCESSING
 from train import cluster as clusters
 from train import data as datasets
 from train import runs
+from train.config import BATCH_NORM_PHOTOS, TrainConfig, resolved, trains_on_val
 
 # TensorFlow's C++ start-up chatter (CPU features, CUDA probing) hides the
 # progress bars; warnings and errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-@dataclass
-class TrainConfig:
-    data: Path
-    out: Path
-    arch: str = "noodle"
-    # Square input side in pixels. None: the architecture's own (IMAGE_SIZE).
-    image_size: int | None = None
-    # None: the architecture's own count (EPOCHS). Early stopping on validation
-    # loss picks the epoch whose weights are kept.
-    epochs: int | None = None
-    # Per replica; the global batch grows with the number of devices.
-    batch_size: int = 32
-    # Adam's default; both architectures train well at it. For cosine-scheduled
-    # architectures (COSINE) it is the starting rate, decayed to zero by the last epoch.
-    learning_rate: float = 1e-3
-    # Epochs without a better validation loss before stopping (best weights kept).
-    patience: int = 10
-    # Train on the validation photos as well. None: yes for the cosine
-    # architectures, which choose nothing on validation (fixed length, no early
-    # stopping then), so those photos are worth more as training data: on the
-    # shared cats-vs-dogs photos, 1,000 training photos beat 800 with 200 held
-    # back by 3.1 pp on the 400 test photos (seeds 0-3, every seed better).
-    # Only when a test split is there to score the model (`trains_on_val`).
-    train_on_val: bool | None = None
-    seed: int = 0
-    # float16 compute, float32 weights: about 2x on GPUs with tensor cores
-    # (Volta or newer). It runs on CPUs too, only slower. model.keras is float32 either way.
-    mixed_precision: bool = False
-    # How workers of a multi-machine run find each other (train.cluster.Cluster):
-    # auto takes TF_CONFIG or a multi-task Slurm step when there is one.
-    cluster: str = "auto"
-    # Logical CPU devices to mirror over: exercises the multi-replica path
-    # without GPUs (tests, debugging). 0 = use what the machine has.
-    cpu_replicas: int = 0
-    # 1: a progress bar per epoch on a terminal; 2: one line per epoch (logs, CI).
-    verbose: int = 1
-
-
-# Per-architecture input sides. The seed keeps its recipe's 64x64. noodle
-# takes 56x56: a pixel grid 0.77x the size costs 0.77x the compute a step, so
-# the two-minute budget holds 45 epochs instead of 30, and longer training is
-# what paid. On the 1,000 shared cats-vs-dogs photos (test accuracy on their
-# 400 test photos, seeds 0-3): 64 px and 30 epochs 77.9 %, 64 px and 50
-# epochs 78.5 % (over the budget), 56 px and 45 epochs 78.9 %, 48 px and 60
-# epochs 73.5 % (1 seed). A Pi does 0.77x the work a frame, too.
-IMAGE_SIZE = {"seed": 64, "noodle": 56}
-# Per-architecture epoch counts. The seed's is a cap: it overfits fast and
-# early stopping ends it. Ours runs its 50 to the end under a cosine schedule
-# (see IMAGE_SIZE for what the count bought). 50, not 45, once batch-norm
-# statistics were set exactly (exact_batch_norm): on those photos 45 epochs
-# scored 79.3 % and 50 epochs 80.0 % over seeds 0-7 (README, round 7), for
-# about 1.1x the training time. `make export` then took 115.8 s of its 120 s
-# on two CPU cores, in one of the host's slow phases: little room is left.
-EPOCHS = {"seed": 25, "noodle": 50}
-# Architectures trained with a cosine-decayed learning rate instead of a
-# constant one: big steps early, settled weights at the end, and no long
-# patience spent waiting for a plateau. The seed keeps the classic constant rate.
-COSINE = {"noodle"}
-# What training does beyond its settings, as a number in every run's identity
-# (train.runs): raised when the same settings would now make another model, so
-# `--reuse` never keeps a model of older code as if this code had made it.
-# 2: batch-norm statistics recomputed once training ends (exact_batch_norm).
-RECIPE = 2
-# Batch-norm statistics are recomputed once training ends (exact_batch_norm),
-# over the training photos or a seeded sample of this many: a few thousand
-# photos pin a channel's mean and variance, and each of the six layers
-# costs a pass over them.
-BATCH_NORM_PHOTOS = 4096
-
-
-class TrainError(NoodleError):
-    pass
-
-
-def resolved(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with the architecture's own input side and epochs where none was given.
-
-    What the run identity, the training and the manifest all see, so passing
-    a default names, trains and records the same model as leaving it out.
-    """
-    return replace(cfg, image_size=cfg.image_size or IMAGE_SIZE[cfg.arch],
-                   epochs=cfg.epochs or EPOCHS[cfg.arch])
-
-
-def trains_on_val(cfg: TrainConfig, dataset: datasets.Dataset) -> bool:
-    """Whether the model trains on the validation photos too (TrainConfig.train_on_val).
-
-    Never when the dataset has no test split: validation would then be all
-    that scores the model, and a score on photos it trained on says nothing.
-    """
-    wanted = cfg.arch in COSINE if cfg.train_on_val is None else cfg.train_on_val
-    return wanted and bool(dataset.splits.get("test"))
+# A pretrained backbone's features are computed this many photos a call:
+# 64 photos of 224x224 hold the widest map in 150 MB of float32.
+FEATURE_BATCH = 64
+# Fine-tuning (--fine-tune N): its epochs, and its rate as a fraction of the
+# head's. A tenth keeps the ImageNet features from being washed out by a few
+# hundred photos; a few epochs are what the clock affords on CPU.
+FINE_TUNE_EPOCHS = 3
+FINE_TUNE_RATE = 0.1
 
 
 def pick_strategy(cpu_replicas: int = 0, cluster_resolver=None):
@@ -306,37 +221,94 @@ def train(cfg: TrainConfig, log=print, dataset: datasets.Dataset | None = None,
             shutil.rmtree(work.root, ignore_errors=True)
 
 
+@dataclass
+class Splits:
+    """The decoded splits a run trains and scores on (the validation photos folded in when trained on)."""
+
+    decoded: dict[str, datasets.Decoded]
+    on_val: bool
+    skipped: list[dict]
+    seconds: float
+
+    @property
+    def validating(self) -> bool:
+        return "val" in self.decoded and len(self.decoded["val"].y) > 0
+
+
+@dataclass
+class Stage:
+    """What one `fit` trains: the trainer, its data, and the model the run saves."""
+
+    model: object  # the classifier saved as model.keras
+    trainer: object  # what fit trains: model under augmentation, or a pretrained model's head
+    train_ds: object
+    val_ds: object
+    epochs: int
+    cosine: bool
+    watch_from: int  # the first epoch early stopping watches
+    maps: dict | None = None  # fine-tuning: what the frozen blocks make of each photo, per split
+    top: object = None  # fine-tuning: the backbone's top blocks, trained on `maps`
+
+
 def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_resolver,
            work: RunDir, chief: bool) -> dict | None:
     """`train` in `work`: the run folder on the chief, a scratch folder on other workers."""
-    run = RunDir(cfg.out)
+    import keras
+
     dataset = dataset or datasets.find_dataset(cfg.data)
     cfg = resolved(cfg)
-    size = (cfg.image_size, cfg.image_size)
+    splits = decode_splits(cfg, dataset, work, log)
+    keras.utils.set_random_seed(cfg.seed)
+    strategy = pick_strategy(cfg.cpu_replicas, cluster_resolver)
+    if cfg.mixed_precision:
+        # float16 compute with float32 variables; the head is pinned to float32.
+        # `train` restores the previous policy.
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    stage = (pretrained_stage if cfg.pretrained else scratch_stage)(cfg, splits, len(dataset.classes),
+                                                                    strategy, log)
+    train_seconds = fit(cfg, stage, splits, work, strategy, cluster_resolver, log)
+    if not chief:
+        log(f"{clusters.task_name(cluster_resolver)} done; the chief writes the run folder")
+        return None
+    model = stage.model
+    if cfg.pretrained:  # the classifier's own head takes the trained one's weights
+        model.layers[-1].set_weights(stage.trainer.get_weights())
+        if cfg.fine_tune:
+            train_seconds += fine_tune(cfg, model, stage, splits, log)
+    else:
+        model = float32_copy(model, cfg.arch, (cfg.image_size, cfg.image_size, 3), len(dataset.classes))
+    bn_photos = 0 if cfg.pretrained else exact_batch_norm(model, splits.decoded["train"].x, seed=cfg.seed)
+    if bn_photos:
+        log(f"batch-norm statistics set to those of {bn_photos} training photos, un-augmented")
+    history = read_history(work.backup / "history.csv")
+    metrics = evaluate(model, splits, dataset.classes, stage, history, train_seconds, bn_photos)
+    manifest = run_manifest(cfg, dataset, model, splits, metrics, strategy)
+    write_run(RunDir(cfg.out), work, model, manifest, history, metrics, dataset.classes)
+    return manifest
 
+
+def decode_splits(cfg: TrainConfig, dataset: datasets.Dataset, work: RunDir, log) -> Splits:
+    """Every split's pixels at the run's input side, the validation photos folded in when trained on."""
     on_val = trains_on_val(cfg, dataset)
     splits = dict(dataset.splits)
     if on_val:
         # One training array: the pipeline and a memory map see one set.
         splits = {"train": splits["train"] + splits["val"], "test": splits["test"]}
     started = time.perf_counter()
-    decoded = {
-        split: datasets.decode(items, size, cache_dir=work.cache, name=split)
-        for split, items in splits.items()
-    }
-    decode_seconds = time.perf_counter() - started
+    size = (cfg.image_size, cfg.image_size)
+    decoded = {split: datasets.decode(items, size, cache_dir=work.cache, name=split)
+               for split, items in splits.items()}
+    seconds = time.perf_counter() - started
     unreadable = [s for d in decoded.values() for s in d.skipped]
-    skipped = dataset.skipped + unreadable  # missing listed files, then unreadable ones
-    for split, d in decoded.items():
-        present = set(d.y.tolist())
-        for i, name in enumerate(dataset.classes):
-            if split == "train" and i not in present:
-                raise datasets.DataError(f"{cfg.data}: class {name!r} has no readable training images")
+    present = set(decoded["train"].y.tolist())
+    for i, name in enumerate(dataset.classes):
+        if i not in present:
+            raise datasets.DataError(f"{cfg.data}: class {name!r} has no readable training images")
     log(f"data: {dataset.layout} layout, classes {dataset.classes}, "
         + ", ".join(f"{s} {len(d.y)}" for s, d in decoded.items())
         + (f", skipped {len(unreadable)} unreadable" if unreadable else "")
         + (f", {len(dataset.skipped)} listed but missing" if dataset.skipped else "")
-        + f" (decoded in {decode_seconds:.1f}s)")
+        + f" (decoded in {seconds:.1f}s)")
     if on_val:
         log(f"training on the {len(dataset.splits['val'])} validation photos too: nothing is chosen on "
             "them (--hold-out-val keeps them out, for validation curves); the test split scores the model")
@@ -346,153 +318,293 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
     if mapped:
         log(f"pixels of {', '.join(mapped)} memory-mapped from {work.cache}, "
             f"being over {datasets.IN_MEMORY_LIMIT:,} bytes (NOODLE_IN_MEMORY_LIMIT)")
+    # Missing listed files, then unreadable ones.
+    return Splits(decoded, on_val, dataset.skipped + unreadable, seconds)
 
+
+def _compiled(trainer, learning_rate) -> None:
     import keras
+
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy" if _units(trainer) == 1 else "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def _units(model) -> int:
+    """The model's output units: 1 is a sigmoid over two classes, else a softmax."""
+    return int(model.output_shape[-1])
+
+
+def _rate(cfg: TrainConfig, n_train: int, global_batch: int):
+    """Adam's rate: constant, or cosine-decayed to zero over the run's steps."""
+    import keras
+
+    if cfg.architecture.schedule != "cosine":
+        return cfg.learning_rate
+    steps = cfg.epochs * max(1, n_train // global_batch)  # ragged batch dropped
+    return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps)
+
+
+def _pipelines(x_train, y_train, splits: Splits, val_x, cfg: TrainConfig, global_batch: int, replicas: int):
+    """The training and validation tf.data pipelines, sharded alike over replicas.
+
+    Replicas must get equal shares of every batch: Keras cannot merge unequal
+    per-replica batches, and batch norm fails on a replica left with none. So
+    training drops its ragged last batch (it is reshuffled every epoch), and
+    validation is trimmed to a multiple of the replica count (< 1 image each).
+    """
     import tensorflow as tf
 
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train_ds = _dataset(x_train, y_train, global_batch, True, cfg.seed, drop_remainder=True)
+    val_ds = None
+    if splits.validating:
+        n_val = len(splits.decoded["val"].y) // replicas * replicas
+        val_ds = _dataset(val_x[:n_val], splits.decoded["val"].y[:n_val], global_batch, False, cfg.seed)
+        val_ds = val_ds.with_options(options)
+    return train_ds.with_options(options), val_ds
+
+
+def scratch_stage(cfg: TrainConfig, splits: Splits, num_classes: int, strategy, log) -> Stage:
+    """A net trained end to end from random weights, augmentation inside the training step."""
     from train.models import build
 
-    keras.utils.set_random_seed(cfg.seed)
-    strategy = pick_strategy(cfg.cpu_replicas, cluster_resolver)
-    if cfg.mixed_precision:
-        # float16 compute with float32 variables; the head is pinned to float32.
-        # `train` restores the previous policy.
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    train = splits.decoded["train"]
     replicas = strategy.num_replicas_in_sync
     global_batch = cfg.batch_size * replicas
-    epochs = cfg.epochs
-    num_classes = len(dataset.classes)
-
-    cosine = cfg.arch in COSINE
-    learning_rate = cfg.learning_rate
-    if cosine:
-        steps = epochs * max(1, len(decoded["train"].y) // global_batch)  # ragged batch dropped
-        learning_rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps)
+    cosine = cfg.architecture.schedule == "cosine"
+    with strategy.scope():
+        model = build(cfg.arch, (cfg.image_size, cfg.image_size, 3), num_classes)
+        trainer = for_training(model, augmentation(cfg.seed))
+        _compiled(trainer, _rate(cfg, len(train.y), global_batch))
+    val_x = splits.decoded["val"].x if splits.validating else None
+    train_ds, val_ds = _pipelines(train.x, train.y, splits, val_x, cfg, global_batch, replicas)
     # While the rate is high, validation loss on a few hundred photos swings
     # by 0.1 from one epoch to the next (batch-norm statistics chase moving
     # weights), so a minimum there is luck; early stopping watches from the
     # last third of a cosine schedule, when the rate has come down.
-    watch_from = epochs * 2 // 3 if cosine else 0
-    validating = "val" in decoded and len(decoded["val"].y) > 0
+    watch_from = cfg.epochs * 2 // 3 if cosine else 0
+    log(f"training {cfg.arch} ({model.count_params():,} params) on {replicas} {_device()} replica(s), "
+        f"{'cosine-decayed rate over' if cosine else 'up to' if splits.validating else 'for'} "
+        f"{cfg.epochs} epochs, batch {global_batch}")
+    return Stage(model, trainer, train_ds, val_ds, cfg.epochs, cosine, watch_from)
 
+
+def pretrained_stage(cfg: TrainConfig, splits: Splits, num_classes: int, strategy, log) -> Stage:
+    """A new head on a frozen pretrained backbone, fitted on the backbone's features of each photo.
+
+    The backbone stays in inference mode, so a photo's features never change:
+    they are computed once, un-augmented (augmented copies did not pay for
+    their time, docs/experiments.md), and the head's epochs cost
+    milliseconds. With --fine-tune N the backbone is cut before its top N
+    blocks: what the photos bring there is computed once too, and the top
+    blocks make the head's features from it (`fine_tune` then trains them).
+    """
+    import keras
+
+    from train.models import build, head
+
+    keras.mixed_precision.set_global_policy("float32")  # the backbone's features, exact
+    model = build(cfg.arch, (cfg.image_size, cfg.image_size, 3), num_classes, cfg.weights)
+    backbone = model.layers[1]
+    backbone.trainable = False
+    bottom, top = split_backbone(backbone, cfg.fine_tune)
+    started = time.perf_counter()
+    maps = {split: outputs(bottom, d.x) for split, d in splits.decoded.items() if split != "test"}
+    features = maps if top is None else {split: outputs(top, m) for split, m in maps.items()}
+    log(f"{backbone.name} ({backbone.count_params():,} params, {cfg.weights} weights, frozen): features of "
+        f"{sum(map(len, features.values()))} photos at {cfg.image_size}x{cfg.image_size} in "
+        f"{time.perf_counter() - started:.1f}s on {_device()}")
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    replicas = strategy.num_replicas_in_sync
+    global_batch = cfg.batch_size * replicas
+    n_train = len(splits.decoded["train"].y)
     with strategy.scope():
-        model = build(cfg.arch, (*size, 3), num_classes)
-        trainer = for_training(model, augmentation(cfg.seed))
-        trainer.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss="binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-    # Replicas must get equal shares of every batch: Keras cannot merge unequal
-    # per-replica batches, and batch norm fails on a replica left with none. So
-    # training drops its ragged last batch (it is reshuffled every epoch), and
-    # validation is trimmed to a multiple of the replica count (< 1 image each).
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_ds = _dataset(decoded["train"].x, decoded["train"].y, global_batch, True, cfg.seed,
-                        drop_remainder=True).with_options(options)
-    val_ds = None
-    if validating:
-        n_val = len(decoded["val"].y) // replicas * replicas
-        val_ds = _dataset(decoded["val"].x[:n_val], decoded["val"].y[:n_val], global_batch, False,
-                          cfg.seed).with_options(options)
+        trainer = head(num_classes, features["train"].shape[1])
+        _compiled(trainer, _rate(cfg, n_train, global_batch))
+    train_ds, val_ds = _pipelines(features["train"], splits.decoded["train"].y, splits, features.get("val"),
+                                  cfg, global_batch, replicas)
+    cosine = cfg.architecture.schedule == "cosine"
+    log(f"training the head ({trainer.count_params():,} params) on {replicas} {_device()} replica(s), "
+        f"{'cosine-decayed rate over' if cosine else 'for'} {cfg.epochs} epochs, batch {global_batch}")
+    stage = Stage(model, trainer, train_ds, val_ds, cfg.epochs, cosine, cfg.epochs * 2 // 3 if cosine else 0)
+    stage.maps, stage.top = (maps, top) if top is not None else (None, None)
+    return stage
+
+
+def split_backbone(backbone, blocks: int):
+    """(bottom, top): the backbone cut before its last `blocks` blocks; (backbone, None) for 0.
+
+    Both share the backbone's layers, so training `top` trains the backbone.
+    """
+    import keras
+
+    if not blocks:
+        return backbone, None
+    numbers = sorted({int(layer.name[5:].split("_")[0]) for layer in backbone.layers
+                      if layer.name.startswith("block")})
+    first = numbers[-min(blocks, len(numbers))]
+    cut = next(layer for layer in backbone.layers if layer.name.startswith(f"block{first}_"))
+    return keras.Model(backbone.input, cut.input), keras.Model(cut.input, backbone.output)
+
+
+def outputs(model, x: np.ndarray, batch: int = FEATURE_BATCH) -> np.ndarray:
+    """`model` in inference mode on `x` (pixels or feature maps), a batch at a time, as float32.
+
+    Batched so that a memory-mapped split streams; called, not predict_on_batch,
+    so one traced function serves every batch.
+    """
+    import tensorflow as tf
+
+    call = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
+    out = [call(tf.constant(x[i : i + batch], tf.float32)).numpy() for i in range(0, len(x), batch)]
+    return np.concatenate(out) if out else np.zeros((0, *model.output_shape[1:]), np.float32)
+
+
+def _device() -> str:
+    import tensorflow as tf
+
+    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+
+
+def fit(cfg: TrainConfig, stage: Stage, splits: Splits, work: RunDir, strategy, cluster_resolver,
+        log) -> float:
+    """Run the stage's epochs, resumable; return the seconds they took (across resumes)."""
+    import keras
 
     backup = work.backup
-    history_log = backup / "history.csv"
     backup.mkdir(parents=True, exist_ok=True)
-    progress = Progress(len(decoded["train"].y), backup, log)
+    progress = Progress(len(splits.decoded["train"].y), backup, log)
     # Progress and CSVLogger save an epoch's time and history row before
     # BackupAndRestore saves its state, so a kill between them leaves extra
     # rows, never missing ones, and Progress cuts them when the run resumes.
     callbacks = [
         progress,
-        keras.callbacks.CSVLogger(str(history_log), append=True),
+        keras.callbacks.CSVLogger(str(backup / "history.csv"), append=True),
         # Its files are not written atomically; the previous epoch's copy is
         # what a run killed in the middle of writing them resumes from.
         keras.callbacks.BackupAndRestore(str(backup / "state"), double_checkpoint=True),
         keras.callbacks.TensorBoard(str(work.tensorboard), histogram_freq=0),
     ]
-    if validating:
-        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                             restore_best_weights=True, start_from_epoch=watch_from)
-        callbacks.append(stop)
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    if device == "CPU":
+    if splits.validating:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=cfg.patience, restore_best_weights=True,
+            start_from_epoch=stage.watch_from))
+    if _device() == "CPU":
         # The cores this process may use: a container or taskset may allow fewer than the machine has.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         log(f"no GPU found: training on {cores} CPU cores")
-    log(f"training {cfg.arch} ({model.count_params():,} params) on {replicas} {device} replica(s), "
-        f"{'cosine-decayed rate over' if cosine else 'up to' if validating else 'for'} {epochs} epochs, "
-        f"batch {global_batch}")
     if cluster_resolver is not None:
         # Keras 3 cannot start fit on a model built in a MultiWorkerMirroredStrategy
         # scope: it all-reduces a sample batch to build the model first, which
         # fails (keras-team/keras#20585). Without a strategy of its own the model
         # takes the one of the scope fit runs in, and builds in its first step.
-        model._distribute_strategy = trainer._distribute_strategy = None
+        stage.model._distribute_strategy = stage.trainer._distribute_strategy = None
     started = time.perf_counter()
     with strategy.scope():
         # shuffle=False: the tf.data pipeline already reshuffles every epoch.
-        trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False,
-                  verbose=cfg.verbose)
+        stage.trainer.fit(stage.train_ds, validation_data=stage.val_ds, epochs=stage.epochs,
+                          callbacks=callbacks, shuffle=False, verbose=cfg.verbose)
     # Across resumes: the epochs an earlier, killed process finished, then this one.
-    train_seconds = progress.earlier_seconds + time.perf_counter() - started
-    if not chief:
-        log(f"{clusters.task_name(cluster_resolver)} done; the chief writes the run folder")
-        return None
-    model = float32_copy(model, cfg.arch, (*size, 3), num_classes)
-    bn_photos = exact_batch_norm(model, decoded["train"].x, seed=cfg.seed)
-    if bn_photos:
-        log(f"batch-norm statistics set to those of {bn_photos} training photos, un-augmented")
+    return progress.earlier_seconds + time.perf_counter() - started
 
-    history = read_history(history_log)
-    # The epochs early stopping watched, hence the one whose weights were kept;
-    # without validation, the last.
-    watched = range(watch_from if len(history) > watch_from else 0, len(history))
-    best = min(watched, key=lambda i: history[i]["val_loss"]) + 1 if validating else len(history)
-    metrics = {"train_seconds": round(train_seconds, 1), "decode_seconds": round(decode_seconds, 1),
+
+def fine_tune(cfg: TrainConfig, model, stage: Stage, splits: Splits, log) -> float:
+    """Train the backbone's top `cfg.fine_tune` blocks with the trained head; return the seconds.
+
+    On what the frozen blocks below them made of each photo (computed once, so
+    un-augmented), at a tenth of the head's rate for FINE_TUNE_EPOCHS. Batch
+    norm stays frozen, in inference mode with its ImageNet statistics: a few
+    hundred photos would move them far from what the layers after it learnt.
+    One device: the model was built outside any distribution strategy.
+    """
+    import keras
+
+    top, classifier_head = stage.top, model.layers[-1]
+    for layer in top.layers:
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+    inputs = keras.Input(top.input_shape[1:], name="maps")
+    tuner = keras.Model(inputs, classifier_head(top(inputs)), name="fine_tune")
+    trained = sum(int(np.prod(w.shape)) for w in tuner.trainable_weights)
+    y = splits.decoded["train"].y
+    steps = FINE_TUNE_EPOCHS * max(1, len(y) // cfg.batch_size)
+    _compiled(tuner, keras.optimizers.schedules.CosineDecay(cfg.learning_rate * FINE_TUNE_RATE, steps))
+    started = time.perf_counter()
+    tuner.fit(_dataset(stage.maps["train"], y, cfg.batch_size, True, cfg.seed, drop_remainder=True),
+              epochs=FINE_TUNE_EPOCHS, shuffle=False, verbose=cfg.verbose)
+    for layer in top.layers:
+        layer.trainable = False
+    seconds = time.perf_counter() - started
+    log(f"fine-tuned the top {cfg.fine_tune} blocks ({trained:,} weights) for {FINE_TUNE_EPOCHS} epochs "
+        f"in {seconds:.1f}s")
+    return seconds
+
+
+def evaluate(model, splits: Splits, classes: list[str], stage: Stage, history: list[dict],
+             train_seconds: float, bn_photos: int) -> dict:
+    """The run's figures: timing, the epoch kept, and accuracy on the validation and test splits."""
+    # The epochs early stopping watched, hence the one whose weights were kept; without validation, the last.
+    watched = range(stage.watch_from if len(history) > stage.watch_from else 0, len(history))
+    best = min(watched, key=lambda i: history[i]["val_loss"]) + 1 if splits.validating else len(history)
+    metrics = {"train_seconds": round(train_seconds, 1), "decode_seconds": round(splits.seconds, 1),
                "epochs_run": len(history), "best_epoch": best if history else None,
                # What training saw: the train split, with the validation one when trained on.
-               "train_images": int(len(decoded["train"].y)),
-               # The photos exact_batch_norm measured (0: the model has no batch norm).
+               "train_images": int(len(splits.decoded["train"].y)),
+               # The photos exact_batch_norm measured (0: none, or the backbone's own statistics kept).
                "batch_norm_photos": bn_photos}
     for split in ("val", "test"):
-        if split in decoded and len(decoded[split].y):
-            probs = predict_probabilities(model, decoded[split].x)
-            metrics[split] = classification_metrics(decoded[split].y, probs, dataset.classes)
+        if split in splits.decoded and len(splits.decoded[split].y):
+            probs = predict_probabilities(model, splits.decoded[split].x)
+            metrics[split] = classification_metrics(splits.decoded[split].y, probs, classes)
+    return metrics
 
-    manifest = RunManifest(
+
+def run_manifest(cfg: TrainConfig, dataset: datasets.Dataset, model, splits: Splits, metrics: dict,
+                 strategy) -> dict:
+    import keras
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+    run = RunDir(cfg.out)
+    return RunManifest(
         labels=dataset.classes,
         # Keras sees float32 0-255 pixels; the model rescales them itself.
-        input=InputSpec(height=size[0], width=size[1], dtype="float32", range=(0, 255)),
-        output="sigmoid" if num_classes == 2 else "softmax",
+        input=InputSpec(height=cfg.image_size, width=cfg.image_size, dtype="float32", range=(0, 255)),
+        output="sigmoid" if _units(model) == 1 else "softmax",
         preprocessing=Preprocessing.from_dict(PREPROCESSING, "edge.preprocess.PREPROCESSING"),
         arch=cfg.arch,
         params=int(model.count_params()),
         seed=cfg.seed,
         training={**{k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "verbose")},
-                  "train_on_val": on_val, "global_batch": global_batch,
-                  "replicas": replicas, "device": device, "tensorflow": tf.__version__,
+                  "train_on_val": splits.on_val, "global_batch": cfg.batch_size * replicas,
+                  "replicas": replicas, "device": _device(), "tensorflow": tf.__version__,
                   "keras": keras.__version__},
         data=dataset.summary(),
         # What the run folder's name and reuse are decided by (train.runs).
         identity=runs.identity(dataset, cfg),
-        skipped=skipped,
+        skipped=splits.skipped,
         metrics=metrics,
         files={"model": run.model.name, "history": run.history.name, "curves": run.curves.name,
                "metrics": run.metrics.name, "tensorboard": f"{run.tensorboard.name}/"},
     ).to_dict()
+
+
+def write_run(run: RunDir, work: RunDir, model, manifest: dict, history: list[dict], metrics: dict,
+              classes: list[str]) -> None:
+    """The run folder's files, each atomic; the manifest last, as its presence says the run is complete."""
     with atomic_output(run.model, suffix=".keras") as tmp:
         model.save(tmp)
-    write_bytes(run.history, history_log.read_bytes())
+    write_bytes(run.history, (work.backup / "history.csv").read_bytes())
     if history:
         plot_curves(history, run.curves)
-    write_json(run.metrics, {"labels": dataset.classes, **metrics})
-    # The manifest goes last: its presence says the run folder is complete.
+    write_json(run.metrics, {"labels": classes, **metrics})
     write_json(run.manifest, manifest)
-    _remove_tree(backup)
+    _remove_tree(work.backup)
     _remove_tree(work.cache)
-    return manifest
 
 
 def Progress(n_train: int, backup: Path, log):

@@ -1,4 +1,4 @@
-"""The architectures `noodle train --arch` knows.
+"""The builders of the architectures `noodle train --arch` knows (train.config.ARCHITECTURES).
 
 Every model takes raw 0-255 RGB pixels and rescales them itself, so the
 preprocessing the device runs (edge.preprocess) is all that stands between a
@@ -12,15 +12,44 @@ import keras
 from keras import layers
 
 
-def _head(x, num_classes: int):
-    # Two classes: one sigmoid unit (binary cross-entropy); more: softmax.
-    # Kept float32 under mixed precision so the probabilities stay exact.
-    if num_classes == 2:
+def _head(x, num_classes: int, sigmoid: bool = True):
+    # Two classes: one sigmoid unit (binary cross-entropy), unless `sigmoid` is
+    # False; more: softmax. Kept float32 under mixed precision so the
+    # probabilities stay exact.
+    if num_classes == 2 and sigmoid:
         return layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
 
 
-def seed(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+def head(num_classes: int, features: int, dropout: float = 0.2) -> keras.Model:
+    """A pretrained backbone's new head: dropout, then the class layer, on its pooled features.
+
+    A model of its own so that training can fit it on features computed
+    once (train.fit) while the classifier holds the same layers. Softmax even
+    for two classes: the dynamic-range converter quantizes a one-unit dense
+    layer of 1,024 or more weights per channel (its one channel), which makes
+    FULLY_CONNECTED version 12, and tflite-runtime 2.14 (Bookworm) cannot load it.
+    """
+    inputs = keras.Input((features,), name="features")
+    x = layers.Dropout(dropout)(inputs)
+    return keras.Model(inputs, _head(x, num_classes, sigmoid=False), name="head")
+
+
+def lite0(input_shape: tuple[int, int, int], num_classes: int, weights: str = "imagenet") -> keras.Model:
+    """EfficientNet-Lite0 (3.4 M parameters in the backbone) with a new head.
+
+    The backbone normalizes pixels itself, as its ImageNet weights expect
+    (train.lite0); `weights` is imagenet, none or a .weights.h5 file of it.
+    """
+    from train.lite0 import FEATURES, load_backbone
+
+    inputs = keras.Input(input_shape, name="pixels")
+    backbone = load_backbone(input_shape[0], weights)
+    outputs = head(num_classes, FEATURES)(backbone(inputs))
+    return keras.Model(inputs, outputs, name="lite0")
+
+
+def seed(input_shape: tuple[int, int, int], num_classes: int, weights: str = "none") -> keras.Model:
     """The classic recipe, layer for layer (1.97 M parameters at 64x64)."""
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1 / 255.0)(inputs)
@@ -43,7 +72,7 @@ def _conv_bn(x, filters: int, stride: int = 1):
     return layers.ReLU()(x)
 
 
-def noodle(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+def noodle(input_shape: tuple[int, int, int], num_classes: int, weights: str = "none") -> keras.Model:
     """The default: a small all-convolutional net that quantizes cleanly.
 
     A stride-2 stem sees the input (56x56 by default, train.fit.IMAGE_SIZE)
@@ -88,8 +117,12 @@ def noodle(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     return keras.Model(inputs, _head(x, num_classes), name="noodle")
 
 
-ARCHITECTURES = {"noodle": noodle, "seed": seed}
+def build(arch: str, input_shape: tuple[int, int, int], num_classes: int,
+          weights: str = "none") -> keras.Model:
+    """The `arch` row's builder (train.config.ARCHITECTURES); from-scratch builders take no weights."""
+    from train.config import ARCHITECTURES
 
-
-def build(arch: str, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    return ARCHITECTURES[arch](input_shape, num_classes)
+    builder = globals()[ARCHITECTURES[arch].builder]
+    if weights != "none" and not ARCHITECTURES[arch].pretrained:
+        raise ValueError(f"{arch} trains from scratch: it takes no --weights")
+    return builder(input_shape, num_classes, weights)

@@ -3,7 +3,7 @@
 A run folder is named `runs/<data name>-<arch>-<8 hex>`, the hex from the
 data's fingerprint (its labelled file list with sizes and mtimes), the
 settings that change the model and the training code's recipe number
-(train.fit.RECIPE). Other photos, or another arch, epoch count, seed or
+(train.config.RECIPE). Other photos, or another arch, epoch count, seed or
 recipe, get another folder, so a model is never reused for data it was not
 trained on, or as the work of code that did not make it. A folder given
 with --out that holds a run of other data is refused unless --force; the
@@ -18,11 +18,12 @@ from pathlib import Path
 
 from edge.errors import NoodleError
 from edge.manifest import RunDir, write_json
+from train.config import RECIPE, resolved, trains_on_val
 
 # The TrainConfig fields that change the trained model. Not the output folder,
 # verbosity, or --cpu-replicas (a testing aid).
-MODEL_SETTINGS = ("arch", "image_size", "epochs", "batch_size", "learning_rate", "patience", "seed",
-                  "mixed_precision")
+MODEL_SETTINGS = ("arch", "image_size", "epochs", "fine_tune", "batch_size", "learning_rate", "patience",
+                  "seed", "mixed_precision")
 RUNS = Path("runs")
 # Written into the resume state (RunDir.backup) when training starts, so a
 # killed run is only resumed on the data and settings it started with.
@@ -35,18 +36,33 @@ class RunMismatch(NoodleError):
 
 def identity(dataset, cfg) -> dict:
     """The data fingerprint, the model settings and their combined short id."""
-    from train.fit import RECIPE, resolved, trains_on_val
-
     # No --epochs or --image-size means the architecture's own: the same model as passing it.
     full = resolved(cfg)
     settings = {k: getattr(full, k) for k in MODEL_SETTINGS}
     # Likewise no --train-on-val/--hold-out-val: what the architecture and the data make of it.
     settings["train_on_val"] = trains_on_val(cfg, dataset)
     settings["recipe"] = RECIPE
+    # The weights a pretrained backbone starts from, by content: another file is another model.
+    settings["weights"] = _weights_id(full.weights)
     settings_fp = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     run = hashlib.sha256(f"{dataset.fingerprint}\n{settings_fp}".encode()).hexdigest()[:16]
     return {"run": run, "data_fingerprint": dataset.fingerprint, "settings_fingerprint": settings_fp,
             "settings": settings}
+
+
+def _weights_id(weights: str) -> str:
+    if weights in ("none", "imagenet"):
+        from train.lite0 import PACKAGE_SHA256
+
+        return weights if weights == "none" else f"imagenet:{PACKAGE_SHA256[:12]}"
+    from edge.manifest import sha256_file
+    from train.lite0 import WeightsError
+
+    try:
+        return f"file:{sha256_file(Path(weights))[:16]}"
+    except OSError:
+        raise WeightsError(f"{weights}: cannot read this --weights file; pass imagenet, none or "
+                           "a .weights.h5 file of the backbone") from None
 
 
 def default_run_dir(data: str | Path, arch: str, ident: dict, runs: str | Path = RUNS) -> Path:

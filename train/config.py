@@ -1,0 +1,132 @@
+"""What a training run is: the architecture table and TrainConfig, with their defaults and reasons.
+
+No TensorFlow here: the CLI builds its options and Enums from this module,
+and the run identity (train.runs) reads it, without paying for an import.
+Figures behind the defaults are in docs/experiments.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One row of the architecture table: everything `--arch NAME` means."""
+
+    name: str
+    builder: str  # the function of train.models that builds it
+    image_size: int  # the default square input side
+    epochs: int  # of the head when pretrained, else of the whole net
+    schedule: str  # "cosine": decayed to zero by the last epoch; "constant": early stopping ends it
+    weights: str  # default --weights: "imagenet" (pretrained) or "none" (from scratch)
+    fine_tune: int  # default --fine-tune: top blocks of a pretrained backbone trained after the head
+    summary: str
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights != "none"
+
+
+# The table that drives --arch and its Enum, the run identity, the README's
+# table and the test matrix. The first row is the default.
+ARCHITECTURES = {a.name: a for a in (
+    # ImageNet features, where the best from-scratch net reached 77 % on unseen
+    # cats and dogs. 192 px: as good as 224 on validation photos at 0.73x the
+    # pixels, and 160 px a point lower; 15 head epochs: as good as 30 or 60
+    # (docs/experiments.md, the pretrained round).
+    Architecture("lite0", "lite0", 192, 15, "cosine", "imagenet", 0,
+                 "EfficientNet-Lite0, ImageNet-pretrained; a new head on the frozen backbone"),
+    # From scratch, int8-friendly: 56 px buys the epochs that paid on two cores.
+    Architecture("noodle", "noodle", 56, 50, "cosine", "none", 0,
+                 "a small all-convolutional net trained from scratch"),
+    # The classic recipe, layer for layer; it overfits fast, so early stopping ends it.
+    Architecture("seed", "seed", 64, 25, "constant", "none", 0,
+                 "the classic cats-vs-dogs CNN (Conv2D 32, MaxPool, Dense 64)"),
+)}
+DEFAULT_ARCH = next(iter(ARCHITECTURES))
+
+# What training does beyond its settings, as a number in every run's identity
+# (train.runs): raised when the same settings would now make another model, so
+# `--reuse` never keeps a model of older code as if this code had made it.
+# 2: batch-norm statistics recomputed once training ends. 3: pretrained backbones.
+RECIPE = 3
+# Batch-norm statistics of from-scratch nets are recomputed once training ends
+# (train.fit.exact_batch_norm) over the training photos or a seeded sample of
+# this many: a few thousand photos pin a channel's mean and variance.
+BATCH_NORM_PHOTOS = 4096
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    out: Path
+    arch: str = DEFAULT_ARCH
+    # Square input side in pixels. None: the architecture's own.
+    image_size: int | None = None
+    # None: the architecture's own count. Early stopping on validation loss
+    # picks the epoch whose weights are kept (constant-rate architectures).
+    epochs: int | None = None
+    # imagenet, none (random weights, the whole net trains) or a .weights.h5
+    # file of the backbone. None: the architecture's own.
+    weights: str | None = None
+    # Pretrained only: after the head, fine-tune the top N blocks of the
+    # backbone at a tenth of the rate, batch norm frozen. 0: the head alone;
+    # None: the architecture's own.
+    fine_tune: int | None = None
+    # Per replica; the global batch grows with the number of devices.
+    batch_size: int = 32
+    # Adam's rate (cosine schedules: the start of the decay). Both from-scratch
+    # nets and the pretrained head train well at Adam's default.
+    learning_rate: float = 1e-3
+    # Epochs without a better validation loss before stopping (best weights kept).
+    patience: int = 10
+    # Train on the validation photos as well. None: yes for the cosine
+    # architectures, which choose nothing on validation (fixed length, no early
+    # stopping), so those photos are worth more as training data. Only when a
+    # test split is there to score the model (`trains_on_val`).
+    train_on_val: bool | None = None
+    seed: int = 0
+    # float16 compute, float32 weights: about 2x on GPUs with tensor cores
+    # (Volta or newer). It runs on CPUs too, only slower. model.keras is float32 either way.
+    mixed_precision: bool = False
+    # How workers of a multi-machine run find each other (train.cluster.Cluster):
+    # auto takes TF_CONFIG or a multi-task Slurm step when there is one.
+    cluster: str = "auto"
+    # Logical CPU devices to mirror over: exercises the multi-replica path
+    # without GPUs (tests, debugging). 0 = use what the machine has.
+    cpu_replicas: int = 0
+    # 1: a progress bar per epoch on a terminal; 2: one line per epoch (logs, CI).
+    verbose: int = 1
+
+    @property
+    def architecture(self) -> Architecture:
+        return ARCHITECTURES[self.arch]
+
+    @property
+    def pretrained(self) -> bool:
+        """A frozen pretrained backbone under a new head (not `--weights none`)."""
+        return self.architecture.pretrained and (self.weights or self.architecture.weights) != "none"
+
+
+def resolved(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the architecture's own input side, epochs and weights where none was given.
+
+    What the run identity, the training and the manifest all see, so passing
+    a default names, trains and records the same model as leaving it out.
+    """
+    arch = cfg.architecture
+    weights = cfg.weights or arch.weights
+    fine_tune = (arch.fine_tune if cfg.fine_tune is None else cfg.fine_tune) if weights != "none" else 0
+    return replace(cfg, image_size=cfg.image_size or arch.image_size, epochs=cfg.epochs or arch.epochs,
+                   weights=weights, fine_tune=fine_tune)
+
+
+def trains_on_val(cfg: TrainConfig, dataset) -> bool:
+    """Whether the model trains on the validation photos too (TrainConfig.train_on_val).
+
+    Never when the dataset has no test split: validation would then be all
+    that scores the model, and a score on photos it trained on says nothing.
+    """
+    wanted = cfg.architecture.schedule == "cosine" if cfg.train_on_val is None else cfg.train_on_val
+    return wanted and bool(dataset.splits.get("test"))
