@@ -79,11 +79,16 @@ $(SAMPLE)/.complete: | $(VENV)/.installed
 
 # `make train` always trains; `make export` trains only when the run folder
 # has no model of this DATA with these settings yet (`noodle train --reuse`).
+# A training process killed by a signal says so in one line, where make alone
+# says only "Aborted": the signal, where its log is, and how to go on.
+CRASHED = rc=$$?; [ $$rc -gt 128 ] && echo "error: noodle train died of signal SIG$$(kill -l $$((rc - 128))) \
+(exit $$rc); its last lines are above; run the same command again: training resumes from its last \
+finished epoch" >&2; exit $$rc
 train: setup data
-	$(NOODLE) train $(DATA_DIR) $(MODEL_FLAGS) --runs $(OUT)
+	$(NOODLE) train $(DATA_DIR) $(MODEL_FLAGS) --runs $(OUT) || { $(CRASHED); }
 
 trained: setup data
-	$(NOODLE) train $(DATA_DIR) $(MODEL_FLAGS) --runs $(OUT) --reuse
+	$(NOODLE) train $(DATA_DIR) $(MODEL_FLAGS) --runs $(OUT) --reuse || { $(CRASHED); }
 
 # Convert and validate (ai-edge-litert here, tflite-runtime 2.14 in the device
 # environment), then compare, which ends by printing the table. When only some

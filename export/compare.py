@@ -302,7 +302,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     from export import figures as draw
 
     run_dir = Path(run_dir)
-    read_run(run_dir)
+    trained = read_run(run_dir)
     run = RunDir(run_dir)
     out = run.export
     manifest = _export_manifest(run_dir)
@@ -332,10 +332,12 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
         "run": str(run_dir),
         "test": {"source": photos.source, "split": photos.split, "count": int(len(scores.y)),
                  "skipped": photos.skipped},
-        "labels": labels, "keras_accuracy": validation["keras"]["accuracy"],
-        "validation": {"split": validation["split"], "count": validation["count"],
-                       # The sample validation checked float32 against Keras on (export.validate.EDGE_SAMPLE).
-                       "keras_count": validation["keras"].get("count", validation["count"])},
+        # The Keras model on the whole split, as training scored it (validation checks
+        # float32 against Keras on a sample only: export.validate.EDGE_SAMPLE).
+        "keras_accuracy": trained.get("metrics", {}).get(validation["split"], {}).get(
+            "accuracy", validation["keras"]["accuracy"]),
+        "labels": labels,
+        "validation": {"split": validation["split"], "count": validation["count"]},
         "parity": validation["parity"], "runtimes": validation["runtimes"],
         "statistics": {"reference": REFERENCE, "delta": "variant accuracy - float32 accuracy, pp",
                        "ci95": "Newcombe hybrid score interval for paired proportions (method 10)",
@@ -392,9 +394,9 @@ def to_markdown(report: dict) -> str:
     notes = [
         f"{test['count']} photos from {markdown(test['source'])} ({_split_words(test['split'])})"
         + (f"; {skipped} unreadable or missing file(s) skipped" if skipped else "")
-        + f". Keras model accuracy on the {report['validation'].get('keras_count')} of the validation step's "
-        f"{report['validation']['count']} {report['validation']['split']} photos it compared float32 with "
-        f"Keras on: {_pct(report['keras_accuracy'], 2)}.",
+        + f". Keras model accuracy on the training data's {report['validation']['count']} "
+        f"{report['validation']['split']} photos, as training scored it: "
+        f"{_pct(report['keras_accuracy'], 2)}.",
         *(_calibration_words(v, c) for v, c in report["calibration"].items()),
         *_device_words(report["rows"]),
         f"Statistics: each variant paired with float32 on the same photos; 95 % CI by "

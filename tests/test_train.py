@@ -510,3 +510,56 @@ def test_the_readmes_architecture_table_is_the_table():
                  str(a.image_size), str(a.epochs), a.schedule, a.weights, str(a.fine_tune)]
                 for a in ARCHITECTURES.values()]
     assert rows == expected
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "--epochs 0: out of range; give 1 to"),
+    (["--epochs", "-1"], "--epochs -1: out of range"),
+    (["--image-size", "0"], "--image-size 0: out of range; give 32 to 1,024"),
+    (["--image-size", "8"], "--image-size 8: out of range"),
+    (["--batch-size", "0"], "--batch-size 0: out of range; give 1 to"),
+    (["--learning-rate", "nan"], "--learning-rate nan: out of range"),
+    (["--learning-rate", "-1"], "--learning-rate -1: out of range"),
+])
+def test_numbers_out_of_range_are_one_line_before_any_work(sample_data, tmp_path, args, message):
+    """Was: 0 trained the defaults, -1 and 8 were tracebacks, batch 0 a ZeroDivisionError after 33 s."""
+    from typer.testing import CliRunner
+
+    from noodle import app
+
+    result = CliRunner().invoke(app, ["train", str(sample_data), "--arch", "noodle", *args,
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_loss_that_turns_non_finite_stops_training_and_writes_no_manifest(tmp_path, monkeypatch):
+    """Was: --learning-rate nan exited 0 with loss nan and a complete manifest."""
+    from edge.errors import NoodleError
+    from tests.test_matrix import tinted_photos
+    from train import fit
+
+    data = tinted_photos(tmp_path / "photos", 2)
+    run = tmp_path / "run"
+    real = fit._rate
+    monkeypatch.setattr(fit, "_rate", lambda cfg, *a: 1e30 if cfg.arch == "noodle" else real(cfg, *a))
+    with pytest.raises(NoodleError, match=r"training loss became (nan|inf).*lower --learning-rate"):
+        fit.train(fit.TrainConfig(data=data, out=run, arch="noodle", image_size=32, epochs=2, verbose=0),
+                  log=lambda *_: None)
+    assert not (run / "manifest.json").exists() and not (run / ".backup").exists()
+
+
+def test_a_training_process_killed_by_a_signal_says_so_in_one_line(tmp_path):
+    """Was: `make: *** [trained] Aborted` and nothing else."""
+    root = Path(__file__).resolve().parent.parent
+    fake = tmp_path / "noodle"
+    fake.write_text('#!/bin/sh\necho "epoch 3/15"\nkill -ABRT $$\n')
+    fake.chmod(0o755)
+    done = subprocess.run(["make", "-s", "-C", str(root), "trained", f"NOODLE={fake}", f"DATA={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    said = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert said == ["error: noodle train died of signal SIGABRT (exit 134); its last lines are above; "
+                    "run the same command again: training resumes from its last finished epoch"], done.stderr

@@ -4,6 +4,7 @@ TensorFlow is imported inside the commands, so `noodle --help` stays fast.
 """
 from __future__ import annotations
 
+import math
 import sys
 from enum import Enum
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from edge.errors import one_line_errors
+from edge.errors import NoodleError, one_line_errors
 from train.cluster import Cluster
 from train.config import ARCHITECTURES, TrainConfig
 from train.data import MISSING
@@ -94,11 +95,34 @@ def _config_and_data(data, out, runs, arch, columns, **settings):
 
     arch = ArchName(arch).value
     cfg = TrainConfig(data=data, out=Path("."), arch=arch, **settings)
+    check_numbers(cfg)
     check_weights(cfg)
     dataset = find_dataset(data, **columns)
     ident = identity(dataset, cfg)
     cfg.out = out or default_run_dir(data, arch, ident, runs)
     return cfg, dataset, ident
+
+
+class SettingError(NoodleError):
+    """A training option out of its range; one line naming the option and the range."""
+
+
+# The ranges of the numeric options: a value outside one is refused before any
+# work, never trained as a default or left to fail minutes later.
+RANGES = {"epochs": (1, 100_000), "image_size": (32, 1024), "batch_size": (1, 65_536),
+          "patience": (0, 100_000)}
+
+
+def check_numbers(cfg: TrainConfig) -> None:
+    """Every numeric option in its range (None: the architecture's own), or one line naming it."""
+    for name, (low, high) in RANGES.items():
+        value = getattr(cfg, name)
+        if value is not None and not low <= value <= high:
+            raise SettingError(f"--{name.replace('_', '-')} {value}: out of range; give {low} to {high:,}")
+    rate = cfg.learning_rate
+    if not (math.isfinite(rate) and 0 < rate <= 1):
+        raise SettingError(f"--learning-rate {rate:g}: out of range; give a number above 0 and at most 1 "
+                           "(Adam's default is 0.001)")
 
 
 def check_weights(cfg: TrainConfig) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.errors import NoodleError
 from edge.manifest import (
     InputSpec,
     Preprocessing,
@@ -484,6 +485,7 @@ def fit(cfg: TrainConfig, stage: Stage, splits: Splits, work: RunDir, strategy, 
     # rows, never missing ones, and Progress cuts them when the run resumes.
     callbacks = [
         progress,
+        FiniteLoss(backup, cfg.learning_rate),
         keras.callbacks.CSVLogger(str(backup / "history.csv"), append=True),
         # Its files are not written atomically; the previous epoch's copy is
         # what a run killed in the middle of writing them resumes from.
@@ -649,6 +651,30 @@ def Progress(n_train: int, backup: Path, log):
             write_json(path, self.seconds)
 
     return _Progress()
+
+
+class LossNotFinite(NoodleError):
+    """Training whose loss became NaN or infinite: nothing is written, and the resume state goes."""
+
+
+def FiniteLoss(backup: Path, learning_rate: float):
+    """A callback that stops training on a non-finite loss, in one line, before any epoch is saved.
+
+    Its weights are garbage from then on: the run folder never gets a
+    manifest, and the resume state, which could hold them, is removed.
+    """
+    import keras
+
+    class _FiniteLoss(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(float(loss)):
+                shutil.rmtree(backup, ignore_errors=True)
+                raise LossNotFinite(f"training loss became {float(loss)} (batch {batch + 1}); nothing was "
+                                    f"written: lower --learning-rate (now {learning_rate:g}), or check the "
+                                    "photos for unreadable or constant images")
+
+    return _FiniteLoss()
 
 
 def _keep_rows(path: Path, rows: int) -> None:
