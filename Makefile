@@ -84,11 +84,12 @@ $(SAMPLE)/.complete: | $(VENV)/.installed
 CRASHED = rc=$$?; [ $$rc -gt 128 ] && echo "error: noodle train died of signal SIG$$(kill -l $$((rc - 128))) \
 (exit $$rc); its last lines are above; run the same command again: training resumes from its last \
 finished epoch" >&2; exit $$rc
+TRAIN = $(NOODLE) train $(DATA_DIR) $(MODEL_FLAGS) --runs $(OUT)
 train: setup data
-	$(NOODLE) train $(DATA_DIR) $(MODEL_FLAGS) --runs $(OUT) || { $(CRASHED); }
+	@echo "$(TRAIN)"; $(TRAIN) || { $(CRASHED); }
 
 trained: setup data
-	$(NOODLE) train $(DATA_DIR) $(MODEL_FLAGS) --runs $(OUT) --reuse || { $(CRASHED); }
+	@echo "$(TRAIN) --reuse"; $(TRAIN) --reuse || { $(CRASHED); }
 
 # Convert and validate (ai-edge-litert here, tflite-runtime 2.14 in the device
 # environment), then compare, which ends by printing the table. When only some
