@@ -563,3 +563,18 @@ def test_a_training_process_killed_by_a_signal_says_so_in_one_line(tmp_path):
     said = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert said == ["error: noodle train died of signal SIGABRT (exit 134); its last lines are above; "
                     "run the same command again: training resumes from its last finished epoch"], done.stderr
+
+
+def test_a_file_where_the_run_folder_should_be_is_one_line(sample_data, tmp_path):
+    """Was: a traceback from the resume state's mkdir once training started."""
+    from typer.testing import CliRunner
+
+    from noodle import app
+
+    (tmp_path / "run").write_text("not a folder")
+    result = CliRunner().invoke(app, ["train", str(sample_data), "--arch", "noodle", "--epochs", "1",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {tmp_path / 'run'}: a file is where a folder should be; move it away, or write somewhere "
+        "else (--out)"]

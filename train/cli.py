@@ -186,7 +186,7 @@ def train_command(
                                 "(reads no pixels; the Makefile names RUN with it).")] = False,
 ) -> None:
     """Train a classifier on DATA and write model.keras with its manifest."""
-    from edge.manifest import read_manifest
+    from edge.manifest import make_folder, read_manifest
     from train.fit import train
     from train.runs import check_run_dir
 
@@ -200,6 +200,7 @@ def train_command(
     if print_run_dir:
         typer.echo(cfg.out)
         return
+    make_folder(cfg.out)  # a file in the way is one line now, not a traceback once training starts
     state = check_run_dir(cfg.out, ident, force=force)
     if state == "complete" and reuse:
         typer.echo(f"reusing {cfg.out}: its model was trained on this data with these settings "
