@@ -201,7 +201,10 @@ def test_unknown_arch_is_a_usage_error_naming_the_choices(sample_data, tmp_path)
 def test_a_killed_run_resumes_where_it_stopped(sample_data, tmp_path):
     """BackupAndRestore: kill mid-run, start again, the epochs continue."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(out),
+    # noodle: a from-scratch net's epochs take seconds. A pretrained head's take
+    # milliseconds: the kill lands once fit has ended and dropped its resume state,
+    # and the rerun trains the head again, in seconds.
+    cmd = [sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(out), "--arch", "noodle",
            "--epochs", "5", "--patience", "50", "-q"]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
