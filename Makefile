@@ -117,9 +117,11 @@ bundle: setup exported
 # (cached in .cache/pi-root-<release>) runs the bundle's own install.sh,
 # offline, and its runner under qemu; the labels must equal x86's. It needs
 # root (chroot, namespaces, binfmt_misc): see bench/pi_check.py.
-# Photos: the shared test photos when they are beside the checkout, else the data's.
+# Photos: the data's own test photos (what the model knows: a photo it cannot
+# tell apart sits near a tie, where x86's and aarch64's int8 kernels may round
+# to different labels), else the data itself.
 PI_RELEASES ?= bookworm trixie
-PHOTOS  ?= $(firstword $(wildcard ../shared/data/cats-vs-dogs/test $(DATA_DIR)/test) $(DATA_DIR))
+PHOTOS  ?= $(firstword $(wildcard $(DATA_DIR)/test) $(DATA_DIR))
 # Photos classified under qemu per release, evenly spaced through each class
 # folder (0: all): emulated, the pretrained default takes about a second a photo.
 PI_SAMPLE ?= 100
