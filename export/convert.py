@@ -108,9 +108,10 @@ def load_model(run_dir: Path, manifest: dict):
     path = RunDir(run_dir).model
     try:
         key = (str(path.resolve()), sha256_file(path))
-        model = _LOADED.get(key) or keras.models.load_model(path, compile=False)
-        _LOADED.clear()
-        _LOADED[key] = model
+        if key not in _LOADED:
+            _LOADED.clear()  # one model at a time: a process exports one run
+            _LOADED[key] = keras.models.load_model(path, compile=False)
+        model = _LOADED[key]
     except Exception as exc:  # Keras raises many types for a bad file
         raise ExportError(f"{path}: cannot load the model ({first_line(exc)}); "
                           f"re-run `noodle train DATA --out {run_dir}`") from None
