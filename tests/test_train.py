@@ -32,7 +32,7 @@ def test_run_folder_holds_model_manifest_history_curves_metrics(trained_run):
 
     manifest = json.loads((trained_run / "manifest.json").read_text())
     assert manifest["labels"] == ["discs", "stripes"]
-    # noodle's own input side (train.fit.IMAGE_SIZE): no --image-size given.
+    # noodle's own input side (train.config.ARCHITECTURES): no --image-size given.
     assert manifest["input"] == {"height": 56, "width": 56, "channels": 3, "dtype": "float32",
                                  "range": [0, 255]}
     assert manifest["preprocessing"]["name"] == "noodle-rgb-squash"

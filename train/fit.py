@@ -715,7 +715,7 @@ def exact_batch_norm(model, x: np.ndarray, limit: int = BATCH_NORM_PHOTOS, seed:
     turn, those before it already set and in inference mode, takes the exact
     statistics of what the training photos (`x`, or a seeded sample of
     `limit`) bring it. There it raised test accuracy from 78.2 to 79.3 % over
-    seeds 0-7, better on 7 of 8 (README, round 7). Statistics of augmented
+    seeds 0-7, better on 7 of 8 (docs/experiments.md, round 7). Statistics of augmented
     photos instead scored 78.0 %: what pays is matching what inference sees.
     About 2 s for 1,000 photos at 56x56 on two cores; `batch` photos a call
     keep the features in hand small (100 MB at 224x224).

@@ -73,9 +73,9 @@ def _conv_bn(x, filters: int, stride: int = 1):
 
 
 def noodle(input_shape: tuple[int, int, int], num_classes: int, weights: str = "none") -> keras.Model:
-    """The default: a small all-convolutional net that quantizes cleanly.
+    """A small all-convolutional net, trained from scratch, that quantizes cleanly.
 
-    A stride-2 stem sees the input (56x56 by default, train.fit.IMAGE_SIZE)
+    A stride-2 stem sees the input (56x56 by default, train.config.ARCHITECTURES)
     once with 16 filters, so everything after it runs at half that side or
     less; width grows as resolution halves, and global average pooling instead
     of a big dense layer keeps it at about 0.76 M parameters, 39 % of the
@@ -85,8 +85,8 @@ def noodle(input_shape: tuple[int, int, int], num_classes: int, weights: str = "
     third of its float32 one, not a quarter). With most weights in layers of
     fan-in 3x3x128 or more, the int8 file is 25.8 % of the float32 one.
 
-    Still the default after seven rounds of accuracy levers (README, "Accuracy:
-    what was tried"): wider or residual layers, squeeze-and-excitation, SiLU, a
+    The from-scratch default after seven rounds of accuracy levers
+    (docs/experiments.md, "From scratch"): wider or residual layers, squeeze-and-excitation, SiLU, a
     full-resolution or 5x5 first layer, max pooling beside the average, a
     flattened head, anti-aliased pooling, 80-128 px inputs, progressive
     resizing, centre crops, random crops, aspect jitter, SGD, SAM, weight
@@ -94,10 +94,10 @@ def noodle(input_shape: tuple[int, int, int], num_classes: int, weights: str = "
     RandAugment, colour, other dropout, test-time flips and averaged models
     scored within the noise of the seeds or below it, or cost 1.4-4x the
     training or invoke time. What moved every seed was more training photos
-    (train.fit.TrainConfig.train_on_val); longer training, bought with a
-    smaller input, added about 1 pp (train.fit.IMAGE_SIZE), batch-norm
+    (train.config.TrainConfig.train_on_val); longer training, bought with a
+    smaller input, added about 1 pp (the 56 px input side), batch-norm
     statistics of un-augmented photos another 1.1 pp (train.fit.exact_batch_norm),
-    and with them 50 epochs instead of 45 another 0.75 pp (train.fit.EPOCHS).
+    and with them 50 epochs instead of 45 another 0.75 pp (50 epochs, train.config.ARCHITECTURES).
     """
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1 / 255.0)(inputs)
@@ -109,7 +109,7 @@ def noodle(input_shape: tuple[int, int, int], num_classes: int, weights: str = "
     x = _conv_bn(x, 128)
     x = _conv_bn(x, 192)
     # 3x3: the 7x7 map's last row and column go; keeping them (padding="same", 4x4)
-    # scored 1.1 pp lower over four seeds (README, round 5).
+    # scored 1.1 pp lower over four seeds (docs/experiments.md, round 5).
     x = layers.MaxPooling2D(2)(x)
     x = _conv_bn(x, 256)
     x = layers.GlobalAveragePooling2D()(x)
