@@ -186,7 +186,7 @@ def train_command(
                                 "(reads no pixels; the Makefile names RUN with it).")] = False,
 ) -> None:
     """Train a classifier on DATA and write model.keras with its manifest."""
-    from edge.manifest import make_folder, read_manifest
+    from edge.manifest import OutputError, read_manifest
     from train.fit import train
     from train.runs import check_run_dir
 
@@ -200,7 +200,9 @@ def train_command(
     if print_run_dir:
         typer.echo(cfg.out)
         return
-    make_folder(cfg.out)  # a file in the way is one line now, not a traceback once training starts
+    if cfg.out.exists() and not cfg.out.is_dir():  # one line now, not a traceback once training starts
+        raise OutputError(f"{cfg.out}: a file is where a folder should be; move it away, or write "
+                          "somewhere else (--out)")
     state = check_run_dir(cfg.out, ident, force=force)
     if state == "complete" and reuse:
         typer.echo(f"reusing {cfg.out}: its model was trained on this data with these settings "
