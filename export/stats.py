@@ -7,10 +7,12 @@ about the difference.
 
 - The delta is (variant_only - float_only) / n, in percentage points.
 - Its 95 % confidence interval is Newcombe's hybrid score interval for a
-  difference of paired proportions (Newcombe 1998, method 10): Wilson
-  intervals of each accuracy, combined with the correlation of the pairs.
-  Closed form, no resampling, and it keeps its coverage with few discordant
-  pairs, where the Wald interval collapses to zero width.
+  difference of paired proportions (Newcombe 1998, Statistics in Medicine
+  17:2635-2650, method 10): Wilson intervals of each accuracy, combined with
+  the correlation of the pairs. Closed form, no resampling, and it keeps its
+  coverage with few discordant pairs, where the Wald interval collapses to
+  zero width. tests/test_stats.py holds it to the paper's worked example and
+  to three later published ones, and Wilson and McNemar to scipy.
 - McNemar's exact test: under "no difference" each discordant photo is a fair
   coin, so the two-sided p-value is a binomial tail on the discordant pairs.
 - The verdict calls a difference detectable when that p-value is below 0.05.
@@ -58,8 +60,12 @@ def newcombe_ci(table: dict, z: float = Z95) -> tuple[float, float]:
     l_ref, u_ref = wilson(a + b, n, z)
     l_var, u_var = wilson(a + c, n, z)
     denominator = (a + b) * (c + d) * (a + c) * (b + d)
-    # The correlation of the pairs; 0 when a margin is empty (then it is undefined).
-    phi = (a * d - b * c) / math.sqrt(denominator) if denominator else 0.0
+    # The correlation of the pairs; a positive one is first shrunk by n/2, as
+    # method 10 defines it. 0 when a margin is empty (then it is undefined).
+    covariance = a * d - b * c
+    if covariance > 0:
+        covariance = max(covariance - n / 2, 0.0)
+    phi = covariance / math.sqrt(denominator) if denominator else 0.0
     delta = p_var - p_ref
     lower = delta - math.sqrt(max(0.0, (p_var - l_var) ** 2 - 2 * phi * (p_var - l_var) * (u_ref - p_ref)
                                   + (u_ref - p_ref) ** 2))
