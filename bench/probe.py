@@ -6,17 +6,21 @@
     python -m bench.probe seed-one MODEL.keras PHOTO
 
 `versions` and `floor` also run in the device environment (.venv-edge: no
-TensorFlow), so this module imports only the standard library at the top;
-numpy, Pillow, edge and Keras load inside the subcommand that needs them.
-Every subcommand but seed-one prints one JSON line.
+TensorFlow), so this module imports only the standard library and typer (a
+dependency of the edge runner) at the top; numpy, Pillow, edge and Keras load
+inside the subcommand that needs them. Every subcommand but seed-one prints
+one JSON line. seed-one's cold start pays typer's import, as noodle-edge's
+does.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 # What `versions` reports, by distribution name (None when not installed).
 DISTRIBUTIONS = ("numpy", "pillow", "typer", "tflite-runtime", "ai-edge-litert", "tensorflow", "keras")
@@ -115,34 +119,42 @@ def seed_one(model_path: Path, photo: str) -> None:
     print(f"{photo}  {label}  {score:.3f}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.probe", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("versions")
-    p = sub.add_parser("floor")
-    p.add_argument("height", type=int)
-    p.add_argument("width", type=int)
-    p.add_argument("--workers", type=int, required=True)
-    p.add_argument("photos", nargs="+")
-    p = sub.add_parser("seed-loop")
-    p.add_argument("model", type=Path)
-    p.add_argument("photos", nargs="+")
-    p = sub.add_parser("seed-one")
-    p.add_argument("model", type=Path)
-    p.add_argument("photo")
-    args = parser.parse_args(argv)
-    if args.command == "seed-one":
-        seed_one(args.model, args.photo)
-        return 0
-    if args.command == "versions":
-        out = versions()
-    elif args.command == "floor":
-        out = floor(args.photos, (args.height, args.width), args.workers)
-    else:
-        out = seed_loop(args.model, args.photos)
-    print(json.dumps(out), flush=True)
-    return 0
+app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+Photos = Annotated[list[str], typer.Argument(help="Files, folders (recursive) and globs, as classify takes.")]
+Model = Annotated[Path, typer.Argument(help="A model.keras with its manifest.json beside it.")]
+
+
+def _print(report: dict) -> None:
+    print(json.dumps(report), flush=True)
+
+
+@app.command("versions")
+def versions_command() -> None:
+    """Python and the versions of the distributions that matter here."""
+    _print(versions())
+
+
+@app.command("floor")
+def floor_command(
+    height: int, width: int, photos: Photos,
+    workers: Annotated[int, typer.Option(help="Decode threads.")],
+) -> None:
+    """edge.preprocess.load_image over every photo on a pool of threads."""
+    _print(floor(photos, (height, width), workers))
+
+
+@app.command("seed-loop")
+def seed_loop_command(model: Model, photos: Photos) -> None:
+    """The seed's Keras loop over every photo, a file at a time."""
+    _print(seed_loop(model, photos))
+
+
+@app.command("seed-one")
+def seed_one_command(model: Model, photo: str) -> None:
+    """The seed's way as a script, for one photo: prints its label, not JSON."""
+    seed_one(model, photo)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app(prog_name="python -m bench.probe")

@@ -12,13 +12,15 @@ one model. numpy and edge.runtime only: it must import where TensorFlow cannot.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
 from edge.bench import latency_ms, peak_rss_mb
 from edge.errors import NoodleError, first_line
@@ -103,29 +105,41 @@ def check(models: list[Path], pixels: np.ndarray | None, runtime: str | None, ou
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.check", description=__doc__.split("\n")[0])
-    parser.add_argument("models", nargs="+", type=Path)
-    parser.add_argument("--pixels", type=Path, help="(n, h, w, 3) uint8 .npy; default 8 random images")
-    parser.add_argument("--out", type=Path, help="write each model's probabilities here as <stem>.npy")
-    parser.add_argument("--runtime", choices=list(RUNTIMES), help="insist on this interpreter")
-    parser.add_argument("--latency", type=int, default=0, metavar="N", help="time N invokes")
-    parser.add_argument("--latency-budget", type=float, metavar="S",
-                        help="stop timing a model and thread count after S seconds (at least 10 invokes)")
-    parser.add_argument("--threads", default="1", help="comma-separated thread counts for --latency")
-    args = parser.parse_args(argv)
-    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+# The interpreters --runtime may insist on, named by edge.runtime's table.
+RuntimeName = Enum("RuntimeName", {name: name for name in RUNTIMES}, type=str)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    models: Annotated[list[Path], typer.Argument(help="The .tflite files to load and run.")],
+    pixels: Annotated[Path | None, typer.Option(
+        help="(n, h, w, 3) uint8 .npy; default 8 random images.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Write each model's probabilities here as <stem>.npy.")] = None,
+    runtime: Annotated[RuntimeName | None, typer.Option(help="Insist on this interpreter.")] = None,
+    latency: Annotated[int, typer.Option(metavar="N", help="Time N invokes.")] = 0,
+    latency_budget: Annotated[float | None, typer.Option(
+        metavar="S", help="Stop timing a model and thread count after S seconds (at least 10 "
+                          "invokes).")] = None,
+    threads: Annotated[str, typer.Option(help="Comma-separated thread counts for --latency.")] = "1",
+) -> None:
+    """Load and run exported models in this process's interpreter; print one JSON line.
+
+    Exit 0 when every model loaded and ran, 1 when one did not, 2 when none could be tried.
+    """
+    counts = [int(t) for t in threads.split(",") if t.strip()]
     try:
-        pixels = np.load(args.pixels) if args.pixels is not None else None
-        report = check(args.models, pixels, args.runtime, args.out, args.latency, threads,
-                       args.latency_budget)
+        loaded = np.load(pixels) if pixels is not None else None
+        report = check(models, loaded, runtime.value if runtime else None, out, latency, counts,
+                       latency_budget)
     except NoodleError as exc:
         print(json.dumps({"error": str(exc)}))
-        return 2
+        raise typer.Exit(2) from None
     print(json.dumps(report))
-    return 0 if all(m["ok"] for m in report["models"].values()) else 1
+    raise typer.Exit(0 if all(m["ok"] for m in report["models"].values()) else 1)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    raise SystemExit(main())
+    app(prog_name="python -m export.check")
