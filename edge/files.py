@@ -122,15 +122,39 @@ def _missing(path: str) -> str:
     return "no such file or folder"
 
 
+def walk(folder: str | os.PathLike, onerror=None) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk, sorted, following symlinked folders: the one rule of every reader of photos.
+
+    classify, bench, training and compare all read a class folder that is a
+    symlink (photos/cats -> /mnt/cats) as the folder it points to. Each real
+    folder is read once, and a link to a folder that holds it (a loop) is not
+    followed. A caller may prune `dirs` in place, as with os.walk.
+    """
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(folder, onerror=onerror, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # reached again through another link
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not _holds(os.path.realpath(os.path.join(root, d)), real))
+        names.sort()
+        yield root, dirs, names
+
+
+def _holds(outer: str, inner: str) -> bool:
+    """Whether real path `outer` is `inner` or a folder above it."""
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
 def _images_under(folder: str, problems: list[str]) -> list[str]:
     found = []
 
     def unreadable(exc: OSError) -> None:
         problems.append(f"{escape_name(exc.filename or folder)}: {os_reason(exc) or exc}")
 
-    for root, dirs, names in os.walk(folder, onerror=unreadable):
-        dirs.sort()
-        found += [os.path.join(root, n) for n in sorted(names) if is_image_file(n) or is_heif_file(n)]
+    for root, _, names in walk(folder, onerror=unreadable):
+        found += [os.path.join(root, n) for n in names if is_image_file(n) or is_heif_file(n)]
     heif = sum(map(is_heif_file, found))
     if heif and not heif_support():
         # Named once per folder with the fix, not once per file (a phone dump has hundreds).

@@ -378,9 +378,101 @@ def test_csv_same_file_with_two_labels_is_an_error(tmp_path):
 def test_too_few_photos_in_a_class_names_it_and_the_count(tmp_path):
     rows = [("file", "label")] + [(photo(tmp_path / f"c{i}.jpg").name, "cat") for i in range(5)]
     rows += [(photo(tmp_path / "d0.jpg").name, "dog"), ("d1.jpg", "dog")]
-    with pytest.raises(DataError, match=r"class 'dog' has 1 training photo\(s\) \(1 listed but missing\); "
-                                        r"it needs at least 3"):
+    with pytest.raises(DataError, match=r"1 class\(es\) with too few training photos \('dog' has 1 "
+                                        r"\(1 listed but missing\)\); each needs at least 3, one each for "
+                                        r"training, validation, test; add photos of it"):
         find_dataset(write_csv(tmp_path / "l.csv", rows))
+
+
+def breeds_csv(path: Path, counts: dict[str, int]) -> Path:
+    """Kaggle's dog-breed layout: labels.csv of id,breed over train/<id>.jpg, no split column."""
+    rows = [("id", "breed")]
+    for breed, n in counts.items():
+        for i in range(n):
+            photo(path.parent / "train" / f"{breed}{i}.jpg")
+            rows.append((f"{breed}{i}", breed))
+    return write_csv(path, rows)
+
+
+BREEDS = {"beagle": 8, "clumber": 2, "pug": 6, "shetland_sheepdog": 2, "whippet": 1, "boxer": 7}
+
+
+def test_too_few_photos_names_every_short_class_at_once(tmp_path):
+    """Was: one class per run (clumber, then shetland_sheepdog on the next)."""
+    with pytest.raises(DataError) as caught:
+        find_dataset(breeds_csv(tmp_path / "labels.csv", BREEDS))
+    message = str(caught.value)
+    assert "\n" not in message and "3 class(es) with too few training photos" in message
+    assert "('clumber' has 2, 'shetland_sheepdog' has 2, 'whippet' has 1)" in message
+    assert message.endswith("or pass --min-photos 3 to drop every class below 3")
+
+
+def test_min_photos_drops_the_small_classes_from_every_split_and_says_which(tmp_path):
+    data = breeds_csv(tmp_path / "labels.csv", BREEDS)
+    ds = find_dataset(data, min_photos=3)
+    assert ds.classes == ["beagle", "boxer", "pug"]
+    assert ds.dropped == {"clumber": 2, "shetland_sheepdog": 2, "whippet": 1}
+    assert ds.summary()["dropped"] == ds.dropped and ds.summary()["options"] == {"min_photos": 3}
+    assert totals(ds, ("train", "val", "test")) == {"beagle": 8, "boxer": 7, "pug": 6}
+    assert find_dataset(data, min_photos=7).classes == ["beagle", "boxer"]
+    with pytest.raises(DataError, match=r"found only one class \(beagle\) of 8 or more training photos "
+                                        r"\(--min-photos dropped 5\)"):
+        find_dataset(data, min_photos=8)
+    with pytest.raises(DataError, match=r"found no class of 9 or more"):
+        find_dataset(data, min_photos=9)
+    # A given test split loses the dropped classes too; the count is of training photos.
+    given = folders(tmp_path / "given", {"cats": 6, "dogs": 6, "eels": 2})
+    folders(given, {"cats": 2, "dogs": 2, "eels": 5}, split="test")
+    ds = find_dataset(given, min_photos=3)
+    assert ds.classes == ["cats", "dogs"] and ds.dropped == {"eels": 2}
+    assert totals(ds, ("test",)) == {"cats": 2, "dogs": 2}
+
+
+def test_min_photos_names_another_run_folder_and_export_finds_the_same_classes(tmp_path):
+    from export.convert import evaluation_data
+
+    data = breeds_csv(tmp_path / "labels.csv", BREEDS)
+    result = CliRunner().invoke(app, ["train", str(data), "--runs", str(tmp_path / "runs"),
+                                      "--print-run-dir"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "'clumber' has 2, 'shetland_sheepdog' has 2, 'whippet' has 1" in result.output
+    three = run_dir(data, "--runs", tmp_path / "runs", "--min-photos", 3)
+    seven = run_dir(data, "--runs", tmp_path / "runs", "--min-photos", 7)
+    assert three != seven
+    ds = find_dataset(data, min_photos=3)
+    manifest = {"labels": ds.classes, "data": ds.summary()}
+    assert evaluation_data(manifest).classes == ds.classes  # the options say min_photos 3
+    refused = CliRunner().invoke(app, ["train", str(data), "--min-photos", "-1", "--print-run-dir"])
+    assert refused.exit_code == 2 and "--min-photos -1: out of range; give 0 to" in refused.output
+
+
+def test_min_photos_identity_is_unchanged_when_not_asked_for(tmp_path):
+    """Runs trained before --min-photos existed keep their run folder."""
+    from train.config import TrainConfig
+    from train.runs import identity
+
+    ds = find_dataset(folders(tmp_path / "a", {"x": 5, "y": 5}, split=None))
+    plain = identity(ds, TrainConfig(data=tmp_path, out=tmp_path, arch="noodle"))
+    assert "min_photos" not in plain["settings"]
+    asked = identity(ds, TrainConfig(data=tmp_path, out=tmp_path, arch="noodle", min_photos=2))
+    assert asked["settings"]["min_photos"] == 2 and asked["run"] != plain["run"]
+
+
+@pytest.mark.slow
+def test_min_photos_training_records_the_dropped_classes_in_the_manifest(tmp_path):
+    """A tiny from-scratch run: the manifest and the summary name what --min-photos left out."""
+    data = breeds_csv(tmp_path / "labels.csv", {"ant": 8, "bee": 8, "cat": 2})
+    done = subprocess.run(
+        [sys.executable, "-m", "noodle", "train", str(data), "--arch", "noodle", "--epochs", "1",
+         "--image-size", "32", "--batch-size", "8", "-q", "--min-photos", "3",
+         "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["labels"] == ["ant", "bee"] and manifest["data"]["dropped"] == {"cat": 2}
+    assert manifest["data"]["options"] == {"min_photos": 3}
+    assert manifest["identity"]["settings"]["min_photos"] == 3
+    assert "dropped      1 class(es) of fewer than 3 training photos ('cat' 2)" in done.stdout
 
 
 # ------------------------------------------------------------------------ guessing layouts
@@ -433,6 +525,31 @@ def test_macos_and_hidden_entries_are_ignored(tmp_path):
     assert ds.layout == "kaggle-flat" and sum(len(v) for v in ds.splits.values()) == 10
 
 
+def test_symlinked_class_folders_are_read_alike_by_training_and_the_edge(tmp_path):
+    """Was: noodle-edge classify and bench said "folder has no images" where compare --test read them."""
+    from edge.files import expand
+
+    real = folders(tmp_path / "elsewhere", {"cats": 3, "dogs": 3}, split=None)
+    photo(real / "more" / "dogs.extra.jpg")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cats", "dogs"):
+        (photos / name).symlink_to(real / name, target_is_directory=True)
+    (real / "dogs" / "extra").symlink_to(real / "more")  # a linked folder inside a class folder
+    (real / "cats" / "loop").symlink_to(real / "cats")  # a loop: read once
+    (real / "cats" / "up").symlink_to(tmp_path)  # a folder above it: not followed
+    expected = sorted([str(photos / "cats" / f"cats.{i}.jpg") for i in range(3)]
+                      + [str(photos / "dogs" / f"dogs.{i}.jpg") for i in range(3)]
+                      + [str(photos / "dogs" / "extra" / "dogs.extra.jpg")])
+    files, problems = expand([photos])  # what classify and bench read
+    assert problems == [] and sorted(files) == expected
+    ds = find_dataset(photos)
+    assert ds.classes == ["cats", "dogs"]
+    assert sorted(str(f) for items in ds.splits.values() for f, _ in items) == expected
+    items, _ = read_labelled(photos, ["cats", "dogs"])  # what compare --test reads
+    assert sorted(str(f) for f, _ in items) == expected
+
+
 def test_the_same_photo_in_two_splits_is_a_warning(tmp_path):
     folders(tmp_path, {"cats": 6, "dogs": 6})
     folders(tmp_path, {"cats": 2, "dogs": 2}, split="test")
@@ -442,11 +559,55 @@ def test_the_same_photo_in_two_splits_is_a_warning(tmp_path):
     other = (tmp_path / "train" / "cats" / "cats.2.jpg").read_bytes()
     (tmp_path / "test" / "cats" / "cats.1.jpg").write_bytes(other[:-3] + b"\x00\x00\x00")
     ds = find_dataset(tmp_path)
-    assert len(ds.warnings) == 1
-    assert "2 photo(s) are in more than one split" in ds.warnings[0]
-    assert "test/cats/cats.0.jpg" in ds.warnings[0] and "train/cats/cats.0.jpg" in ds.warnings[0]
+    shared = [w for w in ds.warnings if "more than one split" in w]
+    assert len(shared) == 1
+    assert "2 photo(s) are in more than one split" in shared[0]
+    assert "test/cats/cats.0.jpg" in shared[0] and "train/cats/cats.0.jpg" in shared[0]
     assert ds.summary()["warnings"] == ds.warnings
-    assert find_dataset(folders(tmp_path / "clean", {"a": 5, "b": 5})).warnings == []
+    clean = find_dataset(folders(tmp_path / "clean", {"a": 5, "b": 5}))
+    assert not [w for w in clean.warnings if "more than one split" in w]
+
+
+def test_the_same_photo_under_two_labels_is_an_error_naming_the_pairs(tmp_path):
+    """Was: the same frame in cat/ and dog/ was counted as a leak between splits, or not at all."""
+    data = folders(tmp_path / "photos", {"cat": 6, "dog": 6})
+    folders(data, {"cat": 2, "dog": 2}, split="test")
+    train = data / "train"
+    (train / "dog" / "frame.jpg").write_bytes((train / "cat" / "cat.0.jpg").read_bytes())
+    (data / "test" / "dog" / "again.jpg").write_bytes((train / "cat" / "cat.1.jpg").read_bytes())
+    with pytest.raises(DataError) as caught:
+        find_dataset(data)
+    message = str(caught.value)
+    assert "\n" not in message and "2 photo(s) have the same bytes under two labels" in message
+    assert "train/cat/cat.0.jpg ('cat') = train/dog/frame.jpg ('dog')" in message
+    assert "test/dog/again.jpg ('dog') = train/cat/cat.1.jpg ('cat')" in message
+    assert "more than one split" not in message
+    result = CliRunner().invoke(app, ["train", str(data), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    # A CSV that gives two names of the same bytes two labels is the same error.
+    rows = [("file", "label")]
+    rows += [(photo(tmp_path / "c" / f"{c}{i}.jpg").name, c) for c in "xy" for i in range(4)]
+    (tmp_path / "c" / "copy.jpg").write_bytes((tmp_path / "c" / "x0.jpg").read_bytes())
+    with pytest.raises(DataError, match=r"copy.jpg \('y'\) = x0.jpg \('x'\)"):
+        find_dataset(write_csv(tmp_path / "c" / "l.csv", rows + [("copy.jpg", "y")]))
+
+
+def test_too_few_test_photos_is_one_warning_with_the_counts_and_what_helps(tmp_path):
+    ds = find_dataset(folders(tmp_path / "few", {"cats": 20, "dogs": 20}, split=None))
+    few = [w for w in ds.warnings if "trustworthy" in w]
+    assert len(few) == 1
+    assert "the test split has 3 photo(s) per class ('cats' 3, 'dogs' 3;" in few[0]
+    assert "more photos per class, fewer classes (--min-photos N" in few[0]
+    from train.config import DEFAULT_ARCH
+
+    assert f"the pretrained backbone (--arch {DEFAULT_ARCH}, the default)" in few[0]
+    many = find_dataset(folders(tmp_path / "many", {f"c{i:02d}": 4 + i for i in range(12)}, split=None))
+    few = [w for w in many.warnings if "trustworthy" in w]
+    assert len(few) == 1 and "has 1 to 2 photo(s) per class (median 2; 'c00' 1," in few[0]
+    assert "'c07' 2, ... and 4 more; all in manifest.json" in few[0]
+    enough = folders(tmp_path / "enough", {"cats": 12, "dogs": 12})
+    folders(enough, {"cats": 10, "dogs": 11}, split="test")
+    assert not [w for w in find_dataset(enough).warnings if "trustworthy" in w]
 
 
 def test_carved_test_split_is_disjoint_stratified_and_keeps_training_photos(tmp_path):

@@ -151,10 +151,10 @@ def test_training_refuses_hostile_class_folders_naming_the_folder(tmp_path):
         if "/" in label or "\0" in label or len(label.encode()) > 255:
             continue  # no folder can have that name
         root = tmp_path / f"d{i}"
-        for name in (label, "other"):
+        for k, name in enumerate((label, "other")):
             (root / name).mkdir(parents=True)
-            for j in range(4):
-                Image.new("RGB", (8, 8), (j * 60, 0, 0)).save(root / name / f"{j}.png")
+            for j in range(4):  # other pixels per class: the same bytes under two labels is an error
+                Image.new("RGB", (8, 8), (j * 60, k * 100, 0)).save(root / name / f"{j}.png")
         if label_problem(label) is None:
             assert label in find_dataset(root).classes
             continue

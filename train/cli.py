@@ -13,9 +13,10 @@ from typing import Annotated
 import typer
 
 from edge.errors import NoodleError, one_line_errors
+from edge.text import escape_name
 from train.cluster import Cluster
 from train.config import ARCHITECTURES, TrainConfig
-from train.data import MISSING
+from train.data import LISTED, MISSING
 from train.runs import RUNS
 
 # The defaults live in TrainConfig, with their reasons; the options repeat none of them.
@@ -86,6 +87,9 @@ LabelColumn = Annotated[str | None, typer.Option(
     help="CSV: the label column; default: label, class, category, target, breed, species, ...")]
 SplitColumn = Annotated[str | None, typer.Option(
     help="CSV: the train/val/test column ('none' to ignore one); default: split, set, subset, fold.")]
+MinPhotos = Annotated[int, typer.Option(
+    help="Drop classes with fewer than N training photos (named in manifest.json, data.dropped); "
+         "0 keeps every class.", metavar="N")]
 
 
 def _config_and_data(data, out, runs, arch, columns, **settings):
@@ -97,7 +101,7 @@ def _config_and_data(data, out, runs, arch, columns, **settings):
     cfg = TrainConfig(data=data, out=Path("."), arch=arch, **settings)
     check_numbers(cfg)
     check_weights(cfg)
-    dataset = find_dataset(data, **columns)
+    dataset = find_dataset(data, **columns, min_photos=cfg.min_photos)
     ident = identity(dataset, cfg)
     cfg.out = out or default_run_dir(data, arch, ident, runs)
     return cfg, dataset, ident
@@ -110,7 +114,7 @@ class SettingError(NoodleError):
 # The ranges of the numeric options: a value outside one is refused before any
 # work, never trained as a default or left to fail minutes later.
 RANGES = {"epochs": (1, 100_000), "image_size": (32, 1024), "batch_size": (1, 65_536),
-          "patience": (0, 100_000)}
+          "patience": (0, 100_000), "min_photos": (0, 1_000_000)}
 
 
 def check_numbers(cfg: TrainConfig) -> None:
@@ -170,6 +174,7 @@ def train_command(
     file_column: FileColumn = None,
     label_column: LabelColumn = None,
     split_column: SplitColumn = None,
+    min_photos: MinPhotos = DEFAULTS.min_photos,
     reuse: Annotated[bool, typer.Option(
         help="Keep the run folder's model when it was trained on this data with these settings.")] = False,
     force: Annotated[bool, typer.Option(
@@ -195,6 +200,7 @@ def train_command(
         image_size=image_size, weights=weights, fine_tune=fine_tune, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience,
         seed=seed, train_on_val=train_on_val, mixed_precision=mixed_precision, cluster=cluster.value,
+        min_photos=min_photos,
         cpu_replicas=cpu_replicas,
         verbose=0 if quiet else (1 if sys.stdout.isatty() else 2))
     if print_run_dir:
@@ -242,5 +248,12 @@ def summary(manifest: dict, run_dir: Path) -> str:
         parts = ([f"{unreadable} unreadable file(s)"] if unreadable else []) + (
             [f"{len(missing)} listed in the CSV but missing"] if missing else [])
         lines.append(f"skipped      {', '.join(parts)}; listed in manifest.json")
+    dropped = manifest["data"].get("dropped") or {}
+    if dropped:
+        below = manifest["data"].get("options", {}).get("min_photos")
+        names = ", ".join(f"'{escape_name(c)}' {n}" for c, n in list(dropped.items())[:LISTED])
+        more = f", ... and {len(dropped) - LISTED} more" if len(dropped) > LISTED else ""
+        lines.append(f"dropped      {len(dropped)} class(es) of fewer than {below} training photos "
+                     f"({names}{more}); listed in manifest.json")
     lines += [f"warning      {w}" for w in manifest["data"].get("warnings", [])]
     return "\n".join(lines)

@@ -74,6 +74,10 @@ class TrainConfig:
     # backbone at a tenth of the rate, batch norm frozen. 0: the head alone;
     # None: the architecture's own.
     fine_tune: int | None = None
+    # Drop classes with fewer training photos than this (train.data.find_dataset),
+    # named in the manifest's data.dropped. 0: keep every class, so a class too
+    # small to split is an error naming it.
+    min_photos: int = 0
     # Per replica; the global batch grows with the number of devices.
     batch_size: int = 32
     # Adam's rate (cosine schedules: the start of the decay). Both from-scratch

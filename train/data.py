@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import NoodleError
+from edge.files import walk
 from edge.preprocess import ImageError, is_heif_file, is_image_file, load_image
 from edge.text import escape_name, label_problem
+from train.config import ARCHITECTURES, DEFAULT_ARCH
 
 # Folder names people give their splits, in the order we look for them.
 SPLIT_NAMES = {
@@ -64,6 +66,12 @@ FLAT_MIN_PER_CLASS = 5
 # in the run folder instead of memory (about 228,000 photos at 56x56). Set
 # NOODLE_IN_MEMORY_LIMIT (bytes) lower on a machine with little memory.
 IN_MEMORY_LIMIT = int(os.environ.get("NOODLE_IN_MEMORY_LIMIT", 2 << 30))
+# Below this many test photos in a class, each photo is a tenth or more of
+# that class's accuracy, and the figures are not to be trusted: one warning
+# says so, with the test photos per class and what helps.
+FEW_TEST_PHOTOS = 10
+# Classes named in a warning; the manifest's data.counts has them all.
+LISTED = 8
 
 LAYOUTS = ("noodle reads class folders (<class>/*.jpg, optionally inside train/ val/ test/), "
            f"Kaggle names (<class>.<n>.jpg, 2 or more classes of {FLAT_MIN_PER_CLASS}+ photos) "
@@ -93,8 +101,10 @@ class Dataset:
     # split -> short sha256 of its members (label and path only): a carved split
     # found again later must hold the same photos, or training saw test photos.
     split_digests: dict[str, str] = field(default_factory=dict)
-    # The CSV column options it was read with, to find the same data again.
-    options: dict[str, str] = field(default_factory=dict)
+    # The options it was read with (CSV columns, min_photos), to find the same data again.
+    options: dict[str, str | int] = field(default_factory=dict)
+    # Classes left out by min_photos -> the training photos each had.
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -114,6 +124,7 @@ class Dataset:
             "missing": len(self.skipped),
             "warnings": self.warnings,
             "options": self.options,
+            "dropped": self.dropped,
         }
 
 
@@ -132,17 +143,21 @@ Raw = dict[str, list[tuple[Path, str]]]
 
 
 def find_dataset(data: str | os.PathLike, *, file_column: str | None = None,
-                 label_column: str | None = None, split_column: str | None = None) -> Dataset:
+                 label_column: str | None = None, split_column: str | None = None,
+                 min_photos: int = 0) -> Dataset:
     """Detect the layout of `data`, list its labelled files, make train/val/test splits.
 
     The column options name a CSV's columns (a header name, or a 1-based
-    column number) when detection cannot tell.
+    column number) when detection cannot tell. `min_photos` drops every class
+    with fewer training photos (before validation and test are carved from
+    them), from every split; 0 keeps them all.
     """
     root = Path(data)
-    options = {k: v for k, v in (("file_column", file_column), ("label_column", label_column),
+    columns = {k: v for k, v in (("file_column", file_column), ("label_column", label_column),
                                  ("split_column", split_column)) if v}
-    layout, raw, missing = _read(root, options)
-    return _finish(root, layout, raw, missing, options)
+    layout, raw, missing = _read(root, columns)
+    options = {**columns, **({"min_photos": min_photos} if min_photos else {})}
+    return _finish(root, layout, raw, missing, options, min_photos)
 
 
 def read_labelled(path: str | os.PathLike, labels: list[str],
@@ -273,9 +288,13 @@ def _read_class_folders(folder: Path) -> list[tuple[Path, str]]:
     items = []
     for class_dir in _class_folders(folder):
         _label(class_dir.name, class_dir)
-        files = sorted(p for p in class_dir.rglob("*")
-                       if p.is_file() and is_image_file(p)
-                       and not any(_hidden(part) for part in p.relative_to(class_dir).parts))
+        files = []
+        # Symlinked folders are followed, as noodle-edge classify follows them (edge.files.walk).
+        for root, dirs, names in walk(class_dir):
+            dirs[:] = [d for d in dirs if not _hidden(d)]
+            files += [p for n in names
+                      if not _hidden(n) and is_image_file(n) and (p := Path(root, n)).is_file()]
+        files.sort()
         if not files:
             raise DataError(f"{class_dir}: class folder with no images; add photos or remove it")
         items += [(f, class_dir.name) for f in files]
@@ -569,7 +588,8 @@ def _skipped(missing: tuple) -> dict:
 
 # ------------------------------------------------------------------------ splits
 
-def _finish(root: Path, layout: str, raw: Raw, missing: list[tuple], options: dict) -> Dataset:
+def _finish(root: Path, layout: str, raw: Raw, missing: list[tuple], options: dict,
+            min_photos: int = 0) -> Dataset:
     train = raw.get("train", [])
     if not train and missing:
         raise DataError(f"{root}: all {len(missing)} files it lists are missing (first: {missing[0][0]}); "
@@ -578,11 +598,20 @@ def _finish(root: Path, layout: str, raw: Raw, missing: list[tuple], options: di
         raise DataError(f"{root}: no training images found; add photos per class")
     # A class whose every listed file is missing is still a class: it must fail, not vanish.
     classes = sorted({label for _, label in train} | {m[1] for m in missing if m[2] == "train"})
+    # min_photos: a class with fewer training photos leaves every split, and the manifest names it.
+    have = Counter(label for _, label in train)
+    dropped = {c: have[c] for c in classes if have[c] < min_photos}
+    if dropped:
+        raw = {split: [(f, label) for f, label in items if label not in dropped]
+               for split, items in raw.items()}
+        missing = [m for m in missing if m[1] not in dropped]
+        classes = [c for c in classes if c not in dropped]
     if len(classes) < 2:
-        raise DataError(
-            f"{root}: found only one class ({classes[0]}); a classifier needs at least two "
-            "(one folder or label per class)"
-        )
+        found = f"only one class ({escape_name(classes[0])})" if classes else "no class"
+        if dropped:
+            found += f" of {min_photos} or more training photos (--min-photos dropped {len(dropped)})"
+        raise DataError(f"{root}: found {found}; a classifier needs at least two "
+                        "(one folder or label per class)")
     index = {c: i for i, c in enumerate(classes)}
     splits: dict[str, list[tuple[Path, int]]] = {}
     for split, items in raw.items():
@@ -611,23 +640,52 @@ def _finish(root: Path, layout: str, raw: Raw, missing: list[tuple], options: di
     listing = _listing(root, classes, splits)
     digests = {s: hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
                for s, lines in listing.items()}
+    warnings = _few_test_photos(root, classes, splits["test"]) + _duplicates(root, classes, splits, sizes)
     return Dataset(root=root, layout=layout, classes=classes, splits=splits,
                    sources={s: sources.get(s, "none") for s in splits},
-                   skipped=[_skipped(m) for m in missing], warnings=_shared_photos(root, splits, sizes),
-                   fingerprint=fingerprint(listing, splits, sizes), split_digests=digests, options=options)
+                   skipped=[_skipped(m) for m in missing], warnings=warnings,
+                   fingerprint=fingerprint(listing, splits, sizes), split_digests=digests, options=options,
+                   dropped=dropped)
 
 
 def _enough(root: Path, classes: list[str], train, missing, held: dict) -> None:
-    """Each class needs one training photo, plus one for each split carved from it."""
+    """Each class needs one training photo, plus one for each split carved from it.
+
+    Every class short of that is named at once, so one run says all there is to fix.
+    """
     need = 1 + len(held)
     have = Counter(y for _, y in train)
     lost = Counter(m[1] for m in missing if m[2] == "train")
-    for i, name in enumerate(classes):
-        if have[i] < need:
-            roles = ", ".join(["training", *(f"{'validation' if s == 'val' else s}" for s in held)])
-            gone = f" ({lost[name]} listed but missing)" if lost[name] else ""
-            raise DataError(f"{root}: class {name!r} has {have[i]} training photo(s){gone}; "
-                            f"it needs at least {need}, one each for {roles}; add photos of it or remove it")
+    short = [(name, have[i]) for i, name in enumerate(classes) if have[i] < need]
+    if not short:
+        return
+    roles = ", ".join(["training", *("validation" if s == "val" else s for s in held)])
+    listed = ", ".join(f"'{escape_name(name)}' has {n}" + (f" ({lost[name]} listed but missing)" if lost[name]
+                                                           else "") for name, n in short)
+    them = "it" if len(short) == 1 else "them"
+    raise DataError(f"{root}: {len(short)} class(es) with too few training photos ({listed}); each needs "
+                    f"at least {need}, one each for {roles}; add photos of {them}, remove {them}, or pass "
+                    f"--min-photos {need} to drop every class below {need}")
+
+
+def _few_test_photos(root: Path, classes: list[str], test) -> list[str]:
+    """One warning when a class has fewer than FEW_TEST_PHOTOS test photos: its figures are noise."""
+    have = Counter(y for _, y in test)
+    counts = sorted((have[i], name) for i, name in enumerate(classes))
+    if counts[0][0] >= FEW_TEST_PHOTOS:
+        return []
+    low, high, median = counts[0][0], counts[-1][0], counts[len(counts) // 2][0]
+    per_class = f"{low}" if low == high else f"{low} to {high}"
+    listed = "" if low == high else f"median {median}; "
+    listed += ", ".join(f"'{escape_name(name)}' {n}" for n, name in counts[:LISTED])
+    if len(counts) > LISTED:
+        listed += f", ... and {len(counts) - LISTED} more"
+    pretrained = next(a.name for a in ARCHITECTURES.values() if a.pretrained)
+    default = ", the default" if pretrained == DEFAULT_ARCH else ""
+    return [f"{root}: too few photos for a trustworthy figure: the test split has {per_class} photo(s) per "
+            f"class ({listed}; all in manifest.json, data.counts), and below {FEW_TEST_PHOTOS} one photo is "
+            "over a tenth of a class's accuracy; more photos per class, fewer classes (--min-photos N drops "
+            f"those below N) or the pretrained backbone (--arch {pretrained}{default}) help"]
 
 
 def _carve(items, held: dict[str, float], seed: int) -> dict[str, list]:
@@ -680,29 +738,38 @@ def fingerprint(listing: dict[str, list[str]], splits, stats) -> str:
     return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
 
 
-def _shared_photos(root: Path, splits, stats) -> list[str]:
-    """A warning when the same bytes are in two splits: the test would score training photos.
+def _duplicates(root: Path, classes: list[str], splits, stats) -> list[str]:
+    """The same bytes twice: under two labels an error, in two splits of one label a warning.
 
-    Only files of equal size in different splits are hashed.
+    A photo under two labels (the same frame captured into cat/ and dog/) is
+    trained as both and scored wrong as one; in two splits, the test scores a
+    photo training saw. Only files of equal size in another split or class are hashed.
     """
     by_size = defaultdict(list)
     for split, items in splits.items():
-        for f, _ in items:
+        for f, y in items:
             if stats.get(f):
-                by_size[stats[f].st_size].append((split, f))
+                by_size[stats[f].st_size].append((split, y, f))
     groups = defaultdict(list)
     for same in by_size.values():
-        if len({split for split, _ in same}) > 1:
-            for split, f in same:
+        if len({(split, y) for split, y, _ in same}) > 1:
+            for split, y, f in same:
                 try:
-                    groups[hashlib.sha1(f.read_bytes()).digest()].append((split, f))
+                    groups[hashlib.sha1(f.read_bytes()).digest()].append((split, y, f))
                 except OSError:
                     pass
-    shared = [g for g in groups.values() if len({split for split, _ in g}) > 1]
+    base = root if root.is_dir() else root.parent
+    labelled = [g for g in groups.values() if len({y for _, y, _ in g}) > 1]
+    if labelled:
+        named = sorted(sorted((_rel(f, base), classes[y]) for _, y, f in g) for g in labelled)
+        pairs = "; ".join(" = ".join(f"{escape_name(rel)} ('{escape_name(label)}')" for rel, label in g)
+                          for g in named)
+        raise DataError(f"{root}: {len(labelled)} photo(s) have the same bytes under two labels ({pairs}); "
+                        "keep each photo under one label: delete the copies under the wrong one")
+    shared = [g for g in groups.values() if len({split for split, _, _ in g}) > 1]
     if not shared:
         return []
-    base = root if root.is_dir() else root.parent
-    examples = "; ".join(" = ".join(_rel(f, base) for _, f in g) for g in shared[:3])
+    examples = "; ".join(" = ".join(escape_name(_rel(f, base)) for _, _, f in g) for g in shared[:3])
     return [f"{root}: {len(shared)} photo(s) are in more than one split (same bytes): {examples}; "
             "delete the copies so test photos are new to the model"]
 

@@ -44,6 +44,10 @@ def identity(dataset, cfg) -> dict:
     settings["recipe"] = RECIPE
     # The weights a pretrained backbone starts from, by content: another file is another model.
     settings["weights"] = _weights_id(full.weights)
+    # Classes dropped for too few photos change the data (the fingerprint lists what is left);
+    # recorded only when asked for, so runs that never used it keep their identity.
+    if full.min_photos:
+        settings["min_photos"] = full.min_photos
     settings_fp = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     run = hashlib.sha256(f"{dataset.fingerprint}\n{settings_fp}".encode()).hexdigest()[:16]
     return {"run": run, "data_fingerprint": dataset.fingerprint, "settings_fingerprint": settings_fp,
