@@ -5,7 +5,7 @@
 #   make export DATA=path/to/photos  the same on your photos
 #   make export MAX_DROP=1 [TEST=dir] [QUANTIZER=litert]  fail when a variant loses > 1 pp
 #   make test                        ruff + the test suite
-#   make bundle [MODEL=int8]         dist/noodle-edge-<run>-<model>.tar.gz for a Raspberry Pi
+#   make bundle [MODEL=int8]         the last export's run, for a Raspberry Pi: dist/noodle-edge-*.tar.gz
 #   make pi-check                    install it offline on Pi OS Bookworm and Trixie (qemu), labels vs x86
 #   make bench [REPEATS=3]           BENCHMARKS.md: the noodle clock, edge vs Keras (minutes)
 
@@ -46,8 +46,16 @@ MODEL_FLAGS = $(if $(ARCH),--arch $(ARCH)) $(if $(EPOCHS),--epochs $(EPOCHS))
 # expanded and memoized: only the recipes that use it pay for the look-up,
 # once, after `data` has made the sample; `make help` and `make test` never do.
 RUN = $(eval RUN := $$(shell $(NOODLE) train $(DATA_DIR) $(MODEL_FLAGS) --runs $(OUT) --print-run-dir))$(RUN)
+# What `make bundle` and `make pi-check` ship: the run the last `make export` made,
+# which it records in LAST_EXPORT (the run folder, then its DATA), unless DATA, ARCH,
+# EPOCHS or RUN is given; then, or with no record, the run of those settings.
+LAST_EXPORT := $(OUT)/last-export
+TOLD        := $(or $(DATA),$(ARCH),$(EPOCHS),$(filter command line,$(origin RUN)))
+RECORDED    := $(if $(TOLD),,$(shell sed -n 1p $(LAST_EXPORT) 2>/dev/null))
+BUNDLE_RUN   = $(or $(RECORDED),$(RUN))
+BUNDLE_DATA := $(if $(RECORDED),$(shell sed -n 2p $(LAST_EXPORT)),$(DATA_DIR))
 
-.PHONY: setup edge-env data train trained exported export bundle pi-check pi-tools bench test lint clean help
+.PHONY: setup edge-env data train trained exported export bundle bundle-which pi-check pi-tools bench test lint clean help
 
 help:
 	@sed -n '1,10p' Makefile
@@ -94,10 +102,14 @@ trained: setup data
 # Convert and validate (ai-edge-litert here, tflite-runtime 2.14 in the device
 # environment), then compare, which ends by printing the table. When only some
 # variant failed (exit 1) the table is still printed, then make fails.
+# An export that wrote models (exit 0 or 1) is recorded in LAST_EXPORT, atomically, for `make bundle`.
 export: setup data edge-env trained
 	status=0; $(NOODLE) export $(RUN) $(EXPORT_FLAGS) || status=$$?; \
-	if [ $$status -le 1 ]; then $(NOODLE) compare $(RUN) $(if $(TEST),--test $(TEST)) || exit $$?; fi; \
+	if [ $$status -le 1 ]; then $(RECORD_EXPORT) && \
+	  $(NOODLE) compare $(RUN) $(if $(TEST),--test $(TEST)) || exit $$?; fi; \
 	exit $$status
+RECORD_EXPORT = mkdir -p $(OUT) && printf '%s\n' '$(RUN)' '$(DATA_DIR)' >$(LAST_EXPORT).$$$$ && mv -f $(LAST_EXPORT).$$$$ $(LAST_EXPORT) && \
+	echo 'recorded in $(LAST_EXPORT): `make bundle` ships $(RUN)'
 
 # An exported run, made once for `make bundle`; `make export` redoes it, and so
 # does this when an earlier export never finished validating (killed) or failed
@@ -109,9 +121,24 @@ exported: trained edge-env
 # tarball (tens of MB, downloaded once into .cache/wheels), so the Pi installs
 # offline; WHEELS=0 makes a small one that installs from the index on the Pi.
 WHEELS ?= 1
-bundle: setup exported
-	$(NOODLE) bundle $(RUN) --model $(MODEL) --out dist \
+bundle: bundle-which setup $(if $(RECORDED),,exported)
+	$(NOODLE) bundle $(BUNDLE_RUN) --model $(MODEL) --out dist \
 	  $(if $(filter 0,$(WHEELS)),--no-wheels,--wheel-cache .cache/wheels)
+
+# Which run and data, said before any work (training the run of DATA, when nothing is recorded).
+ifneq ($(RECORDED),)
+BUNDLE_WHICH = $(RECORDED), the run the last `make export` made, of DATA=$(BUNDLE_DATA) \
+	(DATA=... or RUN=... bundles another)
+else ifneq ($(filter command line,$(origin RUN)),)
+BUNDLE_WHICH = RUN=$(RUN)
+else ifneq ($(TOLD),)
+BUNDLE_WHICH = the run of DATA=$(DATA_DIR)$(if $(strip $(MODEL_FLAGS)), $(strip $(MODEL_FLAGS))), as `make export` names it
+else
+BUNDLE_WHICH = the run of DATA=$(DATA_DIR), the embedded sample: no `make export` is recorded in \
+	$(LAST_EXPORT) (`make export DATA=...` first, to bundle yours)
+endif
+bundle-which:
+	@echo 'make bundle: $(BUNDLE_WHICH)'
 
 # The bundle on each Raspberry Pi OS release: a Debian arm64 root per release
 # (cached in .cache/pi-root-<release>) runs the bundle's own install.sh,
@@ -121,13 +148,13 @@ bundle: setup exported
 # tell apart sits near a tie, where x86's and aarch64's int8 kernels may round
 # to different labels), else the data itself.
 PI_RELEASES ?= bookworm trixie
-PHOTOS  ?= $(firstword $(wildcard $(DATA_DIR)/test) $(DATA_DIR))
+PHOTOS  ?= $(firstword $(wildcard $(BUNDLE_DATA)/test) $(BUNDLE_DATA))
 # Photos classified under qemu per release, evenly spaced through each class
 # folder (0: all): emulated, the pretrained default takes about a second a photo.
 PI_SAMPLE ?= 100
 SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
 pi-check: bundle edge-env pi-tools
-	$(SUDO) $(BIN)/python -m bench.pi_check $(RUN) $(PHOTOS) --model $(MODEL) --dist dist \
+	$(SUDO) $(BIN)/python -m bench.pi_check $(BUNDLE_RUN) $(PHOTOS) --model $(MODEL) --dist dist \
 	  --releases "$(PI_RELEASES)" --cache .cache --sample $(PI_SAMPLE)
 
 pi-tools:

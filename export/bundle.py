@@ -133,6 +133,7 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     requirements-pi.txt pins them; without, the Pi installs from the index.
     """
     run = RunDir(run_dir)
+    log(f"bundling {escape_name(str(run_dir))}: its {escape_name(variant)} model, {trained_on(run)}")
     manifest = load_export(run.export_manifest)
     # Only an export whose validation finished and passed ships: one killed
     # during validation has files and a manifest but no proof they run.
@@ -196,6 +197,15 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     log(f"sha256 {sha256_file(dest)}  {dest.name} (on the Pi, `sha256sum {dest.name}` must print the "
         "same; README-PI.md)")
     return dest
+
+
+def trained_on(run: RunDir) -> str:
+    """Which data the run's model learned, as its manifest (`noodle train`'s) records it."""
+    try:
+        data = json.loads(run.manifest.read_text())["data"]
+        return f"trained on {escape_name(data['root'])} ({len(data['classes'])} classes)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"trained on data {run.manifest} does not name"
 
 
 def _model_file(run: RunDir, variant: str, name: str) -> Path:

@@ -458,6 +458,10 @@ def test_bundle_command(shippable_run, tmp_path):
     result = CliRunner().invoke(app, ["bundle", str(shippable_run), "--model", "int8", "--out", str(tmp_path),
                                       "--no-wheels"])
     assert result.exit_code == 0, result.stderr
+    # The first line says which run and which data, before any work.
+    data = json.loads((shippable_run / "manifest.json").read_text())["data"]
+    assert result.stdout.splitlines()[0] == (f"bundling {shippable_run}: its int8 model, trained on "
+                                             f"{data['root']} ({len(data['classes'])} classes)")
     # The last line is the path, for scripts.
     assert Path(result.stdout.splitlines()[-1]) == bundle.bundle_path(shippable_run, "int8", tmp_path)
     assert bundle.bundle_path(shippable_run, "int8", tmp_path).is_file()
@@ -510,3 +514,70 @@ def test_an_export_killed_during_validation_is_not_bundled(trained_run, tmp_path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "validation never finished" in lines[0] and f"noodle export {run}" in lines[0]
     assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())
+
+
+def make(tmp_path: Path, *args: str, export_rc: int = 0) -> subprocess.CompletedProcess:
+    """The Makefile with a `noodle` that logs its arguments: venvs stand-ins, so nothing installs."""
+    calls = tmp_path / "noodle.log"
+    fake = tmp_path / "noodle"
+    fake.write_text(f'#!/bin/sh\necho "$*" >>{calls}\ncase "$1 $*" in\n'
+                    '  "train "*--print-run-dir*) echo "$4/$(basename "$2")-lite0-0123abcd" ;;\n'
+                    '  "data "*) mkdir -p "$3" ;;\n'
+                    f'  "export "*) exit {export_rc} ;;\nesac\n')
+    fake.chmod(0o755)
+    for venv in ("venv", "venv-edge"):
+        (tmp_path / venv).mkdir(exist_ok=True)
+        (tmp_path / venv / ".installed").touch()  # newer than pyproject.toml: no install
+    return subprocess.run(["make", "-s", "-C", str(ROOT), *args, f"NOODLE={fake}", f"VENV={tmp_path}/venv",
+                           f"EDGE_VENV={tmp_path}/venv-edge", f"OUT={tmp_path}/runs",
+                           f"SAMPLE={tmp_path}/sample"], capture_output=True, text=True, timeout=120)
+
+
+def noodle_calls(tmp_path: Path) -> list[str]:
+    calls = tmp_path / "noodle.log"
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    calls.unlink(missing_ok=True)
+    return [line.replace(str(tmp_path), "T") for line in lines]
+
+
+def test_make_bundle_ships_the_run_the_last_make_export_made(tmp_path):
+    """Was: after `make export DATA=/my/photos`, a plain `make bundle` bundled the sample's run."""
+    photos, other = tmp_path / "photos", tmp_path / "other"
+    photos.mkdir(), other.mkdir()
+    run = f"{tmp_path}/runs/photos-lite0-0123abcd"
+    failed = make(tmp_path, "export", f"DATA={photos}", export_rc=2)  # bad input: nothing recorded
+    assert failed.returncode != 0 and not (tmp_path / "runs" / "last-export").exists()
+    noodle_calls(tmp_path)
+    done = make(tmp_path, "export", f"DATA={photos}")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "runs" / "last-export").read_text() == f"{run}\n{photos}\n"
+    assert f"recorded in {tmp_path}/runs/last-export: `make bundle` ships {run}" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["last-export"]  # no temporary file
+    noodle_calls(tmp_path)
+
+    # A plain `make bundle`: that run, said first, and nothing trained or exported.
+    done = make(tmp_path, "bundle", "WHEELS=0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == (f"make bundle: {run}, the run the last `make export` made, of "
+                                           f"DATA={photos} (DATA=... or RUN=... bundles another)")
+    shipped = "--model int8 --out dist --no-wheels"
+    assert noodle_calls(tmp_path) == [f"bundle T/runs/photos-lite0-0123abcd {shipped}"]
+
+    # Told otherwise: DATA names another run, which is trained and exported as before.
+    done = make(tmp_path, "bundle", f"DATA={other}", "WHEELS=0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == f"make bundle: the run of DATA={other}, as `make export` names it"
+    calls = noodle_calls(tmp_path)
+    assert calls[-1] == f"bundle T/runs/other-lite0-0123abcd {shipped}"
+    assert "export T/runs/other-lite0-0123abcd" in calls
+    done = make(tmp_path, "bundle", f"RUN={tmp_path}/runs/mine", "WHEELS=0")
+    assert done.stdout.splitlines()[0] == f"make bundle: RUN={tmp_path}/runs/mine"
+    assert noodle_calls(tmp_path)[-1] == f"bundle T/runs/mine {shipped}"
+
+    # Nothing recorded: the sample's run, and the line says so before training it.
+    (tmp_path / "runs" / "last-export").unlink()
+    done = make(tmp_path, "bundle", "WHEELS=0")
+    assert done.stdout.splitlines()[0].startswith(
+        f"make bundle: the run of DATA={tmp_path}/sample, the embedded sample: no `make export` is recorded "
+        f"in {tmp_path}/runs/last-export"), done.stdout
+    assert noodle_calls(tmp_path)[-1] == f"bundle T/runs/sample-lite0-0123abcd {shipped}"
