@@ -119,7 +119,8 @@ exported: trained edge-env
 
 # WHEELS=1 puts the exact aarch64 wheels for Bookworm and Trixie in the
 # tarball (tens of MB, downloaded once into .cache/wheels), so the Pi installs
-# offline; WHEELS=0 makes a small one that installs from the index on the Pi.
+# offline; WHEELS=0 makes a small one that installs from the index on the Pi,
+# named ...-<model>-online.tar.gz so that it never replaces the offline one.
 WHEELS ?= 1
 bundle: bundle-which setup $(if $(RECORDED),,exported)
 	$(NOODLE) bundle $(BUNDLE_RUN) --model $(MODEL) --out dist \

@@ -1,6 +1,6 @@
 """`noodle bundle`: one tarball with all a Raspberry Pi needs to run a model.
 
-    noodle-edge-<run name>-<variant>/
+    noodle-edge-<run name>-<variant>/    (-online/ without wheels: another name, another tarball)
         edge/                the device modules of the runner package, nothing host-only
         model/               the chosen .tflite and its manifest (that model only)
         requirements-pi.in   the `edge` extra and base dependencies of pyproject.toml
@@ -55,6 +55,8 @@ HOST_ONLY = {"train", "export", "bench", "tests", "tensorflow", "keras", "pytest
 # What a model file or variant may be named to ship: install.sh and README-PI.md
 # put the names into shell commands and Markdown as they are.
 SHIPPABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# The name's ending of a bundle without wheels/, which installs from the package index.
+ONLINE = "-online"
 # How many labels README-PI.md lists, and how many characters of each.
 README_LABELS, README_LABEL_WIDTH = 20, 60
 
@@ -113,9 +115,14 @@ def device_sources() -> dict[str, bytes]:
     return files
 
 
-def bundle_path(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | Path = "dist") -> Path:
-    """dist/noodle-edge-<run name>-<variant>.tar.gz: where `noodle bundle` writes, and pi-check looks."""
-    return Path(out) / f"noodle-edge-{Path(run_dir).resolve().name}-{variant}.tar.gz"
+def bundle_path(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | Path = "dist",
+                wheels: bool = True) -> Path:
+    """Where `noodle bundle` writes, and pi-check looks: dist/noodle-edge-<run name>-<variant>.tar.gz.
+
+    A bundle without wheels ends `-online.tar.gz` instead: it never replaces the offline one.
+    """
+    ending = "" if wheels else ONLINE
+    return Path(out) / f"noodle-edge-{Path(run_dir).resolve().name}-{variant}{ending}.tar.gz"
 
 
 def _render(name: str, values: dict[str, str]) -> bytes:
@@ -127,7 +134,7 @@ def _render(name: str, values: dict[str, str]) -> bytes:
 
 def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | Path = "dist",
                  log=print, wheel_cache: Path | None = None, download=pip_download) -> Path:
-    """Write OUT/noodle-edge-<run name>-<variant>.tar.gz; return its path.
+    """Write OUT/noodle-edge-<run name>-<variant>.tar.gz (-online.tar.gz without wheels); return its path.
 
     With WHEEL_CACHE, the tarball carries every target release's wheels and
     requirements-pi.txt pins them; without, the Pi installs from the index.
@@ -157,7 +164,7 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     shipped = dataclasses.replace(manifest, models={variant: entry}, failed=None)
 
     ver = version()
-    dest = bundle_path(run_dir, variant, out)
+    dest = bundle_path(run_dir, variant, out, wheels=wheel_cache is not None)
     top = dest.name.removesuffix(".tar.gz")
     values = {"VERSION": ver, "TOP": top, "MODEL_FILE": entry.file, "VARIANT": variant,
               "SIZE": f"{manifest.input.height}x{manifest.input.width}",
@@ -289,6 +296,8 @@ def bundle_command(
     wheel_cache: Annotated[Path, typer.Option(help="Where downloaded wheels are kept.")] = WHEEL_CACHE,
 ) -> None:
     """Write dist/noodle-edge-<run>-<variant>.tar.gz: runner, model, wheels, install.sh, README-PI.md.
+
+    With --no-wheels it is named <variant>-online.tar.gz, so the offline one stays.
 
     The last line printed is the tarball's path.
     """

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from typer.testing import CliRunner
@@ -62,8 +62,8 @@ def unpacked(tarball, tmp_path_factory) -> Path:
 
 
 def test_contents(tarball, shippable_run):
-    top = f"noodle-edge-{shippable_run.name}-int8"
-    assert tarball == bundle.bundle_path(shippable_run, "int8", tarball.parent)
+    top = f"noodle-edge-{shippable_run.name}-int8-online"  # without wheels: not the offline one's name
+    assert tarball == bundle.bundle_path(shippable_run, "int8", tarball.parent, wheels=False)
     assert tarball.name == f"{top}.tar.gz"
     with tarfile.open(tarball) as tar:
         members = {m.name: m for m in tar.getmembers()}
@@ -147,6 +147,24 @@ def test_wheelhouse_pins_each_release_and_is_cached(shippable_run, tmp_path):
     next(cache.glob("tflite_runtime-*.whl")).unlink()
     write_bundle(shippable_run, "int8", tmp_path / "dist", log=quiet, wheel_cache=cache, download=download)
     assert list(asked) == ["bookworm"]
+
+
+def test_a_bundle_without_wheels_leaves_the_offline_one(shippable_run, tmp_path):
+    """Was: `make bundle WHEELS=0` overwrote the offline bundle, which had the same name."""
+    def download(specs, target, dest):
+        for spec in specs:
+            fake_wheel(dest, spec.split("=")[0].split("<")[0].split(">")[0], "1.0")
+
+    dist = tmp_path / "dist"
+    offline = write_bundle(shippable_run, "int8", dist, log=quiet, wheel_cache=tmp_path / "cache",
+                           download=download)
+    before = offline.read_bytes()
+    online = write_bundle(shippable_run, "int8", dist, log=quiet)
+    assert offline == bundle.bundle_path(shippable_run, "int8", dist)
+    assert online.name == offline.name.replace("-int8.tar.gz", "-int8-online.tar.gz")
+    assert sorted(dist.iterdir()) == sorted([offline, online]) and offline.read_bytes() == before
+    with tarfile.open(online) as tar:
+        assert {PurePosixPath(m.name).parts[0] for m in tar.getmembers()} == {online.name[:-len(".tar.gz")]}
 
 
 def test_readme_has_the_commands_and_says_32_bit_is_unsupported(unpacked, tarball):
@@ -463,8 +481,8 @@ def test_bundle_command(shippable_run, tmp_path):
     assert result.stdout.splitlines()[0] == (f"bundling {shippable_run}: its int8 model, trained on "
                                              f"{data['root']} ({len(data['classes'])} classes)")
     # The last line is the path, for scripts.
-    assert Path(result.stdout.splitlines()[-1]) == bundle.bundle_path(shippable_run, "int8", tmp_path)
-    assert bundle.bundle_path(shippable_run, "int8", tmp_path).is_file()
+    online = bundle.bundle_path(shippable_run, "int8", tmp_path, wheels=False)
+    assert Path(result.stdout.splitlines()[-1]) == online and online.is_file()
     bad = CliRunner().invoke(app, ["bundle", str(tmp_path), "--out", str(tmp_path), "--no-wheels"])
     assert bad.exit_code == 2 and "no manifest" in bad.stderr
 
