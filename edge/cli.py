@@ -282,6 +282,84 @@ def bench(
         print(report(figures))
 
 
+@app.command()
+@one_line_errors
+def serve(
+    model: Model,
+    source: Annotated[str | None, typer.Option(
+        help="OpenCV source: 0 for /dev/video0, a video file or a stream URL. Without it (or "
+             "--picamera) only the API is served.")] = None,
+    picamera: Annotated[bool, typer.Option(
+        "--picamera", help="Read the Raspberry Pi camera via picamera2.")] = False,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on: this machine only by default; 0.0.0.0 for every network "
+             "(then a token is required).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8080,
+    token: Annotated[str | None, typer.Option(
+        envvar="NOODLE_TOKEN", show_envvar=True,
+        help="Required of every request but /healthz (Authorization: Bearer, or open /?token= once). "
+             "Beyond loopback it is required.")] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        readable=False, help="A file whose first line is the token (kept out of `ps` and the unit).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels with scores per answer.")] = 3,
+    loop: Annotated[bool, typer.Option(
+        "--loop", help="Play a video file again when it ends (without: its last result stays).")] = False,
+    max_body_mb: Annotated[float, typer.Option(
+        min=0.01, max=1024, help="Largest upload in MB: a phone photo is 2 to 6.")] = 8.0,
+    max_streams: Annotated[int, typer.Option(
+        min=1, max=64, help="Streams and event feeds open at once; a page holds one of each.")] = 8,
+    rate: Annotated[float, typer.Option(
+        min=0, help="Requests a second per client address, in bursts of two seconds' worth; 0: "
+                    "no limit.")] = 20.0,
+    retries: Annotated[int, typer.Option(
+        min=0, help="Reopen attempts after a failed read; then a pause, and again: serve never "
+                    "gives up.")] = 5,
+    mqtt: Annotated[str | None, typer.Option(
+        help="mqtt://HOST[:PORT]/TOPIC-PREFIX (mqtts:// for TLS): publish each label change, a heartbeat "
+             "and Home Assistant discovery.")] = None,
+    mqtt_user: Annotated[str | None, typer.Option(help="MQTT user name.")] = None,
+    mqtt_password: Annotated[str | None, typer.Option(
+        envvar="NOODLE_MQTT_PASSWORD", show_envvar=True, help="MQTT password.")] = None,
+    mqtt_ca: Annotated[Path | None, typer.Option(
+        readable=False, help="The broker's CA certificate (PEM) for mqtts:// (default: the "
+                             "system's).")] = None,
+    mqtt_heartbeat: Annotated[float, typer.Option(
+        min=0.1, help="Seconds between heartbeats.")] = 30.0,
+    verbose: Verbose = False,
+    threads: Threads = None,
+    runtime: Runtime = None,
+    no_verify: NoVerify = False,
+    strict: Strict = False,
+) -> None:
+    """Serve a live page, an HTTP API and MQTT: one camera loop, each frame classified once.
+
+    Open the printed URL in a browser. POST /v1/classify takes image bytes (curl --data-binary
+    @photo.jpg) or a form's file field and answers the top-k as JSON; GET /v1/model, /v1/latest,
+    /healthz, /metrics. docs/serve.md has the rest.
+    """
+    _check_numbers(threads)
+    from edge import camera as cam
+    from edge import serve as srv
+    from edge.files import default_workers
+
+    token = srv.resolve_token(token, token_file, host)
+    srv.check_token_strength(token, host)
+    make_frames = None
+    if source is not None or picamera:
+        cam.Frames(source or "0", picamera=picamera, retries=retries)  # a missing file: one line, now
+
+        def make_frames():
+            return cam.Frames(source or "0", picamera=picamera, retries=retries)
+    publisher = None
+    if mqtt is not None:
+        from edge.serve_mqtt import Publisher
+
+        publisher = Publisher(mqtt, mqtt_user, mqtt_password, mqtt_ca, mqtt_heartbeat)
+    clf = _load(model, threads or default_workers(), runtime, verbose, no_verify, strict)
+    srv.serve(clf, make_frames, host=host, port=port, token=token, top_k=top_k, repeat=loop,
+              max_body=int(max_body_mb * 1e6), max_streams=max_streams, rate=rate, mqtt=publisher)
+
+
 def main() -> None:
     """The `noodle-edge` console script."""
     app(prog_name="noodle-edge")

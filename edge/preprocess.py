@@ -10,6 +10,7 @@ numpy and Pillow only: this file ships to the device.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import threading
 from contextlib import contextmanager
@@ -35,6 +36,9 @@ PREPROCESSING = {
 }
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+# Pillow's names for those formats (JPEG opens a phone's multi-picture MPO too). Bytes from the
+# network are tried as these only, never as EPS, PSD or the other formats Pillow knows.
+UPLOAD_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF")
 # Phone photos Pillow reads only through the pillow-heif plugin.
 HEIF_SUFFIXES = frozenset({".heic", ".heif"})
 HEIF_FIX = "pip install pillow-heif"
@@ -201,20 +205,24 @@ def _orientation(img: Image.Image) -> int:
 
 
 def load_image(path: str | os.PathLike, size: tuple[int, int],
-               budget: DecodeBudget | None = None) -> np.ndarray:
+               budget: DecodeBudget | None = None, data: bytes | None = None) -> np.ndarray:
     """Decode one image file to a (height, width, 3) uint8 array of `size` (h, w).
 
     The decode waits for its bytes in `budget` (default: the process's BUDGET),
     and an image needing more than the whole budget is refused undecoded.
+    `data`: the file's bytes, already in memory (an upload to `noodle-edge
+    serve`); `path` then only names it in messages, nothing is read from disk,
+    and only the formats of IMAGE_SUFFIXES are tried.
     """
     height, width = size
     budget = budget or BUDGET
     try:
-        if os.path.getsize(path) == 0:
+        if (len(data) if data is not None else os.path.getsize(path)) == 0:
             raise ImageError(path, "empty file (0 bytes)")
-        if is_heif_file(path) and not heif_support():
+        if data is None and is_heif_file(path) and not heif_support():
             raise ImageError(path, f"HEIC/HEIF photo and pillow-heif is not installed; {HEIF_FIX}")
-        with Image.open(path) as img:
+        opened = Image.open(path) if data is None else Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
+        with opened as img:
             # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale, never below
             # the target, so a 500 px photo is not fully decoded to make 64 px.
             # Asked square so that an EXIF rotation afterwards cannot undercut it.
