@@ -55,6 +55,8 @@ HOST_ONLY = {"train", "export", "bench", "tests", "tensorflow", "keras", "pytest
 # What a model file or variant may be named to ship: install.sh and README-PI.md
 # put the names into shell commands and Markdown as they are.
 SHIPPABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# A noodle-edge command or option name, as install.sh's COMMANDS holds it.
+OPTION_WORD = re.compile(r"-{0,2}[a-z0-9][a-z0-9-]*", re.I)
 # The name's ending of a bundle without wheels/, which installs from the package index.
 ONLINE = "-online"
 # How many labels README-PI.md lists, and how many characters of each.
@@ -98,6 +100,24 @@ def pi_requirements() -> list[str]:
         spec = f"{req.name}{req.specifier}"
         lines.append(f"{spec}; {marker}" if marker else spec)
     return lines
+
+
+def runner_commands() -> str:
+    """install.sh's COMMANDS: a line per noodle-edge command, its name then every option it takes."""
+    import typer.main
+
+    from edge.cli import app as edge_app
+
+    lines = []
+    for name, command in sorted(typer.main.get_command(edge_app).commands.items()):
+        options = sorted({o for p in command.params for o in (*p.opts, *p.secondary_opts) if o[:1] == "-"})
+        words = [name, *options]
+        # The lines go between single quotes in a shell script.
+        if not all(OPTION_WORD.fullmatch(w) for w in words):
+            raise BundleError(f"edge/cli.py: noodle-edge {escape_name(name)} has a command or option name "
+                              "install.sh cannot check; name commands and options in letters, digits and '-'")
+        lines.append(" ".join(words))
+    return "\n".join(lines)
 
 
 def device_sources() -> dict[str, bytes]:
@@ -168,7 +188,7 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     top = dest.name.removesuffix(".tar.gz")
     values = {"VERSION": ver, "TOP": top, "MODEL_FILE": entry.file, "VARIANT": variant,
               "SIZE": f"{manifest.input.height}x{manifest.input.width}",
-              "LABELS": readme_labels(manifest.labels)}
+              "LABELS": readme_labels(manifest.labels), "COMMANDS": runner_commands()}
     files: dict[str, bytes | Path] = device_sources()
     files[f"model/{entry.file}"] = model
     files[f"model/{MANIFEST_NAME}"] = (json.dumps(shipped.to_dict(), indent=2) + "\n").encode()

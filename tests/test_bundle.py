@@ -401,6 +401,36 @@ def test_service_for_a_missing_model_is_refused(copy):
     assert venvs(copy) == []
 
 
+def test_service_command_is_checked_the_same_before_and_after_install(copy):
+    """Was: --print-service 'camra model/int8.tflite' accepted before .venv existed, refused after."""
+    if not EDGE_PYTHON.is_file():
+        pytest.skip("no .venv-edge; `make edge-env` makes it")
+    bad = {"camra model/int8.tflite": "'camra' is not a noodle-edge command (it has bench camera capture "
+                                      "classify",
+           "camera model/int8.tflite --picamra": "'--picamra' is not an option of noodle-edge camera",
+           "classify model/int8.tflite x.jpg -q": "'-q' is not an option of noodle-edge classify",
+           "capture model/int8.tflite out/cat": "'capture' cannot run as the service, which adds --strict"}
+    good = [SERVICE, "classify model/int8.tflite photos --top-k=2 -k2 -v --json -- --odd-name.jpg"]
+
+    def said():
+        for flag in ("--print-service", "--service"):
+            for args, error in bad.items():
+                line = one_error(install(copy, flag, args))
+                assert f"{flag} '{args}': {error}" in line, line
+        return [install(copy, "--print-service", args).stdout for args in good]
+
+    before = said()
+    assert venvs(copy) == []  # refused before any install
+    # An installed .venv (the device environment's python stands in): the same answers.
+    (copy / ".venv" / "bin").mkdir(parents=True)
+    (copy / ".venv" / "bin" / "python").symlink_to(EDGE_PYTHON)
+    assert said() == before and all(f"ExecStart=\"{copy}/noodle-edge\" {args} --strict" in unit
+                                    for args, unit in zip(good, before, strict=True))
+    # The list install.sh checks against is the runner's, written in by `noodle bundle`.
+    script = (copy / "install.sh").read_text()
+    assert f"COMMANDS='{bundle.runner_commands()}'\n" in script and "@COMMANDS@" not in script
+
+
 @pytest.mark.slow
 def test_service_install_and_remove(copy, device_wheels, tmp_path):
     with_wheelhouse(copy, device_wheels)

@@ -29,6 +29,10 @@ NEED_MB=${NOODLE_NEED_MB:-300}
 UNIT=noodle-edge.service
 UNIT_DIR=${NOODLE_UNIT_DIR:-/etc/systemd/system}
 LOG=.install.log
+# noodle-edge's commands, each with every option it takes, as this bundle's edge/cli.py
+# has them (written in by `noodle bundle`): --service and --print-service check the
+# command against them, the same whether or not .venv exists yet.
+COMMANDS='@COMMANDS@'
 
 fail() {
     echo "error: install.sh: $*" >&2
@@ -78,6 +82,34 @@ unit_value() {
     printf '%s' "$1" | sed -e 's/%/%%/g' -e 's/\$/$$/g' -e 's/[\\|&]/\\&/g'
 }
 
+# Refuse a command noodle-edge does not have, an option it does not take, or one
+# without the --strict the unit adds: such a unit would fail and restart forever.
+check_command() {
+    options=$(printf '%s\n' "$COMMANDS" | while read -r name rest; do
+        if [ "$name" = "$1" ]; then echo " $rest "; fi
+    done)
+    [ -n "$options" ] ||
+        fail "--$mode '$service_args': '$1' is not a noodle-edge command (it has $(printf '%s\n' "$COMMANDS" | cut -d ' ' -f 1 | tr '\n' ' ' | sed 's/ $//')); see ./noodle-edge --help"
+    case "$options" in
+        *" --strict "*) ;;
+        *) fail "--$mode '$service_args': '$1' cannot run as the service, which adds --strict; run it by hand: ./noodle-edge $1 --help" ;;
+    esac
+    command=$1
+    shift
+    for arg in "$@"; do
+        case "$arg" in
+            --) break ;;
+            --?*) option=${arg%%=*} ;;
+            -[a-zA-Z]*) option=$(printf '%s' "$arg" | cut -c 1-2) ;;
+            *) continue ;;
+        esac
+        case "$options" in
+            *" $option "*) ;;
+            *) fail "--$mode '$service_args': '$option' is not an option of noodle-edge $command; see ./noodle-edge $command --help" ;;
+        esac
+    done
+}
+
 # The unit for `noodle-edge $service_args`, refused when it names no model file that exists.
 render_unit() {
     set -f
@@ -92,9 +124,7 @@ render_unit() {
         fail "--service '$service_args' names no .tflite model; e.g. --service 'camera model/@MODEL_FILE@ --picamera --json'"
     case "$model" in /*) path=$model ;; *) path=$here/$model ;; esac
     [ -f "$path" ] || fail "$model: no such model for the service; this bundle's is model/@MODEL_FILE@"
-    if [ -x .venv/bin/python ] && ! ./noodle-edge "$1" --help >/dev/null 2>&1; then
-        fail "--service '$service_args': '$1' is not a noodle-edge command; see ./noodle-edge --help"
-    fi
+    check_command "$@"
     sed -e "s|@DIR@|$(unit_value "$here")|g" -e "s|@USER@|$(unit_value "$(service_user)")|g" \
         -e "s|@ARGS@|$(unit_value "$service_args")|g" noodle-edge.service
 }
