@@ -160,6 +160,9 @@ class Frames:
         self.reopened = 0  # reopen attempts, reported in the summary
         self.frames_read = 0  # frames given so far
         self.lost: str | None = None  # why it gave up, if it did
+        # A video file's time of the frame last given, in seconds from its start, by the
+        # stream's own timestamps; None for a camera or stream, or a file that has none.
+        self.position: float | None = None
         self._file = not picamera and _is_file(source)
         # What the file was at its first successful open: a failed reopen says nothing.
         self._count: int | None = None
@@ -183,6 +186,8 @@ class Frames:
                 if ok and frame is not None:
                     failures = 0
                     self.frames_read += 1
+                    if self._file:
+                        self.position = self._stream_time(cap)
                     yield frame
                     continue
                 if opened and self.frames_read and self._at_end():
@@ -224,6 +229,17 @@ class Frames:
         # cv2.CAP_PROP_FRAME_COUNT: 0 when the container does not say.
         count = int(cap.get(7)) if hasattr(cap, "get") else 0
         self._count = count if count > 0 else None
+
+    def _stream_time(self, cap) -> float | None:
+        """The frame just read's time in the file: its timestamp, else its number over the frame rate."""
+        if not hasattr(cap, "get"):
+            return None
+        # cv2.CAP_PROP_POS_MSEC: the timestamp of the frame read; 0 throughout when a container has none.
+        msec = cap.get(0)
+        if msec > 0 or (msec == 0 and self.frames_read == 1):
+            return round(msec / 1000, 6)  # to the microsecond: 0.30000000000000004 is 0.3
+        fps = cap.get(5)  # cv2.CAP_PROP_FPS
+        return round((self.frames_read - 1) / fps, 6) if fps > 0 else None
 
     def _at_end(self) -> bool:
         """A video file that has given all its frames ends; a camera or stream never does."""
@@ -317,6 +333,8 @@ class Captured:
     saved: list[str] = field(default_factory=list)
     frames: int = 0  # frames read, saved or not
     interrupted: bool = False
+    # A video file's length read, in seconds by its timestamps (None for a camera or stream).
+    video_seconds: float | None = None
 
 
 def capture(frames: Frames, folder: str | os.PathLike, every: float = 1.0, count: int = 100,
@@ -328,7 +346,9 @@ def capture(frames: Frames, folder: str | os.PathLike, every: float = 1.0, count
     classifying: `noodle train` squashes each photo to the model's size, so a
     square photo trains on the very view the camera will later classify. Frames
     in between are read and dropped, so a saved frame is fresh, not one that
-    waited in the driver's queue. A live camera gets SETTLE_SECONDS first.
+    waited in the driver's queue. A live camera gets SETTLE_SECONDS first and
+    is timed by `clock`; a video file, read far faster than it plays, is timed
+    by its own timestamps: photo k is its first frame at or after k * `every`.
     """
     from PIL import Image
 
@@ -339,14 +359,26 @@ def capture(frames: Frames, folder: str | os.PathLike, every: float = 1.0, count
         raise NoodleError(f"{folder}: exists and is not a folder; give OUT/LABEL, a folder per class")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result = Captured()
-    due = clock() + (0.0 if frames.is_file else SETTLE_SECONDS)
+    due = clock() + (0.0 if frames.is_file else SETTLE_SECONDS)  # by the clock
+    due_in_video: float | None = None  # by the video's timestamps: the first frame's, then k * every on
     try:
         for frame in frames:
             result.frames += 1
-            now = clock()
-            if now < due:
-                continue
-            due = now + every
+            in_video = frames.is_file and frames.position is not None
+            if in_video:
+                now = result.video_seconds = frames.position
+                due_in_video = now if due_in_video is None else due_in_video
+                if now < due_in_video:
+                    continue
+                due_in_video += every
+            else:
+                if frames.is_file and result.frames == 1:
+                    log(f"warning: {escape_name(frames.source)}: the video has no timestamps or frame rate; "
+                        "--every is timed by the clock while it is read")
+                now = clock()
+                if now < due:
+                    continue
+                due = now + every
             if not result.saved:
                 # Made at the first photo: a camera that never opened leaves no empty
                 # class folder behind for `noodle train` to trip over.
@@ -365,7 +397,8 @@ def capture(frames: Frames, folder: str | os.PathLike, every: float = 1.0, count
                 raise NoodleError(f"{path}: cannot save the photo ({exc.strerror or exc}); free some "
                                   f"space or give another folder ({len(result.saved)} saved)") from None
             result.saved.append(str(path))
-            out(f"saved {path} ({len(result.saved)}/{count})")
+            at = f", {now:.1f} s into the video" if in_video else ""
+            out(f"saved {escape_name(str(path))} ({len(result.saved)}/{count}{at})")
             if len(result.saved) >= count:
                 break
     except KeyboardInterrupt:

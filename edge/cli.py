@@ -234,17 +234,28 @@ def capture(
     Each photo is the frame's centre square, the view `camera` classifies.
     """
     from edge import camera as cam
+    from edge.text import escape_name
 
     seconds = cam.parse_every(every)
     frames = cam.Frames(source, picamera=picamera, retries=retries)
     done = cam.capture(frames, folder, every=seconds, count=count)
-    print(f"{len(done.saved)} of {count} photo(s) saved in {folder} from {done.frames} frame(s)"
-          + ("; stopped by Ctrl-C" if done.interrupted else "")
-          + ("; the source ended first" if len(done.saved) < count and not (done.interrupted or frames.lost)
-             else ""), file=sys.stderr)
+    video = f" ({done.video_seconds:.1f} s of video)" if done.video_seconds is not None else ""
+    print(f"{len(done.saved)} of {count} photo(s) saved in {escape_name(str(folder))} from {done.frames} "
+          f"frame(s){video}" + ("; stopped by Ctrl-C" if done.interrupted else ""), file=sys.stderr)
     if frames.lost is not None:
         print(f"error: {frames.lost}", file=sys.stderr)
         raise SystemExit(1)
+    if len(done.saved) < count:
+        # Fewer photos than asked for is not success: a script that goes on to train must know.
+        why = "stopped by Ctrl-C"
+        if done.video_seconds is not None and not done.interrupted:
+            why = (f"the video ends at {done.video_seconds:.1f} s, which at --every {every} holds no more; "
+                   "lower --every or --count, or give a longer video")
+        elif not done.interrupted:
+            why = "the source ended first"
+        print(f"error: only {len(done.saved)} of the {count} photo(s) asked for were saved: {why}",
+              file=sys.stderr)
+        raise typer.Exit(130 if done.interrupted else 1)
 
 
 @app.command()

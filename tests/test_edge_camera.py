@@ -282,7 +282,7 @@ def test_capture_saves_square_jpegs_into_a_class_folder(video, tmp_path):
     assert result.exit_code == 0, result.stderr
     saved = sorted(out.iterdir())
     assert len(saved) == 5 and all(p.suffix == ".jpg" and p.name.startswith("cats-") for p in saved)
-    assert result.stdout.splitlines()[-1].startswith(f"saved {out}") and "(5/5)" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith(f"saved {out}") and "(5/5, 0.4 s into" in result.stdout
     with Image.open(saved[0]) as img:
         assert img.format == "JPEG" and img.size == (FRAME[0], FRAME[0])  # the centre square
     assert "5 of 5 photo(s) saved" in result.stderr
@@ -292,11 +292,58 @@ def test_capture_saves_square_jpegs_into_a_class_folder(video, tmp_path):
 
 
 def test_capture_stops_when_the_video_ends_and_says_so(video, tmp_path):
+    """Was: fewer photos than --count, and exit 0."""
     path, count = video
     result = capture_cli(tmp_path / "out" / "dogs", "--source", path, "--every", "0", "--count", "1000")
+    assert result.exit_code == 1, result.stderr
+    saved = len(list((tmp_path / "out" / "dogs").iterdir()))
+    assert saved >= count - 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: only {saved} of the 1000 photo(s) asked for were saved: the video ends at "
+        f"{(saved - 1) / 10:.1f} s, which at --every 0 holds no more; lower --every or --count, or give a "
+        "longer video")
+
+
+def test_capture_from_a_video_is_timed_by_its_timestamps(video, tmp_path):
+    """Was: `--every 1s --count 5` on a 20 s clip saved 1 photo, timed by the clock it was read in."""
+    path, count = video  # 40 frames at 10 fps: 0.0 to 3.9 s
+    out = tmp_path / "cats"
+    result = capture_cli(out, "--source", path, "--every", "500ms", "--count", "5")
     assert result.exit_code == 0, result.stderr
-    assert len(list((tmp_path / "out" / "dogs").iterdir())) >= count - 1
-    assert "the source ended first" in result.stderr
+    assert [line.split("(")[1] for line in result.stdout.splitlines()] == [
+        f"{n}/5, {n / 2 - 0.5:.1f} s into the video)" for n in range(1, 6)]
+    # The photos are the frames at 0, 0.5, 1, 1.5 and 2 s: frames 0, 5, 10, 15 and 20.
+    import cv2
+    reader, frames = cv2.VideoCapture(str(path)), []
+    while (frame := reader.read()[1]) is not None:
+        frames.append(frame)
+    saved = [np.asarray(Image.open(p).convert("RGB"), np.float32) for p in sorted(out.iterdir())]
+    for photo, index in zip(saved, (0, 5, 10, 15, 20), strict=True):
+        distances = [np.abs(photo - camera.crop_square(f)[:, :, ::-1]).mean() for f in frames]
+        assert int(np.argmin(distances)) == index
+    # More than the video holds: what it holds is saved, and the shortfall is an error.
+    short = capture_cli(tmp_path / "dogs", "--source", path, "--every", "1s", "--count", "5")
+    assert short.exit_code == 1 and len(list((tmp_path / "dogs").iterdir())) == 4
+    assert "only 4 of the 5 photo(s) asked for were saved: the video ends at 3.9 s" in short.stderr
+    assert "4 of 5 photo(s) saved in" in short.stderr and "from 40 frame(s) (3.9 s of video)" in short.stderr
+
+
+def test_capture_stopped_by_ctrl_c_says_how_many_and_fails(tmp_path, fake_camera, monkeypatch):
+    fake_camera(FakeCapture(100))
+    monkeypatch.setattr(camera, "SETTLE_SECONDS", 0)
+    saves = iter([None, None, KeyboardInterrupt])
+
+    def interrupted(self, fp, *args, **kwargs):
+        error = next(saves)
+        if error is not None:
+            raise error
+        Path(fp).write_bytes(b"jpeg")
+
+    monkeypatch.setattr(Image.Image, "save", interrupted)
+    result = capture_cli(tmp_path / "cats", "--source", "0", "--every", "0", "--count", "5")
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines()[-1] == ("error: only 2 of the 5 photo(s) asked for were saved: "
+                                                      "stopped by Ctrl-C")
 
 
 def test_capture_every_is_a_time_between_saved_frames(tmp_path, fake_camera):
