@@ -55,7 +55,7 @@ RECORDED    := $(if $(TOLD),,$(shell sed -n 1p $(LAST_EXPORT) 2>/dev/null))
 BUNDLE_RUN   = $(or $(RECORDED),$(RUN))
 BUNDLE_DATA := $(if $(RECORDED),$(shell sed -n 2p $(LAST_EXPORT)),$(DATA_DIR))
 
-.PHONY: setup edge-env data train trained exported export bundle bundle-which pi-check pi-tools bench test lint clean help
+.PHONY: setup edge-env data train trained exported export bundle bundle-which pi-check pi-tools bench test test-tools lint clean help
 
 help:
 	@sed -n '1,10p' Makefile
@@ -65,7 +65,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[train,litert,litert-quantizer,camera,dev]'
+	$(BIN)/pip install --quiet -e '.[train,litert,litert-quantizer,camera,serve,dev]'
 	touch $@
 
 # The device's environment: the edge package and its interpreter only, no
@@ -174,8 +174,15 @@ bench: setup edge-env
 lint: setup
 	$(BIN)/ruff check .
 
+# The real services the serve tests start: Debian's mosquitto (tests/test_serve_mqtt.py)
+# and headless Chromium (tests/test_serve_browser.py).
+test-tools:
+	@{ command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null && command -v chromium >/dev/null || \
+	{ $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto chromium; }
+
 # edge-env: the export tests run every model under tflite-runtime 2.14 in it.
-test: setup lint edge-env
+test: setup lint edge-env test-tools
 	$(BIN)/python -m pytest
 
 clean:
