@@ -29,7 +29,7 @@ import typer
 
 from edge.bench import loadavg, rss_mb
 from edge.errors import NoodleError, one_line_errors
-from edge.manifest import RunDir, load_run
+from edge.manifest import ExportManifest, RunDir, load_export, load_run
 from export.check import ChildFailed, run_json
 from train.fit import read_history
 
@@ -114,12 +114,12 @@ def run_bench(repeats: int = REPEATS, photos: Path | None = None, run: Path | No
     warm(files + [str(p) for p in models.values() if p])
     workers = default_workers()
     log(f"comparing on {len(files)} photos from {folder}, {repeats} repeat(s), {workers} decode thread(s)")
-    size = (manifest["input"]["height"], manifest["input"]["width"])
     keras_model = RunDir(run_dir).model
-    report["sides"] = sides(envs, models, keras_model, [str(folder)], size, workers, repeats, log)
+    report["sides"] = sides(envs, models, keras_model, [str(folder)], manifest.input.size, workers, repeats,
+                            log)
     report["cold_start"] = cold_start(envs, models.get("int8"), keras_model, files[0], repeats, log)
-    report["sizes"] = {v: e["bytes"] for v, e in manifest["models"].items() if v in VARIANTS}
-    report["failed_variants"] = {v: m for v, m in manifest.get("failed", {}).items() if v in VARIANTS}
+    report["sizes"] = {v: e.bytes for v, e in manifest.models.items() if v in VARIANTS}
+    report["failed_variants"] = {v: m for v, m in (manifest.failed or {}).items() if v in VARIANTS}
     runs = [(c["data"], Path(c["run"]), "this bench's clock") for c in report["clock"].get("runs", [])
             if "failed" not in c]
     report["training"] = training(runs or [(str(run_dir), run_dir, "the run's own history.csv")])
@@ -287,13 +287,11 @@ def accuracy(run: Path) -> dict:
 
 # --- the run and the photos ------------------------------------------------------------------
 
-def exported_run(run: Path) -> tuple[Path, dict, dict]:
-    from edge.manifest import read_manifest
-
+def exported_run(run: Path) -> tuple[Path, dict, ExportManifest]:
     if not RunDir(run).model.is_file():
         raise BenchError(f"{run}: no model.keras; pass a run folder written by `noodle train`")
-    manifest = read_manifest(RunDir(run).export_manifest)
-    models = {v: RunDir(run).export / manifest["models"][v]["file"] if v in manifest["models"] else None
+    manifest = load_export(RunDir(run).export_manifest)
+    models = {v: RunDir(run).export / manifest.models[v].file if v in manifest.models else None
               for v in VARIANTS}
     if not any(models.values()):
         raise BenchError(f"{run}/export: neither int8 nor float32 was exported; run `noodle export {run}`")
@@ -302,10 +300,9 @@ def exported_run(run: Path) -> tuple[Path, dict, dict]:
 
 def photo_list(photos: Path | None, run: Path | None) -> tuple[Path, list[str]]:
     from edge.files import expand
-    from edge.manifest import read_manifest
 
     if photos is None:
-        root = read_manifest(run).get("data", {}).get("root")
+        root = (load_run(run).data or {}).get("root")
         candidates = [rel(SHARED / "test")] + ([Path(root) / "test"] if root else [])
         photos = next((c for c in candidates if c.is_dir()), None)
         if photos is None:
@@ -405,13 +402,14 @@ def training(runs: list[tuple[str, Path, str]]) -> list[dict]:
     """Images/s per epoch from each run's history.csv: the first epoch (plus decoding), the rest."""
     rows = []
     for label, run, source in runs:
-        manifest = load_run(run).to_dict()
+        manifest = load_run(run)
+        metrics = manifest.metrics or {}
         history = read_history(RunDir(run).history)
         row = {"data": label, "run": str(run), "source": source,
-               "device": manifest["training"].get("device", "CPU"),
-               "train_images": manifest["metrics"].get(
-                   "train_images", sum(manifest["data"]["counts"]["train"].values())),
-               "decode_seconds": manifest["metrics"].get("decode_seconds"), "epochs": len(history)}
+               "device": (manifest.training or {}).get("device", "CPU"),
+               "train_images": metrics.get(
+                   "train_images", sum((manifest.data or {})["counts"]["train"].values())),
+               "decode_seconds": metrics.get("decode_seconds"), "epochs": len(history)}
         if not history:
             row["not_measured"] = f"{run} has no history.csv"
         elif "images_per_second" not in history[0]:

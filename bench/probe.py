@@ -83,7 +83,9 @@ def _label(probs, labels: list[str]) -> tuple[str, float]:
 
 
 def _labels(model_path: Path) -> list[str]:
-    return json.loads((model_path.parent / "manifest.json").read_text())["labels"]
+    from edge.manifest import load_run
+
+    return load_run(model_path.parent).labels
 
 
 def seed_loop(model_path: Path, photos: list[str]) -> dict:

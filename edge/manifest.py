@@ -413,6 +413,11 @@ class InputSpec(_Schema):
                    f.at("channels", _one_of(CHANNELS)), f.at("dtype", _text, required=False),
                    tuple(value_range) if value_range is not None else None)
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width), as decode and the interpreter take it."""
+        return self.height, self.width
+
     def to_dict(self) -> dict:
         out = {"height": self.height, "width": self.width, "channels": self.channels}
         if self.dtype is not None:
@@ -678,7 +683,11 @@ def _load(path: str | os.PathLike) -> tuple[Path, dict]:
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
-    """Read a manifest file (or the one inside a folder) as a dict, checked against its schema."""
+    """A manifest file (or the one inside a folder) as its JSON document, checked against its schema.
+
+    For what rewrites the document itself (the tests' hand-made manifests); readers use
+    `load_run` and `load_export`, which return the typed manifest.
+    """
     path, manifest = _load(path)
     MANIFESTS[manifest["kind"]].from_dict(manifest, str(path))
     return manifest
@@ -701,6 +710,3 @@ def load_export(path: str | os.PathLike) -> ExportManifest:
     """RUN/export/manifest.json (or the file named) as a checked ExportManifest."""
     return _typed(path, ExportManifest)
 
-
-def image_size(manifest: dict) -> tuple[int, int]:
-    return int(manifest["input"]["height"]), int(manifest["input"]["width"])

@@ -44,10 +44,10 @@ from edge.files import check_per_core
 from edge.manifest import (
     MANIFEST_NAME,
     EmbeddedMetadata,
-    InputSpec,
+    ExportManifest,
     ManifestError,
-    image_size,
-    read_manifest,
+    ModelEntry,
+    load_export,
 )
 from edge.postprocess import ranked, widen
 from edge.preprocess import load_image
@@ -172,17 +172,16 @@ def _load_errors(path: Path, runtime: str):
                          "re-export it with `noodle export`") from None
 
 
-def model_entry(manifest: dict, model_path: Path, sha256: str) -> tuple[str, dict]:
+def model_entry(manifest: ExportManifest, model_path: Path, sha256: str) -> tuple[str, ModelEntry]:
     """The manifest's entry (variant name, details) for this model file.
 
     By file name; for a renamed copy, by its sha256.
     """
-    models = manifest.get("models", {})
-    for variant, entry in models.items():
-        if entry.get("file") == model_path.name:
+    for variant, entry in manifest.models.items():
+        if entry.file == model_path.name:
             return variant, entry
-    for variant, entry in models.items():
-        if entry.get("sha256") == sha256:
+    for variant, entry in manifest.models.items():
+        if entry.sha256 == sha256:
             return variant, entry
     raise ManifestError(f"{model_path}: not listed in its manifest, by name or sha256; copy the "
                         "manifest.json that `noodle export` wrote beside this model")
@@ -204,16 +203,15 @@ def embedded_metadata(model: ModelFile, path: Path) -> EmbeddedMetadata | None:
         raise ModelError(str(exc)) from None
 
 
-def _describe(labels: list, spec: dict, output: str, preprocessing: dict) -> dict:
+def _describe(described: ExportManifest | EmbeddedMetadata) -> dict:
     """What the manifest and the embedded metadata must agree on."""
-    return {"labels": list(labels), "input": InputSpec(spec["height"], spec["width"], spec["channels"]),
-            "output": output, "preprocessing": (preprocessing["name"], preprocessing["version"])}
+    spec, preprocessing = described.input, described.preprocessing
+    return {"labels": described.labels, "input": (spec.height, spec.width, spec.channels),
+            "output": described.output, "preprocessing": (preprocessing.name, preprocessing.version)}
 
 
-def _agree(path: Path, manifest: dict, embedded: EmbeddedMetadata) -> None:
-    ours = _describe(manifest["labels"], manifest["input"], manifest["output"], manifest["preprocessing"])
-    theirs = _describe(embedded.labels, embedded.input.to_dict(), embedded.output,
-                       embedded.preprocessing.to_dict())
+def _agree(path: Path, manifest: ExportManifest, embedded: EmbeddedMetadata) -> None:
+    ours, theirs = _describe(manifest), _describe(embedded)
     wrong = [key for key in ours if ours[key] != theirs[key]]
     if wrong:
         key = wrong[0]
@@ -241,7 +239,7 @@ def _not_probabilities(out: np.ndarray) -> str | None:
 class Classifier:
     """One loaded model: labels, input size and quantization from the model and manifest."""
 
-    def __init__(self, model_path: str | os.PathLike, manifest: dict | None = None,
+    def __init__(self, model_path: str | os.PathLike, manifest: ExportManifest | None = None,
                  threads: int | None = None, runtime: str | None = None, allow_unverified: bool = False):
         """manifest: the export manifest, read from beside the model when not given.
         allow_unverified: run a model whose manifest entry has no sha256, with a warning.
@@ -251,25 +249,25 @@ class Classifier:
         embedded = embedded_metadata(model, self.path)
         sidecar = self.path.parent / MANIFEST_NAME
         if manifest is None and sidecar.is_file():
-            manifest = read_manifest(sidecar)
+            manifest = load_export(sidecar)
         elif manifest is None and embedded is None:
             raise ManifestError(f"{sidecar}: no manifest, and {self.path.name} does not describe itself; "
                                 "keep the manifest.json `noodle export` wrote beside the model")
         if manifest is not None:
             self.variant = self._check_entry(manifest, model, allow_unverified)
-            self.labels: list[str] = list(manifest["labels"])
-            self.size = image_size(manifest)
+            self.labels: list[str] = list(manifest.labels)
+            self.size = manifest.input.size
             # Where the labels came from, for messages.
             self.described_by = "manifest"
-            record = manifest.get("validation")
+            record = manifest.validation
             self.validation: str | None = (("passed" if record.get("passed") else "did not pass")
-                                           if isinstance(record, dict) else "never finished")
+                                           if record is not None else "never finished")
         else:
             if embedded.weights_sha256 != model.weights_sha256():
                 raise ModelError(f"{self.path}: its weights differ from the sha256 its embedded metadata "
                                  "records; the file was altered: copy it again from its export")
             self.variant, self.labels = embedded.variant, list(embedded.labels)
-            self.size = (embedded.input.height, embedded.input.width)
+            self.size = embedded.input.size
             self.described_by = "embedded metadata"
             self.validation = None  # a lone file records no validation
         self._check_shapes(model)
@@ -291,17 +289,17 @@ class Classifier:
         # "probabilities" until a row says otherwise, then "logits" for good.
         self.scores = "probabilities"
 
-    def _check_entry(self, manifest: dict, model: ModelFile, allow_unverified: bool) -> str:
+    def _check_entry(self, manifest: ExportManifest, model: ModelFile, allow_unverified: bool) -> str:
         """The variant of this file in `manifest`, its sha256 checked."""
         sha256 = hashlib.sha256(model.data).hexdigest()
         variant, entry = model_entry(manifest, self.path, sha256)
-        if not entry.get("sha256"):
+        if not entry.sha256:
             if not allow_unverified:
                 raise ModelError(f"{self.path}: its manifest entry has no sha256, so the file cannot be "
                                  "checked; re-run `noodle export`, or pass --no-verify to run it unchecked")
             print(f"warning: {self.path}: not verified (its manifest entry has no sha256); "
                   "answers from an altered file would be wrong", file=sys.stderr)
-        elif entry["sha256"] != sha256:
+        elif entry.sha256 != sha256:
             raise ModelError(f"{self.path}: sha256 differs from its manifest; the file was altered "
                              "or belongs to another export; copy both from the same export")
         return variant

@@ -87,8 +87,8 @@ def export_command(
     if max_drop is not None:
         _gate(run_dir, max_drop, test, data, diagnosis is not None, calibration_samples,
               calibration_split.value, io)
-    if manifest["failed"]:
-        raise ExportFailed("; ".join(f"{v}: {m}" for v, m in manifest["failed"].items()))
+    if manifest.failed:
+        raise ExportFailed("; ".join(f"{v}: {m}" for v, m in manifest.failed.items()))
 
 
 def check_max_drop(max_drop: float | None) -> None:

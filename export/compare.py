@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.bench import loadavg
-from edge.manifest import RunDir, image_size, read_manifest, write_bytes, write_json
+from edge.manifest import ExportManifest, RunDir, RunManifest, load_export, write_bytes, write_json
 from edge.postprocess import predicted_index
 from edge.runtime import Classifier
 from edge.text import TABLE_WIDTH, csv_cell, markdown
@@ -88,19 +88,19 @@ class Scores:
     device_rows: np.ndarray | None = None
 
 
-def evaluation_photos(train_manifest: dict, data=None, test=None) -> Photos:
+def evaluation_photos(train_manifest: RunManifest, data=None, test=None) -> Photos:
     """`test` (a labelled folder or CSV) when given, else the training data's held-out split."""
     if test is not None:
         from train.data import read_labelled
 
-        items, skipped = read_labelled(Path(test), list(train_manifest["labels"]))
+        items, skipped = read_labelled(Path(test), train_manifest.labels)
         return Photos(source=str(test), split="external", items=items, skipped=skipped)
     dataset = evaluation_data(train_manifest, data)
     split = "test" if dataset.splits.get("test") else "val"
     return Photos(source=str(dataset.root), split=split, items=list(dataset.splits[split]))
 
 
-def score(out: Path, manifest: dict, photos: Photos, edge=None) -> Scores:
+def score(out: Path, manifest: ExportManifest, photos: Photos, edge=None) -> Scores:
     """Every listed variant's probabilities on the photos, decoded once, under both runtimes.
 
     ai-edge-litert in this process, every photo; tflite-runtime 2.14 in the
@@ -110,30 +110,30 @@ def score(out: Path, manifest: dict, photos: Photos, edge=None) -> Scores:
 
     from train.data import decode
 
-    decoded = decode(photos.items, image_size(manifest))
+    decoded = decode(photos.items, manifest.input.size)
     if not len(decoded.y):
         raise ExportError(f"{photos.source}: no readable photos to score the variants on")
     photos.skipped = photos.skipped + decoded.skipped
-    files_sha256 = {v: e["sha256"] for v, e in manifest["models"].items()}
+    files_sha256 = {v: e.sha256 for v, e in manifest.models.items()}
     # The photos validation scored, with these files: its figures, not a second run of every file.
     saved = None if photos.split == "external" else load_scores(RunDir(out.parent), decoded.files,
                                                                 files_sha256)
-    if saved is not None and all(f"litert/{v}" in saved for v in manifest["models"]):
+    if saved is not None and all(f"litert/{v}" in saved for v in manifest.models):
         scores = Scores(photos, decoded.files, decoded.x, decoded.y,
-                        {v: saved[f"litert/{v}"] for v in manifest["models"]})
+                        {v: saved[f"litert/{v}"] for v in manifest.models})
         if "device/rows" in saved:
             scores.device_rows = saved["device/rows"]
-            scores.device_probs = {v: saved[f"device/{v}"] for v in manifest["models"]
+            scores.device_probs = {v: saved[f"device/{v}"] for v in manifest.models
                                    if f"device/{v}" in saved}
             scores.device_runtime = saved_runtime(RunDir(out.parent))
         return scores
-    probs = {variant: Classifier(out / entry["file"], manifest=manifest, runtime=RUNTIME)
+    probs = {variant: Classifier(out / entry.file, manifest=manifest, runtime=RUNTIME)
              .probabilities(decoded.x).astype(np.float64)
-             for variant, entry in manifest["models"].items()}
+             for variant, entry in manifest.models.items()}
     scores = Scores(photos, decoded.files, decoded.x, decoded.y, probs)
     python = edge_python(edge)
     if python is not None:
-        models = {v: out / e["file"] for v, e in manifest["models"].items()}
+        models = {v: out / e.file for v, e in manifest.models.items()}
         scores.device_rows = edge_sample(decoded.y)
         with tempfile.TemporaryDirectory(prefix="noodle-score-") as tmp:
             report = run_edge_check(python, list(models.values()), decoded.x[scores.device_rows], Path(tmp))
@@ -193,7 +193,7 @@ def paired_figures(run_dir: Path, data=None, test=None, edge=None) -> tuple[Scor
     train_manifest = read_run(run_dir)
     manifest = _export_manifest(run_dir)
     scores = score(RunDir(run_dir).export, manifest, evaluation_photos(train_manifest, data, test), edge)
-    return scores, accuracy_figures(scores, list(manifest["labels"]))
+    return scores, accuracy_figures(scores, manifest.labels)
 
 
 def write_predictions(scores: Scores, labels: list[str], dest: Path) -> None:
@@ -250,20 +250,20 @@ def gate(figures: dict[str, dict], max_drop: float) -> list[str]:
     return lines
 
 
-def _export_manifest(run_dir: Path) -> dict:
+def _export_manifest(run_dir: Path) -> ExportManifest:
     run = RunDir(run_dir)
     if not run.export.is_dir():
         raise ExportError(f"{run.export}: no export yet; run `noodle export {run_dir}` first")
-    manifest = read_manifest(run.export_manifest)
-    if not manifest.get("models"):
+    manifest = load_export(run.export_manifest)
+    if not manifest.models:
         raise ExportError(f"{run.export_manifest}: lists no models; run `noodle export {run_dir}`")
     return manifest
 
 
-def _validation(run_dir: Path, manifest: dict, data, edge, log) -> dict:
+def _validation(run_dir: Path, manifest: ExportManifest, data, edge, log) -> dict:
     """validation.json if it describes these exact files; otherwise validate again."""
     path = RunDir(run_dir).validation
-    current = {v: e["sha256"] for v, e in manifest["models"].items()}
+    current = {v: e.sha256 for v, e in manifest.models.items()}
     if path.is_file():
         report = json.loads(path.read_text())
         if report.get("files_sha256") == current:
@@ -272,7 +272,7 @@ def _validation(run_dir: Path, manifest: dict, data, edge, log) -> dict:
     return validate_export(run_dir, data=data, edge=edge, log=log)
 
 
-def measure(out: Path, manifest: dict, edge, runs: int, log) -> tuple[dict, dict]:
+def measure(out: Path, manifest: ExportManifest, edge, runs: int, log) -> tuple[dict, dict]:
     """Latency and peak memory per variant, each in its own process."""
     python = edge_python(edge)
     runtime = "tflite-runtime" if python else RUNTIME
@@ -280,14 +280,14 @@ def measure(out: Path, manifest: dict, edge, runs: int, log) -> tuple[dict, dict
     threads = sorted({1, os.cpu_count() or 1})
     results, info = {}, {"runtime": runtime, "threads": threads}
     with tempfile.TemporaryDirectory(prefix="noodle-bench-") as tmp:
-        for variant, entry in manifest["models"].items():
-            path = out / entry["file"]
+        for variant, entry in manifest.models.items():
+            path = out / entry.file
             report = run_edge_check(python, [path], None, Path(tmp), runtime=runtime, latency=runs,
                                     threads=",".join(map(str, threads)), latency_budget=LATENCY_BUDGET_S)
             results[variant] = report["models"][str(path)]
             info.update(version=report["version"], python=report["python"],
                         baseline_rss_mb=report["baseline_rss_mb"])
-            log(f"measured {entry['file']}")
+            log(f"measured {entry.file}")
     return results, info
 
 
@@ -311,20 +311,21 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     photos = scores.photos
     log(f"scored every variant on {len(scores.y)} photos from {photos.source} ({photos.split})")
     bench, bench_info = measure(out, manifest, edge, latency_runs, log)
-    base_bytes = manifest["models"].get(REFERENCE, {}).get("bytes")
+    base = manifest.entry(REFERENCE)
+    base_bytes = base.bytes if base else None
     rows = []
-    for variant, entry in manifest["models"].items():
+    for variant, entry in manifest.models.items():
         v, b = validation["variants"].get(variant, {}), bench[variant]
         rows.append({
-            "variant": variant, "file": entry["file"], "bytes": entry["bytes"],
-            "size_vs_float32": entry["bytes"] / base_bytes if base_bytes else None,
+            "variant": variant, "file": entry.file, "bytes": entry.bytes,
+            "size_vs_float32": entry.bytes / base_bytes if base_bytes else None,
             **figures[variant],
             "latency_ms": b.get("latency_ms"), "peak_rss_mb": b.get("peak_rss_mb"),
-            "fully_integer": b.get("fully_integer", entry.get("fully_integer")),
-            "input": entry["input"], "output": entry["output"],
+            "fully_integer": b.get("fully_integer", entry.fully_integer),
+            "input": entry.input.to_dict(), "output": entry.output.to_dict(),
             "runtimes": {**v.get("runtimes", {}), bench_info["runtime"]: {"ok": b["ok"]}},
         })
-    labels = list(manifest["labels"])
+    labels = manifest.labels
     write_predictions(scores, labels, run.predictions)
     sheet = draw.disagreements(scores, labels, run.disagreements, SHEET_VARIANT, REFERENCE,
                                top_shifts)
@@ -334,7 +335,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
                  "skipped": photos.skipped},
         # The Keras model on the whole split, as training scored it (validation checks
         # float32 against Keras on a sample only: export.validate.EDGE_SAMPLE).
-        "keras_accuracy": trained.get("metrics", {}).get(validation["split"], {}).get(
+        "keras_accuracy": (trained.metrics or {}).get(validation["split"], {}).get(
             "accuracy", validation["keras"]["accuracy"]),
         "labels": labels,
         "validation": {"split": validation["split"], "count": validation["count"]},
@@ -344,11 +345,11 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
                        "test": "McNemar exact, two-sided binomial on the discordant photos",
                        "alpha": stats.ALPHA,
                        "predicted": "argmax; an exact tie goes to the lowest class index"},
-        "calibration": {v: e["calibration"] for v, e in manifest["models"].items() if e.get("calibration")},
+        "calibration": {v: e.calibration for v, e in manifest.models.items() if e.calibration},
         "benchmark": {**bench_info, "runs": latency_runs, "budget_s": LATENCY_BUDGET_S,
                       "machine": platform.machine(),
                       "cpus": os.cpu_count(), "loadavg": loadavg()},
-        "rows": rows, "failed": manifest.get("failed", {}),
+        "rows": rows, "failed": manifest.failed or {},
         "predictions": run.predictions.name,
         "disagreements": sheet,
         "figures": {"confusion": draw.confusion_figure(rows, labels, run.confusion),

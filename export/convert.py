@@ -29,11 +29,10 @@ from edge.manifest import (
     RunManifest,
     atomic_output,
     load_export,
-    read_manifest,
+    load_run,
     sha256_file,
     write_json,
 )
-from edge.manifest import image_size as manifest_image_size
 from export.check import describe
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -78,16 +77,13 @@ class ExportFailed(NoodleError):
 
 # ---------------------------------------------------------------- the run folder
 
-def read_run(run_dir: str | os.PathLike) -> dict:
+def read_run(run_dir: str | os.PathLike) -> RunManifest:
     """The training manifest of RUN_DIR, checked to be one `noodle train` wrote."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: no such run folder; train one with "
                           f"`noodle train DATA --out {run_dir}` (or `make export`)")
-    manifest = read_manifest(run_dir)
-    if manifest.get("kind") != "model":
-        raise ExportError(f"{run_dir / MANIFEST_NAME}: a {manifest.get('kind')!r} manifest, not a "
-                          "training run's; pass the run folder that `noodle train` wrote")
+    manifest = load_run(run_dir)
     if not RunDir(run_dir).model.is_file():
         raise ExportError(f"{RunDir(run_dir).model}: no model in the run folder; "
                           f"re-run `noodle train DATA --out {run_dir}`")
@@ -97,7 +93,7 @@ def read_run(run_dir: str | os.PathLike) -> dict:
 _LOADED: dict[tuple, object] = {}
 
 
-def load_model(run_dir: Path, manifest: dict):
+def load_model(run_dir: Path, manifest: RunManifest):
     """The Keras model, checked to take (batch, height, width, 3) images as the manifest says.
 
     Loaded once per process and file (export, then validation: 13 s each for
@@ -116,7 +112,7 @@ def load_model(run_dir: Path, manifest: dict):
         raise ExportError(f"{path}: cannot load the model ({first_line(exc)}); "
                           f"re-run `noodle train DATA --out {run_dir}`") from None
     shape = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None
-    expected = (*manifest_image_size(manifest), 3)
+    expected = (*manifest.input.size, 3)
     if shape is None or len(shape) != 4 or tuple(shape[1:]) != expected:
         raise ExportError(f"{path}: input {shape if shape else len(model.inputs)} is not the "
                           f"image (batch, {', '.join(map(str, expected))}) its manifest describes; "
@@ -126,23 +122,24 @@ def load_model(run_dir: Path, manifest: dict):
 
 # ------------------------------------------------------------- calibration pixels
 
-def evaluation_data(manifest: dict, data: str | os.PathLike | None = None):
+def evaluation_data(manifest: RunManifest, data: str | os.PathLike | None = None):
     """The training data set of a run, found again from its manifest (or `data`)."""
     from train.data import find_dataset
 
-    root = Path(data) if data is not None else Path(manifest.get("data", {}).get("root", ""))
+    record = manifest.data or {}
+    root = Path(data) if data is not None else Path(record.get("root", ""))
     if not root.exists() or str(root) in ("", "."):
         raise ExportError(f"training data {str(root) or '(none recorded)'} not found; calibration and "
                           "validation need it: pass --data PATH (the folder the model was trained on)")
     # The CSV column options training was given, so the same photos are found again.
-    options = manifest.get("data", {}).get("options", {}) if data is None else {}
+    options = record.get("options", {}) if data is None else {}
     dataset = find_dataset(root, **options)
-    if dataset.classes != list(manifest["labels"]):
+    if dataset.classes != manifest.labels:
         raise ExportError(f"{root}: classes {dataset.classes} but the model was trained on "
-                          f"{manifest['labels']}; pass the training data with --data")
+                          f"{manifest.labels}; pass the training data with --data")
     # A test split carved from photos that changed since training is another
     # draw: some of its photos may have been trained on.
-    recorded = manifest.get("data", {}).get("split_digests", {}).get("test")
+    recorded = record.get("split_digests", {}).get("test")
     if (data is None and recorded and dataset.sources["test"] != "given"
             and dataset.split_digests["test"] != recorded):
         raise ExportError(f"{root}: its photos changed since training, so the test split carved from "
@@ -151,7 +148,7 @@ def evaluation_data(manifest: dict, data: str | os.PathLike | None = None):
     return dataset
 
 
-def calibration_pixels(manifest: dict, samples: int = CALIBRATION_SAMPLES,
+def calibration_pixels(manifest: RunManifest, samples: int = CALIBRATION_SAMPLES,
                        seed: int = CALIBRATION_SEED, data: str | os.PathLike | None = None,
                        split: str = CALIBRATION_SPLIT) -> np.ndarray:
     """`samples` photos of `split`, shuffled, decoded exactly as training decoded them.
@@ -166,7 +163,7 @@ def calibration_pixels(manifest: dict, samples: int = CALIBRATION_SAMPLES,
         raise ExportError(f"--calibration-split {split}: choose {' or '.join(CALIBRATION_SPLITS)}")
     items = list(evaluation_data(manifest, data).splits.get(split, []))
     random.Random(seed).shuffle(items)
-    decoded = decode(items[:samples], manifest_image_size(manifest))
+    decoded = decode(items[:samples], manifest.input.size)
     if not len(decoded.x):
         raise ExportError(f"no readable {split} photos to calibrate int8 on; check --data")
     return decoded.x.astype(np.float32)
@@ -290,7 +287,7 @@ def inspect(path: Path) -> dict:
     return info
 
 
-def write_model(run: RunDir, variant: str, blob: bytes, described: dict) -> dict:
+def write_model(run: RunDir, variant: str, blob: bytes, described: RunManifest | ExportManifest) -> dict:
     """Write RUN/export/<variant>.tflite with its description embedded; return its manifest entry.
 
     Labels, input, output kind and preprocessing go inside the file (its
@@ -299,8 +296,8 @@ def write_model(run: RunDir, variant: str, blob: bytes, described: dict) -> dict
     """
     from export.metadata import embed
 
-    blob = embed(blob, {"variant": variant,
-                        **{k: described[k] for k in ("labels", "input", "output", "preprocessing")}})
+    blob = embed(blob, {"variant": variant, "labels": described.labels, "input": described.input.to_dict(),
+                        "output": described.output, "preprocessing": described.preprocessing.to_dict()})
     dest = run.tflite(variant)
     with atomic_output(dest) as tmp:
         tmp.write_bytes(blob)
@@ -339,7 +336,7 @@ def parse_variants(variants) -> list[str]:
 def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
                calibration_samples: int = CALIBRATION_SAMPLES, io: str = "uint8", log=print,
                calibration: np.ndarray | None = None, data: str | os.PathLike | None = None,
-               calibration_split: str = CALIBRATION_SPLIT) -> dict:
+               calibration_split: str = CALIBRATION_SPLIT) -> ExportManifest:
     """Write RUN_DIR/export/ and return its manifest.
 
     calibration: float32 pixels (n, h, w, 3) to calibrate int8 on instead of
@@ -356,8 +353,8 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
         raise ExportError(f"--io {io}: choose uint8 (raw camera pixels) or int8")
     if calibration_samples < 1:
         raise ExportError(f"--calibration-samples {calibration_samples}: must be at least 1")
-    train_manifest = read_run(run_dir)
-    model = load_model(run_dir, train_manifest)
+    trained = read_run(run_dir)
+    model = load_model(run_dir, trained)
     import keras
     import tensorflow as tf
 
@@ -365,7 +362,7 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     out = run.export
     out.mkdir(parents=True, exist_ok=True)
     source = {"model": run.model.name, "sha256": sha256_file(run.model),
-              "arch": train_manifest.get("arch"), "params": train_manifest.get("params")}
+              "arch": trained.arch, "params": trained.params}
     models = _reusable_entries(run, source["sha256"], keep=[v for v in VARIANTS if v not in variants])
     # From here until the new manifest is written, the folder has none: a killed
     # export is never mistaken for a complete one with stale checksums.
@@ -379,7 +376,7 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     calibration_info = None
     if "int8" in variants:
         if calibration is None:
-            calibration = calibration_pixels(train_manifest, calibration_samples, data=data,
+            calibration = calibration_pixels(trained, calibration_samples, data=data,
                                              split=calibration_split)
             calibration_info = {"samples": len(calibration), "requested": calibration_samples,
                                 "split": calibration_split, "from": f"{calibration_split} split",
@@ -409,11 +406,12 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
         try:
             if isinstance(blobs[variant], BaseException):
                 raise blobs[variant]
-            models[variant] = write_model(run, variant, blobs[variant], train_manifest)
+            entry = write_model(run, variant, blobs[variant], trained)
             if variant == "int8":
-                models[variant]["calibration"] = calibration_info
+                entry["calibration"] = calibration_info
             if variant == "dynamic":
-                models[variant]["compatibility"] = COMPATIBILITY
+                entry["compatibility"] = COMPATIBILITY
+            models[variant] = ModelEntry.from_dict(entry, f"models.{variant}")
         except OutputError:  # a full disk fails every variant after it too: stop, in one line
             raise
         except Exception as exc:  # one variant's converter error must not lose the others
@@ -422,12 +420,11 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
             dest.unlink(missing_ok=True)
             log(f"failed   {dest.name}: {failed[variant]}")
             continue
-        log(f"wrote    {dest}  ({models[variant]['bytes']:,} bytes)")
+        log(f"wrote    {dest}  ({models[variant].bytes:,} bytes)")
     for stale in VARIANTS:
         if stale not in models:
             run.tflite(stale).unlink(missing_ok=True)
 
-    trained = RunManifest.from_dict(train_manifest, str(run_dir / MANIFEST_NAME))
     manifest = ExportManifest(
         labels=trained.labels,
         # The .tflite files take pixels as the device gives them, whatever Keras saw.
@@ -436,17 +433,17 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
         preprocessing=trained.preprocessing,
         source=source,
         converter={"tensorflow": tf.__version__, "keras": keras.__version__},
-        models={v: ModelEntry.from_dict(models[v], f"models.{v}") for v in VARIANTS if v in models},
+        models={v: models[v] for v in VARIANTS if v in models},
         saved_model=None if "saved_model" in failed else "saved_model/",
         failed=failed,
         # Filled in by record_validation; until then the export is not fit to ship.
         validation=None,
     )
     write_json(out / MANIFEST_NAME, manifest.to_dict())
-    return manifest.to_dict()
+    return manifest
 
 
-def record_validation(run_dir: str | os.PathLike, report: dict, log=print) -> dict:
+def record_validation(run_dir: str | os.PathLike, report: dict, log=print) -> ExportManifest:
     """Export's verdict on its own files, from validation's report; returns the new manifest.
 
     A file some runtime could not load or run leaves the manifest and the
@@ -471,22 +468,22 @@ def record_validation(run_dir: str | os.PathLike, report: dict, log=print) -> di
         "runtimes": report["runtimes"],
     }
     write_json(out / MANIFEST_NAME, manifest.to_dict())
-    return manifest.to_dict()
+    return manifest
 
 
-def _reusable_entries(run: RunDir, source_sha: str, keep: list[str]) -> dict:
+def _reusable_entries(run: RunDir, source_sha: str, keep: list[str]) -> dict[str, ModelEntry]:
     """Entries of a previous export of the same model for variants not being redone."""
     try:
-        previous = read_manifest(run.export_manifest)
+        previous = load_export(run.export_manifest)
     except NoodleError:
         return {}
-    if previous.get("source", {}).get("sha256") != source_sha:
+    if previous.source.get("sha256") != source_sha:
         return {}
     kept = {}
     for variant in keep:
-        entry = previous.get("models", {}).get(variant)
+        entry = previous.entry(variant)
         path = run.tflite(variant)
-        if entry and path.is_file() and sha256_file(path) == entry.get("sha256"):
+        if entry and path.is_file() and sha256_file(path) == entry.sha256:
             kept[variant] = entry
     return kept
 

@@ -37,7 +37,7 @@ def add_variant(run_dir: Path, variant: str, blob: bytes, log=print, **details) 
     """Write RUN/export/<variant>.tflite and list it in the export manifest; return its entry."""
     run = RunDir(run_dir)
     manifest = load_export(run.export_manifest)
-    entry = {**write_model(run, variant, blob, manifest.to_dict()), **details}
+    entry = {**write_model(run, variant, blob, manifest), **details}
     dest = run.tflite(variant)
     manifest.models[variant] = ModelEntry.from_dict(entry, f"models.{variant}")
     manifest.failed.pop(variant, None)

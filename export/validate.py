@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import first_line
-from edge.manifest import RunDir, read_manifest, sha256_file, write_bytes, write_json
+from edge.manifest import ExportManifest, RunDir, load_export, sha256_file, write_bytes, write_json
 from edge.postprocess import predicted_index
 from edge.runtime import Classifier, RuntimeMissing, package_version
 from export.check import ChildFailed, run_json
@@ -129,19 +129,17 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
     train_manifest = read_run(run_dir)
     run = RunDir(run_dir)
     out = run.export
-    manifest = read_manifest(out)
-    if manifest.get("kind") != "export":
-        raise ExportError(f"{out}: not an export; run `noodle export {run_dir}`")
-    if manifest["source"]["sha256"] != sha256_file(run.model):
+    manifest = load_export(out)
+    if manifest.source.get("sha256") != sha256_file(run.model):
         raise ExportError(f"{out}: exported from another model.keras (retrained since?); "
                           f"run `noodle export {run_dir}` again")
-    if not manifest["models"]:
+    if not manifest.models:
         raise ExportFailed(f"{out}: no variant was written ("
-                           + "; ".join(f"{v}: {m}" for v, m in manifest["failed"].items()) + ")")
+                           + "; ".join(f"{v}: {m}" for v, m in (manifest.failed or {}).items()) + ")")
     dataset = evaluation_data(train_manifest, data)
     split = "test" if dataset.splits.get("test") else "val"
-    decoded = decode(dataset.splits[split], (manifest["input"]["height"], manifest["input"]["width"]))
-    x, y, labels = decoded.x, decoded.y, list(manifest["labels"])
+    decoded = decode(dataset.splits[split], manifest.input.size)
+    x, y, labels = decoded.x, decoded.y, manifest.labels
     log(f"validating on the {split} split: {len(y)} photos under {RUNTIME}")
 
     # The sample tflite-runtime scores is also where float32 is checked against
@@ -149,10 +147,10 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
     rows = edge_sample(y)
     keras_probs = predict_probabilities(load_model(run_dir, train_manifest), x[rows])
     probs, variants, failed = {}, {}, {}
-    for variant, entry in manifest["models"].items():
+    for variant, entry in manifest.models.items():
         try:
             # Every core: this scores photos, it does not time them.
-            clf = Classifier(out / entry["file"], manifest=manifest, runtime=RUNTIME, threads=CORES)
+            clf = Classifier(out / entry.file, manifest=manifest, runtime=RUNTIME, threads=CORES)
             probs[variant] = clf.probabilities(x).astype(np.float64)
         except RuntimeMissing:
             raise
@@ -160,9 +158,8 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
             failed[variant] = f"{RUNTIME} cannot run it: {first_line(exc)}"
     reference = probs.get("float32")
     for variant, p in probs.items():
-        variants[variant] = {"file": manifest["models"][variant]["file"],
-                             "bytes": manifest["models"][variant]["bytes"],
-                             "fully_integer": manifest["models"][variant]["fully_integer"],
+        entry = manifest.models[variant]
+        variants[variant] = {"file": entry.file, "bytes": entry.bytes, "fully_integer": entry.fully_integer,
                              **metrics(y, p, labels, reference),
                              "vs_keras": metrics(y[rows], p[rows], labels, keras_probs)}
         if reference is not None:
@@ -183,8 +180,8 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
                   "ok": k["agreement"] >= PARITY_AGREEMENT and k["max_prob_diff"] <= PARITY_MAX_DIFF}
     report = {
         "split": split, "count": int(len(y)), "labels": labels,
-        "source_sha256": manifest["source"]["sha256"],
-        "files_sha256": {v: manifest["models"][v]["sha256"] for v in variants if v in manifest["models"]},
+        "source_sha256": manifest.source["sha256"],
+        "files_sha256": {v: manifest.models[v].sha256 for v in variants if v in manifest.models},
         "keras": keras_metrics, "parity": parity,
         "runtimes": {RUNTIME: package_version("ai-edge-litert"),
                      EDGE_RUNTIME: edge_report.get("version") if edge_report else None},
@@ -278,7 +275,7 @@ def explain_load_error(path: Path, runtime: str, error: str) -> str:
             "(Python 3.12+, Raspberry Pi OS trixie)")
 
 
-def _check_on_device_runtime(out: Path, manifest: dict, x: np.ndarray, probs: dict, variants: dict,
+def _check_on_device_runtime(out: Path, manifest: ExportManifest, x: np.ndarray, probs: dict, variants: dict,
                              failed: dict, edge, log, rows: np.ndarray, device: dict) -> dict | None:
     """Load and run every file under tflite-runtime 2.14 in the device environment, on a sample.
 
@@ -291,7 +288,7 @@ def _check_on_device_runtime(out: Path, manifest: dict, x: np.ndarray, probs: di
         for v in variants.values():
             v["runtimes"][EDGE_RUNTIME] = {"ok": None, "error": "not checked: no device environment"}
         return None
-    models = [out / manifest["models"][v]["file"] for v in variants]
+    models = [out / manifest.models[v].file for v in variants]
     device["rows"] = rows
     log(f"checking under {EDGE_RUNTIME} on {len(rows)} of the {len(x)} photos (export.validate.EDGE_SAMPLE)")
     with tempfile.TemporaryDirectory(prefix="noodle-check-") as tmp:

@@ -428,6 +428,16 @@ def test_min_photos_drops_the_small_classes_from_every_split_and_says_which(tmp_
     assert totals(ds, ("test",)) == {"cats": 2, "dogs": 2}
 
 
+def trained_on(dataset):
+    """The run manifest of a model trained on `dataset`, as export reads it: labels and data record."""
+    from edge.manifest import InputSpec, Preprocessing, RunManifest
+    from edge.preprocess import PREPROCESSING
+
+    return RunManifest(labels=dataset.classes, input=InputSpec(32, 32), output="softmax",
+                       preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="seed", params=0,
+                       data=dataset.summary())
+
+
 def test_min_photos_names_another_run_folder_and_export_finds_the_same_classes(tmp_path):
     from export.convert import evaluation_data
 
@@ -440,7 +450,7 @@ def test_min_photos_names_another_run_folder_and_export_finds_the_same_classes(t
     seven = run_dir(data, "--runs", tmp_path / "runs", "--min-photos", 7)
     assert three != seven
     ds = find_dataset(data, min_photos=3)
-    manifest = {"labels": ds.classes, "data": ds.summary()}
+    manifest = trained_on(ds)
     assert evaluation_data(manifest).classes == ds.classes  # the options say min_photos 3
     refused = CliRunner().invoke(app, ["train", str(data), "--min-photos", "-1", "--print-run-dir"])
     assert refused.exit_code == 2 and "--min-photos -1: out of range; give 0 to" in refused.output
@@ -776,7 +786,7 @@ def test_export_refuses_a_carved_test_split_of_photos_changed_since_training(tmp
 
     data = folders(tmp_path / "photos", {"cats": 10, "dogs": 10}, split=None)
     trained = find_dataset(data)
-    manifest = {"labels": trained.classes, "data": trained.summary()}
+    manifest = trained_on(trained)
     assert evaluation_data(manifest).splits == trained.splits
     photo(data / "cats" / "cats.new.jpg")  # the carve of cats is another draw now
     with pytest.raises(ExportError, match="changed since training"):

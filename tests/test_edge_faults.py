@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from edge import preprocess
 from edge.cli import app
 from edge.files import escape_name, expand, unescape_name
+from edge.manifest import load_export, write_json
 from edge.preprocess import ImageError, load_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,9 +187,9 @@ def test_a_symlink_loop_is_called_one(tmp_path):
 def test_model_input_mismatch_prints_plain_numbers(model, tmp_path):
     copy = tmp_path / "export"
     shutil.copytree(model.parent, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["input"]["height"] = manifest["input"]["width"] = 32
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    manifest = load_export(copy)
+    manifest.input.height = manifest.input.width = 32
+    write_json(copy / "manifest.json", manifest.to_dict())
     photo(tmp_path / "a.jpg")
     result = runner.invoke(app, ["classify", str(copy / model.name), str(tmp_path / "a.jpg")])
     assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1

@@ -28,7 +28,7 @@ from edge.manifest import (
     ModelEntry,
     Preprocessing,
     TensorSpec,
-    image_size,
+    load_run,
     read_manifest,
     sha256_file,
     write_json,
@@ -109,7 +109,7 @@ def test_all_variants_written_and_listed_with_sha256(exported_run):
 
 
 def test_every_file_runs_through_the_edge_runner(exported_run):
-    size = image_size(read_manifest(exported_run))
+    size = load_run(exported_run).input.size
     pixels = np.random.default_rng(0).integers(0, 256, (3, *size, 3), np.uint8)
     outputs = {}
     for variant in VARIANTS:
@@ -123,10 +123,10 @@ def test_int8_io_option_and_a_partial_export_keeps_the_rest(brightness_run, tmp_
     run = copy_run(brightness_run, tmp_path / "run")
     first = export_run(run, variants=["float32"], log=lambda *_: None)
     manifest = export_run(run, variants=["int8"], io="int8", log=lambda *_: None)
-    entry = manifest["models"]["int8"]
-    assert entry["input"]["dtype"] == "int8" and entry["input"]["zero_point"] == -128
-    assert list(manifest["models"]) == ["float32", "int8"]  # same model.keras: float32 kept
-    assert manifest["models"]["float32"] == first["models"]["float32"]
+    entry = manifest.models["int8"]
+    assert entry.input.dtype == "int8" and entry.input.zero_point == -128
+    assert list(manifest.models) == ["float32", "int8"]  # same model.keras: float32 kept
+    assert manifest.models["float32"] == first.models["float32"]
 
 
 def test_a_failing_variant_is_reported_and_the_others_written(brightness_run, tmp_path):
@@ -134,7 +134,7 @@ def test_a_failing_variant_is_reported_and_the_others_written(brightness_run, tm
     wrong_shape = np.zeros((4, 32, 32, 3), np.float32)  # the calibrator cannot feed these
     manifest = export_run(run, variants=["float32", "int8"], calibration=wrong_shape,
                           log=lambda *_: None)
-    assert list(manifest["models"]) == ["float32"] and set(manifest["failed"]) == {"int8"}
+    assert list(manifest.models) == ["float32"] and set(manifest.failed) == {"int8"}
     assert (run / "export" / "float32.tflite").is_file()
     assert not (run / "export" / "int8.tflite").exists()
 
@@ -146,9 +146,9 @@ def test_float32_matches_keras(exported_run):
 
     from train.data import decode, find_dataset
 
-    manifest = read_manifest(exported_run)
-    test_items = find_dataset(manifest["data"]["root"]).splits["test"]
-    x = decode(test_items, image_size(manifest)).x
+    manifest = load_run(exported_run)
+    test_items = find_dataset(manifest.data["root"]).splits["test"]
+    x = decode(test_items, manifest.input.size).x
     expected = keras.models.load_model(exported_run / "model.keras").predict(x.astype(np.float32),
                                                                              verbose=0)[:, 0]
     got = Classifier(exported_run / "export" / "float32.tflite").probabilities(x)[:, 1]
@@ -227,7 +227,7 @@ def test_wrong_calibration_scale_collapses_int8_in_the_report(brightness_run, tm
     reports = {}
     for name, scale in (("right", 1.0), ("wrong", 1 / 255)):
         run = copy_run(brightness_run, tmp_path / name)
-        pixels = calibration_pixels(read_manifest(run)) * scale  # 0-255, or the classic 0-1 mistake
+        pixels = calibration_pixels(load_run(run)) * scale  # 0-255, or the classic 0-1 mistake
         export_run(run, variants=["float32", "int8"], calibration=pixels, log=lambda *_: None)
         validate_export(run, log=lambda *_: None)
         reports[name] = compare_run(run, latency_runs=5, log=lambda *_: None)
@@ -287,7 +287,7 @@ def test_killed_export_leaves_no_broken_tflite(brightness_run, tmp_path):
     assert all(loads(p) for p in out.glob("*.tflite"))
     # The next export cleans up after the killed one and completes.
     manifest = export_run(run, variants=["float32"], log=lambda *_: None)
-    assert list(manifest["models"]) == ["float32"] and not list(out.glob(".*tmp*"))
+    assert list(manifest.models) == ["float32"] and not list(out.glob(".*tmp*"))
 
 
 # ---------------------------------------------------------------- bad input

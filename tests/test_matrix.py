@@ -56,9 +56,9 @@ def test_every_variant_loads_and_agrees_on_both_runtimes(arch, classes, tmp_path
     exported = record_validation(run, report, log=lambda *_: None)
     raise_for(report)  # parity with Keras, and no file failed under either runtime
 
-    assert report["failed"] == {} and exported["failed"] == {}
-    assert list(exported["models"]) == list(VARIANTS)
-    assert exported["validation"]["passed"] is True
+    assert report["failed"] == {} and exported.failed == {}
+    assert list(exported.models) == list(VARIANTS)
+    assert exported.validation["passed"] is True
     for variant in VARIANTS:
         runtimes = report["variants"][variant]["runtimes"]
         assert runtimes[RUNTIME]["ok"] is True
@@ -67,4 +67,4 @@ def test_every_variant_loads_and_agrees_on_both_runtimes(arch, classes, tmp_path
         # Same file, two interpreters: the same labels (int8 kernels may round one
         # photo differently; float variants agree exactly).
         assert edge["agreement_with_litert"] >= (0.9 if variant == "int8" else 1.0), (variant, edge)
-    assert exported["models"]["dynamic"]["compatibility"]["dense_weights"] == "per-tensor"
+    assert exported.models["dynamic"].compatibility["dense_weights"] == "per-tensor"

@@ -460,13 +460,13 @@ def test_a_renamed_model_beside_its_manifest_is_found_by_sha256(described, photo
 def test_manifest_and_embedded_metadata_must_disagree_loudly(described, photos, tmp_path, field):
     folder = tmp_path / "export"
     shutil.copytree(described, folder)
-    manifest = read_manifest(folder)
-    h, w = manifest["input"]["height"], manifest["input"]["width"]
+    manifest = load_export(folder)
+    h, w = manifest.input.size
     if field == "labels":
-        manifest["labels"] = manifest["labels"][::-1]
+        manifest.labels = manifest.labels[::-1]
     else:
-        manifest["input"]["height"] += 8
-    write_json(folder / "manifest.json", manifest)  # the model's sha256 still matches
+        manifest.input.height += 8
+    write_json(folder / "manifest.json", manifest.to_dict())  # the model's sha256 still matches
     result = classify(folder / "int8.tflite", photos[0])
     assert result.exit_code == 2
     (line,) = error_lines(result)

@@ -398,7 +398,7 @@ def test_mixed_precision_trains_on_cpu_and_exports_a_float32_model(arch, classes
     from ai_edge_litert.interpreter import Interpreter
 
     from edge.preprocess import load_image
-    from export.convert import convert, load_model
+    from export.convert import convert, load_model, read_run
     from tests.test_matrix import tinted_photos
     from train import fit
 
@@ -427,7 +427,7 @@ def test_mixed_precision_trains_on_cpu_and_exports_a_float32_model(arch, classes
     # The policy is global: later models in this process must not inherit it.
     assert keras.mixed_precision.global_policy().name == "float32"
 
-    model = load_model(run, manifest)
+    model = load_model(run, read_run(run))
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     interpreter = Interpreter(model_content=convert(model, "float32"))
     interpreter.allocate_tensors()

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from edge.errors import NoodleError, one_line_errors
+from edge.manifest import RunManifest
 from edge.text import escape_name
 from train.cluster import Cluster
 from train.config import ARCHITECTURES, TrainConfig
@@ -191,7 +192,7 @@ def train_command(
                                 "(reads no pixels; the Makefile names RUN with it).")] = False,
 ) -> None:
     """Train a classifier on DATA and write model.keras with its manifest."""
-    from edge.manifest import OutputError, read_manifest
+    from edge.manifest import OutputError, load_run
     from train.fit import train
     from train.runs import check_run_dir
 
@@ -213,28 +214,28 @@ def train_command(
     if state == "complete" and reuse:
         typer.echo(f"reusing {cfg.out}: its model was trained on this data with these settings "
                    "(`noodle train` without --reuse trains again)")
-        typer.echo(summary(read_manifest(cfg.out), cfg.out))
+        typer.echo(summary(load_run(cfg.out), cfg.out))
         return
-    manifest = train(cfg, log=typer.echo, dataset=dataset, identity=ident)
-    if manifest is not None:  # None: a cluster worker other than the chief, which writes it
-        typer.echo(summary(manifest, cfg.out))
+    if train(cfg, log=typer.echo, dataset=dataset, identity=ident) is not None:
+        # None: a cluster worker other than the chief, which writes the manifest
+        typer.echo(summary(load_run(cfg.out), cfg.out))
 
 
-def summary(manifest: dict, run_dir: Path) -> str:
+def summary(manifest: RunManifest, run_dir: Path) -> str:
     """The one-screen summary printed at the end of a run."""
-    m = manifest["metrics"]
+    m, training, data = manifest.metrics or {}, manifest.training or {}, manifest.data or {}
     lines = [
         "",
         f"run folder   {run_dir}",
-        f"model        {manifest['arch']}, {manifest['params']:,} params, "
-        f"{manifest['input']['height']}x{manifest['input']['width']} RGB, labels {manifest['labels']}",
+        f"model        {manifest.arch}, {manifest.params:,} params, "
+        f"{manifest.input.height}x{manifest.input.width} RGB, labels {manifest.labels}",
         f"training     {m['epochs_run']} epochs "
-        + ("on training and validation photos" if manifest["training"].get("train_on_val")
+        + ("on training and validation photos" if training.get("train_on_val")
            else f"(best {m['best_epoch']})")
         + f" in {m['train_seconds']}s "
-        f"on {manifest['training']['replicas']} {manifest['training']['device']} replica(s)",
+        f"on {training['replicas']} {training['device']} replica(s)",
     ]
-    sources = manifest["data"].get("splits", {})
+    sources = data.get("splits", {})
     for split, title in (("val", "validation"), ("test", "test")):
         if split in m:
             per_class = ", ".join(f"{k} {v:.1%}" for k, v in m[split]["per_class_accuracy"].items()
@@ -242,18 +243,19 @@ def summary(manifest: dict, run_dir: Path) -> str:
             source = f"; {sources[split]}" if sources.get(split, "given") != "given" else ""
             lines.append(f"{title:<12} {m[split]['accuracy']:.1%} of {m[split]['count']} "
                          f"({per_class}{source})")
-    missing = [s for s in manifest["skipped"] if s.get("reason") == MISSING]
-    unreadable = len(manifest["skipped"]) - len(missing)
-    if manifest["skipped"]:
+    skipped = manifest.skipped or []
+    missing = [s for s in skipped if s.get("reason") == MISSING]
+    unreadable = len(skipped) - len(missing)
+    if skipped:
         parts = ([f"{unreadable} unreadable file(s)"] if unreadable else []) + (
             [f"{len(missing)} listed in the CSV but missing"] if missing else [])
         lines.append(f"skipped      {', '.join(parts)}; listed in manifest.json")
-    dropped = manifest["data"].get("dropped") or {}
+    dropped = data.get("dropped") or {}
     if dropped:
-        below = manifest["data"].get("options", {}).get("min_photos")
+        below = data.get("options", {}).get("min_photos")
         names = ", ".join(f"'{escape_name(c)}' {n}" for c, n in list(dropped.items())[:LISTED])
         more = f", ... and {len(dropped) - LISTED} more" if len(dropped) > LISTED else ""
         lines.append(f"dropped      {len(dropped)} class(es) of fewer than {below} training photos "
                      f"({names}{more}); listed in manifest.json")
-    lines += [f"warning      {w}" for w in manifest["data"].get("warnings", [])]
+    lines += [f"warning      {w}" for w in data.get("warnings", [])]
     return "\n".join(lines)
