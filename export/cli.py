@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from edge.errors import one_line_errors
+from export.config import CALIBRATION_SPLITS, DEFAULTS, IO_TYPES, QUANTIZERS
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -25,20 +26,10 @@ TestOption = Annotated[Path | None, typer.Option(
                    "(default: the training data's test split).")]
 
 
-class Quantizer(str, Enum):
-    tflite = "tflite"
-    litert = "litert"
-
-
-class IOType(str, Enum):
-    # uint8 takes raw camera pixels unchanged; int8 is for accelerators that want signed tensors.
-    uint8 = "uint8"
-    int8 = "int8"
-
-
-class CalibrationSplit(str, Enum):
-    train = "train"
-    val = "val"
+# The choices, and every default below, are export.config's.
+Quantizer = Enum("Quantizer", {name: name for name in QUANTIZERS}, type=str)
+IOType = Enum("IOType", {name: name for name in IO_TYPES}, type=str)
+CalibrationSplit = Enum("CalibrationSplit", {name: name for name in CALIBRATION_SPLITS}, type=str)
 
 
 @app.command("export")
@@ -48,15 +39,17 @@ def export_command(
     variants: Annotated[list[str] | None, typer.Option(
         help="Variants to write, comma-separated or repeated (default: all four).")] = None,
     calibration_samples: Annotated[int, typer.Option(
-        help="Shuffled photos to calibrate int8 on (a warning below 100).")] = 300,
+        help="Shuffled photos to calibrate int8 on "
+             f"(a warning below {DEFAULTS.calibration_warn_below}).")] = DEFAULTS.calibration_samples,
     calibration_split: Annotated[CalibrationSplit, typer.Option(
         help="The split those photos come from; never the test split, which scores the variants.")]
-    = CalibrationSplit.train,
+    = CalibrationSplit(DEFAULTS.calibration_split),
     io: Annotated[IOType, typer.Option(
-        help="int8 model's input/output type: uint8 (raw camera pixels) or int8.")] = IOType.uint8,
+        help="int8 model's input/output type: uint8 (raw camera pixels) or int8.")] = IOType(DEFAULTS.io),
     quantizer: Annotated[Quantizer, typer.Option(
         help="litert: also write int8-litert.tflite with the LiteRT Quantizer's static int8 recipe, "
-             "on the same calibration photos, to compare with the converter's int8.")] = Quantizer.tflite,
+             "on the same calibration photos, to compare with the converter's int8.")]
+    = Quantizer(DEFAULTS.quantizer),
     max_drop: Annotated[float | None, typer.Option(
         help="Exit 1 when a variant's accuracy is more than this many points below float32's "
              "(and diagnose int8); 0 or more.")] = None,
@@ -135,10 +128,11 @@ def compare_command(
     test: TestOption = None,
     data: DataOption = None,
     edge: EdgeOption = None,
-    latency_runs: Annotated[int, typer.Option(help="Timed invokes per model and thread count.")] = 200,
+    latency_runs: Annotated[int, typer.Option(
+        help="Timed invokes per model and thread count.")] = DEFAULTS.latency_runs,
     shifts: Annotated[int, typer.Option(
         min=0, help="Photos whose label int8 kept but whose probability moved most, added to "
-                    "disagreements.png.")] = 8,
+                    "disagreements.png.")] = DEFAULTS.top_shifts,
 ) -> None:
     """Compare the exported variants: size, accuracy with paired statistics, latency, memory."""
     from export.compare import compare_run, to_markdown

@@ -33,8 +33,8 @@ from edge.postprocess import predicted_index
 from edge.runtime import Classifier
 from edge.text import TABLE_WIDTH, csv_cell, markdown
 from export import stats
+from export.config import DEFAULTS
 from export.convert import (
-    CALIBRATION_WARN_BELOW,
     ExportError,
     evaluation_data,
     read_run,
@@ -49,15 +49,10 @@ from export.validate import (
     validate_export,
 )
 
-# Timed invokes per model and thread count: enough for a stable p99 of a
-# millisecond-scale model, a second or two per row.
-LATENCY_RUNS = 200
-# ...or fewer, at least 10, when they take longer than this (tflite-runtime
-# 2.14's int8 depthwise kernels on x86 run for hundreds of ms an invoke).
+# Timed invokes per model and thread count (ExportConfig.latency_runs), or
+# fewer, at least 10, when they take longer than this (tflite-runtime 2.14's
+# int8 depthwise kernels on x86 run for hundreds of ms an invoke).
 LATENCY_BUDGET_S = 1.5
-# Beside every photo whose label changed, the contact sheet shows this many
-# more: the largest probability shifts among photos whose label held.
-TOP_SHIFTS = 8
 # The variant the contact sheet is about: the one `make bundle` ships.
 SHEET_VARIANT = "int8"
 REFERENCE = "float32"
@@ -292,8 +287,9 @@ def measure(out: Path, manifest: ExportManifest, edge, runs: int, log) -> tuple[
 
 
 def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
-                edge: str | os.PathLike | None = None, latency_runs: int = LATENCY_RUNS,
-                log=print, test: str | os.PathLike | None = None, top_shifts: int = TOP_SHIFTS) -> dict:
+                edge: str | os.PathLike | None = None, latency_runs: int = DEFAULTS.latency_runs,
+                log=print, test: str | os.PathLike | None = None,
+                top_shifts: int = DEFAULTS.top_shifts) -> dict:
     """Build, write and return the comparison report of RUN/export/.
 
     test: a labelled folder or CSV to score on instead of the training data's
@@ -434,8 +430,8 @@ def _split_words(split: str) -> str:
 
 def _calibration_words(variant: str, info: dict) -> str:
     source = f"the {info['split']} split" if info.get("split") else info.get("from", "unknown photos")
-    warn = (f" (fewer than {CALIBRATION_WARN_BELOW}: ranges may be too narrow)"
-            if info.get("samples", 0) < CALIBRATION_WARN_BELOW else "")
+    warn = (f" (fewer than {DEFAULTS.calibration_warn_below}: ranges may be too narrow)"
+            if info.get("samples", 0) < DEFAULTS.calibration_warn_below else "")
     return f"{variant} calibrated on {info.get('samples')} photos from {source}{warn}."
 
 

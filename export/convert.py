@@ -34,22 +34,10 @@ from edge.manifest import (
     write_json,
 )
 from export.check import describe
+from export.config import CALIBRATION_SPLITS, DEFAULTS, IO_TYPES, VARIANTS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# In this order: float32 is the reference every other variant is measured against.
-VARIANTS = ("float32", "float16", "dynamic", "int8")
-# A few hundred shuffled training photos pin every activation range; more
-# changes the int8 model very little and costs conversion time.
-CALIBRATION_SAMPLES = 300
-# A fixed shuffle: the same model and data always convert to the same int8 file.
-CALIBRATION_SEED = 0
-# Training photos by default; val is there to check that calibrating on photos
-# the weights never saw changes nothing. Never test: those score the variants.
-CALIBRATION_SPLITS = ("train", "val")
-CALIBRATION_SPLIT = "train"
-# Fewer photos than this may miss the tails of some activation's range.
-CALIBRATION_WARN_BELOW = 100
 # tflite-runtime 2.14, the Pi's runtime on Bookworm, knows FULLY_CONNECTED up
 # to version 11. Per-channel int8 weights in a dense layer make version 12,
 # which it cannot load: every seed model and every multi-class model failed.
@@ -60,9 +48,6 @@ COMPATIBILITY = {
     "dense_weights": "per-tensor",
     "why": "per-channel dense weights need FULLY_CONNECTED v12, which tflite-runtime 2.14 cannot load",
 }
-# uint8 input takes raw camera pixels unchanged (scale 1, zero point 0);
-# int8 is for accelerators that only take signed tensors.
-IO_TYPES = ("uint8", "int8")
 
 
 class ExportError(NoodleError):
@@ -148,9 +133,9 @@ def evaluation_data(manifest: RunManifest, data: str | os.PathLike | None = None
     return dataset
 
 
-def calibration_pixels(manifest: RunManifest, samples: int = CALIBRATION_SAMPLES,
-                       seed: int = CALIBRATION_SEED, data: str | os.PathLike | None = None,
-                       split: str = CALIBRATION_SPLIT) -> np.ndarray:
+def calibration_pixels(manifest: RunManifest, samples: int = DEFAULTS.calibration_samples,
+                       seed: int = DEFAULTS.calibration_seed, data: str | os.PathLike | None = None,
+                       split: str = DEFAULTS.calibration_split) -> np.ndarray:
     """`samples` photos of `split`, shuffled, decoded exactly as training decoded them.
 
     Raw 0-255 pixels as float32, no augmentation: the model rescales itself.
@@ -334,9 +319,9 @@ def parse_variants(variants) -> list[str]:
 
 
 def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
-               calibration_samples: int = CALIBRATION_SAMPLES, io: str = "uint8", log=print,
+               calibration_samples: int = DEFAULTS.calibration_samples, io: str = DEFAULTS.io, log=print,
                calibration: np.ndarray | None = None, data: str | os.PathLike | None = None,
-               calibration_split: str = CALIBRATION_SPLIT) -> ExportManifest:
+               calibration_split: str = DEFAULTS.calibration_split) -> ExportManifest:
     """Write RUN_DIR/export/ and return its manifest.
 
     calibration: float32 pixels (n, h, w, 3) to calibrate int8 on instead of
@@ -380,14 +365,14 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
                                              split=calibration_split)
             calibration_info = {"samples": len(calibration), "requested": calibration_samples,
                                 "split": calibration_split, "from": f"{calibration_split} split",
-                                "shuffle_seed": CALIBRATION_SEED, "pixels": "raw 0-255 float32"}
+                                "shuffle_seed": DEFAULTS.calibration_seed, "pixels": "raw 0-255 float32"}
         else:
             calibration = np.asarray(calibration, np.float32)
             calibration_info = {"samples": len(calibration), "from": "given by the caller",
                                 "pixel_range": [float(calibration.min()), float(calibration.max())]}
-        if len(calibration) < CALIBRATION_WARN_BELOW:
+        if len(calibration) < DEFAULTS.calibration_warn_below:
             log(f"warning: int8 calibrated on only {len(calibration)} photos (fewer than "
-                f"{CALIBRATION_WARN_BELOW}); activation ranges may miss their tails: "
+                f"{DEFAULTS.calibration_warn_below}); activation ranges may miss their tails: "
                 "raise --calibration-samples or add photos")
 
     failed: dict[str, str] = {}

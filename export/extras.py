@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge.errors import first_line
 from edge.manifest import ModelEntry, RunDir, load_export, write_json
+from export.config import DEFAULTS
 from export.convert import write_model
 
 MIXED = "int8-mixed"
@@ -59,11 +60,11 @@ def record_failure(run_dir: Path, variant: str, reason: str, log=print) -> None:
 
 def calibration(run_dir: Path, samples: int, split: str, data=None) -> tuple:
     """The pixels export's int8 calibrated on (same photos, same shuffle), and their description."""
-    from export.convert import CALIBRATION_SEED, calibration_pixels, read_run
+    from export.convert import calibration_pixels, read_run
 
     pixels = calibration_pixels(read_run(run_dir), samples, data=data, split=split)
     info = {"samples": len(pixels), "requested": samples, "split": split, "from": f"{split} split",
-            "shuffle_seed": CALIBRATION_SEED, "pixels": "raw 0-255 float32"}
+            "shuffle_seed": DEFAULTS.calibration_seed, "pixels": "raw 0-255 float32"}
     return pixels, info
 
 
