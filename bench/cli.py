@@ -32,6 +32,7 @@ from edge.errors import NoodleError, one_line_errors
 from edge.manifest import ExportManifest, RunDir, load_export, load_run
 from export.check import ChildFailed, run_json
 from train.fit import read_history
+from train.quiet import quiet_tensorflow
 
 ROOT = Path(__file__).resolve().parent.parent
 # The photos issue 5 names (400 test photos); $NOODLE_SHARED_PHOTOS moves them, as for the tests.
@@ -183,8 +184,8 @@ def environments(log) -> list[dict]:
 def child_env() -> dict:
     # PYTHONPATH: the bench package is not installed (it stays out of the wheel), and
     # its probes also run with the device environment's Python.
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = quiet_tensorflow({**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path})
     env.pop("NOODLE_RUNTIME", None)  # each side names its runtime
     return env
 

@@ -238,11 +238,6 @@ def _clock(report: dict) -> list[str]:
                           "test accuracy Keras / float32 / int8", "load average before → after"], rows)
 
 
-def _edge_rows(s: dict, envs: list[dict], key: str, digits: int, unit: str = "", threads: int = 1):
-    return {(e["runtime"], v): fmt(s["edge"][f"{e['runtime']}/{v}/{threads}"][key], digits, unit)
-            for e in envs for v in VARIANTS}
-
-
 def _device_path(report: dict, s: dict, envs: list[dict]) -> list[str]:
     seed = s["seed"]
     here = next((e for e in envs if e["runtime"] == "ai-edge-litert"), {"versions": {}})["versions"]

@@ -13,7 +13,6 @@ one model. numpy and edge.runtime only: it must import where TensorFlow cannot.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -141,5 +140,7 @@ def main(
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from train.quiet import quiet_tensorflow
+
+    quiet_tensorflow()
     app(prog_name="python -m export.check")

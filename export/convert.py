@@ -35,8 +35,9 @@ from edge.manifest import (
 )
 from export.check import describe
 from export.config import CALIBRATION_SPLITS, DEFAULTS, IO_TYPES, VARIANTS
+from train.quiet import quiet_tensorflow
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_tensorflow()
 
 # tflite-runtime 2.14, the Pi's runtime on Bookworm, knows FULLY_CONNECTED up
 # to version 11. Per-channel int8 weights in a dense layer make version 12,

@@ -30,6 +30,7 @@ from export.convert import (
     load_model,
     read_run,
 )
+from train.quiet import quiet_tensorflow
 
 # float32 is the same graph as the Keras model: only float summation order may
 # differ, so labels agree on (nearly) every image and probabilities to 1e-4.
@@ -86,7 +87,7 @@ def run_edge_check(python: Path, models: list[Path], pixels: np.ndarray | None, 
     if pixels is not None:
         np.save(workdir / "pixels.npy", pixels)
         args += ["--pixels", str(workdir / "pixels.npy"), "--out", str(workdir / "probabilities")]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = quiet_tensorflow(dict(os.environ))
     env.pop("NOODLE_RUNTIME", None)
     try:
         report = run_json(args, timeout=900, env=env, ok_codes=(0, 1))

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from train.quiet import quiet_tensorflow
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_PHOTOS = Path(os.environ.get("NOODLE_SHARED_PHOTOS", ROOT.parent / "shared/data/cats-vs-dogs"))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_tensorflow()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,10 @@ import sys
 import threading
 
 VERBOSE_ENV = "NOODLE_VERBOSE"
+# TensorFlow's own C++ threshold, for every process that may load it: 2 keeps
+# its errors and drops its INFO and WARNING lines (what it prints before the
+# threshold applies, NOISE below drops). A level the user set is kept.
+TF_LOG_LEVEL = "2"
 
 # What is dropped, and why each is noise:
 NOISE = re.compile(
@@ -38,6 +42,13 @@ NOISE = re.compile(
         r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU",
     ])
 )
+
+
+def quiet_tensorflow(env=None):
+    """`env` (default: this process's own) with TF_CPP_MIN_LOG_LEVEL set, unless it was."""
+    env = os.environ if env is None else env
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
+    return env
 
 
 def enabled() -> bool:
