@@ -16,19 +16,26 @@ ai-edge-litert). For each release in --releases:
    as well; `qemu-aarch64-static -L ROOT` alone emulates one process.
 3. install: the UNPACKED bundle is bind-mounted at /bundle in a private mount
    and network namespace (`unshare --mount --net`: loopback only, and down),
-   then `chroot ROOT /bin/sh -c 'cd /bundle && ./install.sh'` with
+   then `chroot ROOT /bin/sh -c 'cd /bundle && ./install.sh --camera'` with
    PIP_INDEX_URL at a closed port: the release's own sh, python and pip
-   install from the bundle's wheels/ or fail.
+   install from the bundle's wheels/ (OpenCV too, as README-PI's USB-camera
+   step does) or fail.
 4. run: `./noodle-edge classify` from the bundle's .venv on the photos
    (bind-mounted at /photos); this machine's device environment (.venv-edge)
    classifies the same photos with the same unpacked bundle.
 5. compare: the same label for every photo on every release, or exit 1.
+6. camera: `./noodle-edge camera MODEL --source clip.mp4`, a clip made here
+   from the photos, must classify every frame with the release's OpenCV, as
+   this machine's OpenCV does; the labels are compared with x86's and counted
+   (a video decoder need not give the same pixels everywhere, so they are
+   reported, not required).
 
     python -m bench.pi_check RUN_OR_BUNDLE PHOTOS [--model int8] [--releases "bookworm trixie"]
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -206,7 +213,7 @@ def compare(name: str, pi: dict[str, dict], x86: dict[str, dict]) -> list[str]:
 
 
 def check_release(target: Target, bundle: Path, photos: Path, cache: Path, x86: dict[str, dict],
-                  work: Path) -> bool:
+                  work: Path, clip: Clip) -> bool:
     start = time.perf_counter()
     root = build_root(target, cache)
     log(f"{target.release} (Debian {target.debian}): root ready in {time.perf_counter() - start:.0f} s "
@@ -219,7 +226,7 @@ def check_release(target: Target, bundle: Path, photos: Path, cache: Path, x86: 
     binds = {"bundle": bundle_dir, "photos": photos, "tmp": home}
     start = time.perf_counter()
     with system_picamera2(root, cache) if target.release == PICAMERA2_RELEASE else contextlib.nullcontext():
-        done = in_root(root, binds, "cd /bundle && ./install.sh", env)
+        done = in_root(root, binds, "cd /bundle && ./install.sh --camera", env)
         if done.returncode == 0 and target.release == PICAMERA2_RELEASE:
             check_picamera2(root, binds, env)
     for line in done.stdout.splitlines() + done.stderr.splitlines():
@@ -244,7 +251,73 @@ def check_release(target: Target, bundle: Path, photos: Path, cache: Path, x86: 
     log(f"{target.release} (Debian {target.debian}): Python {python}, {runtime}: labels equal on "
         f"{len(pi) - len(differ)} of {len(pi)} photos ({time.perf_counter() - start:.0f} s to classify "
         f"under qemu)")
-    return bool(pi) and not differ
+    camera = check_camera(target, root, binds, env, model, clip, home)
+    return bool(pi) and not differ and camera
+
+
+# The clip `camera --source` reads: photos as frames, 320x240 (4:3, so the centre
+# crop matters), MPEG-4 in .mp4, a frame a photo at 10 fps.
+CLIP_FRAMES, CLIP_SIZE, CLIP_FPS = 20, (320, 240), 10.0
+
+
+@dataclasses.dataclass
+class Clip:
+    path: Path
+    frames: int
+    x86: list[str]  # the label of each frame, by this machine's OpenCV and runtime
+
+
+def camera_rows(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith('{"frame"')]
+
+
+def make_clip(photos: Path, work: Path, host_dir: Path, model: Path) -> Clip:
+    """clip.mp4 of up to CLIP_FRAMES photos, evenly spaced, and x86's labels of its frames."""
+    import cv2
+
+    from edge.preprocess import is_image_file
+
+    files = sorted(p for p in photos.rglob("*") if p.is_file() and is_image_file(p))
+    count = min(CLIP_FRAMES, len(files))
+    chosen = [files[int(i * len(files) / count)] for i in range(count)]
+    path = work / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), CLIP_FPS, CLIP_SIZE)
+    for photo in chosen:
+        frame = cv2.imread(str(photo))
+        if frame is not None:
+            writer.write(cv2.resize(frame, CLIP_SIZE))
+    writer.release()
+    # This machine's OpenCV (the host environment's) with the same unpacked bundle.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "NOODLE_RUNTIME"))}
+    ran = run([sys.executable, "-m", "edge", "camera", str(model), "--source", str(path), "--every", "1",
+               "--json"], cwd=host_dir, env=env)
+    labels = [row["label"] for row in camera_rows(ran.stdout)]
+    log(f"{path.name}: {len(labels)} frames of {len(chosen)} photos, {CLIP_SIZE[0]}x{CLIP_SIZE[1]} MPEG-4; "
+        f"x86 (OpenCV {cv2.__version__}) labels them")
+    return Clip(path, len(labels), labels)
+
+
+def check_camera(target: Target, root: Path, binds: dict, env: dict, model: Path, clip: Clip,
+                 home: Path) -> bool:
+    """`noodle-edge camera --source clip.mp4` in the release: every frame classified, with its OpenCV."""
+    shutil.copy2(clip.path, home / clip.path.name)  # /tmp in the root
+    start = time.perf_counter()
+    ran = in_root(root, binds, f"cd /bundle && ./noodle-edge camera {model} --source /tmp/{clip.path.name} "
+                  "--every 1 --json", env)
+    opencv = in_root(root, binds, "cd /bundle && .venv/bin/python -c 'import cv2, numpy; "
+                     "print(cv2.__version__, numpy.__version__)'", env).stdout.split()
+    rows = camera_rows(ran.stdout)
+    if ran.returncode != 0 or len(rows) != clip.frames:
+        for line in ran.stderr.strip().splitlines()[-10:]:
+            log(f"{target.release}:   | {line}")
+        log(f"{target.release}: FAILED: ./noodle-edge camera --source {clip.path.name} exited "
+            f"{ran.returncode} with {len(rows)} of {clip.frames} frames")
+        return False
+    same = sum(row["label"] == label for row, label in zip(rows, clip.x86, strict=True))
+    log(f"{target.release}: ./noodle-edge camera --source {clip.path.name}: {len(rows)} frames with OpenCV "
+        f"{' and numpy '.join(opencv) or '?'} from the bundle, labels equal to x86's on {same} of "
+        f"{len(rows)} ({time.perf_counter() - start:.0f} s under qemu)")
+    return True
 
 
 # picamera2 comes from Raspberry Pi's own apt archive (python3-picamera2), which
@@ -338,10 +411,11 @@ def check(bundle: Path, photos: Path, releases: list[Target], cache: Path, edge_
         x86 = parse_labels(ran.stdout, str(photos))
         log(f"x86 ({edge_python.parent.parent.name}): {said(ran.stderr, r'runtime ([^;]+);')}, "
             f"{len(x86)} photos")
+        clip = make_clip(photos, work, host_dir, model)
         passed = []
         with aarch64_binfmt():
             for target in releases:
-                if check_release(target, bundle, photos, cache, x86, work):
+                if check_release(target, bundle, photos, cache, x86, work, clip):
                     passed.append(target.release)
     failed = [r.release for r in releases if r.release not in passed]
     log(f"{'FAILED on ' + ', '.join(failed) if failed else 'passed on ' + ', '.join(passed)} "

@@ -128,7 +128,7 @@ def classify(
         sys.stdout.flush()
     except BrokenPipeError:  # `| head`: the reader has what it wanted
         sys.stderr.close()
-        raise SystemExit(0) from None
+        raise typer.Exit(0) from None
     seconds = time.perf_counter() - start
     if failed or problems or verbose or not (as_json or as_csv):
         print(f"{len(files) - failed} of {len(files)} files classified in {seconds:.2f} s "
@@ -136,7 +136,7 @@ def classify(
               + (f"; {failed + len(problems)} problem(s) above" if failed or problems else ""),
               file=sys.stderr)
     if failed or problems:
-        raise SystemExit(1)
+        raise typer.Exit(1)
 
 
 def _writer(as_json: bool, as_csv: bool, k: int, files: list[str], labels: list[str]):
@@ -211,7 +211,7 @@ def camera(
     summary = cam.run(clf, frames, every=every, max_frames=max_frames, as_json=as_json, show=show)
     if summary.lost is not None:
         print(f"error: {summary.lost}", file=sys.stderr)
-        raise SystemExit(1)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -244,7 +244,7 @@ def capture(
           f"frame(s){video}" + ("; stopped by Ctrl-C" if done.interrupted else ""), file=sys.stderr)
     if frames.lost is not None:
         print(f"error: {frames.lost}", file=sys.stderr)
-        raise SystemExit(1)
+        raise typer.Exit(1)
     if len(done.saved) < count:
         # Fewer photos than asked for is not success: a script that goes on to train must know.
         why = "stopped by Ctrl-C"

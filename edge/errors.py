@@ -50,6 +50,8 @@ def one_line_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        import typer  # the commands' own; the library modules that import this file need it not
+
         ours = _catch_sigterm()
         try:
             return command(*args, **kwargs)
@@ -57,17 +59,17 @@ def one_line_errors(command):
             # One problem a line (a manifest may have several), each its own `error:` line.
             for line in str(exc).splitlines() or [""]:
                 print(f"error: {line}", file=sys.stderr)
-            raise SystemExit(exc.exit_code) from None
+            raise typer.Exit(exc.exit_code) from None
         except Terminated:
             print("terminated", file=sys.stderr)
             if ours:  # cleaned up: now end as SIGTERM ends a process
                 sys.stderr.flush()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 os.kill(os.getpid(), signal.SIGTERM)
-            raise SystemExit(128 + signal.SIGTERM) from None
+            raise typer.Exit(128 + signal.SIGTERM) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
-            raise SystemExit(130) from None
+            raise typer.Exit(130) from None
         finally:
             if ours:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)

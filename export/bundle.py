@@ -5,6 +5,7 @@
         model/               the chosen .tflite and its manifest (that model only)
         requirements-pi.in   the `edge` extra and base dependencies of pyproject.toml
         requirements-pi.txt  with wheels: every wheel in wheels/ by version and sha256
+        requirements-camera.in/.txt  the same for `install.sh --camera` (OpenCV, for --source)
         wheels/              with wheels: aarch64 wheels for Bookworm and Trixie (export.wheelhouse)
         install.sh           makes .venv (offline from wheels/ when present), --service for boot
         noodle-edge          runs `python -m edge` from that venv
@@ -36,7 +37,14 @@ from edge.errors import NoodleError, one_line_errors
 from edge.manifest import MANIFEST_NAME, RunDir, atomic_output, load_export, sha256_file
 from edge.runtime import package_version
 from edge.text import escape_name, markdown
-from export.wheelhouse import TARGETS, pinned_requirements, pip_download, target_environment, wheels_for
+from export.wheelhouse import (
+    TARGETS,
+    Wheel,
+    pinned_requirements,
+    pip_download,
+    target_environment,
+    wheels_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "pi"
@@ -55,6 +63,11 @@ HOST_ONLY = {"train", "export", "bench", "tests", "tensorflow", "keras", "pytest
 # What a model file or variant may be named to ship: install.sh and README-PI.md
 # put the names into shell commands and Markdown as they are.
 SHIPPABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# The extra of pyproject.toml that `install.sh --camera` adds: OpenCV, for --source.
+CAMERA_EXTRA = "camera"
+CAMERA_PINS = ("# Written by `noodle bundle`: what `./install.sh --camera` adds to requirements-pi.txt",
+               "# (OpenCV, for --source: a USB camera, a video file), resolved against that file's numpy",
+               "# and pinned by version and sha256 per release; requirements-camera.in holds the ranges.")
 # A noodle-edge command or option name, as install.sh's COMMANDS holds it.
 OPTION_WORD = re.compile(r"-{0,2}[a-z0-9][a-z0-9-]*", re.I)
 # The name's ending of a bundle without wheels/, which installs from the package index.
@@ -75,8 +88,8 @@ def version() -> str:
     return installed
 
 
-def pi_requirements() -> list[str]:
-    """The runner's requirements: base dependencies plus the `edge` extra, markers kept.
+def pi_requirements(extra: str = EXTRA) -> list[str]:
+    """The runner's requirements: base dependencies plus the `edge` extra (or EXTRA's), markers kept.
 
     Read from the installed metadata of this package, whose source is
     pyproject.toml, so the Pi installs what `make edge-env` tested.
@@ -91,11 +104,11 @@ def pi_requirements() -> list[str]:
     for line in declared:
         req = Requirement(line)
         marker = str(req.marker) if req.marker is not None else ""
-        if "extra ==" in marker and not any(req.marker.evaluate({**target_environment(t), "extra": EXTRA})
+        if "extra ==" in marker and not any(req.marker.evaluate({**target_environment(t), "extra": extra})
                                             for t in TARGETS):
             continue  # another extra's (train, litert, ...)
         # packaging writes markers in one normal form, so the extra's clause reads exactly so.
-        for clause in (f' and extra == "{EXTRA}"', f'extra == "{EXTRA}" and ', f'extra == "{EXTRA}"'):
+        for clause in (f' and extra == "{extra}"', f'extra == "{extra}" and ', f'extra == "{extra}"'):
             marker = marker.replace(clause, "")
         spec = f"{req.name}{req.specifier}"
         lines.append(f"{spec}; {marker}" if marker else spec)
@@ -118,6 +131,26 @@ def runner_commands() -> str:
                               "install.sh cannot check; name commands and options in letters, digits and '-'")
         lines.append(" ".join(words))
     return "\n".join(lines)
+
+
+def camera_requirements() -> list[str]:
+    """What `install.sh --camera` adds: the `camera` extra of pyproject.toml (OpenCV), without the base."""
+    base = set(pi_requirements())
+    return [line for line in pi_requirements(CAMERA_EXTRA) if line not in base]
+
+
+def camera_wheels(target, base: list[Wheel], requirements: list[str], cache: Path, download) -> list[Wheel]:
+    """TARGET's camera wheels, resolved against its base wheels pinned as they are.
+
+    So the OpenCV shipped is one that runs with the numpy the runner has:
+    on Bookworm numpy < 2 (tflite-runtime 2.14) picks opencv-python-headless
+    4.11.0.86, the last built against numpy 1.x, where an unpinned install
+    would pull numpy 2 and break the runtime.
+    """
+    pins = [f"{wheel.name}=={wheel.version}" for wheel in base]
+    have = {wheel.path.name for wheel in base}
+    return [wheel for wheel in wheels_for(target, requirements + pins, cache, download)
+            if wheel.path.name not in have]
 
 
 def device_sources() -> dict[str, bytes]:
@@ -196,12 +229,24 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     files["requirements-pi.in"] = ("# Written by `noodle bundle` from pyproject.toml: the runner's "
                                    "dependencies and the `edge` extra.\n"
                                    + "\n".join(requirements) + "\n").encode()
-    wheels = []
+    camera = camera_requirements()
+    values["OPENCV"] = f"{', '.join(camera)} from the package index (this bundle has no `wheels/`)"
+    files["requirements-camera.in"] = ("# Written by `noodle bundle` from pyproject.toml's `camera` "
+                                       "extra: what `./install.sh --camera` adds.\n"
+                                       + "\n".join(camera) + "\n").encode()
+    wheels, opencv = [], ""
     if wheel_cache is not None:
         groups = {target: wheels_for(target, requirements, Path(wheel_cache), download) for target in TARGETS}
         files["requirements-pi.txt"] = pinned_requirements(groups).encode()
-        wheels = sorted({wheel.path for group in groups.values() for wheel in group})
+        cameras = {target: camera_wheels(target, groups[target], camera, Path(wheel_cache), download)
+                   for target in TARGETS}
+        files["requirements-camera.txt"] = pinned_requirements(cameras, CAMERA_PINS).encode()
+        wheels = sorted({wheel.path for group in (*groups.values(), *cameras.values()) for wheel in group})
         files.update({f"wheels/{path.name}": path for path in wheels})
+        shipped_opencv = ", ".join(f"{' '.join(f'{w.name} {w.version}' for w in group) or 'nothing'} on "
+                                   f"{target.release.capitalize()}" for target, group in cameras.items())
+        values["OPENCV"] = f"{shipped_opencv}, offline from `wheels/`"
+        opencv = f"; for --camera {shipped_opencv}"
     for name in TEMPLATE_FILES:
         files[name] = _render(name, values)
 
@@ -217,7 +262,7 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
             with data.open("rb") if isinstance(data, Path) else io.BytesIO(data) as stream:
                 tar.addfile(info, stream)
     shipped_wheels = (f"{len(wheels)} wheels for {', '.join(t.release for t in TARGETS)} "
-                      f"({sum(p.stat().st_size for p in wheels) / 2**20:.1f} MiB)" if wheels
+                      f"({sum(p.stat().st_size for p in wheels) / 2**20:.1f} MiB){opencv}" if wheels
                       else "no wheels (the Pi installs from the index)")
     log(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB): {variant} model "
         f"{entry.bytes / 1024:.0f} KiB, {shipped_wheels}")

@@ -136,11 +136,14 @@ def _read_lock(lock: Path) -> dict[str, str | None]:
             for fields in (line.split() for line in lines) if fields}
 
 
-def pinned_requirements(groups: dict[Target, list[Wheel]]) -> str:
+PINS_HEADER = ("# Written by `noodle bundle`: the wheels in wheels/, by exact version and sha256, per",
+               f"# Raspberry Pi OS release ({ARCH}). install.sh installs them with --require-hashes;",
+               "# requirements-pi.in holds the ranges they were resolved from.")
+
+
+def pinned_requirements(groups: dict[Target, list[Wheel]], header: tuple[str, ...] = PINS_HEADER) -> str:
     """requirements-pi.txt: every wheel by exact version and sha256, one block per release."""
-    lines = ["# Written by `noodle bundle`: the wheels in wheels/, by exact version and sha256, per",
-             f"# Raspberry Pi OS release ({ARCH}). install.sh installs them with --require-hashes;",
-             "# requirements-pi.in holds the ranges they were resolved from."]
+    lines = list(header)
     for target, wheels in groups.items():
         lines += ["", f"# {target.release.capitalize()} (Debian {target.debian}), Python {target.python}"]
         for wheel in sorted(wheels, key=lambda w: w.name):

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -70,11 +71,11 @@ def test_contents(tarball, shippable_run):
         manifest = json.load(tar.extractfile(f"{top}/model/manifest.json"))
     edge_sources = sorted(p.name for p in (ROOT / "edge").glob("*.py"))
     assert sorted(n.split("/")[-1] for n in members if n.startswith(f"{top}/edge/")) == edge_sources
-    for name in ("model/int8.tflite", "requirements-pi.in", "install.sh", "noodle-edge",
-                 "noodle-edge.service", "README-PI.md"):
+    for name in ("model/int8.tflite", "requirements-pi.in", "requirements-camera.in", "install.sh",
+                 "noodle-edge", "noodle-edge.service", "README-PI.md"):
         assert f"{top}/{name}" in members
     # Without a wheel cache: no wheelhouse, so no pins either; the Pi uses the index.
-    assert not any("/wheels/" in n or n.endswith("requirements-pi.txt") for n in members)
+    assert not any("/wheels/" in n or n.endswith(".txt") for n in members)
     assert members[f"{top}/install.sh"].mode & 0o111 and members[f"{top}/noodle-edge"].mode & 0o111
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in members)
     # Only the shipped model is listed, with the sha256 the export wrote.
@@ -112,13 +113,16 @@ def fake_wheel(dest: Path, name: str, version: str) -> Path:
 
 
 def test_wheelhouse_pins_each_release_and_is_cached(shippable_run, tmp_path):
-    asked, made = {}, {}
+    asked, made, camera_asked = {}, {}, {}
 
     def download(specs, target, dest):
-        asked[target.release] = specs
         names = {spec.split("=")[0].split("<")[0].split(">")[0] for spec in specs}
-        made[target] = [fake_wheel(dest, name, "2.14.0" if name == "tflite-runtime" else f"1.{target.python}")
-                        for name in sorted(names)]
+        wheels = [fake_wheel(dest, name, "2.14.0" if name == "tflite-runtime" else f"1.{target.python}")
+                  for name in sorted(names)]
+        if "opencv-python-headless" in names:  # install.sh --camera's, resolved beside the runner's pins
+            camera_asked[target.release] = specs
+        else:
+            asked[target.release], made[target] = specs, wheels
 
     cache = tmp_path / "cache"
     path = write_bundle(shippable_run, "int8", tmp_path / "dist", log=quiet, wheel_cache=cache,
@@ -129,24 +133,36 @@ def test_wheelhouse_pins_each_release_and_is_cached(shippable_run, tmp_path):
     assert not any("litert" in s for s in asked["bookworm"])
     assert any(s.startswith("ai-edge-litert") for s in asked["trixie"])
     assert not any("tflite" in s for s in asked["trixie"])
+    # OpenCV for install.sh --camera: resolved against each release's runner wheels as pinned.
+    for target in made:
+        pins = {f"{w.name.split('-')[0].replace('_', '-')}=={w.name.split('-')[1]}" for w in made[target]}
+        assert set(camera_asked[target.release]) == {"opencv-python-headless>=4.9"} | pins
     top = path.name.removesuffix(".tar.gz")
     with tarfile.open(path) as tar:
         wheels = {Path(m.name).name: tar.extractfile(m).read()
                   for m in tar.getmembers() if "/wheels/" in m.name}
         pins = tar.extractfile(f"{top}/requirements-pi.txt").read().decode()
-    assert sorted(wheels) == sorted(w.name for files in made.values() for w in files)
+        camera = tar.extractfile(f"{top}/requirements-camera.txt").read().decode()
+        camera_in = tar.extractfile(f"{top}/requirements-camera.in").read().decode()
+    opencv = {t: f"opencv_python_headless-1.{t.python}-py3-none-any.whl" for t in made}
+    runner = [w.name for group in made.values() for w in group]
+    assert sorted(wheels) == sorted(runner + list(opencv.values()))
     for target, files in made.items():
         for wheel in files:
             dist, version = wheel.name.split("-")[:2]
             assert (f'{dist.replace("_", "-")}=={version}; python_version == "{target.python}" \\\n'
                     f"    --hash=sha256:{hashlib.sha256(wheels[wheel.name]).hexdigest()}") in pins
+        assert (f'opencv-python-headless==1.{target.python}; python_version == "{target.python}" \\\n'
+                f"    --hash=sha256:{hashlib.sha256(wheels[opencv[target]]).hexdigest()}") in camera
+    assert "opencv" not in pins and camera.count("--hash=sha256:") == len(made)
+    assert camera_in.splitlines()[1:] == ["opencv-python-headless>=4.9"]
     # A second bundle reuses the cache without asking pip; a lost file is fetched again.
-    asked.clear()
+    asked.clear(), camera_asked.clear()
     write_bundle(shippable_run, "int8", tmp_path / "dist", log=quiet, wheel_cache=cache, download=download)
-    assert asked == {}
+    assert asked == {} and camera_asked == {}
     next(cache.glob("tflite_runtime-*.whl")).unlink()
     write_bundle(shippable_run, "int8", tmp_path / "dist", log=quiet, wheel_cache=cache, download=download)
-    assert list(asked) == ["bookworm"]
+    assert list(asked) == ["bookworm"] and camera_asked == {}  # the wheel is back, so OpenCV's lock holds
 
 
 def test_a_bundle_without_wheels_leaves_the_offline_one(shippable_run, tmp_path):
@@ -172,8 +188,11 @@ def test_readme_has_the_commands_and_says_32_bit_is_unsupported(unpacked, tarbal
     assert "32-bit Raspberry Pi OS is unsupported" in " ".join(readme.split())
     for command in (f"tar xzf {tarball.name}", "./install.sh", "./noodle-edge classify model/int8.tflite",
                     f"./install.sh --service '{SERVICE}'", "journalctl -u noodle-edge -f",
-                    "./install.sh --remove-service"):
+                    "./install.sh --remove-service", "./install.sh --camera",
+                    "./noodle-edge camera model/int8.tflite --source clip.mp4"):
         assert command in readme
+    # Without wheels/ OpenCV comes from the index, resolved with the runner's numpy.
+    assert "adds opencv-python-headless>=4.9 from the package index" in " ".join(readme.split())
     assert "@" not in readme.replace("pi@raspberrypi", "")  # every placeholder filled
 
 
@@ -264,6 +283,17 @@ def test_install_refuses_wheels_for_another_machine(copy, tmp_path):
     assert venvs(copy) == []
 
 
+def test_install_camera_needs_the_bundles_opencv_wheels(copy):
+    # An offline bundle pinned for this Python, but with no OpenCV (made before --camera, or altered).
+    (copy / "wheels").mkdir()
+    target = Target("bookworm", 12, f"{sys.version_info.major}.{sys.version_info.minor}", "", 36)
+    wheel = Wheel.read(fake_wheel(copy / "wheels", "numpy", "1.26.4"))
+    (copy / "requirements-pi.txt").write_text(pinned_requirements({target: [wheel]}))
+    error = one_error(install(copy, "--camera", tools=AARCH64))
+    assert f"--camera: this bundle's wheels/ holds no OpenCV for Python {target.python}" in error
+    assert "./install.sh --camera --index" in error and venvs(copy) == []
+
+
 @pytest.fixture(scope="module")
 def device_wheels(tmp_path_factory) -> Path:
     """The device environment's packages (tflite-runtime, numpy<2, Pillow, typer...) as wheels again."""
@@ -337,6 +367,54 @@ def test_install_offline_twice_and_again_when_changed(copy, device_wheels, sampl
     third = install(copy, tools=AARCH64)
     assert third.returncode == 0 and "installed .venv" in third.stdout, third.stderr
     assert os.readlink(copy / ".venv") != target and venvs(copy) == [".venv", os.readlink(copy / ".venv")]
+
+
+def stand_in_opencv(dest: Path) -> Path:
+    """A wheel named as Bookworm's OpenCV, holding a cv2 that says its version, needing numpy."""
+    import base64
+
+    info = "opencv_python_headless-4.11.0.86.dist-info"
+    members = {"cv2/__init__.py": '__version__ = "4.11.0"\n',
+               f"{info}/METADATA": "Metadata-Version: 2.1\nName: opencv-python-headless\nVersion: 4.11.0.86\n"
+                                   "Requires-Dist: numpy>=1.21.2\n",
+               f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+                                "Tag: py3-none-any\n"}
+    path = dest / "opencv_python_headless-4.11.0.86-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as whl:
+        record = []
+        for name, text in members.items():
+            whl.writestr(name, text)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+            record.append(f"{name},sha256={digest},{len(text.encode())}")
+        whl.writestr(f"{info}/RECORD", "\n".join(record + [f"{info}/RECORD,,"]) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_install_camera_adds_opencv_offline_and_keeps_it(copy, device_wheels):
+    """Was: README-PI said `pip install opencv-python-headless`, which pulls numpy 2: tflite-runtime fails."""
+    with_wheelhouse(copy, device_wheels)
+    target = Target("bookworm", 12, f"{sys.version_info.major}.{sys.version_info.minor}", "", 36)
+    opencv = Wheel.read(stand_in_opencv(copy / "wheels"))
+    (copy / "requirements-camera.txt").write_text(pinned_requirements({target: [opencv]}))
+    first = install(copy, "--camera", tools=AARCH64)
+    assert first.returncode == 0, first.stderr
+    described = first.stdout.splitlines()[0]
+    assert "numpy 1.26.4, opencv-python-headless 4.11.0.86 from wheels/ (offline), with OpenCV" in described
+    check = [str(copy / ".venv/bin/python"), "-c", "import cv2, tflite_runtime; print(cv2.__version__)"]
+    assert subprocess.run(check, capture_output=True, text=True).stdout == "4.11.0\n"
+    # Installing again (as --service does) keeps OpenCV; --no-camera drops it.
+    again = install(copy, tools=AARCH64)
+    assert again.stdout.startswith("up to date: .venv has") and "opencv-python-headless" in again.stdout
+    dropped = install(copy, "--no-camera", tools=AARCH64)
+    assert dropped.returncode == 0 and "installed .venv" in dropped.stdout, dropped.stderr
+    assert "opencv" not in dropped.stdout.lower() and not (copy / ".venv/.noodle-camera").exists()
+    # A damaged OpenCV wheel is refused by its sha256, leaving .venv as it was.
+    before = os.readlink(copy / ".venv")
+    with zipfile.ZipFile(copy / "wheels" / opencv.path.name, "a") as whl:
+        whl.writestr("cv2/extra.py", "")
+    error = one_error(install(copy, "--camera", tools=AARCH64))
+    assert "differs from its sha256" in error and os.readlink(copy / ".venv") == before
 
 
 @pytest.mark.slow
@@ -528,6 +606,34 @@ def test_pi_check_refuses_what_it_cannot_check(shippable_run, tmp_path):
     assert unknown.exit_code == 2 and "use some of bookworm, trixie" in unknown.stderr
     offline = CliRunner().invoke(pi_check, [str(path), str(tmp_path), "--releases", "trixie"])
     assert offline.exit_code == 2 and "no wheels/ in the bundle" in offline.stderr
+
+
+def test_pi_check_camera_reads_the_clip_frame_by_frame(copy, sample_data, tmp_path, monkeypatch):
+    """pi-check's camera step, with this machine standing in for the emulated root."""
+    pytest.importorskip("cv2")
+    from bench import pi_check
+
+    model = Path("model/int8.tflite")
+    clip = pi_check.make_clip(sample_data / "test", tmp_path, copy, model)
+    labels = json.loads((copy / "model" / "manifest.json").read_text())["labels"]
+    assert clip.frames == pi_check.CLIP_FRAMES and set(clip.x86) <= set(labels)
+    (copy / ".venv").symlink_to(sys.prefix)  # this environment has OpenCV, as --camera gives
+    home = tmp_path / "home"
+    home.mkdir()
+    ran = []
+
+    def here(root, binds, command, env):
+        ran.append(command)
+        local = command.replace("cd /bundle", f"cd {copy}").replace("--source /tmp/", f"--source {home}/")
+        return subprocess.run(["sh", "-c", local], capture_output=True, text=True, timeout=300)
+
+    monkeypatch.setattr(pi_check, "in_root", here)
+    target = pi_check.RELEASES["bookworm"]
+    assert pi_check.check_camera(target, tmp_path, {}, {}, model, clip, home)
+    assert ran[0] == f"cd /bundle && ./noodle-edge camera {model} --source /tmp/clip.mp4 --every 1 --json"
+    # A clip that gives fewer frames than x86 read is a failure.
+    short = pi_check.Clip(clip.path, clip.frames + 1, [*clip.x86, clip.x86[0]])
+    assert not pi_check.check_camera(target, tmp_path, {}, {}, model, short, home)
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@
 #
 #   ./install.sh                         install; again only when something changed
 #   ./install.sh --index                 from the package index even when wheels/ is here
+#   ./install.sh --camera                also OpenCV, for --source (a USB camera, a video file);
+#                                        later installs keep it, until ./install.sh --no-camera
 #   ./install.sh --service 'ARGS'        and run `noodle-edge ARGS` at boot (systemd, via sudo)
 #   ./install.sh --print-service 'ARGS'  print that unit and change nothing
 #   ./install.sh --remove-service        stop it and remove the unit
@@ -40,15 +42,18 @@ fail() {
 }
 
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 mode=install
 service_args=""
 use_index=0
+camera=""  # empty: as the installed .venv has it
 while [ $# -gt 0 ]; do
     case "$1" in
         --index) use_index=1 ;;
+        --camera) camera=1 ;;
+        --no-camera) camera=0 ;;
         --service | --print-service)
             if [ $# -lt 2 ] || [ -z "$2" ]; then
                 fail "$1 needs noodle-edge's arguments as one quoted word; e.g. $1 'camera model/@MODEL_FILE@ --picamera --json'"
@@ -176,12 +181,23 @@ pyver=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null ||
     fail "$PYTHON (Python $pyver) cannot make a virtual environment, its venv module is missing; sudo apt install python3-venv"
 
+# OpenCV (--camera) is kept as the installed .venv has it, unless asked otherwise.
+if [ -z "$camera" ]; then
+    if [ -f .venv/.noodle-camera ]; then camera=1; else camera=0; fi
+fi
+pins_python() {
+    [ -f "$1" ] && [ "$arch" = aarch64 ] && grep -q "python_version == \"$pyver\"" "$1"
+}
+
 # Where the packages come from: pinned wheels when this Python and machine have them.
 pinned=0
-if [ -f requirements-pi.txt ] && [ "$arch" = aarch64 ] && grep -q "python_version == \"$pyver\"" requirements-pi.txt; then
+if pins_python requirements-pi.txt && { [ "$camera" = 0 ] || pins_python requirements-camera.txt; }; then
     pinned=1
 fi
 if [ -d wheels ] && [ "$use_index" = 0 ]; then
+    if [ "$pinned" = 0 ] && pins_python requirements-pi.txt; then
+        fail "--camera: this bundle's wheels/ holds no OpenCV for Python $pyver (it was made before --camera, or altered); make it again with \`noodle bundle\`, or ./install.sh --camera --index"
+    fi
     if [ "$pinned" = 0 ]; then
         have=$(sed -n 's/.*python_version == "\([0-9.]*\)".*/\1/p' requirements-pi.txt 2>/dev/null | sort -u | tr '\n' ' ')
         fail "wheels/ holds aarch64 wheels for Python ${have:-none}only, not for Python $pyver on $arch; install from the package index: ./install.sh --index"
@@ -195,6 +211,11 @@ else
     source="the package index"
     set -- -r requirements-pi.in
 fi
+if [ "$camera" = 1 ]; then
+    # Pinned beside the runner's own pins, so OpenCV comes with the numpy the runtime needs.
+    if [ "$source" = "the package index" ]; then set -- "$@" -r requirements-camera.in; else set -- "$@" -r requirements-camera.txt; fi
+    source="$source, with OpenCV"
+fi
 
 # picamera2 comes from apt (python3-picamera2), not pip: let the venv see the
 # system's packages when it is there, so --picamera works.
@@ -203,7 +224,7 @@ if "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("
     system_site="--system-site-packages"
 fi
 
-requirements=$(cat requirements-pi.txt requirements-pi.in 2>/dev/null | sha256sum)
+requirements=$(cat requirements-pi.txt requirements-pi.in requirements-camera.txt requirements-camera.in 2>/dev/null | sha256sum)
 full=$("$PYTHON" -c 'import platform; print(platform.python_version())')
 stamp="$(command -v "$PYTHON") $full; $source; ${system_site:-isolated}; requirements ${requirements%% *}"
 
@@ -217,8 +238,9 @@ describe() {
 import platform
 from edge.runtime import find_runtime, package_version
 name = find_runtime()[0]
+opencv = package_version("opencv-python-headless")
 print("Python", platform.python_version(), platform.machine() + ",", name, package_version(name) + ",",
-      "numpy", package_version("numpy"))'
+      "numpy", package_version("numpy") + (", opencv-python-headless " + opencv if opencv else ""))'
 }
 
 if [ -L .venv ] && [ -f .venv/.noodle-installed ] && [ "$(cat .venv/.noodle-installed)" = "$stamp" ] &&
@@ -264,6 +286,7 @@ else
     found=$(describe "$venv" 2>>"$LOG") ||
         fail "the installed runtime does not load: $(tail -n 1 "$LOG"); see $here/$LOG"
     printf '%s\n' "$stamp" >"$venv/.noodle-installed"
+    if [ "$camera" = 1 ]; then : >"$venv/.noodle-camera"; fi
     chmod 755 "$venv"  # mktemp made it private
     if [ "$(id -u)" = 0 ] && [ -n "${SUDO_USER:-}" ]; then
         chown -R "$SUDO_USER:" "$venv" 2>/dev/null || fail "cannot give .venv to $SUDO_USER (SUDO_USER); run it as that user"
