@@ -9,7 +9,17 @@
 #   make pi-check                    install it offline on Pi OS Bookworm and Trixie (qemu), labels vs x86
 #   make bench [REPEATS=3]           BENCHMARKS.md: the noodle clock, edge vs Keras (minutes)
 
-PYTHON ?= python3
+# Pythons TensorFlow 2.21 (the train extra) has wheels for. .venv is made by the
+# first of python3, python3.13, python3.12, python3.11, python3.10 that runs one
+# (PYTHON=... to choose); with none, `make setup` says so before installing anything.
+TF_PYTHONS := 3.10 3.11 3.12 3.13
+PY_VERSION := -c 'import sys; print("%d.%d" % sys.version_info[:2])'
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11 python3.10; do \
+	case " $(TF_PYTHONS) " in (*" $$($$p $(PY_VERSION) 2>/dev/null) "*) echo $$p; exit;; esac; done; echo python3)
+CHECK_PYTHON = v=$$($(PYTHON) $(PY_VERSION) 2>/dev/null) || v="not runnable"; case " $(TF_PYTHONS) " in \
+	*" $$v "*) ;; *) echo "error: $(PYTHON) is Python $$v, and TensorFlow 2.21 has wheels for Python \
+	$(TF_PYTHONS) only: install one of those (a python3.13 on PATH is picked), or make PYTHON=python3.12" >&2; \
+	exit 2;; esac
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Photos to train on; empty means the embedded default, generated into data/sample.
@@ -63,6 +73,7 @@ help:
 # The virtual environment, rebuilt when pyproject.toml changes.
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
+	@$(CHECK_PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[train,litert,litert-quantizer,camera,serve,dev]'
@@ -71,10 +82,13 @@ $(VENV)/.installed: pyproject.toml
 # The device's environment: the edge package and its interpreter only, no
 # TensorFlow. On Python <= 3.11 that is tflite-runtime 2.14 with numpy < 2,
 # what Raspberry Pi OS Bookworm runs; the exporter validates every model in it.
+# So it is made by a python3.11 when one runs here, else by PYTHON; on 3.12+
+# `make export` says that Bookworm's runtime was not checked, and how to check it.
 EDGE_VENV ?= .venv-edge
+EDGE_PYTHON ?= $(shell python3.11 $(PY_VERSION) >/dev/null 2>&1 && echo python3.11 || echo $(PYTHON))
 edge-env: $(EDGE_VENV)/.installed
 $(EDGE_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_PYTHON) -m venv $(EDGE_VENV)
 	$(EDGE_VENV)/bin/pip install --quiet --upgrade pip
 	$(EDGE_VENV)/bin/pip install --quiet -e '.[edge]'
 	touch $@
@@ -107,7 +121,12 @@ export: setup data edge-env trained
 	status=0; $(NOODLE) export $(RUN) $(EXPORT_FLAGS) || status=$$?; \
 	if [ $$status -le 1 ]; then $(RECORD_EXPORT) && \
 	  $(NOODLE) compare $(RUN) $(if $(TEST),--test $(TEST)) || exit $$?; fi; \
-	exit $$status
+	$(BOOKWORM_NOTE); exit $$status
+# Said once, last: an edge environment on Python 3.12+ has ai-edge-litert, not tflite-runtime 2.14.
+BOOKWORM_NOTE = v=$$($(EDGE_VENV)/bin/python $(PY_VERSION) 2>/dev/null) && case "$$v" in 3.1[2-9]) echo "note: \
+	Bookworm's runtime (tflite-runtime 2.14) was NOT checked: $(EDGE_VENV) is Python $$v, which it has no \
+	wheels for; to check it, put a python3.11 on PATH and run rm -rf $(EDGE_VENV) && make export, or make \
+	pi-check (Bookworm under qemu)";; esac
 RECORD_EXPORT = mkdir -p $(OUT) && printf '%s\n' '$(RUN)' '$(DATA_DIR)' >$(LAST_EXPORT).$$$$ && mv -f $(LAST_EXPORT).$$$$ $(LAST_EXPORT) && \
 	echo 'recorded in $(LAST_EXPORT): `make bundle` ships $(RUN)'
 
