@@ -58,8 +58,9 @@ Runs = Annotated[Path, typer.Option(
 Arch = Annotated[ArchName, typer.Option(
     help="; ".join(f"{a.name}: {a.summary}" for a in ARCHITECTURES.values()) + ".")]
 Epochs = Annotated[int | None, typer.Option(
-    help=f"Epochs (default {_each('epochs')}; of the head when pretrained; a cosine schedule's "
-         "length, else an upper bound). Early stopping on validation loss keeps the best.")]
+    help=f"Epochs (default {_each('epochs')}) of the whole net from scratch, or of --fine-tune's "
+         "blocks; a cosine schedule's length, else an upper bound (early stopping on validation loss "
+         "keeps the best). A pretrained head is solved to convergence, with no epochs.")]
 ImageSize = Annotated[int | None, typer.Option(
     help=f"Square input side in pixels (default {_each('image_size')}).")]
 Weights = Annotated[str | None, typer.Option(
@@ -70,7 +71,8 @@ FineTune = Annotated[int | None, typer.Option(
     help=f"Pretrained only: after the head, also train the backbone's top N blocks (batch norm "
          f"frozen, a tenth of the rate); 0: the head alone (default {_each('fine_tune')}).")]
 BatchSize = Annotated[int, typer.Option(help="Per device.")]
-LearningRate = Annotated[float, typer.Option(help="Adam's rate (noodle: the start of its cosine decay).")]
+LearningRate = Annotated[float, typer.Option(
+    help="Adam's rate (noodle: the start of its cosine decay; --fine-tune: a tenth of it).")]
 Patience = Annotated[int, typer.Option(help="Epochs without a better validation loss before stopping.")]
 Seed = Annotated[int, typer.Option(help="Seed for weights, shuffling and augmentation.")]
 TrainOnVal = Annotated[bool | None, typer.Option(
@@ -229,9 +231,10 @@ def summary(manifest: RunManifest, run_dir: Path) -> str:
         f"run folder   {run_dir}",
         f"model        {manifest.arch}, {manifest.params:,} params, "
         f"{manifest.input.height}x{manifest.input.width} RGB, labels {manifest.labels}",
-        f"training     {m['epochs_run']} epochs "
+        "training     " + (f"head solved by L-BFGS in {m['head']['iterations']} iterations " if "head" in m
+                            else f"{m['epochs_run']} epochs ")
         + ("on training and validation photos" if training.get("train_on_val")
-           else f"(best {m['best_epoch']})")
+           else "" if "head" in m else f"(best {m['best_epoch']})")
         + f" in {m['train_seconds']}s "
         f"on {training['replicas']} {training['device']} replica(s)",
     ]

@@ -31,7 +31,7 @@ from edge.preprocess import PREPROCESSING
 from train import cluster as clusters
 from train import data as datasets
 from train import runs
-from train.config import BATCH_NORM_PHOTOS, TrainConfig, resolved, trains_on_val
+from train.config import BATCH_NORM_PHOTOS, HEAD_ITERATIONS, HEAD_L2, TrainConfig, resolved, trains_on_val
 
 # TensorFlow's C++ start-up chatter (CPU features, CUDA probing) hides the
 # progress bars; warnings and errors still show.
@@ -40,10 +40,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # A pretrained backbone's features are computed this many photos a call:
 # 64 photos of 224x224 hold the widest map in 150 MB of float32.
 FEATURE_BATCH = 64
-# Fine-tuning (--fine-tune N): its epochs, and its rate as a fraction of the
-# head's. A tenth keeps the ImageNet features from being washed out by a few
-# hundred photos; a few epochs are what the clock affords on CPU.
-FINE_TUNE_EPOCHS = 3
+# Fine-tuning (--fine-tune N) runs at this fraction of --learning-rate: a
+# tenth keeps the ImageNet features from being washed out by a few hundred
+# photos. Its epochs are the architecture's (a few: what the clock affords on CPU).
 FINE_TUNE_RATE = 0.1
 
 
@@ -241,14 +240,18 @@ class Stage:
     """What one `fit` trains: the trainer, its data, and the model the run saves."""
 
     model: object  # the classifier saved as model.keras
-    trainer: object  # what fit trains: model under augmentation, or a pretrained model's head
-    train_ds: object
-    val_ds: object
-    epochs: int
-    cosine: bool
-    watch_from: int  # the first epoch early stopping watches
+    trainer: object = None  # what fit trains: the model under augmentation (from scratch)
+    train_ds: object = None
+    val_ds: object = None
+    watch_from: int = 0  # the first epoch early stopping watches
+    features: dict | None = None  # pretrained: the backbone's features of each photo, per split
     maps: dict | None = None  # fine-tuning: what the frozen blocks make of each photo, per split
     top: object = None  # fine-tuning: the backbone's top blocks, trained on `maps`
+
+    @property
+    def restores_best(self) -> bool:
+        """Whether the weights kept are early stopping's best epoch (from scratch), not the last."""
+        return self.trainer is not None
 
 
 def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_resolver,
@@ -261,19 +264,25 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
     splits = decode_splits(cfg, dataset, work, log)
     keras.utils.set_random_seed(cfg.seed)
     strategy = pick_strategy(cfg.cpu_replicas, cluster_resolver)
+    if _device() == "CPU":
+        # The cores this process may use: a container or taskset may allow fewer than the machine has.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        log(f"no GPU found: training on {cores} CPU cores")
     if cfg.mixed_precision:
         # float16 compute with float32 variables; the head is pinned to float32.
         # `train` restores the previous policy.
         keras.mixed_precision.set_global_policy("mixed_float16")
-    stage = (pretrained_stage if cfg.pretrained else scratch_stage)(cfg, splits, len(dataset.classes),
-                                                                    strategy, log)
-    train_seconds = fit(cfg, stage, splits, work, strategy, cluster_resolver, log)
+    if cfg.pretrained:
+        stage = pretrained_stage(cfg, splits, len(dataset.classes), log)
+        train_seconds, head = solve_head(stage, splits, work, len(dataset.classes), log)
+    else:
+        stage = scratch_stage(cfg, splits, len(dataset.classes), strategy, log)
+        train_seconds, head = fit(cfg, stage, splits, work, strategy, cluster_resolver, log), None
     if not chief:
         log(f"{clusters.task_name(cluster_resolver)} done; the chief writes the run folder")
         return None
     model = stage.model
-    if cfg.pretrained:  # the classifier's own head takes the trained one's weights
-        model.layers[-1].set_weights(stage.trainer.get_weights())
+    if cfg.pretrained:
         if cfg.fine_tune:
             train_seconds += fine_tune(cfg, model, stage, splits, log)
     else:
@@ -282,7 +291,7 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
     if bn_photos:
         log(f"batch-norm statistics set to those of {bn_photos} training photos, un-augmented")
     history = read_history(work.backup / "history.csv")
-    metrics = evaluate(model, splits, dataset.classes, stage, history, train_seconds, bn_photos)
+    metrics = evaluate(model, splits, dataset.classes, stage, history, train_seconds, bn_photos, head)
     manifest = run_manifest(cfg, dataset, model, splits, metrics, strategy)
     write_run(RunDir(cfg.out), work, model, manifest, history, metrics, dataset.classes)
     return manifest
@@ -391,22 +400,22 @@ def scratch_stage(cfg: TrainConfig, splits: Splits, num_classes: int, strategy, 
     log(f"training {cfg.arch} ({model.count_params():,} params) on {replicas} {_device()} replica(s), "
         f"{'cosine-decayed rate over' if cosine else 'up to' if splits.validating else 'for'} "
         f"{cfg.epochs} epochs, batch {global_batch}")
-    return Stage(model, trainer, train_ds, val_ds, cfg.epochs, cosine, watch_from)
+    return Stage(model, trainer, train_ds, val_ds, watch_from)
 
 
-def pretrained_stage(cfg: TrainConfig, splits: Splits, num_classes: int, strategy, log) -> Stage:
-    """A new head on a frozen pretrained backbone, fitted on the backbone's features of each photo.
+def pretrained_stage(cfg: TrainConfig, splits: Splits, num_classes: int, log) -> Stage:
+    """A pretrained backbone, frozen, with its features of each photo for a new head (`solve_head`).
 
     The backbone stays in inference mode, so a photo's features never change:
     they are computed once, un-augmented (augmented copies did not pay for
-    their time, docs/experiments.md), and the head's epochs cost
-    milliseconds. With --fine-tune N the backbone is cut before its top N
-    blocks: what the photos bring there is computed once too, and the top
-    blocks make the head's features from it (`fine_tune` then trains them).
+    their time, docs/experiments.md). With --fine-tune N the backbone is cut
+    before its top N blocks: what the photos bring there is computed once
+    too, and the top blocks make the head's features from it (`fine_tune`
+    then trains them).
     """
     import keras
 
-    from train.models import build, head
+    from train.models import build
 
     keras.mixed_precision.set_global_policy("float32")  # the backbone's features, exact
     model = build(cfg.arch, (cfg.image_size, cfg.image_size, 3), num_classes, cfg.weights)
@@ -419,22 +428,61 @@ def pretrained_stage(cfg: TrainConfig, splits: Splits, num_classes: int, strateg
     log(f"{backbone.name} ({backbone.count_params():,} params, {cfg.weights} weights, frozen): features of "
         f"{sum(map(len, features.values()))} photos at {cfg.image_size}x{cfg.image_size} in "
         f"{time.perf_counter() - started:.1f}s on {_device()}")
-    if cfg.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    replicas = strategy.num_replicas_in_sync
-    global_batch = cfg.batch_size * replicas
-    n_train = len(splits.decoded["train"].y)
-    with strategy.scope():
-        trainer = head(num_classes, features["train"].shape[1])
-        _compiled(trainer, _rate(cfg, n_train, global_batch))
-    train_ds, val_ds = _pipelines(features["train"], splits.decoded["train"].y, splits, features.get("val"),
-                                  cfg, global_batch, replicas)
-    cosine = cfg.architecture.schedule == "cosine"
-    log(f"training the head ({trainer.count_params():,} params) on {replicas} {_device()} replica(s), "
-        f"{'cosine-decayed rate over' if cosine else 'for'} {cfg.epochs} epochs, batch {global_batch}")
-    stage = Stage(model, trainer, train_ds, val_ds, cfg.epochs, cosine, cfg.epochs * 2 // 3 if cosine else 0)
-    stage.maps, stage.top = (maps, top) if top is not None else (None, None)
-    return stage
+    if cfg.mixed_precision and not cfg.fine_tune:
+        log("--mixed-precision: nothing to speed up; the frozen backbone runs float32, the head float64")
+    return Stage(model, features=features, **({"maps": maps, "top": top} if top is not None else {}))
+
+
+def solve_head(stage: Stage, splits: Splits, work: RunDir, num_classes: int, log) -> tuple[float, dict]:
+    """Solve the classifier's head on the features (train.head), set it, and return (seconds, the solve).
+
+    Its iterations are the run's history.csv rows: each is a full pass over
+    the features, as an epoch is. Deterministic: no rate, batch or seed.
+    """
+    from train import head
+
+    y = splits.decoded["train"].y
+    val = (stage.features["val"], splits.decoded["val"].y) if splits.validating else None
+    started = time.perf_counter()
+    solution = head.solve(stage.features["train"], y, num_classes, HEAD_L2, HEAD_ITERATIONS, val)
+    seconds = time.perf_counter() - started
+    dense = stage.model.layers[-1].layers[-1]  # the head model's class layer
+    dense.set_weights([solution.kernel, solution.bias])
+    work.backup.mkdir(parents=True, exist_ok=True)
+    _write_history(work.backup / "history.csv", solution.history)
+    _tensorboard(work.tensorboard, solution.history)
+    log(f"head ({solution.kernel.size + solution.bias.size:,} weights) solved by L-BFGS, L2 {HEAD_L2:g}, "
+        f"in {solution.iterations} iterations, {seconds:.1f}s"
+        + ("" if solution.converged else f"; not converged ({solution.message}): the weights of the last "
+                                         f"of {HEAD_ITERATIONS} iterations are kept"))
+    return seconds, {"solver": "L-BFGS", "l2": HEAD_L2, "iterations": solution.iterations,
+                     "converged": solution.converged}
+
+
+def _tensorboard(folder: Path, history: list[dict]) -> None:
+    """The solve's curves where Keras' TensorBoard callback puts an epoch's: train/ and validation/."""
+    import tensorflow as tf
+
+    for name, prefix in (("train", ""), ("validation", "val_")):
+        rows = [row for row in history if f"{prefix}loss" in row]
+        if rows:
+            with tf.summary.create_file_writer(str(folder / name)).as_default():
+                for row in rows:
+                    for key in ("loss", "accuracy"):
+                        tf.summary.scalar(f"epoch_{key}", row[prefix + key], step=row["epoch"])
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    """history.csv as Keras' CSVLogger writes it: a header of the keys, one row per epoch."""
+    import csv
+    import io
+
+    keys = list(dict.fromkeys(k for row in rows for k in row)) or ["epoch", "loss", "accuracy"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, keys, restval="NA", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(path, out.getvalue().encode())
 
 
 def split_backbone(backbone, blocks: int):
@@ -496,10 +544,6 @@ def fit(cfg: TrainConfig, stage: Stage, splits: Splits, work: RunDir, strategy, 
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=cfg.patience, restore_best_weights=True,
             start_from_epoch=stage.watch_from))
-    if _device() == "CPU":
-        # The cores this process may use: a container or taskset may allow fewer than the machine has.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        log(f"no GPU found: training on {cores} CPU cores")
     if cluster_resolver is not None:
         # Keras 3 cannot start fit on a model built in a MultiWorkerMirroredStrategy
         # scope: it all-reduces a sample batch to build the model first, which
@@ -509,7 +553,7 @@ def fit(cfg: TrainConfig, stage: Stage, splits: Splits, work: RunDir, strategy, 
     started = time.perf_counter()
     with strategy.scope():
         # shuffle=False: the tf.data pipeline already reshuffles every epoch.
-        stage.trainer.fit(stage.train_ds, validation_data=stage.val_ds, epochs=stage.epochs,
+        stage.trainer.fit(stage.train_ds, validation_data=stage.val_ds, epochs=cfg.epochs,
                           callbacks=callbacks, shuffle=False, verbose=cfg.verbose)
     # Across resumes: the epochs an earlier, killed process finished, then this one.
     return progress.earlier_seconds + time.perf_counter() - started
@@ -519,7 +563,7 @@ def fine_tune(cfg: TrainConfig, model, stage: Stage, splits: Splits, log) -> flo
     """Train the backbone's top `cfg.fine_tune` blocks with the trained head; return the seconds.
 
     On what the frozen blocks below them made of each photo (computed once, so
-    un-augmented), at a tenth of the head's rate for FINE_TUNE_EPOCHS. Batch
+    un-augmented), at a tenth of --learning-rate for the run's epochs. Batch
     norm stays frozen, in inference mode with its ImageNet statistics: a few
     hundred photos would move them far from what the layers after it learnt.
     One device: the model was built outside any distribution strategy.
@@ -533,31 +577,34 @@ def fine_tune(cfg: TrainConfig, model, stage: Stage, splits: Splits, log) -> flo
     tuner = keras.Model(inputs, classifier_head(top(inputs)), name="fine_tune")
     trained = sum(int(np.prod(w.shape)) for w in tuner.trainable_weights)
     y = splits.decoded["train"].y
-    steps = FINE_TUNE_EPOCHS * max(1, len(y) // cfg.batch_size)
+    steps = cfg.epochs * max(1, len(y) // cfg.batch_size)
     _compiled(tuner, keras.optimizers.schedules.CosineDecay(cfg.learning_rate * FINE_TUNE_RATE, steps))
     started = time.perf_counter()
     tuner.fit(_dataset(stage.maps["train"], y, cfg.batch_size, True, cfg.seed, drop_remainder=True),
-              epochs=FINE_TUNE_EPOCHS, shuffle=False, verbose=cfg.verbose)
+              epochs=cfg.epochs, shuffle=False, verbose=cfg.verbose)
     for layer in top.layers:
         layer.trainable = False
     seconds = time.perf_counter() - started
-    log(f"fine-tuned the top {cfg.fine_tune} blocks ({trained:,} weights) for {FINE_TUNE_EPOCHS} epochs "
+    log(f"fine-tuned the top {cfg.fine_tune} blocks ({trained:,} weights) for {cfg.epochs} epochs "
         f"in {seconds:.1f}s")
     return seconds
 
 
 def evaluate(model, splits: Splits, classes: list[str], stage: Stage, history: list[dict],
-             train_seconds: float, bn_photos: int) -> dict:
+             train_seconds: float, bn_photos: int, head: dict | None = None) -> dict:
     """The run's figures: timing, the epoch kept, and accuracy on the validation and test splits."""
-    # The epochs early stopping watched, hence the one whose weights were kept; without validation, the last.
+    # The epochs early stopping watched, hence the one whose weights were kept; without validation
+    # (or a solved head, which keeps its last iteration), the last.
     watched = range(stage.watch_from if len(history) > stage.watch_from else 0, len(history))
-    best = min(watched, key=lambda i: history[i]["val_loss"]) + 1 if splits.validating else len(history)
+    early_stopped = splits.validating and stage.restores_best
+    best = min(watched, key=lambda i: history[i]["val_loss"]) + 1 if early_stopped else len(history)
     metrics = {"train_seconds": round(train_seconds, 1), "decode_seconds": round(splits.seconds, 1),
                "epochs_run": len(history), "best_epoch": best if history else None,
                # What training saw: the train split, with the validation one when trained on.
                "train_images": int(len(splits.decoded["train"].y)),
                # The photos exact_batch_norm measured (0: none, or the backbone's own statistics kept).
-               "batch_norm_photos": bn_photos}
+               "batch_norm_photos": bn_photos,
+               **({"head": head} if head else {})}
     for split in ("val", "test"):
         if split in splits.decoded and len(splits.decoded[split].y):
             probs = predict_probabilities(model, splits.decoded[split].x)

@@ -24,8 +24,9 @@ def _head(x, num_classes: int, sigmoid: bool = True):
 def head(num_classes: int, features: int, dropout: float = 0.2) -> keras.Model:
     """A pretrained backbone's new head: dropout, then the class layer, on its pooled features.
 
-    A model of its own so that training can fit it on features computed
-    once (train.fit) while the classifier holds the same layers. Softmax even
+    A model of its own, shared by the classifier: training solves its class
+    layer on features computed once (train.head), and `--fine-tune` trains it
+    with the backbone's top blocks, the dropout acting only then. Softmax even
     for two classes: the dynamic-range converter quantizes a one-unit dense
     layer of 1,024 or more weights per channel (its one channel), which makes
     FULLY_CONNECTED version 12, and tflite-runtime 2.14 (Bookworm) cannot load it.
