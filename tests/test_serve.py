@@ -13,6 +13,7 @@ import http.client
 import io
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -29,6 +30,19 @@ ROOT = Path(__file__).resolve().parent.parent
 # Seconds a server may take to answer /healthz after it is started (loading the runtime).
 START_SECONDS = 60
 TOKEN = "s3cret-token-of-some-length"
+
+
+def installed(package: str, *names: str) -> str:
+    """The path of a program a test starts (mosquitto, chromium), from Debian's `package`.
+    `make test` installs them, so under CI a missing one fails; elsewhere the test skips."""
+    for name in names or (package,):
+        path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+        if path:
+            return path
+    why = f"{package} is not installed; `make test` installs it (apt-get install {package})"
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
 
 
 def free_port() -> int:

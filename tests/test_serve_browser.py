@@ -12,14 +12,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from test_serve import ROOT, Served, make_clip
+from test_serve import ROOT, Served, installed, make_clip
 
 ARTIFACTS = Path(os.environ.get("NOODLE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 # Seconds the page has to show both classes of the clip.
@@ -35,15 +34,6 @@ READ_PAGE = """JSON.stringify({
 })"""
 
 
-def chromium() -> str:
-    path = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; `make test` installs it (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return path
-
-
 class Browser:
     """Headless Chromium and one page, over the DevTools protocol on a pipe."""
 
@@ -53,8 +43,9 @@ class Browser:
         flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
                  "--disable-background-networking", "--remote-debugging-pipe", f"--user-data-dir={profile}",
                  "--window-size=1100,800", "about:blank"]
+        program = installed("chromium", "chromium", "chromium-browser")
         self.proc = subprocess.Popen(
-            ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser}', chromium(), *flags],
+            ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser}', program, *flags],
             pass_fds=(to_browser, from_browser), stdout=subprocess.DEVNULL,
             stderr=open(profile.parent / "chromium.log", "wb"))
         os.close(to_browser)
@@ -166,6 +157,10 @@ def test_the_page_follows_the_clip_from_one_class_to_the_other(exported_run, sam
     browser = Browser(tmp_path / "profile")
     try:
         browser.page("Page.navigate", url=f"http://127.0.0.1:{served.port}/")
+        deadline = time.monotonic() + WAIT
+        while not browser.evaluate('document.readyState !== "loading" && !!document.getElementById("label")'):
+            assert time.monotonic() < deadline, "the page did not load"
+            time.sleep(0.05)
         seen = []  # what the page showed, at each change of frame
         deadline = time.monotonic() + WAIT
         # On one page, without reloading it: the first class in the clip's first half, then the second

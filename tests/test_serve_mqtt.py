@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,21 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_serve import Served, free_port, make_clip
+from test_serve import Served, free_port, installed, make_clip
 
 PREFIX = "noodle/test-door"
 # Seconds any one expected message may take to arrive.
 WAIT = 20
-
-
-def mosquitto() -> str:
-    path = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("mosquitto is not installed; `make test` installs it (apt-get install mosquitto)")
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    return path
 
 
 class Broker:
@@ -48,7 +36,7 @@ class Broker:
 
     def start(self) -> None:
         log = open(self.folder / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen([mosquitto(), "-c", str(self.conf)], stdout=log, stderr=log)
+        self.proc = subprocess.Popen([installed("mosquitto"), "-c", str(self.conf)], stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
