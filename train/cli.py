@@ -231,10 +231,10 @@ def summary(manifest: RunManifest, run_dir: Path) -> str:
         f"run folder   {run_dir}",
         f"model        {manifest.arch}, {manifest.params:,} params, "
         f"{manifest.input.height}x{manifest.input.width} RGB, labels {manifest.labels}",
-        "training     " + (f"head solved by L-BFGS in {m['head']['iterations']} iterations " if "head" in m
-                            else f"{m['epochs_run']} epochs ")
-        + ("on training and validation photos" if training.get("train_on_val")
-           else "" if "head" in m else f"(best {m['best_epoch']})")
+        "training     " + (f"head solved by L-BFGS in {m['head']['iterations']} iterations" if "head" in m
+                            else f"{m['epochs_run']} epochs")
+        + (" on training and validation photos" if training.get("train_on_val")
+           else "" if "head" in m else f" (best {m['best_epoch']})")
         + f" in {m['train_seconds']}s "
         f"on {training['replicas']} {training['device']} replica(s)",
     ]
