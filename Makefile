@@ -182,12 +182,21 @@ pi-tools:
 	{ $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap qemu-user-static; }
 
+# OpenCV beside the device environment, not in it (.venv-edge is the Pi's own set): the load
+# benchmark's server reads its camera clip with it there. 4.11 is the last release built for
+# numpy 1.x, which tflite-runtime 2.14 needs; --no-deps keeps the environment's numpy.
+SERVE_OPENCV := .cache/serve-opencv
+$(SERVE_OPENCV)/.installed: | edge-env
+	$(EDGE_VENV)/bin/pip install --quiet --no-deps --target $(SERVE_OPENCV) 'opencv-python-headless==4.11.0.86'
+	touch $@
+
 # Not part of `make test`: it trains twice (the embedded default and, when
 # present, ../shared/data/cats-vs-dogs) under runs/bench/ to time each stage,
 # then times the edge runner (.venv-edge's tflite-runtime and ai-edge-litert)
-# against the seed's Keras loop. Writes BENCHMARKS.md and bench.json.
+# against the seed's Keras loop, and `noodle-edge serve` under load (bench/serve_load.py).
+# Writes BENCHMARKS.md and bench.json.
 REPEATS ?= 3
-bench: setup edge-env
+bench: setup edge-env $(SERVE_OPENCV)/.installed
 	$(BIN)/python -m bench --repeats $(REPEATS)
 
 lint: setup

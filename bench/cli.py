@@ -120,6 +120,7 @@ def run_bench(repeats: int = REPEATS, photos: Path | None = None, run: Path | No
                             log)
     report["cold_start"] = cold_start(envs, models.get("int8"), keras_model, files[0], repeats, log)
     report["sizes"] = {v: e.bytes for v, e in manifest.models.items() if v in VARIANTS}
+    report["serve"] = serve_load(envs, models, str(folder))
     report["failed_variants"] = {v: m for v, m in (manifest.failed or {}).items() if v in VARIANTS}
     runs = [(c["data"], Path(c["run"]), "this bench's clock") for c in report["clock"].get("runs", [])
             if "failed" not in c]
@@ -395,6 +396,33 @@ def import_times(cmd: list) -> dict:
     if done.returncode != 0 or not top:
         raise StepFailed(f"exit {done.returncode}: no import times")
     return {"total_ms": sum(top.values()), "top_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:6])}
+
+
+# --- issue 22: `noodle-edge serve` under load ------------------------------------------------
+
+# The variant served: float32, whose x86 kernels are quick in both runtimes (tflite-runtime 2.14's
+# int8 ones are not: 10,000 requests would take half an hour). What is measured is the server's
+# overhead, against `noodle-edge bench` on the same file.
+SERVE_VARIANT = "float32"
+# OpenCV for the device environment's server, which reads the camera's clip (`make bench` puts it here).
+SERVE_OPENCV = Path(".cache/serve-opencv")
+SERVE_TIMEOUT = 3600
+
+
+def serve_load(envs: list[dict], models: dict, photos: str) -> dict:
+    """bench.serve_load in each environment: 8 clients x 500 requests, 4 viewers, to 10,000 requests."""
+    model = models.get(SERVE_VARIANT)
+    out: dict = {"variant": SERVE_VARIANT}
+    for env in envs:
+        if env["missing"] or model is None:
+            out[env["runtime"]] = {"error": env["missing"] or f"{SERVE_VARIANT} was not exported"}
+            continue
+        opencv = ["--opencv", SERVE_OPENCV] if env["runtime"] == "tflite-runtime" and SERVE_OPENCV.is_dir() \
+            else []
+        cmd = [rel(sys.executable), "-m", "bench.serve_load", model, photos, "--python", env["python"],
+               "--runtime", env["runtime"], "--threads", 1, "--json", *opencv]
+        out[env["runtime"]] = attempt(json_step, cmd, SERVE_TIMEOUT)
+    return out
 
 
 # --- row 6: training throughput --------------------------------------------------------------

@@ -16,6 +16,9 @@ SPEEDUP = 50
 FLOOR_FRACTION = 0.8
 COLD_SECONDS = 0.3
 COLD_RSS_MB = 80
+# Issue 22's: `noodle-edge serve`'s requests/s at least this fraction of `noodle-edge bench`'s files/s
+# on the same model and threads (its overhead at most a fifth), no errors, memory flat.
+SERVE_FRACTION = 0.8
 # What the rows compare (the same as bench.cli's).
 VARIANTS = ("int8", "float32")
 THREADS = (1, 2)
@@ -109,6 +112,16 @@ def targets(report: dict) -> list[dict]:
     out.append(_target(4, "cold start: `noodle-edge classify` int8, one photo (tflite-runtime)",
                        cold["seconds"], COLD_SECONDS, False, "s"))
     out.append(_target(4, "peak RSS of that process", cold["peak_rss_mb"], COLD_RSS_MB, False, "MB"))
+    serve = report.get("serve", {})
+    for env in report["environments"]:
+        got = serve.get(env["runtime"]) or {"error": "not run"}
+        what = (f"serve {serve.get('variant')} ({env['runtime']}): POST /v1/classify requests/s "
+                "vs bench files/s")
+        fig = {"not_measured": got["error"]} if "error" in got else {"value": got["vs_bench"]}
+        out.append(_target("22", what, fig, SERVE_FRACTION, True, "of bench", key="value"))
+        fig = {"not_measured": got["error"]} if "error" in got else {"value": got["errors"]}
+        what = f"errors in those {got.get('total_requests', 'n')} requests ({env['runtime']})"
+        out.append(_target("22", what, fig, 0, False, "errors", key="value"))
     return out
 
 
@@ -138,8 +151,10 @@ def table(head: list[str], rows: list[list[str]]) -> list[str]:
 def _measured(t: dict) -> str:
     if t["measured"] is None:
         return f"not measured: {t['not_measured']}"
-    if t["unit"] == "of floor":
+    if t["unit"] in ("of floor", "of bench"):
         return f"{t['measured'] * 100:.0f} %"
+    if t["unit"] == "errors":
+        return f"{t['measured']:.0f}"
     if t["unit"] == "x":
         return f"{t['measured']:.1f}x"
     return f"{t['measured']:.2f} {t['unit']}" if t["unit"] == "s" and t["measured"] < 10 \
@@ -147,7 +162,7 @@ def _measured(t: dict) -> str:
 
 
 def _target_text(t: dict) -> str:
-    value = f"{t['target'] * 100:.0f} %" if t["unit"] == "of floor" else (
+    value = f"{t['target'] * 100:.0f} %" if t["unit"] in ("of floor", "of bench") else (
         f"{t['target']:g}x" if t["unit"] == "x" else f"{t['target']:g} {t['unit']}")
     return (">= " if t["higher_is_better"] else "<= ") + value
 
@@ -167,7 +182,7 @@ def render(report: dict) -> str:
              "are medians with (min–max) over the repeats, and ratios are ratios of medians. "
              "Regenerate with `make bench`; the raw samples are in bench.json.", ""]
     lines += _machine(report, s)
-    lines += ["## Targets (issue 5)", ""]
+    lines += ["## Targets (issue 5; row 22: issue 22's serve)", ""]
     lines += table(["row", "what", "measured", "target", "met"],
                    [[t["row"], t["what"], _measured(t), _target_text(t),
                      "not measured" if t["met"] is None else ("yes" if t["met"] else "**no**")]
@@ -178,6 +193,7 @@ def render(report: dict) -> str:
     lines += _cold(report, s, envs)
     lines += _variants(report, s, envs)
     lines += _training(report, s)
+    lines += _serving(report, envs)
     lines += _limits(report, s, envs)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -349,6 +365,35 @@ def _training(report: dict, s: dict) -> list[str]:
             "the first epoch also builds the graph; later epochs read the decoded pixels from memory.", ""] \
         + table(["data", "device", "training photos", "decode s", "epoch 1 images/s incl. decoding",
                  "epoch 1 images/s", "later epochs images/s", "epochs"], rows)
+
+
+def _serving(report: dict, envs: list[dict]) -> list[str]:
+    serve = report.get("serve")
+    if not serve:
+        return []
+    rows = []
+    for e in envs:
+        f = serve.get(e["runtime"]) or {"error": "not run"}
+        if "error" in f:
+            rows.append([_env_label(e)] + [f"not measured: {f['error']}"] + [""] * 6)
+            continue
+        memory = ", ".join(f"{m['rss_mb']:.0f}" for m in f["memory"])
+        rows.append([_env_label(e), f"{f['requests_per_second']:.1f}",
+                     f"{f['p50_ms']:.1f} / {f['p99_ms']:.1f}", str(f["errors"]),
+                     f"{f['bench_files_per_second']:.1f}", f"{f['vs_bench'] * 100:.0f} %",
+                     f"{memory} ({f['rss_growth_mb']:+.1f})", f"{f['peak_rss_mb']:.0f}"])
+    first = next((f for f in serve.values() if isinstance(f, dict) and "clients" in f), None)
+    how = (f"{first['clients']} clients × {first['requests_per_client']} POST /v1/classify of the same "
+           f"photos (one kept-alive connection each) while {first['viewers']} viewers read /stream.mjpg "
+           "and the camera loop classifies a clip of them; then more rounds to "
+           f"{first['total_requests']:,} requests, the server's RSS read after each 1,000" if first else "")
+    return ["## 7. `noodle-edge serve` under load (issue 22)", "",
+            f"`python -m bench.serve_load` on {serve.get('variant')} with 1 interpreter thread: {how}. "
+            "Requests/s, p50 and p99 are of the first round; `noodle-edge bench` is the same file, photos "
+            "and threads in the same Python (its files/s: the decode pool and batched invokes, no HTTP).",
+            ""] + \
+        table(["runtime", "requests/s", "p50 / p99 ms", "errors", "bench files/s", "vs bench",
+               "RSS MB per 1,000 requests (growth)", "peak RSS MB"], rows)
 
 
 def _limits(report: dict, s: dict, envs: list[dict]) -> list[str]:
