@@ -8,7 +8,8 @@
 #   ./install.sh --index                 from the package index even when wheels/ is here
 #   ./install.sh --camera                also OpenCV, for --source (a USB camera, a video file);
 #                                        later installs keep it, until ./install.sh --no-camera
-#   ./install.sh --service 'ARGS'        and run `noodle-edge ARGS` at boot (systemd, via sudo)
+#   ./install.sh --service 'ARGS'        and run `noodle-edge ARGS` at boot (systemd, via sudo);
+#                                        'serve ... --host 0.0.0.0' gets a token in serve.token
 #   ./install.sh --print-service 'ARGS'  print that unit and change nothing
 #   ./install.sh --remove-service        stop it and remove the unit
 #   PYTHON=python3.11 ./install.sh       another python3
@@ -29,6 +30,8 @@ PYTHON=${PYTHON:-python3}
 # bytecode written on first use need more while it runs.
 NEED_MB=${NOODLE_NEED_MB:-300}
 UNIT=noodle-edge.service
+# `serve` beyond loopback as the service: the token it requires, made once, read by --token-file.
+SERVE_TOKEN=serve.token
 UNIT_DIR=${NOODLE_UNIT_DIR:-/etc/systemd/system}
 LOG=.install.log
 # noodle-edge's commands, each with every option it takes, as this bundle's edge/cli.py
@@ -42,7 +45,7 @@ fail() {
 }
 
 usage() {
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 mode=install
@@ -134,6 +137,62 @@ render_unit() {
         -e "s|@ARGS@|$(unit_value "$service_args")|g" noodle-edge.service
 }
 
+# The value of option $1 in the service's arguments (--port 80 or --port=80), else $2.
+service_option() {
+    name=$1 value=$2
+    set -f
+    # shellcheck disable=SC2086  # the arguments as the user wrote them, as the unit splits them
+    set -- $service_args
+    set +f
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            "$name") if [ $# -ge 2 ]; then value=$2; shift; fi ;;
+            "$name"=*) value=${1#*=} ;;
+        esac
+        shift
+    done
+    printf '%s\n' "$value"
+}
+
+is_serve() {
+    case " $service_args " in " serve "*) return 0 ;; *) return 1 ;; esac
+}
+
+# `serve` listening beyond loopback must have a token: without one given, the service reads
+# serve.token, made here once (48 hex digits, readable by the service's user only).
+serve_token() {
+    is_serve || return 0
+    case "$(service_option --host 127.0.0.1)" in 127.* | localhost | ::1 | "[::1]") return 0 ;; esac
+    case " $service_args " in
+        *" --token-file "* | *" --token-file="*) return 0 ;;
+        *" --token "* | *" --token="*)
+            echo "warning: install.sh: --token in the service is readable in its unit and in ps; --token-file is not" >&2
+            return 0 ;;
+    esac
+    service_args="$service_args --token-file $SERVE_TOKEN"
+    [ "$mode" = service ] && [ ! -s "$SERVE_TOKEN" ] || return 0
+    (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$SERVE_TOKEN.tmp" && echo >>"$SERVE_TOKEN.tmp") ||
+        fail "cannot write $SERVE_TOKEN here (a full disk, or no write permission); free some space"
+    if [ "$(id -u)" = 0 ]; then chown "$(service_user)" "$SERVE_TOKEN.tmp"; fi
+    mv -f "$SERVE_TOKEN.tmp" "$SERVE_TOKEN"
+    echo "made $SERVE_TOKEN: the token serve asks of every client beyond this Pi"
+}
+
+# Where to open `serve`'s page, said once it runs.
+serve_url() {
+    is_serve || return 0
+    host=$(service_option --host 127.0.0.1)
+    port=$(service_option --port 8080)
+    case "$host" in 0.0.0.0 | :: | "[::]" | "") host="$(hostname).local" ;; esac
+    case "$host" in *:*) case "$host" in "["*) ;; *) host="[$host]" ;; esac ;; esac
+    token=$(service_option --token-file "")
+    if [ -n "$token" ]; then
+        echo "open http://$host:$port/?token=TOKEN once in a browser (TOKEN: cat $token); the API takes it as Authorization: Bearer TOKEN"
+    else
+        echo "open http://$host:$port/ in a browser on this Pi"
+    fi
+}
+
 install_service() {
     command -v systemctl >/dev/null || fail "systemctl not found; --service needs systemd, as Raspberry Pi OS has"
     printf '%s\n' "$unit" >"$LOG.unit"
@@ -146,6 +205,7 @@ install_service() {
     as_root systemctl restart "$UNIT"
     echo "$UNIT enabled and started as $(service_user): noodle-edge $service_args"
     echo "watch it: journalctl -u noodle-edge -f; remove it: ./install.sh --remove-service"
+    serve_url
 }
 
 remove_service() {
@@ -162,8 +222,8 @@ remove_service() {
 
 case "$mode" in
     remove-service) remove_service; exit 0 ;;
-    print-service) render_unit; exit 0 ;;
-    service) unit=$(render_unit) ;;
+    print-service) serve_token; render_unit; exit 0 ;;
+    service) serve_token; unit=$(render_unit) ;;
 esac
 
 # 64-bit only. A Pi 4 or 5 running 32-bit Raspberry Pi OS boots a 64-bit
