@@ -29,6 +29,12 @@ ai-edge-litert). For each release in --releases:
    this machine's OpenCV does; the labels are compared with x86's and counted
    (a video decoder need not give the same pixels everywhere, so they are
    reported, not required).
+7. serve: `./noodle-edge serve MODEL --source clip.mp4` in the release, with the
+   namespace's loopback up (still no network beyond it); a client in the
+   bundle's .venv fetches /v1/model (its labels and sha256 must be the
+   model's) and POSTs SERVE_PHOTOS photos to /v1/classify over 127.0.0.1: each
+   label must equal x86's `classify` label for that photo, and the camera loop
+   must have classified frames of the clip (/v1/latest).
 
     python -m bench.pi_check RUN_OR_BUNDLE PHOTOS [--model int8] [--releases "bookworm trixie"]
 """
@@ -57,7 +63,6 @@ from export.wheelhouse import TARGETS, Target
 
 ROOT = Path(__file__).resolve().parent.parent
 MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
-QEMU = "qemu-aarch64-static"
 # debootstrap lives in /usr/sbin, which a non-login PATH may lack.
 TOOL_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
@@ -169,9 +174,13 @@ def aarch64_binfmt():
 
 
 def in_root(root: Path, binds: dict[str, Path], command: str,
-            env: dict[str, str]) -> subprocess.CompletedProcess:
-    """COMMAND by the root's /bin/sh in a chroot, with no network and BINDS mounted; mounts vanish after."""
+            env: dict[str, str], loopback: bool = False) -> subprocess.CompletedProcess:
+    """COMMAND by the root's /bin/sh in a chroot, with no network and BINDS mounted; mounts vanish after.
+
+    `loopback`: with the new namespace's loopback up (127.0.0.1 only; nothing beyond it)."""
     mounts = [f"mount --rbind /dev {root}/dev", f"mount -t proc proc {root}/proc"]
+    if loopback:
+        mounts.insert(0, "ip link set lo up")
     mounts += [f"mount --bind {shlex.quote(str(host))} {root}/{inside}" for inside, host in binds.items()]
     clean = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     chroot = f"exec chroot {root} /usr/bin/env -i {clean} /bin/sh -c {shlex.quote(command)}"
@@ -252,7 +261,8 @@ def check_release(target: Target, bundle: Path, photos: Path, cache: Path, x86: 
         f"{len(pi) - len(differ)} of {len(pi)} photos ({time.perf_counter() - start:.0f} s to classify "
         f"under qemu)")
     camera = check_camera(target, root, binds, env, model, clip, home)
-    return bool(pi) and not differ and camera
+    served = check_serve(target, root, binds, env, model, clip, x86, home)
+    return bool(pi) and not differ and camera and served
 
 
 # The clip `camera --source` reads: photos as frames, 320x240 (4:3, so the centre
@@ -317,6 +327,83 @@ def check_camera(target: Target, root: Path, binds: dict, env: dict, model: Path
     log(f"{target.release}: ./noodle-edge camera --source {clip.path.name}: {len(rows)} frames with OpenCV "
         f"{' and numpy '.join(opencv) or '?'} from the bundle, labels equal to x86's on {same} of "
         f"{len(rows)} ({time.perf_counter() - start:.0f} s under qemu)")
+    return True
+
+
+# `serve` in the release: photos POSTed over loopback, labels against x86's `classify`.
+SERVE_PHOTOS, SERVE_PORT = 10, 8080
+# Run by the bundle's .venv python in the root (standard library only): starts serve, asks it,
+# prints a JSON line per answer, stops it, and prints what serve logged.
+SERVE_CLIENT = r"""
+import json, subprocess, sys, time, urllib.request
+model, clip, port, photos = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+log = open("/tmp/serve.log", "wb")
+server = subprocess.Popen(["./noodle-edge", "serve", model, "--source", clip, "--loop", "--port", port,
+                           "--rate", "0"], stderr=log)
+def ask(path, body=None):
+    request = urllib.request.Request("http://127.0.0.1:" + port + path, data=body)
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        return json.load(answer)
+try:
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            ask("/healthz")
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                sys.exit("serve did not answer /healthz")
+            time.sleep(1)
+    print(json.dumps({"model": ask("/v1/model")}))
+    for photo in photos:
+        with open(photo, "rb") as f:
+            print(json.dumps({"file": photo, **ask("/v1/classify", f.read())}))
+    while ask("/v1/latest").get("frame", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    print(json.dumps({"latest": ask("/v1/latest")}))
+finally:
+    server.terminate()
+    server.wait(60)
+"""
+
+
+def check_serve(target: Target, root: Path, binds: dict, env: dict, model: Path, clip: Clip,
+                x86: dict[str, dict], home: Path) -> bool:
+    """`noodle-edge serve` in the release: /v1/model, /v1/classify and /v1/latest over its loopback."""
+    (home / "serve_client.py").write_text(SERVE_CLIENT)
+    photos = sorted(x86)[:SERVE_PHOTOS]
+    start = time.perf_counter()
+    args = [str(model), f"/tmp/{clip.path.name}", str(SERVE_PORT)] + [f"/photos/{p}" for p in photos]
+    ran = in_root(root, binds, "cd /bundle && .venv/bin/python /tmp/serve_client.py "
+                  + " ".join(map(shlex.quote, args)), env, loopback=True)
+    rows = [json.loads(line) for line in ran.stdout.splitlines() if line.startswith("{")]
+    logged = (home / "serve.log").read_text(errors="replace") if (home / "serve.log").is_file() else ""
+    info = next((r["model"] for r in rows if "model" in r), None)
+    answers = {os.path.relpath(r["file"], "/photos"): r for r in rows if "file" in r}
+    latest = next((r["latest"] for r in rows if "latest" in r), {})
+    manifest = json.loads((Path(binds["bundle"]) / model.parent / "manifest.json").read_text())
+    problems = []
+    if ran.returncode != 0 or info is None or len(answers) != len(photos):
+        problems.append(f"the client exited {ran.returncode} with {len(answers)} of {len(photos)} answers")
+    elif (info["labels"] != manifest["labels"]
+          or info["sha256"] != manifest["models"][info["variant"]]["sha256"]):
+        problems.append("/v1/model's labels or sha256 differ from the bundle's manifest")
+    differ = [p for p, r in answers.items() if r["label"] != x86[p]["label"]]
+    if differ:
+        problems.append(f"labels differ from x86's on {len(differ)} photo(s): " + ", ".join(differ[:5]))
+    if not latest.get("frame"):
+        problems.append("/v1/latest has no camera frame")
+    if "Traceback" in logged:
+        problems.append("serve's log holds a traceback")
+    if problems:
+        for line in (ran.stderr.strip().splitlines() + logged.strip().splitlines())[-10:]:
+            log(f"{target.release}:   | {line}")
+        log(f"{target.release}: FAILED: ./noodle-edge serve: " + "; ".join(problems))
+        return False
+    log(f"{target.release}: ./noodle-edge serve --source {clip.path.name}: /v1/model {info['variant']} "
+        f"{info['runtime']['name']} {info['runtime']['version']}; /v1/classify labels equal to x86's on "
+        f"{len(answers)} of {len(photos)} photos; /v1/latest frame {latest['frame']} {latest['label']} "
+        f"({time.perf_counter() - start:.0f} s under qemu)")
     return True
 
 
