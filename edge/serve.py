@@ -383,6 +383,22 @@ def camera_loop(make_frames, model: SharedModel, live: Live, metrics: Metrics, s
         stop.wait(camera.BACKOFF[-1])
 
 
+def guarded_camera_loop(make_frames, model, live: Live, metrics: Metrics, stop: threading.Event, repeat: bool,
+                        on_result=None) -> None:
+    """camera_loop, and after anything it did not expect (a driver's or OpenCV's own error), one line
+    in the log and the source opened again after a pause: the thread never dies with a traceback."""
+    while not stop.is_set():
+        try:
+            camera_loop(make_frames, model, live, metrics, stop, repeat, on_result)
+            return
+        except Exception as exc:  # noqa: BLE001 (the server goes on; the log says what happened)
+            metrics.inc("noodle_errors_total", kind="camera")
+            live.set_state("reconnecting")
+            log(f"error: {live.source}: {type(exc).__name__}: {first_line(exc)}; opening it again in "
+                f"{camera.BACKOFF[-1]:g} s")
+            stop.wait(camera.BACKOFF[-1])
+
+
 # --- counters, rate limit ---------------------------------------------------------------------
 
 class Metrics:
@@ -920,7 +936,7 @@ def serve(clf, make_frames=None, host: str = "127.0.0.1", port: int = 8080, toke
         mqtt.start(model.info, live, app.metrics)
         on_result = mqtt.result
     if make_frames is not None:
-        threading.Thread(target=camera_loop, name="camera", daemon=True,
+        threading.Thread(target=guarded_camera_loop, name="camera", daemon=True,
                          args=(make_frames, model, live, app.metrics, stop, repeat, on_result)).start()
     url = url_of(host, port)
     labels = ", ".join(map(shown, clf.labels[:10])) + (", ..." if len(clf.labels) > 10 else "")

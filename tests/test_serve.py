@@ -491,3 +491,23 @@ def test_every_label_is_escaped_in_json_events_and_the_log(hostile_model, photos
     finally:
         log = served.stop()
     assert "<script>" in log and "multi\\nline" in log and "multi\nline" not in log  # one line each
+
+
+def test_an_unexpected_camera_error_is_one_line_and_the_camera_is_opened_again(monkeypatch, capsys):
+    from edge import camera, serve
+
+    monkeypatch.setattr(camera, "BACKOFF", (0.01,))
+    stop, opened = threading.Event(), []
+
+    def make_frames():
+        opened.append(1)
+        if len(opened) == 3:
+            stop.set()
+        raise RuntimeError("the driver fell over\nwith a second line")
+
+    live, metrics = serve.Live("cam0"), serve.Metrics()
+    serve.guarded_camera_loop(make_frames, None, live, metrics, stop, repeat=False)
+    err = capsys.readouterr().err
+    assert len(opened) == 3 and live.state == "reconnecting" and "Traceback" not in err
+    assert err.count("error: cam0: RuntimeError: the driver fell over; opening it again") == 3
+    assert metrics.counts[("noodle_errors_total", (("kind", "camera"),))] == 3
