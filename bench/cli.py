@@ -13,6 +13,7 @@ child processes. Writes BENCHMARKS.md and bench.json, each atomically.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -32,8 +33,9 @@ from edge.errors import NoodleError, one_line_errors
 from edge.manifest import ExportManifest, RunDir, load_export, load_run
 from export.check import ChildFailed, run_json
 from train.fit import read_history
-from train.quiet import quiet_tensorflow
+from train.quiet import quiet_tensorflow, show_progress
 
+log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 # The photos issue 5 names (400 test photos); $NOODLE_SHARED_PHOTOS moves them, as for the tests.
 SHARED = Path(os.environ.get("NOODLE_SHARED_PHOTOS", ROOT.parent / "shared/data/cats-vs-dogs"))
@@ -74,14 +76,15 @@ def bench_command(
     work: Annotated[Path, typer.Option(help="Folder for the clock's data and run folders.")] = WORK,
 ) -> None:
     """Benchmark noodle against the seed's way and the limits; write BENCHMARKS.md and bench.json."""
-    report = run_bench(repeats=repeats, photos=photos, run=run, out=out, work=work, log=typer.echo)
+    show_progress()
+    report = run_bench(repeats=repeats, photos=photos, run=run, out=out, work=work)
     met = sum(t["met"] is True for t in report["targets"])
     typer.echo(f"wrote {out / 'BENCHMARKS.md'} and {out / 'bench.json'} "
                f"({met} of {len(report['targets'])} targets met)")
 
 
 def run_bench(repeats: int = REPEATS, photos: Path | None = None, run: Path | None = None,
-              out: Path = Path("."), work: Path = WORK, log=print) -> dict:
+              out: Path = Path("."), work: Path = WORK) -> dict:
     """Measure everything, write out/BENCHMARKS.md and out/bench.json, return the report."""
     from bench.report import render, targets
     from edge.files import default_workers
@@ -96,11 +99,11 @@ def run_bench(repeats: int = REPEATS, photos: Path | None = None, run: Path | No
     report = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": " ".join(command), "repeats": repeats, "machine": machine(),
               "loadavg": {"before": loadavg()}}
-    envs = environments(log)
+    envs = environments()
     report["environments"] = envs
     if run is None:
         datasets = [None] + ([rel(SHARED)] if (SHARED / "train").is_dir() else [])
-        report["clock"] = {"runs": [clock(d, Path(work), log) for d in datasets]}
+        report["clock"] = {"runs": [clock(d, Path(work)) for d in datasets]}
         usable = [c for c in report["clock"]["runs"] if "failed" not in c]
         if not usable:
             raise BenchError(f"the clock's runs failed ({report['clock']['runs'][-1]['failed']}); "
@@ -114,11 +117,11 @@ def run_bench(repeats: int = REPEATS, photos: Path | None = None, run: Path | No
                   photos={"folder": str(folder), "count": len(files)})
     warm(files + [str(p) for p in models.values() if p])
     workers = default_workers()
-    log(f"comparing on {len(files)} photos from {folder}, {repeats} repeat(s), {workers} decode thread(s)")
+    log.info(f"comparing on {len(files)} photos from {folder}, {repeats} repeat(s), "
+             f"{workers} decode thread(s)")
     keras_model = RunDir(run_dir).model
-    report["sides"] = sides(envs, models, keras_model, [str(folder)], manifest.input.size, workers, repeats,
-                            log)
-    report["cold_start"] = cold_start(envs, models.get("int8"), keras_model, files[0], repeats, log)
+    report["sides"] = sides(envs, models, keras_model, [str(folder)], manifest.input.size, workers, repeats)
+    report["cold_start"] = cold_start(envs, models.get("int8"), keras_model, files[0], repeats)
     report["sizes"] = {v: e.bytes for v, e in manifest.models.items() if v in VARIANTS}
     report["serve"] = serve_load(envs, models, str(folder))
     report["failed_variants"] = {v: m for v, m in (manifest.failed or {}).items() if v in VARIANTS}
@@ -156,7 +159,7 @@ def rel(path: str | os.PathLike) -> Path:
     return Path(os.path.relpath(path))
 
 
-def environments(log) -> list[dict]:
+def environments() -> list[dict]:
     """The device environment (tflite-runtime) and this one (ai-edge-litert), with their versions."""
     from export.validate import edge_python
 
@@ -175,7 +178,7 @@ def environments(log) -> list[dict]:
                 env["missing"] = f"{python} cannot run the probe: {exc}"
             if not env["missing"] and not env["versions"].get(runtime):
                 env["missing"] = f"{runtime} is not installed in {env['venv']}"
-        log(f"{runtime}: " + (env["missing"] or f"{env['versions'][runtime]} in {env['venv']}"))
+        log.info(f"{runtime}: " + (env["missing"] or f"{env['versions'][runtime]} in {env['venv']}"))
         envs.append(env)
     return envs
 
@@ -233,7 +236,7 @@ def first_label(cmd: list, marker: str, timeout: int = STEP_TIMEOUT) -> dict:
 
 # --- row 1: the noodle clock -----------------------------------------------------------------
 
-def clock(data: Path | None, work: Path, log) -> dict:
+def clock(data: Path | None, work: Path) -> dict:
     """Time each stage of `make export` as the Makefile runs it, into a fresh run folder under `work`."""
     from train.fit import TrainConfig
 
@@ -253,7 +256,7 @@ def clock(data: Path | None, work: Path, log) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     result.update(run=str(run), arch=arch, stages={}, loadavg_before=loadavg())
     for name, cmd in stages:
-        log(f"clock: {name} ({result['data']})")
+        log.info(f"clock: {name} ({result['data']})")
         path = logs / f"{run.name}-{name}.log"
         start = time.perf_counter()
         with open(path, "w") as f:
@@ -267,12 +270,12 @@ def clock(data: Path | None, work: Path, log) -> dict:
         if rc != 0 and not (name == "export" and rc == 1):
             lines = path.read_text(errors="replace").strip().splitlines() or ["no output"]
             result["failed"] = f"{name} exited {rc}: {lines[-1]}"
-            log(f"clock: {result['failed']}")
+            log.info(f"clock: {result['failed']}")
             return result
     result["total_seconds"] = sum(s["seconds"] for s in result["stages"].values())
     result["loadavg_after"] = loadavg()
     result["accuracy"] = accuracy(run)
-    log(f"clock: {result['total_seconds']:.1f} s in all")
+    log.info(f"clock: {result['total_seconds']:.1f} s in all")
     return result
 
 
@@ -332,11 +335,11 @@ def edge_bench(env: dict, model: Path, photos: list[str], threads: int, workers:
                       "--threads", threads, "--workers", workers, "--runtime", env["runtime"]])
 
 
-def sides(envs, models, keras_model, photos, size, workers, repeats, log) -> dict:
+def sides(envs, models, keras_model, photos, size, workers, repeats) -> dict:
     """Every side, one pass each per repeat, interleaved: the seed's loop, the edge runs, the floor."""
     samples: dict = {"seed": [], "floor": {}, "edge": {}}
     for rep in range(repeats):
-        log(f"repeat {rep + 1} of {repeats}: seed loop, edge runner, decode floor")
+        log.info(f"repeat {rep + 1} of {repeats}: seed loop, edge runner, decode floor")
         samples["seed"].append(attempt(json_step, [rel(sys.executable), "-m", "bench.probe",
                                                    "seed-loop", keras_model, *photos]))
         for env in envs:
@@ -356,7 +359,7 @@ def sides(envs, models, keras_model, photos, size, workers, repeats, log) -> dic
 
 # --- row 4: cold start and memory ------------------------------------------------------------
 
-def cold_start(envs, int8: Path | None, keras_model: Path, photo: str, repeats: int, log) -> dict:
+def cold_start(envs, int8: Path | None, keras_model: Path, photo: str, repeats: int) -> dict:
     """`noodle-edge classify MODEL one.jpg` per environment against the seed's way as a script."""
     commands = {}
     for env in envs:
@@ -368,7 +371,7 @@ def cold_start(envs, int8: Path | None, keras_model: Path, photo: str, repeats: 
         commands[env["runtime"]] = [*edge, "classify", int8, photo, "--runtime", env["runtime"]]
     commands["keras"] = [rel(sys.executable), "-m", "bench.probe", "seed-one", keras_model, photo]
     samples = {side: [] if isinstance(cmd, list) else [{"error": cmd}] for side, cmd in commands.items()}
-    log(f"cold start: {', '.join(commands)}, {repeats} time(s) each")
+    log.info(f"cold start: {', '.join(commands)}, {repeats} time(s) each")
     for _ in range(repeats):
         for side, cmd in commands.items():
             if isinstance(cmd, list):

@@ -13,6 +13,7 @@ import typer
 
 from edge.errors import one_line_errors
 from export.config import CALIBRATION_SPLITS, DEFAULTS, IO_TYPES, QUANTIZERS
+from train.quiet import show_progress
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -67,15 +68,16 @@ def export_command(
     from export.extras import make_extras
     from export.validate import raise_for, validate_export
 
+    show_progress()
     check_max_drop(max_drop)
     io = io.value
     export_run(run_dir, variants=variants, calibration_samples=calibration_samples,
-               calibration_split=calibration_split.value, io=io, log=typer.echo, data=data)
+               calibration_split=calibration_split.value, io=io, data=data)
     diagnosis = make_extras(run_dir, litert=quantizer is Quantizer.litert, float_layers=float_layers,
                             diagnose=diagnose, samples=calibration_samples, split=calibration_split.value,
-                            io=io, data=data, log=typer.echo)
-    report = validate_export(run_dir, data=data, edge=edge, log=typer.echo)
-    manifest = record_validation(run_dir, report, log=typer.echo)
+                            io=io, data=data)
+    report = validate_export(run_dir, data=data, edge=edge)
+    manifest = record_validation(run_dir, report)
     raise_for(report)
     if max_drop is not None:
         _gate(run_dir, max_drop, test, data, diagnosis is not None, calibration_samples,
@@ -115,7 +117,7 @@ def _gate(run_dir: Path, max_drop: float, test, data, diagnosed: bool, samples: 
         return
     if not diagnosed and "int8" in figures:
         pixels, info = calibration(run_dir, samples, split, data)
-        diagnose_run(run_dir, pixels, info, f"the gate tripped: {failures[0]}", io, log=typer.echo)
+        diagnose_run(run_dir, pixels, info, f"the gate tripped: {failures[0]}", io)
     for line in failures:
         typer.echo(f"gate failed: {line}", err=True)
     raise typer.Exit(1)
@@ -137,8 +139,9 @@ def compare_command(
     """Compare the exported variants: size, accuracy with paired statistics, latency, memory."""
     from export.compare import compare_run, to_markdown
 
-    report = compare_run(run_dir, data=data, edge=edge, latency_runs=latency_runs, log=typer.echo,
-                         test=test, top_shifts=shifts)
+    show_progress()
+    report = compare_run(run_dir, data=data, edge=edge, latency_runs=latency_runs, test=test,
+                         top_shifts=shifts)
     typer.echo("")
     typer.echo(to_markdown(report))
     from edge.manifest import RunDir

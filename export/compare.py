@@ -18,6 +18,7 @@ float32 disagree on some photo, disagreements.png.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import sys
@@ -56,6 +57,8 @@ LATENCY_BUDGET_S = 1.5
 # The variant the contact sheet is about: the one `make bundle` ships.
 SHEET_VARIANT = "int8"
 REFERENCE = "float32"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -255,7 +258,7 @@ def _export_manifest(run_dir: Path) -> ExportManifest:
     return manifest
 
 
-def _validation(run_dir: Path, manifest: ExportManifest, data, edge, log) -> dict:
+def _validation(run_dir: Path, manifest: ExportManifest, data, edge) -> dict:
     """validation.json if it describes these exact files; otherwise validate again."""
     path = RunDir(run_dir).validation
     current = {v: e.sha256 for v, e in manifest.models.items()}
@@ -263,11 +266,11 @@ def _validation(run_dir: Path, manifest: ExportManifest, data, edge, log) -> dic
         report = json.loads(path.read_text())
         if report.get("files_sha256") == current:
             return report
-    log("validation missing or out of date; validating")
-    return validate_export(run_dir, data=data, edge=edge, log=log)
+    log.info("validation missing or out of date; validating")
+    return validate_export(run_dir, data=data, edge=edge)
 
 
-def measure(out: Path, manifest: ExportManifest, edge, runs: int, log) -> tuple[dict, dict]:
+def measure(out: Path, manifest: ExportManifest, edge, runs: int) -> tuple[dict, dict]:
     """Latency and peak memory per variant, each in its own process."""
     python = edge_python(edge)
     runtime = "tflite-runtime" if python else RUNTIME
@@ -282,13 +285,13 @@ def measure(out: Path, manifest: ExportManifest, edge, runs: int, log) -> tuple[
             results[variant] = report["models"][str(path)]
             info.update(version=report["version"], python=report["python"],
                         baseline_rss_mb=report["baseline_rss_mb"])
-            log(f"measured {entry.file}")
+            log.info(f"measured {entry.file}")
     return results, info
 
 
 def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
                 edge: str | os.PathLike | None = None, latency_runs: int = DEFAULTS.latency_runs,
-                log=print, test: str | os.PathLike | None = None,
+                test: str | os.PathLike | None = None,
                 top_shifts: int = DEFAULTS.top_shifts) -> dict:
     """Build, write and return the comparison report of RUN/export/.
 
@@ -302,11 +305,11 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     run = RunDir(run_dir)
     out = run.export
     manifest = _export_manifest(run_dir)
-    validation = _validation(run_dir, manifest, data, edge, log)
+    validation = _validation(run_dir, manifest, data, edge)
     scores, figures = paired_figures(run_dir, data, test, edge)
     photos = scores.photos
-    log(f"scored every variant on {len(scores.y)} photos from {photos.source} ({photos.split})")
-    bench, bench_info = measure(out, manifest, edge, latency_runs, log)
+    log.info(f"scored every variant on {len(scores.y)} photos from {photos.source} ({photos.split})")
+    bench, bench_info = measure(out, manifest, edge, latency_runs)
     base = manifest.entry(REFERENCE)
     base_bytes = base.bytes if base else None
     rows = []

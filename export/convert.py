@@ -8,6 +8,7 @@ half-written file under a final name. TensorFlow is imported inside functions.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import shutil
@@ -38,6 +39,7 @@ from export.config import CALIBRATION_SPLITS, DEFAULTS, IO_TYPES, VARIANTS
 from train.quiet import quiet_tensorflow
 
 quiet_tensorflow()
+log = logging.getLogger(__name__)
 
 # tflite-runtime 2.14, the Pi's runtime on Bookworm, knows FULLY_CONNECTED up
 # to version 11. Per-channel int8 weights in a dense layer make version 12,
@@ -320,7 +322,7 @@ def parse_variants(variants) -> list[str]:
 
 
 def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
-               calibration_samples: int = DEFAULTS.calibration_samples, io: str = DEFAULTS.io, log=print,
+               calibration_samples: int = DEFAULTS.calibration_samples, io: str = DEFAULTS.io,
                calibration: np.ndarray | None = None, data: str | os.PathLike | None = None,
                calibration_split: str = DEFAULTS.calibration_split) -> ExportManifest:
     """Write RUN_DIR/export/ and return its manifest.
@@ -329,8 +331,8 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
         `calibration_samples` shuffled training photos, for experiments (the
         tests feed 0-1 pixels here to show that a wrong scale is caught).
     data: the training data, when it has moved since `noodle train`.
-    log: called with each progress line; an exception it raises stops the
-        export between two files, as a kill would.
+    Progress goes to this module's logger, a line a file; an exception one of
+    its handlers raises stops the export between two files, as a kill would.
     A variant that fails to convert is listed under "failed"; the rest are written.
     """
     run_dir = Path(run_dir)
@@ -372,9 +374,9 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
             calibration_info = {"samples": len(calibration), "from": "given by the caller",
                                 "pixel_range": [float(calibration.min()), float(calibration.max())]}
         if len(calibration) < DEFAULTS.calibration_warn_below:
-            log(f"warning: int8 calibrated on only {len(calibration)} photos (fewer than "
-                f"{DEFAULTS.calibration_warn_below}); activation ranges may miss their tails: "
-                "raise --calibration-samples or add photos")
+            log.warning(f"int8 calibrated on only {len(calibration)} photos (fewer than "
+                        f"{DEFAULTS.calibration_warn_below}); activation ranges may miss their tails: "
+                        "raise --calibration-samples or add photos")
 
     failed: dict[str, str] = {}
     # The SavedModel first: every variant converts from it, tracing the graph once.
@@ -382,10 +384,10 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     try:
         write_saved_model(model, run.saved_model)
         graph = run.saved_model
-        log(f"wrote    {run.saved_model}/")
+        log.info(f"wrote    {run.saved_model}/")
     except Exception as exc:  # the SavedModel is a by-product; its failure is reported
         failed["saved_model"] = _first_line(exc)
-        log(f"failed   saved_model: {failed['saved_model']}; converting from the Keras model")
+        log.info(f"failed   saved_model: {failed['saved_model']}; converting from the Keras model")
     blobs = convert_all(graph, variants, calibration, io)
     for variant in variants:
         dest = run.tflite(variant)
@@ -404,9 +406,9 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
             failed[variant] = _first_line(exc)
             models.pop(variant, None)
             dest.unlink(missing_ok=True)
-            log(f"failed   {dest.name}: {failed[variant]}")
+            log.info(f"failed   {dest.name}: {failed[variant]}")
             continue
-        log(f"wrote    {dest}  ({models[variant].bytes:,} bytes)")
+        log.info(f"wrote    {dest}  ({models[variant].bytes:,} bytes)")
     for stale in VARIANTS:
         if stale not in models:
             run.tflite(stale).unlink(missing_ok=True)
@@ -429,7 +431,7 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     return manifest
 
 
-def record_validation(run_dir: str | os.PathLike, report: dict, log=print) -> ExportManifest:
+def record_validation(run_dir: str | os.PathLike, report: dict) -> ExportManifest:
     """Export's verdict on its own files, from validation's report; returns the new manifest.
 
     A file some runtime could not load or run leaves the manifest and the
@@ -445,7 +447,7 @@ def record_validation(run_dir: str | os.PathLike, report: dict, log=print) -> Ex
         manifest.failed[variant] = reason
         if entry:
             (out / entry.file).unlink(missing_ok=True)
-            log(f"removed  {out / entry.file}: {reason}")
+            log.info(f"removed  {out / entry.file}: {reason}")
     parity_ok = report["parity"] is None or report["parity"]["ok"]
     manifest.validation = {
         "passed": bool(manifest.models) and parity_ok and not report["failed"],

@@ -10,6 +10,7 @@ never holds a model the manifest does not vouch for.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from edge.errors import first_line
@@ -17,12 +18,14 @@ from edge.manifest import ModelEntry, RunDir, load_export, write_json
 from export.config import DEFAULTS
 from export.convert import write_model
 
+log = logging.getLogger(__name__)
+
 MIXED = "int8-mixed"
 LITERT = "int8-litert"
 EXTRAS = (MIXED, LITERT)
 
 
-def remove_unrequested(run_dir: Path, requested: set[str], log=print) -> None:
+def remove_unrequested(run_dir: Path, requested: set[str]) -> None:
     """Delete extra files, and a diagnosis, left by an earlier export that this one does not redo."""
     run = RunDir(run_dir)
     paths = [run.tflite(v) for v in EXTRAS if v not in requested]
@@ -31,10 +34,10 @@ def remove_unrequested(run_dir: Path, requested: set[str], log=print) -> None:
     for path in paths:
         if path.is_file():
             path.unlink()
-            log(f"removed  {path} (not asked for this time)")
+            log.info(f"removed  {path} (not asked for this time)")
 
 
-def add_variant(run_dir: Path, variant: str, blob: bytes, log=print, **details) -> dict:
+def add_variant(run_dir: Path, variant: str, blob: bytes, **details) -> dict:
     """Write RUN/export/<variant>.tflite and list it in the export manifest; return its entry."""
     run = RunDir(run_dir)
     manifest = load_export(run.export_manifest)
@@ -43,11 +46,11 @@ def add_variant(run_dir: Path, variant: str, blob: bytes, log=print, **details) 
     manifest.models[variant] = ModelEntry.from_dict(entry, f"models.{variant}")
     manifest.failed.pop(variant, None)
     write_json(run.export_manifest, manifest.to_dict())
-    log(f"wrote    {dest}  ({entry['bytes']:,} bytes)")
+    log.info(f"wrote    {dest}  ({entry['bytes']:,} bytes)")
     return entry
 
 
-def record_failure(run_dir: Path, variant: str, reason: str, log=print) -> None:
+def record_failure(run_dir: Path, variant: str, reason: str) -> None:
     """List a variant that could not be made under the manifest's "failed", as export_run does."""
     run = RunDir(run_dir)
     manifest = load_export(run.export_manifest)
@@ -55,7 +58,7 @@ def record_failure(run_dir: Path, variant: str, reason: str, log=print) -> None:
     manifest.failed[variant] = reason
     run.tflite(variant).unlink(missing_ok=True)
     write_json(run.export_manifest, manifest.to_dict())
-    log(f"failed   {variant}.tflite: {reason}")
+    log.info(f"failed   {variant}.tflite: {reason}")
 
 
 def calibration(run_dir: Path, samples: int, split: str, data=None) -> tuple:
@@ -69,11 +72,11 @@ def calibration(run_dir: Path, samples: int, split: str, data=None) -> tuple:
 
 
 def make_extras(run_dir: Path, *, litert: bool, float_layers: str | None, diagnose: bool,
-                samples: int, split: str, io: str = "uint8", data=None, log=print) -> dict | None:
+                samples: int, split: str, io: str = DEFAULTS.io, data=None) -> dict | None:
     """int8-litert and/or a diagnosis with int8-mixed, as asked; returns the diagnosis report."""
     run_dir = Path(run_dir)
     requested = ({LITERT} if litert else set()) | ({MIXED} if float_layers else set())
-    remove_unrequested(run_dir, requested | ({"diagnosis"} if float_layers or diagnose else set()), log)
+    remove_unrequested(run_dir, requested | ({"diagnosis"} if float_layers or diagnose else set()))
     if not (requested or diagnose):
         return None
     pixels, info = calibration(run_dir, samples, split, data)
@@ -82,23 +85,23 @@ def make_extras(run_dir: Path, *, litert: bool, float_layers: str | None, diagno
 
         float32 = RunDir(run_dir).tflite("float32")
         if not float32.is_file():
-            record_failure(run_dir, LITERT, "needs float32.tflite: export float32 too", log)
+            record_failure(run_dir, LITERT, "needs float32.tflite: export float32 too")
         else:
             try:
                 blob, made_by = litert_quant.quantize(float32, pixels)
-                add_variant(run_dir, LITERT, blob, log, calibration=info, made_by=made_by)
+                add_variant(run_dir, LITERT, blob, calibration=info, made_by=made_by)
             except litert_quant.QuantizerMissing:
                 raise
             except Exception as exc:  # the quantizer's failure is this variant's, not the export's
-                record_failure(run_dir, LITERT, f"{type(exc).__name__}: {first_line(exc)}", log)
+                record_failure(run_dir, LITERT, f"{type(exc).__name__}: {first_line(exc)}")
     if float_layers or diagnose:
         return diagnose_run(run_dir, pixels, info, "asked for with --diagnose" if diagnose
-                            else f"--float-layers {float_layers}", io, float_layers, log)
+                            else f"--float-layers {float_layers}", io, float_layers)
     return None
 
 
-def diagnose_run(run_dir: Path, pixels, info: dict, reason: str, io: str = "uint8",
-                 float_layers: str | None = None, log=print) -> dict | None:
+def diagnose_run(run_dir: Path, pixels, info: dict, reason: str, io: str = DEFAULTS.io,
+                 float_layers: str | None = None) -> dict | None:
     """diagnosis.{md,json} for RUN's model and, with `float_layers`, int8-mixed.tflite.
 
     None, with a warning, when the debugger itself fails on this model.
@@ -107,26 +110,26 @@ def diagnose_run(run_dir: Path, pixels, info: dict, reason: str, io: str = "uint
     from export.convert import load_model, read_run
 
     model = load_model(run_dir, read_run(run_dir))
-    log(f"diagnosing int8 on {len(pixels)} calibration photos (TensorFlow's quantization debugger)")
+    log.info(f"diagnosing int8 on {len(pixels)} calibration photos (TensorFlow's quantization debugger)")
     try:
         diagnosis = diagnose.diagnose(model, pixels, io)
     except Exception as exc:  # an experimental TensorFlow tool: its failure must not hide the export's
         reason = f"the quantization debugger failed: {type(exc).__name__}: {first_line(exc)}"
-        log(f"warning: {reason}")
+        log.warning(reason)
         if float_layers:
-            record_failure(run_dir, MIXED, reason, log)
+            record_failure(run_dir, MIXED, reason)
         return None
     chosen = diagnose.choose_layers(diagnosis["layers"], float_layers) if float_layers else None
     report = diagnose.write_report(RunDir(run_dir), diagnosis, info, chosen, reason)
     for row in diagnosis["layers"][:3]:
-        log(f"  {row['rank']}. {row['layer']} ({row['op']}): rmse/scale {row['rmse_scale']:.3g}"
-            + ("  suspect" if row["suspect"] else ""))
-    log(f"wrote    {RunDir(run_dir).diagnosis_md}")
+        log.info(f"  {row['rank']}. {row['layer']} ({row['op']}): rmse/scale {row['rmse_scale']:.3g}"
+                 + ("  suspect" if row["suspect"] else ""))
+    log.info(f"wrote    {RunDir(run_dir).diagnosis_md}")
     if chosen:
         try:
             blob = diagnose.mixed_model(diagnosis, chosen, io)
         except Exception as exc:  # the converter's failure is this variant's, not the export's
-            record_failure(run_dir, MIXED, f"{type(exc).__name__}: {first_line(exc)}", log)
+            record_failure(run_dir, MIXED, f"{type(exc).__name__}: {first_line(exc)}")
         else:
-            add_variant(run_dir, MIXED, blob, log, calibration=info, float_layers=chosen)
+            add_variant(run_dir, MIXED, blob, calibration=info, float_layers=chosen)
     return report

@@ -11,6 +11,7 @@ written to RUN/export/validation.json.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -31,6 +32,8 @@ from export.convert import (
     read_run,
 )
 from train.quiet import quiet_tensorflow
+
+log = logging.getLogger(__name__)
 
 # float32 is the same graph as the Keras model: only float summation order may
 # differ, so labels agree on (nearly) every image and probabilities to 1e-4.
@@ -114,7 +117,7 @@ def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], reference: np.n
 
 
 def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
-                    edge: str | os.PathLike | None = None, log=print) -> dict:
+                    edge: str | os.PathLike | None = None) -> dict:
     """Validate RUN/export/, write validation.json, return it.
 
     A report, not a verdict on the files: it never changes what export
@@ -141,7 +144,7 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
     split = "test" if dataset.splits.get("test") else "val"
     decoded = decode(dataset.splits[split], manifest.input.size)
     x, y, labels = decoded.x, decoded.y, manifest.labels
-    log(f"validating on the {split} split: {len(y)} photos under {RUNTIME}")
+    log.info(f"validating on the {split} split: {len(y)} photos under {RUNTIME}")
 
     # The sample tflite-runtime scores is also where float32 is checked against
     # Keras: parity is a property of the graph, and Keras is the slow one.
@@ -169,7 +172,7 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
         variants[variant]["runtimes"] = {RUNTIME: {"ok": True}}
 
     device = {}
-    edge_report = _check_on_device_runtime(out, manifest, x, probs, variants, failed, edge, log, rows, device)
+    edge_report = _check_on_device_runtime(out, manifest, x, probs, variants, failed, edge, rows, device)
     for variant in failed:  # the report lists as run only what ran under every runtime
         variants.pop(variant, None)
     keras_metrics = {**metrics(y[rows], keras_probs, labels, None), "count": int(len(rows))}
@@ -194,9 +197,9 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
     write_json(run.validation, report)
     save_scores(run, decoded.files, y, {v: probs[v] for v in variants}, device, report)
     for variant, v in variants.items():
-        log(f"{variant:<8} accuracy {v['accuracy']:.2%}"
-            + (f"  delta {v['accuracy_delta'] * 100:+.2f} pp  agreement {v['agreement']:.2%}"
-               f"  max |dp| {v['max_prob_diff']:.2g}" if "agreement" in v else ""))
+        log.info(f"{variant:<8} accuracy {v['accuracy']:.2%}"
+                 + (f"  delta {v['accuracy_delta'] * 100:+.2f} pp  agreement {v['agreement']:.2%}"
+                    f"  max |dp| {v['max_prob_diff']:.2g}" if "agreement" in v else ""))
     return report
 
 
@@ -277,21 +280,22 @@ def explain_load_error(path: Path, runtime: str, error: str) -> str:
 
 
 def _check_on_device_runtime(out: Path, manifest: ExportManifest, x: np.ndarray, probs: dict, variants: dict,
-                             failed: dict, edge, log, rows: np.ndarray, device: dict) -> dict | None:
+                             failed: dict, edge, rows: np.ndarray, device: dict) -> dict | None:
     """Load and run every file under tflite-runtime 2.14 in the device environment, on a sample.
 
     Fills `device` with the sample's rows and each variant's probabilities on them.
     """
     python = edge_python(edge)
     if python is None:
-        log(f"warning: no device environment ({edge or DEFAULT_EDGE_PYTHON.parent.parent.name}); "
-            f"files NOT checked under {EDGE_RUNTIME} 2.14: run `make edge-env`")
+        log.warning(f"no device environment ({edge or DEFAULT_EDGE_PYTHON.parent.parent.name}); "
+                    f"files NOT checked under {EDGE_RUNTIME} 2.14: run `make edge-env`")
         for v in variants.values():
             v["runtimes"][EDGE_RUNTIME] = {"ok": None, "error": "not checked: no device environment"}
         return None
     models = [out / manifest.models[v].file for v in variants]
     device["rows"] = rows
-    log(f"checking under {EDGE_RUNTIME} on {len(rows)} of the {len(x)} photos (export.validate.EDGE_SAMPLE)")
+    log.info(f"checking under {EDGE_RUNTIME} on {len(rows)} of the {len(x)} photos "
+             "(export.validate.EDGE_SAMPLE)")
     with tempfile.TemporaryDirectory(prefix="noodle-check-") as tmp:
         report = run_edge_check(python, models, x[rows], Path(tmp), threads=str(CORES))
         for variant, path in zip(list(variants), models, strict=True):

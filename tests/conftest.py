@@ -42,8 +42,7 @@ def trained_run(sample_data, tmp_path_factory) -> Path:
     from train.fit import TrainConfig, train
 
     out = tmp_path_factory.mktemp("runs") / "sample-noodle"
-    train(TrainConfig(data=sample_data, out=out, arch="noodle", epochs=4, patience=10, verbose=0),
-          log=lambda *_: None)
+    train(TrainConfig(data=sample_data, out=out, arch="noodle", epochs=4, patience=10, verbose=0))
     return out
 
 
@@ -58,5 +57,5 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
     out.mkdir()
     for name in ("model.keras", "manifest.json"):
         shutil.copy2(trained_run / name, out / name)
-    export_run(out, log=lambda *_: None)
+    export_run(out)
     return out

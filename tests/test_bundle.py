@@ -43,7 +43,7 @@ def shippable_run(exported_run) -> Path:
 
     manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
     if not (manifest.get("validation") or {}).get("passed"):
-        record_validation(exported_run, validate_export(exported_run, log=quiet), log=quiet)
+        record_validation(exported_run, validate_export(exported_run))
     return exported_run
 
 

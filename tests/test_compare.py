@@ -200,7 +200,7 @@ def shifted_run(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("brightness") / "photos"
     brightness_photos(data, {"train": 20, "test": 40})
     run = write_run(data.parent / "run", brightness_model(), data)
-    export_run(run, variants=["float32"], log=lambda *_: None)
+    export_run(run, variants=["float32"])
 
     test = find_dataset(data).splits["test"]
     decoded = decode(test, (SIZE, SIZE))
@@ -209,7 +209,7 @@ def shifted_run(tmp_path_factory) -> Path:
     assert mean[decoded.y == 1].max() < bright[0]
     # A threshold between the two darkest bright photos: only the darkest turns "dark".
     threshold = (bright[0] + bright[1]) / 2
-    add_variant(run, "int8", convert(brightness_model(12 * threshold), "float32"), log=lambda *_: None)
+    add_variant(run, "int8", convert(brightness_model(12 * threshold), "float32"))
     return run
 
 
@@ -235,7 +235,7 @@ def test_max_drop_gate_exit_codes(shifted_run):
 def test_report_keys_verdicts_and_pictures(shifted_run):
     from export.compare import compare_run
 
-    report = compare_run(shifted_run, latency_runs=2, log=lambda *_: None)
+    report = compare_run(shifted_run, latency_runs=2)
     rows = {r["variant"]: r for r in report["rows"]}
     int8 = rows["int8"]
     assert int8["delta_pp"] == pytest.approx(-1.25) and int8["mcnemar_p"] == 1.0
@@ -328,7 +328,7 @@ def test_calibration_options_reach_the_manifest_and_report(tmp_path):
     assert "warning: int8 calibrated on only 12 photos" in result.output
     calibration = read_manifest(run / "export")["models"]["int8"]["calibration"]
     assert calibration["samples"] == 12 and calibration["split"] == "val"
-    compare_run(run, latency_runs=2, log=lambda *_: None)
+    compare_run(run, latency_runs=2)
     assert "int8 calibrated on 12 photos from the val split" in (run / "export" / "report.md").read_text()
     bad = noodle("export", run, "--calibration-split", "test")
     assert bad.exit_code == 2
@@ -371,7 +371,7 @@ def test_litert_quantizer_variant_side_by_side(tmp_path, monkeypatch):
     assert checked["ai-edge-litert"]["ok"]
     if validation["runtimes"]["tflite-runtime"]:
         assert checked["tflite-runtime"]["ok"]
-    report = compare_run(run, latency_runs=2, log=lambda *_: None)
+    report = compare_run(run, latency_runs=2)
     rows = {r["variant"]: r for r in report["rows"]}
     assert rows["int8-litert"]["accuracy"] == rows["float32"]["accuracy"] == 1.0
     assert "| int8-litert |" in (run / "export" / "report.md").read_text()

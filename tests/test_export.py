@@ -8,6 +8,7 @@ perfectly, so a calibration mistake shows as a drop from 100 % to chance.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -81,7 +82,7 @@ def brightness_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def validation(exported_run) -> dict:
-    return validate_export(exported_run, log=lambda *_: None)
+    return validate_export(exported_run)
 
 
 # ---------------------------------------------------------------- convert
@@ -121,8 +122,8 @@ def test_every_file_runs_through_the_edge_runner(exported_run):
 
 def test_int8_io_option_and_a_partial_export_keeps_the_rest(brightness_run, tmp_path):
     run = copy_run(brightness_run, tmp_path / "run")
-    first = export_run(run, variants=["float32"], log=lambda *_: None)
-    manifest = export_run(run, variants=["int8"], io="int8", log=lambda *_: None)
+    first = export_run(run, variants=["float32"])
+    manifest = export_run(run, variants=["int8"], io="int8")
     entry = manifest.models["int8"]
     assert entry.input.dtype == "int8" and entry.input.zero_point == -128
     assert list(manifest.models) == ["float32", "int8"]  # same model.keras: float32 kept
@@ -132,8 +133,7 @@ def test_int8_io_option_and_a_partial_export_keeps_the_rest(brightness_run, tmp_
 def test_a_failing_variant_is_reported_and_the_others_written(brightness_run, tmp_path):
     run = copy_run(brightness_run, tmp_path / "run")
     wrong_shape = np.zeros((4, 32, 32, 3), np.float32)  # the calibrator cannot feed these
-    manifest = export_run(run, variants=["float32", "int8"], calibration=wrong_shape,
-                          log=lambda *_: None)
+    manifest = export_run(run, variants=["float32", "int8"], calibration=wrong_shape)
     assert list(manifest.models) == ["float32"] and set(manifest.failed) == {"int8"}
     assert (run / "export" / "float32.tflite").is_file()
     assert not (run / "export" / "int8.tflite").exists()
@@ -216,7 +216,7 @@ def test_parity_failure_is_a_typed_error(exported_run, tmp_path):
     manifest["source"]["sha256"] = sha256_file(run / "model.keras")
     write_json(run / "export" / "manifest.json", manifest)
     with pytest.raises(ParityError) as err:
-        raise_for(validate_export(run, edge=tmp_path / "no-edge-env", log=lambda *_: None))
+        raise_for(validate_export(run, edge=tmp_path / "no-edge-env"))
     assert err.value.exit_code != 0 and "float32.tflite" in str(err.value)
     assert not json.loads((run / "export" / "validation.json").read_text())["parity"]["ok"]
 
@@ -228,9 +228,9 @@ def test_wrong_calibration_scale_collapses_int8_in_the_report(brightness_run, tm
     for name, scale in (("right", 1.0), ("wrong", 1 / 255)):
         run = copy_run(brightness_run, tmp_path / name)
         pixels = calibration_pixels(load_run(run)) * scale  # 0-255, or the classic 0-1 mistake
-        export_run(run, variants=["float32", "int8"], calibration=pixels, log=lambda *_: None)
-        validate_export(run, log=lambda *_: None)
-        reports[name] = compare_run(run, latency_runs=5, log=lambda *_: None)
+        export_run(run, variants=["float32", "int8"], calibration=pixels)
+        validate_export(run)
+        reports[name] = compare_run(run, latency_runs=5)
     rows = {name: {r["variant"]: r for r in report["rows"]} for name, report in reports.items()}
     assert rows["right"]["float32"]["accuracy"] == 1.0 and rows["wrong"]["float32"]["accuracy"] == 1.0
     assert rows["right"]["int8"]["accuracy"] == 1.0
@@ -251,14 +251,23 @@ class Stop(Exception):
 
 def test_interrupted_between_variants_leaves_only_loadable_files(brightness_run, tmp_path):
     run = copy_run(brightness_run, tmp_path / "run")
-    export_run(run, variants=["float32", "float16"], log=lambda *_: None)  # a previous export
+    export_run(run, variants=["float32", "float16"])  # a previous export
 
-    def stop_after_float16(line: str):
-        if "float16.tflite" in line:
-            raise Stop
+    class StopAfterFloat16(logging.Handler):
+        def emit(self, record):
+            if "float16.tflite" in record.getMessage():
+                raise Stop
 
-    with pytest.raises(Stop):
-        export_run(run, log=stop_after_float16)
+    logger, handler = logging.getLogger("export.convert"), StopAfterFloat16()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)  # the progress lines, as a command shows them
+    try:
+        with pytest.raises(Stop):
+            export_run(run)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     out = run / "export"
     assert not (out / "manifest.json").exists()  # no manifest vouching for a partial export
     assert {p.name for p in out.glob("*.tflite")} >= {"float32.tflite", "float16.tflite"}
@@ -286,7 +295,7 @@ def test_killed_export_leaves_no_broken_tflite(brightness_run, tmp_path):
     assert not (out / "manifest.json").exists()
     assert all(loads(p) for p in out.glob("*.tflite"))
     # The next export cleans up after the killed one and completes.
-    manifest = export_run(run, variants=["float32"], log=lambda *_: None)
+    manifest = export_run(run, variants=["float32"])
     assert list(manifest.models) == ["float32"] and not list(out.glob(".*tmp*"))
 
 

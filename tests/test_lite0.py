@@ -208,7 +208,7 @@ def test_fine_tuning_moves_the_top_blocks_only_and_keeps_batch_norm(tmp_path, ca
     data = tinted_photos(tmp_path / "photos", 2)
     before = lite0.load_backbone(32, "imagenet")
     manifest = train(TrainConfig(data=data, out=tmp_path / "run", image_size=32, epochs=1, fine_tune=2,
-                                 verbose=0), log=lambda *_: None)
+                                 verbose=0))
     assert manifest["training"]["fine_tune"] == 2
     after = keras.models.load_model(tmp_path / "run" / "model.keras", compile=False).layers[1]
 

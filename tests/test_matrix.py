@@ -47,13 +47,12 @@ def test_every_variant_loads_and_agrees_on_both_runtimes(arch, classes, tmp_path
         pytest.fail("no device environment (.venv-edge): run `make edge-env`")
     data = tinted_photos(tmp_path / "photos", classes)
     run = tmp_path / "run"
-    manifest = train(TrainConfig(data=data, out=run, arch=arch, image_size=32, epochs=2, verbose=0),
-                     log=lambda *_: None)
+    manifest = train(TrainConfig(data=data, out=run, arch=arch, image_size=32, epochs=2, verbose=0))
     assert len(manifest["labels"]) == classes
 
-    export_run(run, log=lambda *_: None)
-    report = validate_export(run, log=lambda *_: None)
-    exported = record_validation(run, report, log=lambda *_: None)
+    export_run(run)
+    report = validate_export(run)
+    exported = record_validation(run, report)
     raise_for(report)  # parity with Keras, and no file failed under either runtime
 
     assert report["failed"] == {} and exported.failed == {}

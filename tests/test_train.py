@@ -421,7 +421,7 @@ def test_mixed_precision_trains_on_cpu_and_exports_a_float32_model(arch, classes
     data = tinted_photos(tmp_path / "photos", classes)
     run = tmp_path / "run"
     manifest = fit.train(fit.TrainConfig(data=data, out=run, arch=arch, image_size=32, epochs=1,
-                                         mixed_precision=True, verbose=0), log=lambda *_: None)
+                                         mixed_precision=True, verbose=0))
     assert trained_under == {"body": {"mixed_float16"}, "head": "float32",
                              "optimizer": "LossScaleOptimizer"}
     assert manifest["training"]["mixed_precision"] is True
@@ -458,7 +458,7 @@ def test_mixed_precision_is_undone_when_training_fails(tmp_path, monkeypatch):
     data = tinted_photos(tmp_path / "photos", 2)
     with pytest.raises(RuntimeError, match="on purpose"):
         fit.train(fit.TrainConfig(data=data, out=tmp_path / "run", arch="noodle", image_size=32, epochs=1,
-                                  mixed_precision=True, verbose=0), log=lambda *_: None)
+                                  mixed_precision=True, verbose=0))
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
@@ -552,8 +552,7 @@ def test_a_loss_that_turns_non_finite_stops_training_and_writes_no_manifest(tmp_
     real = fit._rate
     monkeypatch.setattr(fit, "_rate", lambda cfg, *a: 1e30 if cfg.arch == "noodle" else real(cfg, *a))
     with pytest.raises(NoodleError, match=r"training loss became (nan|inf).*lower --learning-rate"):
-        fit.train(fit.TrainConfig(data=data, out=run, arch="noodle", image_size=32, epochs=2, verbose=0),
-                  log=lambda *_: None)
+        fit.train(fit.TrainConfig(data=data, out=run, arch="noodle", image_size=32, epochs=2, verbose=0))
     assert not (run / "manifest.json").exists() and not (run / ".backup").exists()
 
 

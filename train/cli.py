@@ -196,6 +196,7 @@ def train_command(
     """Train a classifier on DATA and write model.keras with its manifest."""
     from edge.manifest import OutputError, load_run
     from train.fit import train
+    from train.quiet import show_progress
     from train.runs import check_run_dir
 
     cfg, dataset, ident = _config_and_data(
@@ -218,7 +219,8 @@ def train_command(
                    "(`noodle train` without --reuse trains again)")
         typer.echo(summary(load_run(cfg.out), cfg.out))
         return
-    if train(cfg, log=typer.echo, dataset=dataset, identity=ident) is not None:
+    show_progress()
+    if train(cfg, dataset=dataset, identity=ident) is not None:
         # None: a cluster worker other than the chief, which writes the manifest
         typer.echo(summary(load_run(cfg.out), cfg.out))
 

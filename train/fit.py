@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,10 +33,12 @@ from train import cluster as clusters
 from train import data as datasets
 from train import runs
 from train.config import BATCH_NORM_PHOTOS, HEAD_ITERATIONS, HEAD_L2, TrainConfig, resolved, trains_on_val
+from train.quiet import quiet_tensorflow
 
 # TensorFlow's C++ start-up chatter (CPU features, CUDA probing) hides the
 # progress bars; warnings and errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_tensorflow()
+log = logging.getLogger(__name__)
 
 # A pretrained backbone's features are computed this many photos a call:
 # 64 photos of 224x224 hold the widest map in 150 MB of float32.
@@ -186,7 +189,7 @@ def plot_curves(history: list[dict], dest: Path) -> None:
     plt.close(fig)
 
 
-def train(cfg: TrainConfig, log=print, dataset: datasets.Dataset | None = None,
+def train(cfg: TrainConfig, dataset: datasets.Dataset | None = None,
           identity: dict | None = None) -> dict | None:
     """Train, evaluate and write the run folder; return the manifest.
 
@@ -212,7 +215,7 @@ def train(cfg: TrainConfig, log=print, dataset: datasets.Dataset | None = None,
 
         policy = keras.mixed_precision.global_policy()
     try:
-        return _train(cfg, log, dataset, resolver, work, chief)
+        return _train(cfg, dataset, resolver, work, chief)
     finally:
         if cfg.mixed_precision:
             # Global state: later models in this process (tests, export) are float32 again.
@@ -254,42 +257,42 @@ class Stage:
         return self.trainer is not None
 
 
-def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_resolver,
+def _train(cfg: TrainConfig, dataset: datasets.Dataset | None, cluster_resolver,
            work: RunDir, chief: bool) -> dict | None:
     """`train` in `work`: the run folder on the chief, a scratch folder on other workers."""
     import keras
 
     dataset = dataset or datasets.find_dataset(cfg.data)
     cfg = resolved(cfg)
-    splits = decode_splits(cfg, dataset, work, log)
+    splits = decode_splits(cfg, dataset, work)
     keras.utils.set_random_seed(cfg.seed)
     strategy = pick_strategy(cfg.cpu_replicas, cluster_resolver)
     if _device() == "CPU":
         # The cores this process may use: a container or taskset may allow fewer than the machine has.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        log(f"no GPU found: training on {cores} CPU cores")
+        log.info(f"no GPU found: training on {cores} CPU cores")
     if cfg.mixed_precision:
         # float16 compute with float32 variables; the head is pinned to float32.
         # `train` restores the previous policy.
         keras.mixed_precision.set_global_policy("mixed_float16")
     if cfg.pretrained:
-        stage = pretrained_stage(cfg, splits, len(dataset.classes), log)
-        train_seconds, head = solve_head(stage, splits, work, len(dataset.classes), log)
+        stage = pretrained_stage(cfg, splits, len(dataset.classes))
+        train_seconds, head = solve_head(stage, splits, work, len(dataset.classes))
     else:
-        stage = scratch_stage(cfg, splits, len(dataset.classes), strategy, log)
-        train_seconds, head = fit(cfg, stage, splits, work, strategy, cluster_resolver, log), None
+        stage = scratch_stage(cfg, splits, len(dataset.classes), strategy)
+        train_seconds, head = fit(cfg, stage, splits, work, strategy, cluster_resolver), None
     if not chief:
-        log(f"{clusters.task_name(cluster_resolver)} done; the chief writes the run folder")
+        log.info(f"{clusters.task_name(cluster_resolver)} done; the chief writes the run folder")
         return None
     model = stage.model
     if cfg.pretrained:
         if cfg.fine_tune:
-            train_seconds += fine_tune(cfg, model, stage, splits, log)
+            train_seconds += fine_tune(cfg, model, stage, splits)
     else:
         model = float32_copy(model, cfg.arch, (cfg.image_size, cfg.image_size, 3), len(dataset.classes))
     bn_photos = 0 if cfg.pretrained else exact_batch_norm(model, splits.decoded["train"].x, seed=cfg.seed)
     if bn_photos:
-        log(f"batch-norm statistics set to those of {bn_photos} training photos, un-augmented")
+        log.info(f"batch-norm statistics set to those of {bn_photos} training photos, un-augmented")
     history = read_history(work.backup / "history.csv")
     metrics = evaluate(model, splits, dataset.classes, stage, history, train_seconds, bn_photos, head)
     manifest = run_manifest(cfg, dataset, model, splits, metrics, strategy)
@@ -297,7 +300,7 @@ def _train(cfg: TrainConfig, log, dataset: datasets.Dataset | None, cluster_reso
     return manifest
 
 
-def decode_splits(cfg: TrainConfig, dataset: datasets.Dataset, work: RunDir, log) -> Splits:
+def decode_splits(cfg: TrainConfig, dataset: datasets.Dataset, work: RunDir) -> Splits:
     """Every split's pixels at the run's input side, the validation photos folded in when trained on."""
     on_val = trains_on_val(cfg, dataset)
     splits = dict(dataset.splits)
@@ -314,20 +317,21 @@ def decode_splits(cfg: TrainConfig, dataset: datasets.Dataset, work: RunDir, log
     for i, name in enumerate(dataset.classes):
         if i not in present:
             raise datasets.DataError(f"{cfg.data}: class {name!r} has no readable training images")
-    log(f"data: {dataset.layout} layout, classes {dataset.classes}, "
-        + ", ".join(f"{s} {len(d.y)}" for s, d in decoded.items())
-        + (f", skipped {len(unreadable)} unreadable" if unreadable else "")
-        + (f", {len(dataset.skipped)} listed but missing" if dataset.skipped else "")
-        + f" (decoded in {seconds:.1f}s)")
+    log.info(f"data: {dataset.layout} layout, classes {dataset.classes}, "
+             + ", ".join(f"{s} {len(d.y)}" for s, d in decoded.items())
+             + (f", skipped {len(unreadable)} unreadable" if unreadable else "")
+             + (f", {len(dataset.skipped)} listed but missing" if dataset.skipped else "")
+             + f" (decoded in {seconds:.1f}s)")
     if on_val:
-        log(f"training on the {len(dataset.splits['val'])} validation photos too: nothing is chosen on "
-            "them (--hold-out-val keeps them out, for validation curves); the test split scores the model")
+        log.info(f"training on the {len(dataset.splits['val'])} validation photos too: nothing is chosen "
+                 "on them (--hold-out-val keeps them out, for validation curves); the test split scores the "
+                 "model")
     for warning in dataset.warnings:
-        log(f"warning: {warning}")
+        log.warning(warning)
     mapped = [split for split, d in decoded.items() if isinstance(d.x, np.memmap)]
     if mapped:
-        log(f"pixels of {', '.join(mapped)} memory-mapped from {work.cache}, "
-            f"being over {datasets.IN_MEMORY_LIMIT:,} bytes (NOODLE_IN_MEMORY_LIMIT)")
+        log.info(f"pixels of {', '.join(mapped)} memory-mapped from {work.cache}, "
+                 f"being over {datasets.IN_MEMORY_LIMIT:,} bytes (NOODLE_IN_MEMORY_LIMIT)")
     # Missing listed files, then unreadable ones.
     return Splits(decoded, on_val, dataset.skipped + unreadable, seconds)
 
@@ -378,7 +382,7 @@ def _pipelines(x_train, y_train, splits: Splits, val_x, cfg: TrainConfig, global
     return train_ds.with_options(options), val_ds
 
 
-def scratch_stage(cfg: TrainConfig, splits: Splits, num_classes: int, strategy, log) -> Stage:
+def scratch_stage(cfg: TrainConfig, splits: Splits, num_classes: int, strategy) -> Stage:
     """A net trained end to end from random weights, augmentation inside the training step."""
     from train.models import build
 
@@ -397,13 +401,13 @@ def scratch_stage(cfg: TrainConfig, splits: Splits, num_classes: int, strategy, 
     # weights), so a minimum there is luck; early stopping watches from the
     # last third of a cosine schedule, when the rate has come down.
     watch_from = cfg.epochs * 2 // 3 if cosine else 0
-    log(f"training {cfg.arch} ({model.count_params():,} params) on {replicas} {_device()} replica(s), "
-        f"{'cosine-decayed rate over' if cosine else 'up to' if splits.validating else 'for'} "
-        f"{cfg.epochs} epochs, batch {global_batch}")
+    log.info(f"training {cfg.arch} ({model.count_params():,} params) on {replicas} {_device()} replica(s), "
+             f"{'cosine-decayed rate over' if cosine else 'up to' if splits.validating else 'for'} "
+             f"{cfg.epochs} epochs, batch {global_batch}")
     return Stage(model, trainer, train_ds, val_ds, watch_from)
 
 
-def pretrained_stage(cfg: TrainConfig, splits: Splits, num_classes: int, log) -> Stage:
+def pretrained_stage(cfg: TrainConfig, splits: Splits, num_classes: int) -> Stage:
     """A pretrained backbone, frozen, with its features of each photo for a new head (`solve_head`).
 
     The backbone stays in inference mode, so a photo's features never change:
@@ -425,15 +429,15 @@ def pretrained_stage(cfg: TrainConfig, splits: Splits, num_classes: int, log) ->
     started = time.perf_counter()
     maps = {split: outputs(bottom, d.x) for split, d in splits.decoded.items() if split != "test"}
     features = maps if top is None else {split: outputs(top, m) for split, m in maps.items()}
-    log(f"{backbone.name} ({backbone.count_params():,} params, {cfg.weights} weights, frozen): features of "
-        f"{sum(map(len, features.values()))} photos at {cfg.image_size}x{cfg.image_size} in "
-        f"{time.perf_counter() - started:.1f}s on {_device()}")
+    log.info(f"{backbone.name} ({backbone.count_params():,} params, {cfg.weights} weights, frozen): "
+             f"features of {sum(map(len, features.values()))} photos at {cfg.image_size}x{cfg.image_size} in "
+             f"{time.perf_counter() - started:.1f}s on {_device()}")
     if cfg.mixed_precision and not cfg.fine_tune:
-        log("--mixed-precision: nothing to speed up; the frozen backbone runs float32, the head float64")
+        log.info("--mixed-precision: nothing to speed up; the frozen backbone runs float32, the head float64")
     return Stage(model, features=features, **({"maps": maps, "top": top} if top is not None else {}))
 
 
-def solve_head(stage: Stage, splits: Splits, work: RunDir, num_classes: int, log) -> tuple[float, dict]:
+def solve_head(stage: Stage, splits: Splits, work: RunDir, num_classes: int) -> tuple[float, dict]:
     """Solve the classifier's head on the features (train.head), set it, and return (seconds, the solve).
 
     Its iterations are the run's history.csv rows: each is a full pass over
@@ -451,10 +455,10 @@ def solve_head(stage: Stage, splits: Splits, work: RunDir, num_classes: int, log
     work.backup.mkdir(parents=True, exist_ok=True)
     _write_history(work.backup / "history.csv", solution.history)
     _tensorboard(work.tensorboard, solution.history)
-    log(f"head ({solution.kernel.size + solution.bias.size:,} weights) solved by L-BFGS, L2 {HEAD_L2:g}, "
-        f"in {solution.iterations} iterations, {seconds:.1f}s"
-        + ("" if solution.converged else f"; not converged ({solution.message}): the weights of the last "
-                                         f"of {HEAD_ITERATIONS} iterations are kept"))
+    log.info(f"head ({solution.kernel.size + solution.bias.size:,} weights) solved by L-BFGS, "
+             f"L2 {HEAD_L2:g}, in {solution.iterations} iterations, {seconds:.1f}s"
+             + ("" if solution.converged else f"; not converged ({solution.message}): the weights of "
+                                              f"the last of {HEAD_ITERATIONS} iterations are kept"))
     return seconds, {"solver": "L-BFGS", "l2": HEAD_L2, "iterations": solution.iterations,
                      "converged": solution.converged}
 
@@ -520,14 +524,13 @@ def _device() -> str:
     return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 
 
-def fit(cfg: TrainConfig, stage: Stage, splits: Splits, work: RunDir, strategy, cluster_resolver,
-        log) -> float:
+def fit(cfg: TrainConfig, stage: Stage, splits: Splits, work: RunDir, strategy, cluster_resolver) -> float:
     """Run the stage's epochs, resumable; return the seconds they took (across resumes)."""
     import keras
 
     backup = work.backup
     backup.mkdir(parents=True, exist_ok=True)
-    progress = Progress(len(splits.decoded["train"].y), backup, log)
+    progress = Progress(len(splits.decoded["train"].y), backup)
     # Progress and CSVLogger save an epoch's time and history row before
     # BackupAndRestore saves its state, so a kill between them leaves extra
     # rows, never missing ones, and Progress cuts them when the run resumes.
@@ -559,7 +562,7 @@ def fit(cfg: TrainConfig, stage: Stage, splits: Splits, work: RunDir, strategy, 
     return progress.earlier_seconds + time.perf_counter() - started
 
 
-def fine_tune(cfg: TrainConfig, model, stage: Stage, splits: Splits, log) -> float:
+def fine_tune(cfg: TrainConfig, model, stage: Stage, splits: Splits) -> float:
     """Train the backbone's top `cfg.fine_tune` blocks with the trained head; return the seconds.
 
     On what the frozen blocks below them made of each photo (computed once, so
@@ -585,8 +588,8 @@ def fine_tune(cfg: TrainConfig, model, stage: Stage, splits: Splits, log) -> flo
     for layer in top.layers:
         layer.trainable = False
     seconds = time.perf_counter() - started
-    log(f"fine-tuned the top {cfg.fine_tune} blocks ({trained:,} weights) for {cfg.epochs} epochs "
-        f"in {seconds:.1f}s")
+    log.info(f"fine-tuned the top {cfg.fine_tune} blocks ({trained:,} weights) for {cfg.epochs} epochs "
+             f"in {seconds:.1f}s")
     return seconds
 
 
@@ -656,7 +659,7 @@ def write_run(run: RunDir, work: RunDir, model, manifest: dict, history: list[di
     _remove_tree(work.cache)
 
 
-def Progress(n_train: int, backup: Path, log):
+def Progress(n_train: int, backup: Path):
     """A callback that times epochs, and keeps the times and history across a kill.
 
     Adds each epoch's seconds and training images/s to its logs, and writes the
@@ -685,8 +688,8 @@ def Progress(n_train: int, backup: Path, log):
                 del self.seconds[epoch:]
                 _keep_rows(backup / "history.csv", epoch)
                 if epoch:
-                    log(f"resuming from epoch {epoch + 1}: {epoch} epoch(s) done before, "
-                        f"in {sum(self.seconds):.1f}s")
+                    log.info(f"resuming from epoch {epoch + 1}: {epoch} epoch(s) done before, "
+                             f"in {sum(self.seconds):.1f}s")
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):

@@ -9,10 +9,16 @@ something a user can act on. So the `noodle` command passes its own stderr
 that drops exactly those lines. Our own messages, Python warnings and any
 other TensorFlow warning or error still show. `noodle -v` (or NOODLE_VERBOSE=1)
 turns the filter off.
+
+noodle's own progress lines are logged by the library code, each module to
+`logging.getLogger(__name__)`; a command shows them with `show_progress`, one
+line each on stdout (warnings as `warning: ...`), DEBUG lines too with -v.
+Called as a library, noodle prints nothing but warnings (Python's last resort).
 """
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import re
 import sys
@@ -49,6 +55,35 @@ def quiet_tensorflow(env=None):
     env = os.environ if env is None else env
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
     return env
+
+
+# The packages whose loggers a command shows.
+PACKAGES = ("train", "export", "bench")
+
+
+class _Lines(logging.Handler):
+    """One line a record on the stdout of the moment (a test runner swaps it), as typer.echo wrote them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = record.levelno
+            prefix = "error: " if level > logging.WARNING else "warning: " if level == logging.WARNING else ""
+            print(prefix + record.getMessage(), file=sys.stdout, flush=True)
+        except Exception:  # a closed stdout must not stop the work it reports on
+            self.handleError(record)
+
+
+def show_progress(verbose: bool | None = None) -> None:
+    """Show the PACKAGES' progress lines for this process's commands: INFO, and DEBUG when verbose.
+
+    verbose None: as `noodle -v` (NOODLE_VERBOSE) says.
+    """
+    verbose = not enabled() if verbose is None else verbose
+    for name in PACKAGES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _Lines) for h in logger.handlers):
+            logger.addHandler(_Lines())
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def enabled() -> bool:
