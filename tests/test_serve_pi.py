@@ -6,6 +6,7 @@ makes once (readable by the service's user alone), and says the address to open.
 """
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 
@@ -21,7 +22,9 @@ def unpacked(exported_run, tmp_path_factory):
     from export.convert import record_validation
     from export.validate import validate_export
 
-    record_validation(exported_run, validate_export(exported_run))
+    manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
+    if not (manifest.get("validation") or {}).get("passed"):  # as tests/test_bundle.py's shippable_run
+        record_validation(exported_run, validate_export(exported_run))
     tarball = write_bundle(exported_run, "int8", tmp_path_factory.mktemp("dist"), log=quiet)
     return bundle.unpack(tarball, tmp_path_factory.mktemp("unpacked"))
 
