@@ -34,7 +34,7 @@ from typing import Annotated
 import typer
 
 from edge.errors import NoodleError, one_line_errors
-from edge.manifest import MANIFEST_NAME, RunDir, atomic_output, load_export, sha256_file
+from edge.manifest import MANIFEST_NAME, RunDir, atomic_output, load_export, load_run, sha256_file
 from edge.runtime import package_version
 from edge.text import escape_name, markdown
 from export.wheelhouse import (
@@ -274,9 +274,9 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
 def trained_on(run: RunDir) -> str:
     """Which data the run's model learned, as its manifest (`noodle train`'s) records it."""
     try:
-        data = json.loads(run.manifest.read_text())["data"]
-        return f"trained on {escape_name(data['root'])} ({len(data['classes'])} classes)"
-    except (OSError, ValueError, KeyError, TypeError):
+        trained = load_run(run.manifest)
+        return f"trained on {escape_name(trained.data['root'])} ({len(trained.labels)} classes)"
+    except (NoodleError, KeyError, TypeError):
         return f"trained on data {run.manifest} does not name"
 
 

@@ -122,8 +122,8 @@ def evaluation_data(manifest: RunManifest, data: str | os.PathLike | None = None
     # The CSV column options training was given, so the same photos are found again.
     options = record.get("options", {}) if data is None else {}
     dataset = find_dataset(root, **options)
-    if dataset.classes != manifest.labels:
-        raise ExportError(f"{root}: classes {dataset.classes} but the model was trained on "
+    if dataset.labels != manifest.labels:
+        raise ExportError(f"{root}: classes {dataset.labels} but the model was trained on "
                           f"{manifest.labels}; pass the training data with --data")
     # A test split carved from photos that changed since training is another
     # draw: some of its photos may have been trained on.

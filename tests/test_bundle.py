@@ -585,9 +585,9 @@ def test_bundle_command(shippable_run, tmp_path):
                                       "--no-wheels"])
     assert result.exit_code == 0, result.stderr
     # The first line says which run and which data, before any work.
-    data = json.loads((shippable_run / "manifest.json").read_text())["data"]
+    trained = json.loads((shippable_run / "manifest.json").read_text())
     assert result.stdout.splitlines()[0] == (f"bundling {shippable_run}: its int8 model, trained on "
-                                             f"{data['root']} ({len(data['classes'])} classes)")
+                                             f"{trained['data']['root']} ({len(trained['labels'])} classes)")
     # The last line is the path, for scripts.
     online = bundle.bundle_path(shippable_run, "int8", tmp_path, wheels=False)
     assert Path(result.stdout.splitlines()[-1]) == online and online.is_file()

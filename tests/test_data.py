@@ -43,7 +43,7 @@ def totals(dataset, splits=("train", "val")) -> dict[str, int]:
     counts = Counter()
     for split in splits:
         for _, y in dataset.splits.get(split, []):
-            counts[dataset.classes[y]] += 1
+            counts[dataset.labels[y]] += 1
     return dict(counts)
 
 
@@ -52,7 +52,7 @@ def test_folders_with_train_and_test(tmp_path):
     folders(tmp_path, {"dogs": 3, "cats": 4}, split="test")
     ds = find_dataset(tmp_path)
     assert ds.layout == "folders"
-    assert ds.classes == ["cats", "dogs"]  # sorted: the first class is label 0
+    assert ds.labels == ["cats", "dogs"]  # sorted: the first class is label 0
     assert ds.sources["val"].startswith("carved 20%") and len(ds.splits["val"]) == 4  # 20 % of each class
     assert totals(ds) == {"cats": 10, "dogs": 10}
     assert totals(ds, ("test",)) == {"cats": 4, "dogs": 3}
@@ -82,7 +82,7 @@ def test_kaggle_flat_names(tmp_path):
         photo(tmp_path / f"cat.{i}.jpg")
         photo(tmp_path / f"dog.{i}.jpg")
     ds = find_dataset(tmp_path)
-    assert ds.layout == "kaggle-flat" and ds.classes == ["cat", "dog"]
+    assert ds.layout == "kaggle-flat" and ds.labels == ["cat", "dog"]
     assert totals(ds, ("train", "val", "test")) == {"cat": 6, "dog": 6}
 
 
@@ -95,7 +95,7 @@ def test_csv_with_header_and_split_column(tmp_path):
     with open(tmp_path / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     ds = find_dataset(tmp_path / "labels.csv")
-    assert ds.layout == "csv" and ds.classes == ["x", "y"]
+    assert ds.layout == "csv" and ds.labels == ["x", "y"]
     assert totals(ds, ("test",)) == {"x": 1, "y": 1} and totals(ds) == {"x": 4, "y": 4}
 
 
@@ -169,7 +169,7 @@ def test_flat_and_csv_layouts_match_the_folder_layout_on_real_photos(shared_phot
     by_name = find_dataset(tmp_path / "flat")
     by_csv = find_dataset(tmp_path / "labels.csv")
     assert (by_folder.layout, by_name.layout, by_csv.layout) == ("class-folders", "kaggle-flat", "csv")
-    assert by_folder.classes == by_name.classes == by_csv.classes == ["cat", "dog"]
+    assert by_folder.labels == by_name.labels == by_csv.labels == ["cat", "dog"]
     assert by_folder.counts() == by_name.counts() == by_csv.counts()
     assert totals(by_folder, ("train", "val", "test")) == {"cat": 500, "dog": 500}
     # The same photos land in the same splits whichever way they were labelled.
@@ -180,7 +180,7 @@ def test_flat_and_csv_layouts_match_the_folder_layout_on_real_photos(shared_phot
 
 def test_sample_data_is_two_balanced_classes(sample_data):
     ds = find_dataset(sample_data)
-    assert ds.classes == ["discs", "stripes"]
+    assert ds.labels == ["discs", "stripes"]
     assert totals(ds) == {"discs": 60, "stripes": 60}
 
 
@@ -204,7 +204,7 @@ def test_csv_header_image_breed_without_split_skips_missing_files(tmp_path):
     for name in gone:
         (tmp_path / name).unlink()
     ds = find_dataset(write_csv(tmp_path / "labels.csv", rows))
-    assert ds.layout == "csv" and ds.classes == ["beagle", "corgi", "pug"]
+    assert ds.layout == "csv" and ds.labels == ["beagle", "corgi", "pug"]
     assert totals(ds, ("train", "val", "test")) == {"beagle": 5, "pug": 5, "corgi": 5}
     assert sorted(s["file"] for s in ds.skipped) == sorted(str(tmp_path / g) for g in gone)
     assert {s["reason"] for s in ds.skipped} == {"listed in CSV but missing"}
@@ -223,7 +223,7 @@ def test_csv_kaggle_ids_without_extension_found_in_a_sibling_folder(tmp_path):
     ds = find_dataset(write_csv(tmp_path / "labels.csv", rows))
     files = {f for items in ds.splits.values() for f, _ in items}
     assert len(files) == 11 and all(f.parent == (tmp_path / "train").resolve() for f in files)
-    assert ds.classes == ["benign", "malignant"]
+    assert ds.labels == ["benign", "malignant"]
     assert [s["file"] for s in ds.skipped] == [str(tmp_path / "0007a9f")]
     # The folder itself is not a layout: the error points at the CSV beside the photos.
     with pytest.raises(DataError, match=r"no '<class>.' prefix.* or pass .*labels.csv as DATA"):
@@ -238,8 +238,8 @@ def test_csv_paths_written_on_another_machine(tmp_path):
             photo(tmp_path / "pets" / kind / f"{i}.jpg")  # the same names in both classes
             rows.append((f"C:\\Users\\me\\Desktop\\pets\\{kind}\\{i}.jpg", kind))
     ds = find_dataset(write_csv(tmp_path / "windows.csv", rows))
-    assert ds.classes == ["cats", "dogs"] and not ds.skipped
-    assert all(f.parent.name == ds.classes[y] for items in ds.splits.values() for f, y in items)
+    assert ds.labels == ["cats", "dogs"] and not ds.skipped
+    assert all(f.parent.name == ds.labels[y] for items in ds.splits.values() for f, y in items)
     # A relative path that is missing stays missing, not the other class's photo of that name.
     (tmp_path / "pets" / "cats" / "4.jpg").unlink()
     rows = [("filepath", "label")] + [(f"pets/{k}/{i}.jpg", k) for k in ("cats", "dogs") for i in range(5)]
@@ -250,7 +250,7 @@ def test_csv_paths_written_on_another_machine(tmp_path):
         name = photo(tmp_path / "upload" / f"3f{i:02d}-pic{i}.jpg").name
         rows.append((str(i), f"/data/upload/1/{name}", "left" if i % 2 else "right", "me@example.com"))
     ds = find_dataset(write_csv(tmp_path / "label-studio.csv", rows))
-    assert ds.classes == ["left", "right"] and not ds.skipped
+    assert ds.labels == ["left", "right"] and not ds.skipped
     assert totals(ds, ("train", "val", "test")) == {"left": 6, "right": 6}
 
 
@@ -259,7 +259,7 @@ def test_csv_from_a_spreadsheet_semicolons_bom_crlf_and_spaced_header(tmp_path):
                                          for i in range(8)]
     (tmp_path / "l.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
     ds = find_dataset(tmp_path / "l.csv")
-    assert ds.classes == ["a", "b"] and totals(ds, ("train", "val", "test")) == {"a": 4, "b": 4}
+    assert ds.labels == ["a", "b"] and totals(ds, ("train", "val", "test")) == {"a": 4, "b": 4}
 
 
 def test_csv_columns_by_name_then_by_option(tmp_path):
@@ -272,10 +272,10 @@ def test_csv_columns_by_name_then_by_option(tmp_path):
     with pytest.raises(DataError, match=r"cannot tell which column holds the labels .*--label-column"):
         find_dataset(path)
     ds = find_dataset(path, label_column="Kind")
-    assert ds.classes == ["a", "b"] and totals(ds, ("test",)) == {"a": 1, "b": 1}
+    assert ds.labels == ["a", "b"] and totals(ds, ("test",)) == {"a": 1, "b": 1}
     assert ds.options == {"label_column": "Kind"}
     ds = find_dataset(path, file_column="photo", label_column="3")
-    assert ds.classes == ["a", "b"] and totals(ds, ("test",)) == {"a": 1, "b": 1}
+    assert ds.labels == ["a", "b"] and totals(ds, ("test",)) == {"a": 1, "b": 1}
     # Two columns of photos: only an option can tell.
     rows2 = [(*r[1:], r[1]) for r in rows]
     with pytest.raises(DataError, match=r"cannot tell which column holds the photos .*--file-column"):
@@ -296,7 +296,7 @@ def test_csv_headers_of_other_names_are_read_by_what_their_cells_hold(tmp_path, 
             name = photo(tmp_path / f"{kind}{i}.jpg").name
             rows.append((name, kind, "validation" if i == 0 else "training")[: len(header)])
     ds = find_dataset(write_csv(tmp_path / "export.csv", rows, delimiter=";"))
-    assert ds.classes == ["kitty", "pup"] and not ds.skipped
+    assert ds.labels == ["kitty", "pup"] and not ds.skipped
     assert totals(ds, ("train", "val", "test")) == {"kitty": 8, "pup": 8}
     if "subset" in header:  # a split column of other words: "validation" is val
         assert ds.sources["val"] == "given" and totals(ds, ("val",)) == {"kitty": 1, "pup": 1}
@@ -310,7 +310,7 @@ def test_csv_one_hot_labels_name_the_class_by_the_column_marked_1(tmp_path):
         hot[i % 3] = "1.0" if i % 2 else "1"
         rows.append((photo(tmp_path / "images" / f"Train_{i}.jpg").stem, *hot))
     ds = find_dataset(write_csv(tmp_path / "train.csv", rows))
-    assert ds.classes == ["healthy", "rust", "scab"] and not ds.skipped
+    assert ds.labels == ["healthy", "rust", "scab"] and not ds.skipped
     assert totals(ds, ("train", "val", "test")) == {"healthy": 6, "rust": 6, "scab": 6}
     # Two classes marked, or none: one line naming the row and the fix.
     bad = rows[:-1] + [(rows[-1][0], "1", "0", "1")]
@@ -337,7 +337,7 @@ def test_roboflow_export_one_csv_per_split_folder(tmp_path):
         rows.append(("gone_jpg.rf.0.jpg", " 1", " 0"))  # listed, not there: skipped and reported
         write_csv(tmp_path / split / "_classes.csv", rows)
     ds = find_dataset(tmp_path)
-    assert ds.layout == "csv-per-split" and ds.classes == ["Cat", "Dog"]
+    assert ds.layout == "csv-per-split" and ds.labels == ["Cat", "Dog"]
     assert {s: n for s, n in ds.sources.items()} == {"train": "given", "val": "given", "test": "given"}
     assert totals(ds, ("train",)) == {"Cat": 10, "Dog": 10} and totals(ds, ("test",)) == {"Cat": 4, "Dog": 4}
     assert len(ds.skipped) == 3 and {s["reason"] for s in ds.skipped} == {"listed in CSV but missing"}
@@ -410,11 +410,11 @@ def test_too_few_photos_names_every_short_class_at_once(tmp_path):
 def test_min_photos_drops_the_small_classes_from_every_split_and_says_which(tmp_path):
     data = breeds_csv(tmp_path / "labels.csv", BREEDS)
     ds = find_dataset(data, min_photos=3)
-    assert ds.classes == ["beagle", "boxer", "pug"]
+    assert ds.labels == ["beagle", "boxer", "pug"]
     assert ds.dropped == {"clumber": 2, "shetland_sheepdog": 2, "whippet": 1}
     assert ds.summary()["dropped"] == ds.dropped and ds.summary()["options"] == {"min_photos": 3}
     assert totals(ds, ("train", "val", "test")) == {"beagle": 8, "boxer": 7, "pug": 6}
-    assert find_dataset(data, min_photos=7).classes == ["beagle", "boxer"]
+    assert find_dataset(data, min_photos=7).labels == ["beagle", "boxer"]
     with pytest.raises(DataError, match=r"found only one class \(beagle\) of 8 or more training photos "
                                         r"\(--min-photos dropped 5\)"):
         find_dataset(data, min_photos=8)
@@ -424,7 +424,7 @@ def test_min_photos_drops_the_small_classes_from_every_split_and_says_which(tmp_
     given = folders(tmp_path / "given", {"cats": 6, "dogs": 6, "eels": 2})
     folders(given, {"cats": 2, "dogs": 2, "eels": 5}, split="test")
     ds = find_dataset(given, min_photos=3)
-    assert ds.classes == ["cats", "dogs"] and ds.dropped == {"eels": 2}
+    assert ds.labels == ["cats", "dogs"] and ds.dropped == {"eels": 2}
     assert totals(ds, ("test",)) == {"cats": 2, "dogs": 2}
 
 
@@ -433,7 +433,7 @@ def trained_on(dataset):
     from edge.manifest import InputSpec, Preprocessing, RunManifest
     from edge.preprocess import PREPROCESSING
 
-    return RunManifest(labels=dataset.classes, input=InputSpec(32, 32), output="softmax",
+    return RunManifest(labels=dataset.labels, input=InputSpec(32, 32), output="softmax",
                        preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="seed", params=0,
                        data=dataset.summary())
 
@@ -451,7 +451,7 @@ def test_min_photos_names_another_run_folder_and_export_finds_the_same_classes(t
     assert three != seven
     ds = find_dataset(data, min_photos=3)
     manifest = trained_on(ds)
-    assert evaluation_data(manifest).classes == ds.classes  # the options say min_photos 3
+    assert evaluation_data(manifest).labels == ds.labels  # the options say min_photos 3
     refused = CliRunner().invoke(app, ["train", str(data), "--min-photos", "-1", "--print-run-dir"])
     assert refused.exit_code == 2 and "--min-photos -1: out of range; give 0 to" in refused.output
 
@@ -520,7 +520,7 @@ def test_macos_and_hidden_entries_are_ignored(tmp_path):
     photo(tmp_path / "zipped" / "cats" / ".hidden" / "cat.x.jpg")
     (tmp_path / "zipped" / ".DS_Store").write_bytes(b"\x00")
     ds = find_dataset(tmp_path / "zipped")
-    assert ds.classes == ["cats", "dogs"]
+    assert ds.labels == ["cats", "dogs"]
     files = [f for items in ds.splits.values() for f, _ in items]
     assert len(files) == 8 and not any(part.startswith((".", "__")) for f in files for part in f.parts[-3:])
 
@@ -554,7 +554,7 @@ def test_symlinked_class_folders_are_read_alike_by_training_and_the_edge(tmp_pat
     files, problems = expand([photos])  # what classify and bench read
     assert problems == [] and sorted(files) == expected
     ds = find_dataset(photos)
-    assert ds.classes == ["cats", "dogs"]
+    assert ds.labels == ["cats", "dogs"]
     assert sorted(str(f) for items in ds.splits.values() for f, _ in items) == expected
     items, _ = read_labelled(photos, ["cats", "dogs"])  # what compare --test reads
     assert sorted(str(f) for f, _ in items) == expected

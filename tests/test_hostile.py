@@ -156,7 +156,7 @@ def test_training_refuses_hostile_class_folders_naming_the_folder(tmp_path):
             for j in range(4):  # other pixels per class: the same bytes under two labels is an error
                 Image.new("RGB", (8, 8), (j * 60, k * 100, 0)).save(root / name / f"{j}.png")
         if label_problem(label) is None:
-            assert label in find_dataset(root).classes
+            assert label in find_dataset(root).labels
             continue
         with pytest.raises(DataError) as caught:
             find_dataset(root)

@@ -87,7 +87,8 @@ class DataError(NoodleError, ValueError):
 class Dataset:
     root: Path
     layout: str
-    classes: list[str]
+    # The class names, sorted: label i is labels[i] (the manifest's `labels`, the device's).
+    labels: list[str]
     # split name -> list of (file, class index); always train, val and test.
     splits: dict[str, list[tuple[Path, int]]]
     # split name -> "given" or how it was carved.
@@ -108,7 +109,7 @@ class Dataset:
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
-            split: {self.classes[i]: n for i, n in sorted(Counter(y for _, y in items).items())}
+            split: {self.labels[i]: n for i, n in sorted(Counter(y for _, y in items).items())}
             for split, items in self.splits.items()
         }
 
@@ -116,7 +117,7 @@ class Dataset:
         return {
             "root": str(self.root),
             "layout": self.layout,
-            "classes": self.classes,
+            "labels": self.labels,
             "counts": self.counts(),
             "splits": self.sources,
             "fingerprint": self.fingerprint,
@@ -203,9 +204,9 @@ def _read(root: Path, options: dict, known: list[str] | None = None):
         return _read_folder(root, known)
     except DataError as exc:
         # Kaggle's zips: photos named by id, labels in a CSV beside them.
-        labels = sorted(root.glob("*.csv"))
-        if labels:
-            raise DataError(f"{exc}; or pass {labels[0]} as DATA if it labels these photos") from None
+        csvs = sorted(root.glob("*.csv"))
+        if csvs:
+            raise DataError(f"{exc}; or pass {csvs[0]} as DATA if it labels these photos") from None
         raise
 
 
@@ -219,11 +220,11 @@ def _read_folder(root: Path, known: list[str] | None):
         for split, folder in split_dirs.items():  # train first: its labels check the others'
             if folder is None:
                 continue
-            labels = sorted(p for p in folder.glob("*.csv") if not _hidden(p.name))
+            csvs = sorted(p for p in folder.glob("*.csv") if not _hidden(p.name))
             if _class_folders(folder):
                 raw[split], layout = _read_class_folders(folder), "folders"
             elif _images_in(folder):
-                raw[split], lost, kind = _split_folder(folder, labels, known or _labels(raw.get("train")))
+                raw[split], lost, kind = _split_folder(folder, csvs, known or _labels(raw.get("train")))
                 missing += [(file, label, split, line) for file, label, _, line in lost]
                 layout = layout or kind
         if not raw.get("train") and not (known and raw):
@@ -641,7 +642,7 @@ def _finish(root: Path, layout: str, raw: Raw, missing: list[tuple], options: di
     digests = {s: hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
                for s, lines in listing.items()}
     warnings = _few_test_photos(root, classes, splits["test"]) + _duplicates(root, classes, splits, sizes)
-    return Dataset(root=root, layout=layout, classes=classes, splits=splits,
+    return Dataset(root=root, layout=layout, labels=classes, splits=splits,
                    sources={s: sources.get(s, "none") for s in splits},
                    skipped=[_skipped(m) for m in missing], warnings=warnings,
                    fingerprint=fingerprint(listing, splits, sizes), split_digests=digests, options=options,

@@ -276,10 +276,10 @@ def _train(cfg: TrainConfig, dataset: datasets.Dataset | None, cluster_resolver,
         # `train` restores the previous policy.
         keras.mixed_precision.set_global_policy("mixed_float16")
     if cfg.pretrained:
-        stage = pretrained_stage(cfg, splits, len(dataset.classes))
-        train_seconds, head = solve_head(stage, splits, work, len(dataset.classes))
+        stage = pretrained_stage(cfg, splits, len(dataset.labels))
+        train_seconds, head = solve_head(stage, splits, work, len(dataset.labels))
     else:
-        stage = scratch_stage(cfg, splits, len(dataset.classes), strategy)
+        stage = scratch_stage(cfg, splits, len(dataset.labels), strategy)
         train_seconds, head = fit(cfg, stage, splits, work, strategy, cluster_resolver), None
     if not chief:
         log.info(f"{clusters.task_name(cluster_resolver)} done; the chief writes the run folder")
@@ -289,14 +289,14 @@ def _train(cfg: TrainConfig, dataset: datasets.Dataset | None, cluster_resolver,
         if cfg.fine_tune:
             train_seconds += fine_tune(cfg, model, stage, splits)
     else:
-        model = float32_copy(model, cfg.arch, (cfg.image_size, cfg.image_size, 3), len(dataset.classes))
+        model = float32_copy(model, cfg.arch, (cfg.image_size, cfg.image_size, 3), len(dataset.labels))
     bn_photos = 0 if cfg.pretrained else exact_batch_norm(model, splits.decoded["train"].x, seed=cfg.seed)
     if bn_photos:
         log.info(f"batch-norm statistics set to those of {bn_photos} training photos, un-augmented")
     history = read_history(work.backup / "history.csv")
-    metrics = evaluate(model, splits, dataset.classes, stage, history, train_seconds, bn_photos, head)
+    metrics = evaluate(model, splits, dataset.labels, stage, history, train_seconds, bn_photos, head)
     manifest = run_manifest(cfg, dataset, model, splits, metrics, strategy)
-    write_run(RunDir(cfg.out), work, model, manifest, history, metrics, dataset.classes)
+    write_run(RunDir(cfg.out), work, model, manifest, history, metrics, dataset.labels)
     return manifest
 
 
@@ -314,10 +314,10 @@ def decode_splits(cfg: TrainConfig, dataset: datasets.Dataset, work: RunDir) -> 
     seconds = time.perf_counter() - started
     unreadable = [s for d in decoded.values() for s in d.skipped]
     present = set(decoded["train"].y.tolist())
-    for i, name in enumerate(dataset.classes):
+    for i, name in enumerate(dataset.labels):
         if i not in present:
             raise datasets.DataError(f"{cfg.data}: class {name!r} has no readable training images")
-    log.info(f"data: {dataset.layout} layout, classes {dataset.classes}, "
+    log.info(f"data: {dataset.layout} layout, classes {dataset.labels}, "
              + ", ".join(f"{s} {len(d.y)}" for s, d in decoded.items())
              + (f", skipped {len(unreadable)} unreadable" if unreadable else "")
              + (f", {len(dataset.skipped)} listed but missing" if dataset.skipped else "")
@@ -623,7 +623,7 @@ def run_manifest(cfg: TrainConfig, dataset: datasets.Dataset, model, splits: Spl
     replicas = strategy.num_replicas_in_sync
     run = RunDir(cfg.out)
     return RunManifest(
-        labels=dataset.classes,
+        labels=dataset.labels,
         # Keras sees float32 0-255 pixels; the model rescales them itself.
         input=InputSpec(height=cfg.image_size, width=cfg.image_size, dtype="float32", range=(0, 255)),
         output="sigmoid" if _units(model) == 1 else "softmax",
