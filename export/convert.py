@@ -347,72 +347,21 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     import tensorflow as tf
 
     run = RunDir(run_dir)
-    out = run.export
-    out.mkdir(parents=True, exist_ok=True)
+    run.export.mkdir(parents=True, exist_ok=True)
     source = {"model": run.model.name, "sha256": sha256_file(run.model),
               "arch": trained.arch, "params": trained.params}
     models = _reusable_entries(run, source["sha256"], keep=[v for v in VARIANTS if v not in variants])
-    # From here until the new manifest is written, the folder has none: a killed
-    # export is never mistaken for a complete one with stale checksums.
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    for leftover in out.glob(".*.tmp*"):  # temporary files and SavedModel folders of a killed export
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
-
-    calibration_info = None
+    _clear(run.export)
+    pixels, calibration_info = None, None
     if "int8" in variants:
-        if calibration is None:
-            calibration = calibration_pixels(trained, calibration_samples, data=data,
-                                             split=calibration_split)
-            calibration_info = {"samples": len(calibration), "requested": calibration_samples,
-                                "split": calibration_split, "from": f"{calibration_split} split",
-                                "shuffle_seed": DEFAULTS.calibration_seed, "pixels": "raw 0-255 float32"}
-        else:
-            calibration = np.asarray(calibration, np.float32)
-            calibration_info = {"samples": len(calibration), "from": "given by the caller",
-                                "pixel_range": [float(calibration.min()), float(calibration.max())]}
-        if len(calibration) < DEFAULTS.calibration_warn_below:
-            log.warning(f"int8 calibrated on only {len(calibration)} photos (fewer than "
-                        f"{DEFAULTS.calibration_warn_below}); activation ranges may miss their tails: "
-                        "raise --calibration-samples or add photos")
-
+        pixels, calibration_info = _calibration(trained, calibration, calibration_samples, calibration_split,
+                                                data)
     failed: dict[str, str] = {}
-    # The SavedModel first: every variant converts from it, tracing the graph once.
-    graph = model
-    try:
-        write_saved_model(model, run.saved_model)
-        graph = run.saved_model
-        log.info(f"wrote    {run.saved_model}/")
-    except Exception as exc:  # the SavedModel is a by-product; its failure is reported
-        failed["saved_model"] = _first_line(exc)
-        log.info(f"failed   saved_model: {failed['saved_model']}; converting from the Keras model")
-    blobs = convert_all(graph, variants, calibration, io)
-    for variant in variants:
-        dest = run.tflite(variant)
-        try:
-            if isinstance(blobs[variant], BaseException):
-                raise blobs[variant]
-            entry = write_model(run, variant, blobs[variant], trained)
-            if variant == "int8":
-                entry["calibration"] = calibration_info
-            if variant == "dynamic":
-                entry["compatibility"] = COMPATIBILITY
-            models[variant] = ModelEntry.from_dict(entry, f"models.{variant}")
-        except OutputError:  # a full disk fails every variant after it too: stop, in one line
-            raise
-        except Exception as exc:  # one variant's converter error must not lose the others
-            failed[variant] = _first_line(exc)
-            models.pop(variant, None)
-            dest.unlink(missing_ok=True)
-            log.info(f"failed   {dest.name}: {failed[variant]}")
-            continue
-        log.info(f"wrote    {dest}  ({models[variant].bytes:,} bytes)")
+    graph = _saved_model(model, run, failed)
+    _write_variants(run, trained, convert_all(graph, variants, pixels, io), calibration_info, models, failed)
     for stale in VARIANTS:
         if stale not in models:
             run.tflite(stale).unlink(missing_ok=True)
-
     manifest = ExportManifest(
         labels=trained.labels,
         # The .tflite files take pixels as the device gives them, whatever Keras saw.
@@ -427,8 +376,83 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
         # Filled in by record_validation; until then the export is not fit to ship.
         validation=None,
     )
-    write_json(out / MANIFEST_NAME, manifest.to_dict())
+    write_json(run.export_manifest, manifest.to_dict())
     return manifest
+
+
+def _clear(out: Path) -> None:
+    """No manifest until the new one is written, so a killed export is never taken for a
+    complete one with stale checksums; and no temporary file or folder of a killed one."""
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for leftover in out.glob(".*.tmp*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def calibration_set(trained: RunManifest, samples: int, split: str,
+                    data: str | os.PathLike | None = None) -> tuple[np.ndarray, dict]:
+    """`samples` shuffled photos of `split` to calibrate int8 on, and how the manifest records them."""
+    pixels = calibration_pixels(trained, samples, data=data, split=split)
+    return pixels, {"samples": len(pixels), "requested": samples, "split": split, "from": f"{split} split",
+                    "shuffle_seed": DEFAULTS.calibration_seed, "pixels": "raw 0-255 float32"}
+
+
+def _calibration(trained: RunManifest, given: np.ndarray | None, samples: int, split: str,
+                 data) -> tuple[np.ndarray, dict]:
+    """int8's calibration pixels (the caller's, else the split's) and their record; a warning when few."""
+    if given is None:
+        pixels, info = calibration_set(trained, samples, split, data)
+    else:
+        pixels = np.asarray(given, np.float32)
+        info = {"samples": len(pixels), "from": "given by the caller",
+                "pixel_range": [float(pixels.min()), float(pixels.max())]}
+    if len(pixels) < DEFAULTS.calibration_warn_below:
+        log.warning(f"int8 calibrated on only {len(pixels)} photos (fewer than "
+                    f"{DEFAULTS.calibration_warn_below}); activation ranges may miss their tails: "
+                    "raise --calibration-samples or add photos")
+    return pixels, info
+
+
+def _saved_model(model, run: RunDir, failed: dict[str, str]):
+    """The SavedModel first: every variant converts from it, tracing the graph once.
+
+    Its failure is reported in `failed` and the variants convert from the Keras model.
+    """
+    try:
+        write_saved_model(model, run.saved_model)
+    except Exception as exc:  # the SavedModel is a by-product; its failure is reported
+        failed["saved_model"] = _first_line(exc)
+        log.info(f"failed   saved_model: {failed['saved_model']}; converting from the Keras model")
+        return model
+    log.info(f"wrote    {run.saved_model}/")
+    return run.saved_model
+
+
+def _write_variants(run: RunDir, trained: RunManifest, blobs: dict, calibration_info: dict | None,
+                    models: dict[str, ModelEntry], failed: dict[str, str]) -> None:
+    """Each converted variant written with its entry into `models`; a failure into `failed` instead."""
+    for variant in [v for v in VARIANTS if v in blobs]:  # in order, float32 first, whatever converted first
+        blob, dest = blobs[variant], run.tflite(variant)
+        try:
+            if isinstance(blob, BaseException):
+                raise blob
+            entry = write_model(run, variant, blob, trained)
+            if variant == "int8":
+                entry["calibration"] = calibration_info
+            if variant == "dynamic":
+                entry["compatibility"] = COMPATIBILITY
+            models[variant] = ModelEntry.from_dict(entry, f"models.{variant}")
+        except OutputError:  # a full disk fails every variant after it too: stop, in one line
+            raise
+        except Exception as exc:  # one variant's converter error must not lose the others
+            failed[variant] = _first_line(exc)
+            models.pop(variant, None)
+            dest.unlink(missing_ok=True)
+            log.info(f"failed   {dest.name}: {failed[variant]}")
+            continue
+        log.info(f"wrote    {dest}  ({models[variant].bytes:,} bytes)")
 
 
 def record_validation(run_dir: str | os.PathLike, report: dict) -> ExportManifest:

@@ -63,12 +63,9 @@ def record_failure(run_dir: Path, variant: str, reason: str) -> None:
 
 def calibration(run_dir: Path, samples: int, split: str, data=None) -> tuple:
     """The pixels export's int8 calibrated on (same photos, same shuffle), and their description."""
-    from export.convert import calibration_pixels, read_run
+    from export.convert import calibration_set, read_run
 
-    pixels = calibration_pixels(read_run(run_dir), samples, data=data, split=split)
-    info = {"samples": len(pixels), "requested": samples, "split": split, "from": f"{split} split",
-            "shuffle_seed": DEFAULTS.calibration_seed, "pixels": "raw 0-255 float32"}
-    return pixels, info
+    return calibration_set(read_run(run_dir), samples, split, data)
 
 
 def make_extras(run_dir: Path, *, litert: bool, float_layers: str | None, diagnose: bool,

@@ -133,13 +133,7 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
     train_manifest = read_run(run_dir)
     run = RunDir(run_dir)
     out = run.export
-    manifest = load_export(out)
-    if manifest.source.get("sha256") != sha256_file(run.model):
-        raise ExportError(f"{out}: exported from another model.keras (retrained since?); "
-                          f"run `noodle export {run_dir}` again")
-    if not manifest.models:
-        raise ExportFailed(f"{out}: no variant was written ("
-                           + "; ".join(f"{v}: {m}" for v, m in (manifest.failed or {}).items()) + ")")
+    manifest = _export_of(run)
     dataset = evaluation_data(train_manifest, data)
     split = "test" if dataset.splits.get("test") else "val"
     decoded = decode(dataset.splits[split], manifest.input.size)
@@ -176,12 +170,7 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
     for variant in failed:  # the report lists as run only what ran under every runtime
         variants.pop(variant, None)
     keras_metrics = {**metrics(y[rows], keras_probs, labels, None), "count": int(len(rows))}
-    parity = None
-    if "float32" in variants:
-        k = variants["float32"]["vs_keras"]
-        parity = {"agreement": k["agreement"], "max_prob_diff": k["max_prob_diff"],
-                  "required": {"agreement": PARITY_AGREEMENT, "max_prob_diff": PARITY_MAX_DIFF},
-                  "ok": k["agreement"] >= PARITY_AGREEMENT and k["max_prob_diff"] <= PARITY_MAX_DIFF}
+    parity = _parity(variants["float32"]["vs_keras"]) if "float32" in variants else None
     report = {
         "split": split, "count": int(len(y)), "labels": labels,
         "source_sha256": manifest.source["sha256"],
@@ -201,6 +190,25 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
                  + (f"  delta {v['accuracy_delta'] * 100:+.2f} pp  agreement {v['agreement']:.2%}"
                     f"  max |dp| {v['max_prob_diff']:.2g}" if "agreement" in v else ""))
     return report
+
+
+def _export_of(run: RunDir) -> ExportManifest:
+    """RUN/export's manifest, checked to be of RUN's model.keras and to list a file."""
+    manifest = load_export(run.export)
+    if manifest.source.get("sha256") != sha256_file(run.model):
+        raise ExportError(f"{run.export}: exported from another model.keras (retrained since?); "
+                          f"run `noodle export {run.root}` again")
+    if not manifest.models:
+        raise ExportFailed(f"{run.export}: no variant was written ("
+                           + "; ".join(f"{v}: {m}" for v, m in (manifest.failed or {}).items()) + ")")
+    return manifest
+
+
+def _parity(k: dict) -> dict:
+    """float32 against Keras on the sample: agreement, largest probability shift, and whether both pass."""
+    return {"agreement": k["agreement"], "max_prob_diff": k["max_prob_diff"],
+            "required": {"agreement": PARITY_AGREEMENT, "max_prob_diff": PARITY_MAX_DIFF},
+            "ok": k["agreement"] >= PARITY_AGREEMENT and k["max_prob_diff"] <= PARITY_MAX_DIFF}
 
 
 def save_scores(run: RunDir, files: list[Path], y: np.ndarray, probs: dict, device: dict,
