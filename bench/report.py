@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import statistics
 
+from train.config import DEFAULT_ARCH
+
 # Issue 5's targets: the clock on the real photos, classify against the
 # seed's loop and against its decode floor, and the edge runner's cold start.
 CLOCK_SECONDS = 120
@@ -85,7 +87,7 @@ def _target(row, what, fig: dict, target: float, higher: bool, unit: str, key="m
 def targets(report: dict) -> list[dict]:
     summary = report.setdefault("summary", summarize(report))
     clock = report["clock"]
-    real = [c for c in clock.get("runs", []) if not c["data"].startswith("embedded")]
+    real = _default_on_real(clock)
     if "skipped" in clock:
         fig = {"not_measured": clock["skipped"]}
     elif not real:
@@ -227,11 +229,19 @@ def _machine(report: dict, s: dict) -> list[str]:
     return ["## What was measured, on what", ""] + table(["what", "here"], rows)
 
 
+def _default_on_real(clock: dict) -> list[dict]:
+    """The clock's runs of the default architecture on the real photos (row 1's figure)."""
+    return [c for c in clock.get("runs", [])
+            if not c["data"].startswith("embedded") and c.get("arch", DEFAULT_ARCH) == DEFAULT_ARCH]
+
+
 def _clock(report: dict) -> list[str]:
     lines = ["## 1. The noodle clock", "",
              "Wall time of each stage of `make export`, run as the Makefile runs it (a subprocess each, "
              "start-up included), into a fresh run folder; set-up (the virtual environments) excluded. "
-             "One pass per dataset: a training run takes minutes and is not repeated.", ""]
+             "One pass per dataset and architecture (the default on both, every architecture of "
+             "train.config.ARCHITECTURES on the real photos): a training run takes minutes and is not "
+             "repeated. Row 1 is the default's.", ""]
     clock = report["clock"]
     if "skipped" in clock:
         return lines + [f"Not measured: {clock['skipped']}.", ""]
@@ -247,10 +257,11 @@ def _clock(report: dict) -> list[str]:
         acc = c.get("accuracy", {})
         pct = [f"{acc[k] * 100:.1f} %" if acc.get(k) is not None else "n/a"
                for k in ("keras", "float32", "int8")]
-        rows.append([c["data"], cell("data"), cell("train"), cell("export"), cell("compare"),
+        rows.append([c["data"], f"`{c['arch']}`" + (" (default)" if c["arch"] == DEFAULT_ARCH else ""),
+                     cell("data"), cell("train"), cell("export"), cell("compare"),
                      f"{c['total_seconds']:.1f}" if "total_seconds" in c else f"failed: {c['failed']}",
                      " / ".join(pct), f"{c['loadavg_before']} → {c.get('loadavg_after')}"])
-    return lines + table(["data", "data s", "train s", "export s", "compare s", "total s",
+    return lines + table(["data", "arch", "data s", "train s", "export s", "compare s", "total s",
                           "test accuracy Keras / float32 / int8", "load average before → after"], rows)
 
 
@@ -378,7 +389,9 @@ def _serving(report: dict, envs: list[dict]) -> list[str]:
             rows.append([_env_label(e)] + [f"not measured: {f['error']}"] + [""] * 6)
             continue
         memory = ", ".join(f"{m['rss_mb']:.0f}" for m in f["memory"])
-        rows.append([_env_label(e), f"{f['requests_per_second']:.1f}",
+        camera = f.get("camera_frames_per_second")
+        rows.append([_env_label(e), f"{f['requests_per_second']:.1f}"
+                     + (f" (+ {camera:.1f} camera frames/s)" if camera is not None else ""),
                      f"{f['p50_ms']:.1f} / {f['p99_ms']:.1f}", str(f["errors"]),
                      f"{f['bench_files_per_second']:.1f}", f"{f['vs_bench'] * 100:.0f} %",
                      f"{memory} ({f['rss_growth_mb']:+.1f})", f"{f['peak_rss_mb']:.0f}"])
@@ -402,7 +415,7 @@ def _limits(report: dict, s: dict, envs: list[dict]) -> list[str]:
     failed = {(t["row"], t["what"]) for t in report["targets"] if t["met"] is False}
     rows = {row for row, _ in failed}
     if 1 in rows:
-        c = next(c for c in report["clock"]["runs"] if not c["data"].startswith("embedded"))
+        c = _default_on_real(report["clock"])[0]
         st = c["stages"]
         t = next((r for r in report["training"] if r["run"] == c["run"]), None)
         later = fmt(t["later_epochs"], 0) if t and "later_epochs" in t else "n/a"
