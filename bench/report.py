@@ -121,8 +121,12 @@ def targets(report: dict) -> list[dict]:
                 "vs bench files/s")
         fig = {"not_measured": got["error"]} if "error" in got else {"value": got["vs_bench"]}
         out.append(_target("22", what, fig, SERVE_FRACTION, True, "of bench", key="value"))
+        what = (f"the same without the camera and viewers (--source): HTTP and decoding alone "
+                f"({env['runtime']})")
+        fig = {"not_measured": got["error"]} if "error" in got else {"value": got["api_only"]["vs_bench"]}
+        out.append(_target("22", what, fig, SERVE_FRACTION, True, "of bench", key="value"))
         fig = {"not_measured": got["error"]} if "error" in got else {"value": got["errors"]}
-        what = f"errors in those {got.get('total_requests', 'n')} requests ({env['runtime']})"
+        what = f"errors in all its {got.get('requests_in_all', 'n')} requests ({env['runtime']})"
         out.append(_target("22", what, fig, 0, False, "errors", key="value"))
     return out
 
@@ -386,7 +390,7 @@ def _serving(report: dict, envs: list[dict]) -> list[str]:
     for e in envs:
         f = serve.get(e["runtime"]) or {"error": "not run"}
         if "error" in f:
-            rows.append([_env_label(e)] + [f"not measured: {f['error']}"] + [""] * 6)
+            rows.append([_env_label(e)] + [f"not measured: {f['error']}"] + [""] * 7)
             continue
         memory = ", ".join(f"{m['rss_mb']:.0f}" for m in f["memory"])
         camera = f.get("camera_frames_per_second")
@@ -394,7 +398,8 @@ def _serving(report: dict, envs: list[dict]) -> list[str]:
                      + (f" (+ {camera:.1f} camera frames/s)" if camera is not None else ""),
                      f"{f['p50_ms']:.1f} / {f['p99_ms']:.1f}", str(f["errors"]),
                      f"{f['bench_files_per_second']:.1f}", f"{f['vs_bench'] * 100:.0f} %",
-                     f"{memory} ({f['rss_growth_mb']:+.1f})", f"{f['peak_rss_mb']:.0f}"])
+                     f"{memory} ({f['rss_growth_mb']:+.1f})", f"{f['peak_rss_mb']:.0f}",
+                     f"{f['api_only']['requests_per_second']:.1f}, {f['api_only']['vs_bench'] * 100:.0f} %"])
     first = next((f for f in serve.values() if isinstance(f, dict) and "clients" in f), None)
     how = (f"{first['clients']} clients × {first['requests_per_client']} POST /v1/classify of the same "
            f"photos (one kept-alive connection each) while {first['viewers']} viewers read /stream.mjpg "
@@ -402,11 +407,13 @@ def _serving(report: dict, envs: list[dict]) -> list[str]:
            f"{first['total_requests']:,} requests, the server's RSS read after each 1,000" if first else "")
     return ["## 7. `noodle-edge serve` under load (issue 22)", "",
             f"`python -m bench.serve_load` on {serve.get('variant')} with 1 interpreter thread: {how}. "
-            "Requests/s, p50 and p99 are of the first round; `noodle-edge bench` is the same file, photos "
-            "and threads in the same Python (its files/s: the decode pool and batched invokes, no HTTP).",
+            "Requests/s, p50 and p99 are of the first round; API only is that round again against a server "
+            "started without --source (no camera loop, no viewers); `noodle-edge bench` is the same file, "
+            "photos and threads in the same Python (its files/s: the decode pool and batched invokes, no "
+            "HTTP).",
             ""] + \
         table(["runtime", "requests/s", "p50 / p99 ms", "errors", "bench files/s", "vs bench",
-               "RSS MB per 1,000 requests (growth)", "peak RSS MB"], rows)
+               "RSS MB per 1,000 requests (growth)", "peak RSS MB", "API only: requests/s, vs bench"], rows)
 
 
 def _limits(report: dict, s: dict, envs: list[dict]) -> list[str]:

@@ -231,9 +231,14 @@ def load(python: str, model: Path, photos: list[str], threads: int, runtime: str
             stop.set()
             server.stop()
     lat = first["latencies"]
+    api = api_only(python, model, bodies, threads, runtime, clients, requests)
+    errors += api.pop("error_list")  # every request's answer counts, the API-only round's too
     return {
+        # The same round against a server without a camera or viewers: HTTP and decoding alone.
+        "api_only": api,
         "model": str(model), "python": python, "runtime": runtime, "threads": threads,
         "clients": clients, "requests_per_client": requests, "viewers": viewers, "total_requests": done,
+        "requests_in_all": done + clients * requests + 2,  # with the API-only round and the warm-ups
         "requests_per_second": len(lat) / first["seconds"] if lat else 0.0,
         # The camera loop's share of the interpreter meanwhile: its frames are classified too.
         "camera_frames_per_second": framed / first["seconds"],
@@ -246,6 +251,23 @@ def load(python: str, model: Path, photos: list[str], threads: int, runtime: str
         "rss_growth_mb": memory[-1]["rss_mb"] - memory[0]["rss_mb"],
         "tracebacks": log.count("Traceback"),
     }
+
+
+def api_only(python: str, model: Path, bodies: list[bytes], threads: int, runtime: str | None,
+             clients: int, requests: int) -> dict:
+    args = [model, "--rate", 0, "--threads", threads] + (["--runtime", runtime] if runtime else [])
+    server = Server(python, args, None)
+    try:
+        run_round(server.port, bodies, 1, 1, 0)
+        timed = run_round(server.port, bodies, clients, requests, 0)
+        tracebacks = server.text().count("Traceback")
+    finally:
+        server.stop()
+    lat = timed["latencies"]
+    return {"requests_per_second": len(lat) / timed["seconds"] if lat else 0.0,
+            "p50_ms": percentile(lat, 50) * 1000 if lat else None,
+            "p99_ms": percentile(lat, 99) * 1000 if lat else None,
+            "errors": len(timed["errors"]), "error_list": timed["errors"], "tracebacks": tracebacks}
 
 
 def edge_bench(python: str, model: Path, photos: list[str], threads: int, runtime: str | None) -> dict:
@@ -266,11 +288,13 @@ def measure(python: str, model: Path, photos: list[str], threads: int = 1, runti
     figures["bench_files_per_second"] = bench["files_per_second"]
     figures["runtime"] = bench["runtime"]
     figures["vs_bench"] = figures["requests_per_second"] / bench["files_per_second"]
+    figures["api_only"]["vs_bench"] = figures["api_only"]["requests_per_second"] / bench["files_per_second"]
     figures["rss_flat"] = figures["rss_growth_mb"] <= FLAT_MB
     return figures
 
 
 def report(f: dict) -> str:
+    a = f["api_only"]
     memory = ", ".join(f"{m['rss_mb']:.0f}" for m in f["memory"])
     return "\n".join([
         f"serve         {f['model']} ({f['runtime']}, {f['threads']} interpreter thread(s))",
@@ -281,6 +305,8 @@ def report(f: dict) -> str:
         "meanwhile",
         f"vs bench      {f['vs_bench']:.0%} of `noodle-edge bench`'s "
         f"{f['bench_files_per_second']:.1f} files/s",
+        f"API only      {a['requests_per_second']:.1f} requests/s ({a['vs_bench']:.0%} of bench) without the "
+        f"camera and viewers; p50 {a['p50_ms']:.1f} ms, p99 {a['p99_ms']:.1f} ms",
         f"memory        RSS {memory} MB every {ROUND} requests up to {f['total_requests']}; "
         f"peak {f['peak_rss_mb']:.0f} MB; growth {f['rss_growth_mb']:+.1f} MB "
         f"({'flat' if f['rss_flat'] else 'NOT flat'})",
