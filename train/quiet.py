@@ -84,6 +84,9 @@ def show_progress(verbose: bool | None = None) -> None:
         if not any(isinstance(h, _Lines) for h in logger.handlers):
             logger.addHandler(_Lines())
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        # Ours alone: a library that configured the root logger (a bare logging.info
+        # in TensorFlow's import path does) would print every line a second time.
+        logger.propagate = False
 
 
 def enabled() -> bool:
