@@ -390,7 +390,7 @@ def _serving(report: dict, envs: list[dict]) -> list[str]:
     for e in envs:
         f = serve.get(e["runtime"]) or {"error": "not run"}
         if "error" in f:
-            rows.append([_env_label(e)] + [f"not measured: {f['error']}"] + [""] * 7)
+            rows.append([_env_label(e)] + [f"not measured: {f['error']}"] * 8)  # every cell says why
             continue
         memory = ", ".join(f"{m['rss_mb']:.0f}" for m in f["memory"])
         camera = f.get("camera_frames_per_second")

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from bench.cli import app
 from bench.report import render, summarize, targets
 from export.validate import edge_python
+from train.config import ARCHITECTURES, DEFAULT_ARCH
 
 SECTIONS = ("## What was measured", "## Targets", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.")
 
@@ -70,7 +71,7 @@ def test_bench_smoke(exported_run, trained_run, photos, tmp_path):
 
     assert report["photos"]["count"] == 6
     rows = {t["row"] for t in report["targets"]}
-    assert rows == {1, 2, 3, 4}
+    assert rows - {"22"} == {1, 2, 3, 4}  # 22: serve's rows (issue 22)
     for t in report["targets"]:
         assert (t["measured"] is None) == bool(t.get("not_measured")), t
     clock = next(t for t in report["targets"] if t["row"] == 1)
@@ -95,6 +96,7 @@ def test_bench_smoke(exported_run, trained_run, photos, tmp_path):
     for key in [k for k in missing["sides"]["edge"] if k.startswith("tflite-runtime/")]:
         del missing["sides"]["edge"][key]
     missing["sides"]["floor"].pop("tflite-runtime", None)
+    missing.get("serve", {}).pop("tflite-runtime", None)
     missing["cold_start"]["samples"]["tflite-runtime"] = [{"error": "no device environment"}]
     del missing["summary"]
     missing["summary"] = summarize(missing)
@@ -102,6 +104,24 @@ def test_bench_smoke(exported_run, trained_run, photos, tmp_path):
     check_filled(render(missing))
     unmeasured = [t for t in missing["targets"] if "tflite-runtime" in t["what"]]
     assert unmeasured and all(t["met"] is None for t in unmeasured)
+
+    # The clock: row 1 is the default architecture's run on the real photos, beside the others.
+    def clocked(data, arch, seconds):
+        stages = {name: {"seconds": seconds, "exit": 0} for name in ("train", "export", "compare")}
+        return {"data": data, "arch": arch, "run": f"runs/bench/{arch}", "stages": stages,
+                "total_seconds": 3 * seconds, "accuracy": {"keras": 0.9}, "loadavg_before": [0, 0, 0],
+                "loadavg_after": [0, 0, 0]}
+
+    timed = copy.deepcopy(report)
+    timed["clock"] = {"runs": [clocked("embedded default (noodle data sample)", DEFAULT_ARCH, 10),
+                               *(clocked("../shared/data/cats-vs-dogs", a, 20 + i)
+                                 for i, a in enumerate(reversed(list(ARCHITECTURES))))]}
+    timed["targets"] = targets(timed)
+    first = next(t for t in timed["targets"] if t["row"] == 1)
+    assert first["measured"] == 3 * (20 + len(ARCHITECTURES) - 1)  # the default's, listed last
+    clock_rows = [r for r in table_rows(render(timed)) if "cats-vs-dogs" in r[0]]
+    assert sorted(r[1] for r in clock_rows) == sorted(
+        f"`{a}`" + (" (default)" if a == DEFAULT_ARCH else "") for a in ARCHITECTURES)
 
 
 def test_bench_refuses_a_run_without_export(tmp_path):
