@@ -25,6 +25,7 @@ import dataclasses
 import importlib.metadata
 import io
 import json
+import logging
 import re
 import tarfile
 import time
@@ -46,6 +47,7 @@ from export.wheelhouse import (
     wheels_for,
 )
 
+log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "pi"
 EDGE = ROOT / "edge"
@@ -186,14 +188,14 @@ def _render(name: str, values: dict[str, str]) -> bytes:
 
 
 def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | Path = "dist",
-                 log=print, wheel_cache: Path | None = None, download=pip_download) -> Path:
+                 wheel_cache: Path | None = None, download=pip_download) -> Path:
     """Write OUT/noodle-edge-<run name>-<variant>.tar.gz (-online.tar.gz without wheels); return its path.
 
     With WHEEL_CACHE, the tarball carries every target release's wheels and
     requirements-pi.txt pins them; without, the Pi installs from the index.
     """
     run = RunDir(run_dir)
-    log(f"bundling {escape_name(str(run_dir))}: its {escape_name(variant)} model, {trained_on(run)}")
+    log.info(f"bundling {escape_name(str(run_dir))}: its {escape_name(variant)} model, {trained_on(run)}")
     manifest = load_export(run.export_manifest)
     # Only an export whose validation finished and passed ships: one killed
     # during validation has files and a manifest but no proof they run.
@@ -264,10 +266,10 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     shipped_wheels = (f"{len(wheels)} wheels for {', '.join(t.release for t in TARGETS)} "
                       f"({sum(p.stat().st_size for p in wheels) / 2**20:.1f} MiB){opencv}" if wheels
                       else "no wheels (the Pi installs from the index)")
-    log(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB): {variant} model "
-        f"{entry.bytes / 1024:.0f} KiB, {shipped_wheels}")
-    log(f"sha256 {sha256_file(dest)}  {dest.name} (on the Pi, `sha256sum {dest.name}` must print the "
-        "same; README-PI.md)")
+    log.info(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB): {variant} model "
+             f"{entry.bytes / 1024:.0f} KiB, {shipped_wheels}")
+    log.info(f"sha256 {sha256_file(dest)}  {dest.name} (on the Pi, `sha256sum {dest.name}` must print the "
+             "same; README-PI.md)")
     return dest
 
 
@@ -366,5 +368,8 @@ def bundle_command(
 
     The last line printed is the tarball's path.
     """
-    path = write_bundle(run_dir, model, out, log=typer.echo, wheel_cache=wheel_cache if wheels else None)
+    from train.quiet import show_progress
+
+    show_progress()
+    path = write_bundle(run_dir, model, out, wheel_cache=wheel_cache if wheels else None)
     typer.echo(path)

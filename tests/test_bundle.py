@@ -31,10 +31,6 @@ EDGE_PYTHON = ROOT / ".venv-edge" / "bin" / "python"
 SERVICE = "camera model/int8.tflite --picamera --json"
 
 
-def quiet(*_):
-    pass
-
-
 @pytest.fixture(scope="module")
 def shippable_run(exported_run) -> Path:
     """The exported run as `noodle export` leaves it: validated, which `noodle bundle` insists on."""
@@ -49,7 +45,7 @@ def shippable_run(exported_run) -> Path:
 
 @pytest.fixture(scope="module")
 def tarball(shippable_run, tmp_path_factory) -> Path:
-    return write_bundle(shippable_run, "int8", tmp_path_factory.mktemp("dist"), log=quiet)
+    return write_bundle(shippable_run, "int8", tmp_path_factory.mktemp("dist"))
 
 
 def unpack(tarball: Path, into: Path) -> Path:
@@ -125,7 +121,7 @@ def test_wheelhouse_pins_each_release_and_is_cached(shippable_run, tmp_path):
             asked[target.release], made[target] = specs, wheels
 
     cache = tmp_path / "cache"
-    path = write_bundle(shippable_run, "int8", tmp_path / "dist", log=quiet, wheel_cache=cache,
+    path = write_bundle(shippable_run, "int8", tmp_path / "dist", wheel_cache=cache,
                         download=download)
     # Each release gets its own runtime: markers evaluated for its Python.
     assert "tflite-runtime==2.14.0" in asked["bookworm"]
@@ -158,10 +154,10 @@ def test_wheelhouse_pins_each_release_and_is_cached(shippable_run, tmp_path):
     assert camera_in.splitlines()[1:] == ["opencv-python-headless>=4.9"]
     # A second bundle reuses the cache without asking pip; a lost file is fetched again.
     asked.clear(), camera_asked.clear()
-    write_bundle(shippable_run, "int8", tmp_path / "dist", log=quiet, wheel_cache=cache, download=download)
+    write_bundle(shippable_run, "int8", tmp_path / "dist", wheel_cache=cache, download=download)
     assert asked == {} and camera_asked == {}
     next(cache.glob("tflite_runtime-*.whl")).unlink()
-    write_bundle(shippable_run, "int8", tmp_path / "dist", log=quiet, wheel_cache=cache, download=download)
+    write_bundle(shippable_run, "int8", tmp_path / "dist", wheel_cache=cache, download=download)
     assert list(asked) == ["bookworm"] and camera_asked == {}  # the wheel is back, so OpenCV's lock holds
 
 
@@ -172,10 +168,10 @@ def test_a_bundle_without_wheels_leaves_the_offline_one(shippable_run, tmp_path)
             fake_wheel(dest, spec.split("=")[0].split("<")[0].split(">")[0], "1.0")
 
     dist = tmp_path / "dist"
-    offline = write_bundle(shippable_run, "int8", dist, log=quiet, wheel_cache=tmp_path / "cache",
+    offline = write_bundle(shippable_run, "int8", dist, wheel_cache=tmp_path / "cache",
                            download=download)
     before = offline.read_bytes()
-    online = write_bundle(shippable_run, "int8", dist, log=quiet)
+    online = write_bundle(shippable_run, "int8", dist)
     assert offline == bundle.bundle_path(shippable_run, "int8", dist)
     assert online.name == offline.name.replace("-int8.tar.gz", "-int8-online.tar.gz")
     assert sorted(dist.iterdir()) == sorted([offline, online]) and offline.read_bytes() == before
@@ -567,14 +563,14 @@ def test_unpacked_bundle_runs_in_the_device_venv(unpacked, sample_data):
 
 def test_missing_variant_and_failed_write(shippable_run, tmp_path, monkeypatch):
     with pytest.raises(BundleError, match="no nonesuch model.*exported: float32"):
-        write_bundle(shippable_run, "nonesuch", tmp_path, log=quiet)
+        write_bundle(shippable_run, "nonesuch", tmp_path)
 
     def boom(self, *args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(tarfile.TarFile, "addfile", boom)
     with pytest.raises(OSError, match="disk full"):
-        write_bundle(shippable_run, "int8", tmp_path, log=quiet)
+        write_bundle(shippable_run, "int8", tmp_path)
     assert list(tmp_path.iterdir()) == []  # neither the tarball nor a temporary file
 
 
@@ -601,7 +597,7 @@ def test_pi_check_refuses_what_it_cannot_check(shippable_run, tmp_path):
     missing = CliRunner().invoke(pi_check, [str(shippable_run), str(tmp_path), "--dist", str(tmp_path)])
     assert missing.exit_code == 2 and "no such bundle; `make bundle` writes it" in missing.stderr
     # A bundle without wheels/ cannot prove the offline install.
-    path = write_bundle(shippable_run, "int8", tmp_path, log=quiet)
+    path = write_bundle(shippable_run, "int8", tmp_path)
     unknown = CliRunner().invoke(pi_check, [str(path), str(tmp_path), "--releases", "bookworm jessie"])
     assert unknown.exit_code == 2 and "use some of bookworm, trixie" in unknown.stderr
     offline = CliRunner().invoke(pi_check, [str(path), str(tmp_path), "--releases", "trixie"])

@@ -308,7 +308,7 @@ def test_readme_pi_escapes_the_labels(tmp_path):
 
     labels = [label for label in HOSTILE if len(label) < 200] + [LONG]
     run = fake_run(tmp_path / "run", labels=labels[:20] + [LONG])
-    files = members(write_bundle(run, "int8", tmp_path / "dist", log=lambda *_: None))
+    files = members(write_bundle(run, "int8", tmp_path / "dist"))
     readme = next(v for k, v in files.items() if k.endswith("README-PI.md")).decode()
     assert clean(readme) and "L" * 100 not in readme
     everything = readme_labels(labels)
@@ -343,10 +343,10 @@ def test_bundle_refuses_a_symlinked_or_shell_unsafe_model(tmp_path):
     manifest["models"]["int8"]["sha256"] = sha256_file(model)
     write_json(run / "export/manifest.json", manifest)
     with pytest.raises(BundleError, match=r"models\.int8\.file: .* is a link"):
-        write_bundle(run, "int8", tmp_path / "dist", log=lambda *_: None)
+        write_bundle(run, "int8", tmp_path / "dist")
     unsafe = fake_run(tmp_path / "unsafe", name="$(reboot).tflite")
     with pytest.raises(BundleError, match="letters, digits"):
-        write_bundle(unsafe, "int8", tmp_path / "dist", log=lambda *_: None)
+        write_bundle(unsafe, "int8", tmp_path / "dist")
 
 
 def test_bundle_members_are_plain_files_under_one_folder_and_its_sha256_is_printed(tmp_path):
@@ -385,18 +385,18 @@ def test_wheel_cache_is_checked_against_the_hashes_recorded_at_download(tmp_path
         made.append(target.release)
 
     made, cache, run = [], tmp_path / "cache", fake_run(tmp_path / "run")
-    write_bundle(run, "int8", tmp_path / "dist", log=lambda *_: None, wheel_cache=cache, download=download)
+    write_bundle(run, "int8", tmp_path / "dist", wheel_cache=cache, download=download)
     lock = next(cache.glob("bookworm-*.lock"))
     name, digest = lock.read_text().splitlines()[0].split()
     assert digest == hashlib.sha256((cache / name).read_bytes()).hexdigest()
     (cache / name).write_bytes(b"a modified wheel")
     with pytest.raises(WheelhouseError, match=f"{name}: sha256 .* differs .* the cache was altered"):
-        write_bundle(run, "int8", tmp_path / "dist", log=lambda *_: None, wheel_cache=cache,
+        write_bundle(run, "int8", tmp_path / "dist", wheel_cache=cache,
                      download=download)
     # A lock that records no sha256 (an older noodle's) is downloaded again, not trusted.
     made.clear()
     lock.write_text("\n".join(line.split()[0] for line in lock.read_text().splitlines()) + "\n")
-    write_bundle(run, "int8", tmp_path / "dist", log=lambda *_: None, wheel_cache=cache, download=download)
+    write_bundle(run, "int8", tmp_path / "dist", wheel_cache=cache, download=download)
     assert made == ["bookworm"] and (cache / name).read_bytes() != b"a modified wheel"
 
 
@@ -664,7 +664,7 @@ def test_a_lone_model_file_warns_that_no_validation_is_recorded(blobs, tmp_path,
 def bundle_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bundle")
     run = fake_run(root / "run")
-    return unpack(write_bundle(run, "int8", root / "dist", log=lambda *_: None), root / "unpacked")
+    return unpack(write_bundle(run, "int8", root / "dist"), root / "unpacked")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import stat
 import subprocess
 
 import pytest
-from test_bundle import install, one_error, quiet
+from test_bundle import install, one_error
 
 from export import bundle
 from export.bundle import write_bundle
@@ -25,7 +25,7 @@ def unpacked(exported_run, tmp_path_factory):
     manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
     if not (manifest.get("validation") or {}).get("passed"):  # as tests/test_bundle.py's shippable_run
         record_validation(exported_run, validate_export(exported_run))
-    tarball = write_bundle(exported_run, "int8", tmp_path_factory.mktemp("dist"), log=quiet)
+    tarball = write_bundle(exported_run, "int8", tmp_path_factory.mktemp("dist"))
     return bundle.unpack(tarball, tmp_path_factory.mktemp("unpacked"))
 
 
