@@ -36,6 +36,9 @@ LABEL_MAX = 100
 # Human-readable tables cut labels to this many characters.
 TABLE_WIDTH = 40
 ELLIPSIS = "..."
+# Items a one-line list names before "... and N more" (the JSON beside it has them all):
+# at 117 classes a full list ran to thousands of characters.
+LISTED = 8
 # A cell starting with one of these is a formula to a spreadsheet (OWASP's list), or
 # (the quote) one that was neutralized: both get a leading quote.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "'")
@@ -45,6 +48,12 @@ _C_ESCAPES = {"\\": "\\\\", "\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", 
 _C_UNESCAPES = {v[1]: k.encode() for k, v in _C_ESCAPES.items()}
 _MARKDOWN = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`", "*": "\\*", "_": "\\_",
              "[": "\\[", "]": "\\]"}
+
+
+def listed(items: list[str], limit: int = LISTED) -> str:
+    """`items` joined by ", ", cut after the first `limit` with ", ... and N more"."""
+    more = f", ... and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 def escape_name(name: str, encoding: str | None = None) -> str:

@@ -32,7 +32,7 @@ from edge.bench import loadavg
 from edge.manifest import ExportManifest, RunDir, RunManifest, load_export, write_bytes, write_json
 from edge.postprocess import predicted_index
 from edge.runtime import Classifier
-from edge.text import TABLE_WIDTH, csv_cell, markdown
+from edge.text import LISTED, TABLE_WIDTH, csv_cell, listed, markdown
 from export import stats
 from export.config import DEFAULTS
 from export.convert import (
@@ -379,8 +379,7 @@ def to_markdown(report: dict) -> str:
                  f"{r['discordant']['float_only']} / {r['discordant']['variant_only']}" if paired else "",
                  f"{r['mcnemar_p']:.3g}" if paired else "",
                  _pct(r.get("agreement"), 2),
-                 ", ".join(f"{markdown(k, TABLE_WIDTH)} {_pct(c['accuracy'], 1)} "
-                           f"({c['correct']}/{c['count']})" for k, c in r["per_class"].items())]
+                 _per_class_cell(r["per_class"])]
         for n in threads:
             lat = (r["latency_ms"] or {}).get(str(n))
             cells.append(f"{lat['p50_ms']:.3f} / {lat['p99_ms']:.3f}" if lat else "n/a")
@@ -440,6 +439,17 @@ def _calibration_words(variant: str, info: dict) -> str:
 
 def _pct(x, digits: int) -> str:
     return "" if x is None else f"{x * 100:.{digits}f} %"
+
+
+def _per_class_cell(per_class: dict) -> str:
+    """Each class's accuracy; past LISTED classes the worst first, cut (report.json has them all)."""
+    items = list(per_class.items())
+    worst = len(items) > LISTED
+    if worst:
+        items.sort(key=lambda kc: 2 if kc[1]["accuracy"] is None else kc[1]["accuracy"])  # unscored last
+    return ("worst: " if worst else "") + listed(
+        [f"{markdown(k, TABLE_WIDTH)} {_pct(c['accuracy'], 1)} ({c['correct']}/{c['count']})"
+         for k, c in items])
 
 
 def _device_words(rows: list[dict]) -> list[str]:

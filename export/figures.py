@@ -27,6 +27,9 @@ SHEET_COLUMNS = 6
 SHEET_MAX = 120
 # Confusion matrices per row of their figure.
 CONFUSION_COLUMNS = 4
+# Classes a confusion matrix shows; past this, those with the most errors (report.json has the
+# whole matrix): at 117 classes the full one was 21,620 x 5,445 px, a "bomb" to Pillow and viewers.
+CONFUSION_CLASSES = 16
 
 
 def _pyplot():
@@ -111,8 +114,13 @@ def confusion_figure(rows: list[dict], labels: list[str], dest: Path) -> str | N
         dest.unlink(missing_ok=True)
         return None
     plt = _pyplot()
-    labels = [plain(label) for label in labels]
-    k = len(labels)
+    shown = list(range(len(labels)))
+    if len(labels) > CONFUSION_CLASSES:
+        total = sum(np.asarray(r["confusion"]["counts"]) for r in rows)
+        errors = total.sum(0) + total.sum(1) - 2 * np.diag(total)  # as true or as predicted
+        shown = sorted(np.argsort(-errors, kind="stable")[:CONFUSION_CLASSES].tolist())
+    names = [plain(labels[i]) for i in shown]
+    k = len(names)
     side = max(2.6, 0.45 * k + 1.4)
     cols = min(CONFUSION_COLUMNS, len(rows))
     lines = math.ceil(len(rows) / cols)
@@ -120,16 +128,19 @@ def confusion_figure(rows: list[dict], labels: list[str], dest: Path) -> str | N
     for ax in axes.flat[len(rows):]:
         ax.axis("off")
     for ax, r in zip(axes.flat, rows, strict=False):
-        counts = np.asarray(r["confusion"]["counts"])
+        counts = np.asarray(r["confusion"]["counts"])[np.ix_(shown, shown)]
         ax.imshow(counts, cmap="Blues")
         for (t, p), n in np.ndenumerate(counts):
             ax.text(p, t, str(n), ha="center", va="center", fontsize=8,
                     color="white" if n > counts.max() / 2 else "black")
-        ax.set_xticks(range(k), labels, rotation=45 if k > 2 else 0, fontsize=7)
-        ax.set_yticks(range(k), labels, fontsize=7)
+        ax.set_xticks(range(k), names, rotation=45 if k > 2 else 0, fontsize=7)
+        ax.set_yticks(range(k), names, fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
         ax.set_title(f"{plain(r['variant'])} ({r['accuracy'] * 100:.1f} %)", fontsize=9)
+    if k < len(labels):
+        fig.suptitle(f"the {k} of {len(labels)} classes with the most errors (report.json has every class)",
+                     fontsize=9)
     fig.tight_layout()
     _save(fig, dest)
     return dest.name

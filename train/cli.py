@@ -14,10 +14,10 @@ import typer
 
 from edge.errors import NoodleError, one_line_errors
 from edge.manifest import RunManifest
-from edge.text import escape_name
+from edge.text import LISTED, escape_name, listed
 from train.cluster import Cluster
 from train.config import ARCHITECTURES, TrainConfig
-from train.data import LISTED, MISSING
+from train.data import MISSING
 from train.runs import RUNS
 
 # The defaults live in TrainConfig, with their reasons; the options repeat none of them.
@@ -232,7 +232,8 @@ def summary(manifest: RunManifest, run_dir: Path) -> str:
         "",
         f"run folder   {run_dir}",
         f"model        {manifest.arch}, {manifest.params:,} params, "
-        f"{manifest.input.height}x{manifest.input.width} RGB, labels {manifest.labels}",
+        f"{manifest.input.height}x{manifest.input.width} RGB, {len(manifest.labels)} labels "
+        f"({listed([escape_name(label) for label in manifest.labels])})",
         "training     " + (f"head solved by L-BFGS in {m['head']['iterations']} iterations" if "head" in m
                             else f"{m['epochs_run']} epochs")
         + (" on training and validation photos" if training.get("train_on_val")
@@ -243,8 +244,11 @@ def summary(manifest: RunManifest, run_dir: Path) -> str:
     sources = data.get("splits", {})
     for split, title in (("val", "validation"), ("test", "test")):
         if split in m:
-            per_class = ", ".join(f"{k} {v:.1%}" for k, v in m[split]["per_class_accuracy"].items()
-                                  if v is not None)
+            scored = [(k, v) for k, v in m[split]["per_class_accuracy"].items() if v is not None]
+            worst = len(scored) > LISTED  # then the worst first: manifest.json has them all
+            scored.sort(key=lambda kv: kv[1] if worst else 0)
+            per_class = ("worst: " if worst else "") + listed(
+                [f"{escape_name(k)} {v:.1%}" for k, v in scored])
             source = f"; {sources[split]}" if sources.get(split, "given") != "given" else ""
             lines.append(f"{title:<12} {m[split]['accuracy']:.1%} of {m[split]['count']} "
                          f"({per_class}{source})")
@@ -258,9 +262,8 @@ def summary(manifest: RunManifest, run_dir: Path) -> str:
     dropped = data.get("dropped") or {}
     if dropped:
         below = data.get("options", {}).get("min_photos")
-        names = ", ".join(f"'{escape_name(c)}' {n}" for c, n in list(dropped.items())[:LISTED])
-        more = f", ... and {len(dropped) - LISTED} more" if len(dropped) > LISTED else ""
+        names = listed([f"'{escape_name(c)}' {n}" for c, n in dropped.items()])
         lines.append(f"dropped      {len(dropped)} class(es) of fewer than {below} training photos "
-                     f"({names}{more}); listed in manifest.json")
+                     f"({names}); listed in manifest.json")
     lines += [f"warning      {w}" for w in data.get("warnings", [])]
     return "\n".join(lines)

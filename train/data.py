@@ -26,7 +26,7 @@ import numpy as np
 from edge.errors import NoodleError
 from edge.files import walk
 from edge.preprocess import ImageError, is_heif_file, is_image_file, load_image
-from edge.text import escape_name, label_problem
+from edge.text import escape_name, label_problem, listed
 from train.config import ARCHITECTURES, DEFAULT_ARCH
 
 # Folder names people give their splits, in the order we look for them.
@@ -70,8 +70,6 @@ IN_MEMORY_LIMIT = int(os.environ.get("NOODLE_IN_MEMORY_LIMIT", 2 << 30))
 # that class's accuracy, and the figures are not to be trusted: one warning
 # says so, with the test photos per class and what helps.
 FEW_TEST_PHOTOS = 10
-# Classes named in a warning; the manifest's data.counts has them all.
-LISTED = 8
 
 LAYOUTS = ("noodle reads class folders (<class>/*.jpg, optionally inside train/ val/ test/), "
            f"Kaggle names (<class>.<n>.jpg, 2 or more classes of {FLAT_MIN_PER_CLASS}+ photos) "
@@ -677,14 +675,12 @@ def _few_test_photos(root: Path, classes: list[str], test) -> list[str]:
         return []
     low, high, median = counts[0][0], counts[-1][0], counts[len(counts) // 2][0]
     per_class = f"{low}" if low == high else f"{low} to {high}"
-    listed = "" if low == high else f"median {median}; "
-    listed += ", ".join(f"'{escape_name(name)}' {n}" for n, name in counts[:LISTED])
-    if len(counts) > LISTED:
-        listed += f", ... and {len(counts) - LISTED} more"
+    named = ("" if low == high else f"median {median}; ") + listed([f"'{escape_name(name)}' {n}"
+                                                                    for n, name in counts])
     pretrained = next(a.name for a in ARCHITECTURES.values() if a.pretrained)
     default = ", the default" if pretrained == DEFAULT_ARCH else ""
     return [f"{root}: too few photos for a trustworthy figure: the test split has {per_class} photo(s) per "
-            f"class ({listed}; all in manifest.json, data.counts), and below {FEW_TEST_PHOTOS} one photo is "
+            f"class ({named}; all in manifest.json, data.counts), and below {FEW_TEST_PHOTOS} one photo is "
             "over a tenth of a class's accuracy; more photos per class, fewer classes (--min-photos N drops "
             f"those below N) or the pretrained backbone (--arch {pretrained}{default}) help"]
 
