@@ -28,6 +28,16 @@ def predicted_index(probs: np.ndarray) -> np.ndarray:
     return np.asarray(probs).argmax(axis=1)
 
 
+def at_boundary(probs: np.ndarray) -> np.ndarray:
+    """(n,) True where the two highest scores are equal: the label is the tie rule's, the lower class.
+
+    Quantized outputs land there (a uint8 sigmoid of 128 is exactly 0.5), so
+    a report counts them: ties all going to one class bias int8 toward it.
+    """
+    top = np.sort(np.asarray(probs), axis=1)[:, -2:]
+    return top[:, 0] == top[:, 1]
+
+
 def ranked(probs: np.ndarray, k: int) -> np.ndarray:
     """(n, k) class indices by falling probability; a stable sort keeps ties in class order."""
     return np.argsort(-np.asarray(probs), axis=1, kind="stable")[:, :k]

@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.bench import loadavg
 from edge.manifest import ExportManifest, RunDir, RunManifest, load_export, write_bytes, write_json
-from edge.postprocess import predicted_index
+from edge.postprocess import at_boundary, predicted_index
 from edge.runtime import Classifier
 from edge.text import LISTED, TABLE_WIDTH, csv_cell, listed, markdown
 from export import stats
@@ -161,12 +161,15 @@ def accuracy_figures(scores: Scores, labels: list[str]) -> dict[str, dict]:
     for variant, p in probs.items():
         pred = predicted_index(p)
         counts = stats.confusion(y, pred, len(labels))
+        tied = at_boundary(p)
         fig = {"accuracy": float((pred == y).mean()), "per_class": stats.per_class(counts, labels),
-               "confusion": {"rows": "true", "cols": "predicted", "counts": counts.tolist()}}
+               "confusion": {"rows": "true", "cols": "predicted", "counts": counts.tolist()},
+               # Photos whose top two scores are equal, and so given to the lower class by the tie rule.
+               "boundary": int(tied.sum())}
         if reference is not None:
             diff = np.abs(p - reference)
             fig.update(agreement=float((pred == ref_pred).mean()), mean_prob_diff=float(diff.mean()),
-                       max_prob_diff=float(diff.max()))
+                       max_prob_diff=float(diff.max()), boundary_flips=int((tied & (pred != ref_pred)).sum()))
             if variant == REFERENCE:  # the same model: nothing to estimate
                 paired = {"delta_pp": 0.0, "delta_ci95": [0.0, 0.0], "count": len(y),
                           "discordant": {"float_only": 0, "variant_only": 0}, "mcnemar_p": 1.0}
@@ -398,6 +401,7 @@ def to_markdown(report: dict) -> str:
         f"{_pct(report['keras_accuracy'], 2)}.",
         *(_calibration_words(v, c) for v, c in report["calibration"].items()),
         *_device_words(report["rows"]),
+        _boundary_words(report["rows"]),
         f"Statistics: each variant paired with float32 on the same photos; 95 % CI by "
         f"{report['statistics']['ci95']}; {report['statistics']['test']}; a difference counts as "
         f"detectable when p < {report['statistics']['alpha']}.",
@@ -424,6 +428,15 @@ def to_markdown(report: dict) -> str:
     return ("\n".join(lines) + "\n\n"
             + ("## Verdicts\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n\n" if verdicts else "")
             + "\n".join(f"- {n}" for n in notes) + "\n\n" + "\n\n".join(pictures) + "\n")
+
+
+def _boundary_words(rows: list[dict]) -> str:
+    """How many photos each variant scored exactly at the boundary, where the tie rule decides."""
+    counts = ", ".join(f"{markdown(r['variant'])} {r.get('boundary', 0)}"
+                       + (f" ({r['boundary_flips']} of them labelled otherwise than by float32)"
+                          if r.get("boundary_flips") else "") for r in rows)
+    return ("At the decision boundary (the top two scores exactly equal, so the tie rule gives the label "
+            f"to the lower class index): {counts}.")
 
 
 def _split_words(split: str) -> str:
