@@ -42,9 +42,13 @@ MAX_DROP ?=
 # A labelled folder or CSV nobody trained on, to score the variants on
 # instead of the data's test split.
 TEST   ?=
+# Its classes named otherwise than the model's labels: wolves=dog,... (cats for
+# cat and Dog for dogs are matched without it).
+TEST_MAP ?=
 # litert: also int8 by the LiteRT Quantizer (int8-litert.tflite), side by side.
 QUANTIZER ?=
 EXPORT_FLAGS = $(if $(MAX_DROP),--max-drop $(MAX_DROP)) $(if $(TEST),--test $(TEST)) \
+	$(if $(TEST_MAP),--test-map $(TEST_MAP)) \
 	$(if $(QUANTIZER),--quantizer $(QUANTIZER))
 
 SAMPLE   := data/sample
@@ -120,7 +124,8 @@ trained: setup data
 export: setup data edge-env trained
 	status=0; $(NOODLE) export $(RUN) $(EXPORT_FLAGS) || status=$$?; \
 	if [ $$status -le 1 ]; then $(RECORD_EXPORT) && \
-	  $(NOODLE) compare $(RUN) $(if $(TEST),--test $(TEST)) || exit $$?; fi; \
+	  $(NOODLE) compare $(RUN) $(if $(TEST),--test $(TEST)) $(if $(TEST_MAP),--test-map $(TEST_MAP)) \
+	    || exit $$?; fi; \
 	$(BOOKWORM_NOTE); exit $$status
 # Said once, last: an edge environment on Python 3.12+ has ai-edge-litert, not tflite-runtime 2.14.
 BOOKWORM_NOTE = v=$$($(EDGE_VENV)/bin/python $(PY_VERSION) 2>/dev/null) && case "$$v" in 3.1[2-9]) echo "note: \

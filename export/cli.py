@@ -25,6 +25,22 @@ EdgeOption = Annotated[Path | None, typer.Option(
 TestOption = Annotated[Path | None, typer.Option(
     "--test", help="A labelled folder or CSV nobody trained on, to score every variant on "
                    "(default: the training data's test split).")]
+TestMapOption = Annotated[str | None, typer.Option(
+    "--test-map", metavar="CLASS=LABEL,...",
+    help="--test's classes that are named otherwise than the model's labels (cats=cat is matched "
+         "without it: case and a plural s, when one to one).")]
+
+
+def parse_test_map(text: str | None) -> dict[str, str] | None:
+    """--test-map's CLASS=LABEL pairs; a malformed one is refused in one line."""
+    if not text:
+        return None
+    pairs = [p.partition("=") for p in text.split(",") if p.strip()]
+    bad = [a + s + b for a, s, b in pairs if not (s and a.strip() and b.strip())]
+    if bad:
+        raise typer.BadParameter(f"{', '.join(bad)}: give CLASS=LABEL pairs, comma-separated",
+                                 param_hint="--test-map")
+    return {a.strip(): b.strip() for a, _, b in pairs}
 
 
 # The choices, and every default below, are export.config's.
@@ -60,6 +76,7 @@ def export_command(
         help="Also write int8-mixed.tflite with these layers kept float: auto (the suspect ones), "
              "N (the N worst), or layer names, comma-separated.")] = None,
     test: TestOption = None,
+    test_map_: TestMapOption = None,
     data: DataOption = None,
     edge: EdgeOption = None,
 ) -> None:
@@ -70,6 +87,7 @@ def export_command(
 
     show_progress()
     check_max_drop(max_drop)
+    mapping = parse_test_map(test_map_)  # a malformed one now, not after the conversions
     io = io.value
     export_run(run_dir, variants=variants, calibration_samples=calibration_samples,
                calibration_split=calibration_split.value, io=io, data=data)
@@ -80,7 +98,7 @@ def export_command(
     manifest = record_validation(run_dir, report)
     raise_for(report)
     if max_drop is not None:
-        _gate(run_dir, max_drop, test, data, diagnosis is not None, calibration_samples,
+        _gate(run_dir, max_drop, test, mapping, data, diagnosis is not None, calibration_samples,
               calibration_split.value, io)
     if manifest.failed:
         raise ExportFailed("; ".join(f"{v}: {m}" for v, m in manifest.failed.items()))
@@ -95,7 +113,7 @@ def check_max_drop(max_drop: float | None) -> None:
                           "against float32, a number 0 or more (e.g. --max-drop 1)")
 
 
-def _gate(run_dir: Path, max_drop: float, test, data, diagnosed: bool, samples: int, split: str,
+def _gate(run_dir: Path, max_drop: float, test, mapping, data, diagnosed: bool, samples: int, split: str,
           io: str) -> None:
     """Exit 1, one line per variant, when one loses more than `max_drop` points; diagnose first."""
     from export.compare import REFERENCE, gate, paired_figures
@@ -103,7 +121,7 @@ def _gate(run_dir: Path, max_drop: float, test, data, diagnosed: bool, samples: 
     from export.extras import calibration, diagnose_run
 
     check_max_drop(max_drop)
-    scores, figures = paired_figures(run_dir, data, test)
+    scores, figures = paired_figures(run_dir, data, test, test_map=mapping)
     if REFERENCE not in figures:
         raise ExportError(f"--max-drop compares with {REFERENCE}.tflite, which this export lacks; "
                           f"export {REFERENCE} too")
@@ -128,6 +146,7 @@ def _gate(run_dir: Path, max_drop: float, test, data, diagnosed: bool, samples: 
 def compare_command(
     run_dir: RunDir,
     test: TestOption = None,
+    test_map_: TestMapOption = None,
     data: DataOption = None,
     edge: EdgeOption = None,
     latency_runs: Annotated[int, typer.Option(
@@ -141,7 +160,7 @@ def compare_command(
 
     show_progress()
     report = compare_run(run_dir, data=data, edge=edge, latency_runs=latency_runs, test=test,
-                         top_shifts=shifts)
+                         top_shifts=shifts, test_map=parse_test_map(test_map_))
     typer.echo("")
     typer.echo(to_markdown(report))
     from edge.manifest import RunDir

@@ -32,7 +32,7 @@ from edge.bench import loadavg
 from edge.manifest import ExportManifest, RunDir, RunManifest, load_export, write_bytes, write_json
 from edge.postprocess import at_boundary, predicted_index
 from edge.runtime import Classifier
-from edge.text import LISTED, TABLE_WIDTH, csv_cell, listed, markdown
+from edge.text import LISTED, TABLE_WIDTH, csv_cell, escape_name, listed, markdown
 from export import stats
 from export.config import DEFAULTS
 from export.convert import (
@@ -69,6 +69,7 @@ class Photos:
     split: str  # test / val of the training data, or "external" for --test
     items: list[tuple[Path, int]]
     skipped: list[dict] = field(default_factory=list)
+    mapping: dict[str, str] = field(default_factory=dict)  # --test: a class read as another label
 
 
 @dataclass
@@ -86,13 +87,18 @@ class Scores:
     device_rows: np.ndarray | None = None
 
 
-def evaluation_photos(train_manifest: RunManifest, data=None, test=None) -> Photos:
-    """`test` (a labelled folder or CSV) when given, else the training data's held-out split."""
+def evaluation_photos(train_manifest: RunManifest, data=None, test=None, test_map=None) -> Photos:
+    """`test` (a labelled folder or CSV) when given, else the training data's held-out split.
+
+    `test_map`: a class of `test` -> the model's label it is (--test-map).
+    """
     if test is not None:
         from train.data import read_labelled
 
-        items, skipped = read_labelled(Path(test), train_manifest.labels)
-        return Photos(source=str(test), split="external", items=items, skipped=skipped)
+        items, skipped, mapping = read_labelled(Path(test), train_manifest.labels, test_map)
+        if mapping:
+            log.info(f"{test}: classes read as the model's labels: {_mapping_words(mapping)}")
+        return Photos(source=str(test), split="external", items=items, skipped=skipped, mapping=mapping)
     dataset = evaluation_data(train_manifest, data)
     split = "test" if dataset.splits.get("test") else "val"
     return Photos(source=str(dataset.root), split=split, items=list(dataset.splits[split]))
@@ -189,11 +195,12 @@ def accuracy_figures(scores: Scores, labels: list[str]) -> dict[str, dict]:
     return figures
 
 
-def paired_figures(run_dir: Path, data=None, test=None, edge=None) -> tuple[Scores, dict]:
+def paired_figures(run_dir: Path, data=None, test=None, edge=None, test_map=None) -> tuple[Scores, dict]:
     """Scores and accuracy figures of RUN/export/ on the evaluation photos (no latency)."""
     train_manifest = read_run(run_dir)
     manifest = _export_manifest(run_dir)
-    scores = score(RunDir(run_dir).export, manifest, evaluation_photos(train_manifest, data, test), edge)
+    photos = evaluation_photos(train_manifest, data, test, test_map)
+    scores = score(RunDir(run_dir).export, manifest, photos, edge)
     return scores, accuracy_figures(scores, manifest.labels)
 
 
@@ -295,11 +302,12 @@ def measure(out: Path, manifest: ExportManifest, edge, runs: int) -> tuple[dict,
 def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
                 edge: str | os.PathLike | None = None, latency_runs: int = DEFAULTS.latency_runs,
                 test: str | os.PathLike | None = None,
-                top_shifts: int = DEFAULTS.top_shifts) -> dict:
+                top_shifts: int = DEFAULTS.top_shifts, test_map: dict[str, str] | None = None) -> dict:
     """Build, write and return the comparison report of RUN/export/.
 
     test: a labelled folder or CSV to score on instead of the training data's
         test split; `data` is then needed only if validation must run again.
+    test_map: its classes named otherwise than the model's labels -> those labels.
     """
     from export import figures as draw
 
@@ -309,7 +317,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     out = run.export
     manifest = _export_manifest(run_dir)
     validation = _validation(run_dir, manifest, data, edge)
-    scores, figures = paired_figures(run_dir, data, test, edge)
+    scores, figures = paired_figures(run_dir, data, test, edge, test_map)
     photos = scores.photos
     log.info(f"scored every variant on {len(scores.y)} photos from {photos.source} ({photos.split})")
     bench, bench_info = measure(out, manifest, edge, latency_runs)
@@ -334,7 +342,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     report = {
         "run": str(run_dir),
         "test": {"source": photos.source, "split": photos.split, "count": int(len(scores.y)),
-                 "skipped": photos.skipped},
+                 "skipped": photos.skipped, "mapping": photos.mapping},
         # The Keras model on the whole split, as training scored it (validation checks
         # float32 against Keras on a sample only: export.validate.EDGE_SAMPLE).
         "keras_accuracy": (trained.metrics or {}).get(validation["split"], {}).get(
@@ -396,6 +404,8 @@ def to_markdown(report: dict) -> str:
     notes = [
         f"{test['count']} photos from {markdown(test['source'])} ({_split_words(test['split'])})"
         + (f"; {skipped} unreadable or missing file(s) skipped" if skipped else "")
+        + (f"; its classes read as the model's labels: {markdown(_mapping_words(test['mapping']))}"
+           if test.get("mapping") else "")
         + f". Keras model accuracy on the training data's {report['validation']['count']} "
         f"{report['validation']['split']} photos, as training scored it: "
         f"{_pct(report['keras_accuracy'], 2)}.",
@@ -428,6 +438,10 @@ def to_markdown(report: dict) -> str:
     return ("\n".join(lines) + "\n\n"
             + ("## Verdicts\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n\n" if verdicts else "")
             + "\n".join(f"- {n}" for n in notes) + "\n\n" + "\n\n".join(pictures) + "\n")
+
+
+def _mapping_words(mapping: dict[str, str]) -> str:
+    return ", ".join(f"{escape_name(c)} as {escape_name(label)}" for c, label in mapping.items())
 
 
 def _boundary_words(rows: list[dict]) -> str:

@@ -279,17 +279,20 @@ def test_compare_on_a_test_folder_matches_noodle_edge_classify(exported_run, tmp
     folder = tmp_path / "held-out"
     source = Path(read_manifest(exported_run)["data"]["root"]) / "test"
     shutil.copytree(source, folder)
+    last = read_manifest(exported_run)["labels"][-1]
+    (folder / last).rename(folder / last.upper())  # named otherwise, but for case: matched, and said
     result = noodle("compare", exported_run, "--test", folder, "--latency-runs", "2")
     assert result.exit_code == 0, result.output
+    assert f"its classes read as the model's labels: {last.upper()} as {last}" in result.output
     report = json.loads((exported_run / "export" / "report.json").read_text())
     photos = sorted(p.resolve() for p in folder.rglob("*.jpg"))
     assert report["test"] == {"source": str(folder), "split": "external", "count": len(photos),
-                              "skipped": []}
+                              "skipped": [], "mapping": {last.upper(): last}}
     rows = {r["variant"]: r for r in report["rows"]}
     with open(exported_run / "export" / "predictions.csv") as f:
         predicted = list(csv.DictReader(f))
     assert sorted(Path(r["file"]).resolve() for r in predicted) == photos
-    truth = {p: p.parent.name for p in photos}
+    truth = {p: last if p.parent.name == last.upper() else p.parent.name for p in photos}
     for variant in ("float32", "int8"):
         # Each runtime's classify gives, photo for photo, compare's column for that runtime.
         edge = _classify(exported_run / "export" / f"{variant}.tflite", folder)

@@ -342,7 +342,7 @@ def test_roboflow_export_one_csv_per_split_folder(tmp_path):
     assert totals(ds, ("train",)) == {"Cat": 10, "Dog": 10} and totals(ds, ("test",)) == {"Cat": 4, "Dog": 4}
     assert len(ds.skipped) == 3 and {s["reason"] for s in ds.skipped} == {"listed in CSV but missing"}
     # Scoring a model on the export reads its test split the same way.
-    items, skipped = read_labelled(tmp_path, ["Cat", "Dog"])
+    items, skipped, _ = read_labelled(tmp_path, ["Cat", "Dog"])
     assert len(items) == 8 and [s["file"] for s in skipped] == [str(tmp_path / "test" / "gone_jpg.rf.0.jpg")]
     # A CSV that labels nothing beside photos whose names do: the names.
     for kind in ("cat", "dog"):
@@ -556,7 +556,7 @@ def test_symlinked_class_folders_are_read_alike_by_training_and_the_edge(tmp_pat
     ds = find_dataset(photos)
     assert ds.labels == ["cats", "dogs"]
     assert sorted(str(f) for items in ds.splits.values() for f, _ in items) == expected
-    items, _ = read_labelled(photos, ["cats", "dogs"])  # what compare --test reads
+    items, _, _ = read_labelled(photos, ["cats", "dogs"])  # what compare --test reads
     assert sorted(str(f) for f, _ in items) == expected
 
 
@@ -647,13 +647,13 @@ def test_carved_test_split_is_disjoint_stratified_and_keeps_training_photos(tmp_
 def test_read_labelled_maps_classes_to_the_model_labels(tmp_path):
     labels = ["ant", "bee", "cat"]
     folders(tmp_path / "held", {"cat": 2, "ant": 1}, split=None)
-    items, skipped = read_labelled(tmp_path / "held", labels)
+    items, skipped, _ = read_labelled(tmp_path / "held", labels)
     assert sorted((f.name, y) for f, y in items) == [("ant.0.jpg", 0), ("cat.0.jpg", 2), ("cat.1.jpg", 2)]
     assert skipped == []
     # A data set with splits: its test split only.
     folders(tmp_path / "split", {"bee": 3, "cat": 3})
     folders(tmp_path / "split", {"bee": 1}, split="test")
-    items, _ = read_labelled(tmp_path / "split", labels)
+    items, _, _ = read_labelled(tmp_path / "split", labels)
     assert [(f.parent.parent.name, y) for f, y in items] == [("test", 1)]
     # Kaggle flat names, even with fewer than five per class; a CSV with a missing file.
     for name in ("bee.1.jpg", "ant.9.jpg"):
@@ -662,7 +662,7 @@ def test_read_labelled_maps_classes_to_the_model_labels(tmp_path):
     csv_path = write_csv(tmp_path / "c" / "t.csv",
                          [("image", "category"), ("x.jpg", "cat"), ("y.jpg", "bee")])
     photo(tmp_path / "c" / "x.jpg")
-    items, skipped = read_labelled(csv_path, labels)
+    items, skipped, _ = read_labelled(csv_path, labels)
     assert [y for _, y in items] == [2] and skipped[0]["file"] == str(tmp_path / "c" / "y.jpg")
 
 
@@ -671,8 +671,29 @@ def test_read_labelled_refuses_classes_the_model_lacks(tmp_path):
     with pytest.raises(DataError) as err:
         read_labelled(tmp_path, ["cats", "dogs"])
     message = str(err.value)
-    assert "\n" not in message and "['cats', 'wolves']" in message and "['cats', 'dogs']" in message
-    assert "wolves unknown" in message
+    assert "\n" not in message and "classes 'wolves' are not the model's ('cats', 'dogs')" in message
+    assert "--test-map wolves=LABEL" in message
+
+
+def test_read_labelled_matches_plural_and_case_one_to_one_and_says_how(tmp_path):
+    folders(tmp_path / "plural", {"cats": 2, "Dogs": 2}, split=None)
+    items, _, mapping = read_labelled(tmp_path / "plural", ["cat", "dog"])
+    assert mapping == {"cats": "cat", "Dogs": "dog"} and sorted(y for _, y in items) == [0, 0, 1, 1]
+    # Two classes that could both be 'cat' are no match: the user says which, with --test-map.
+    folders(tmp_path / "both", {"cat": 2, "cats": 2}, split=None)
+    with pytest.raises(DataError, match="--test-map cats=LABEL"):
+        read_labelled(tmp_path / "both", ["cat", "dog"])
+    items, _, mapping = read_labelled(tmp_path / "both", ["cat", "dog"], {"cats": "dog"})
+    assert mapping == {"cats": "dog"}
+    folders(tmp_path / "wolf", {"wolves": 2, "dogs": 2}, split=None)
+    items, _, mapping = read_labelled(tmp_path / "wolf", ["cat", "dog"], {"wolves": "cat"})
+    assert mapping == {"wolves": "cat", "dogs": "dog"}
+    for bad, words in (({"foxes": "cat"}, "'foxes' that are not in it"),
+                       ({"wolves": "fox"}, "'fox', not labels"),
+                       ({"wolves": "dog"}, "--test-map dogs=LABEL"),  # dogs no longer the one for dog
+                       ({"wolves": "dog", "dogs": "dog"}, "reads two classes as 'dog'")):
+        with pytest.raises(DataError, match=words):
+            read_labelled(tmp_path / "wolf", ["cat", "dog"], bad)
 
 
 # ----------------------------------------------------------------------- run identity
@@ -792,3 +813,13 @@ def test_export_refuses_a_carved_test_split_of_photos_changed_since_training(tmp
     with pytest.raises(ExportError, match="changed since training"):
         evaluation_data(manifest)
     assert evaluation_data(manifest, data=data).splits["test"]  # --data: the user's choice
+
+
+def test_a_malformed_test_map_is_one_line_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from noodle import app
+
+    result = CliRunner().invoke(app, ["compare", str(tmp_path), "--test", str(tmp_path),
+                                      "--test-map", "cats"])
+    assert result.exit_code == 2 and "cats: give CLASS=LABEL pairs" in result.output

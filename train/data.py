@@ -159,13 +159,15 @@ def find_dataset(data: str | os.PathLike, *, file_column: str | None = None,
     return _finish(root, layout, raw, missing, options, min_photos)
 
 
-def read_labelled(path: str | os.PathLike, labels: list[str],
-                  **columns: str | None) -> tuple[list[tuple[Path, int]], list[dict]]:
-    """Every labelled photo of `path`, numbered by a model's `labels`: (items, skipped).
+def read_labelled(path: str | os.PathLike, labels: list[str], test_map: dict[str, str] | None = None,
+                  **columns: str | None) -> tuple[list[tuple[Path, int]], list[dict], dict[str, str]]:
+    """Every labelled photo of `path`, numbered by a model's `labels`: (items, skipped, mapping).
 
     For scoring a model on photos it never saw: any layout find_dataset reads,
     nothing carved; a test split is used when there is one, else all photos.
-    Classes may be a subset of `labels`, never a class the model lacks.
+    Classes may be a subset of `labels`, never a class the model lacks. A
+    class named otherwise is matched by `match_labels` (`test_map` first);
+    `mapping` says which class was read as which label.
     `columns`: find_dataset's file_column, label_column, split_column.
     """
     path = Path(path)
@@ -173,15 +175,56 @@ def read_labelled(path: str | os.PathLike, labels: list[str],
     items = raw.get("test") or [item for split in raw.values() for item in split]
     if raw.get("test"):  # only the split scored: a photo missing from train/ is no concern here
         missing = [m for m in missing if m[2] == "test"]
-    unknown = sorted({label for _, label in items} - set(labels))
-    if unknown:
-        found = sorted({label for _, label in items})
-        raise DataError(f"{path}: classes {found} are not the model's {list(labels)} "
-                        f"({', '.join(unknown)} unknown); name its folders or labels as the model's")
     if not items:
         raise DataError(f"{path}: no labelled photos found; {LAYOUTS}")
+    found = sorted({label for _, label in items})
+    mapping = match_labels(path, found, labels, test_map or {})
     index = {c: i for i, c in enumerate(labels)}
-    return [(f, index[label]) for f, label in items], [_skipped(m) for m in missing]
+    numbered = [(f, index[mapping.get(label, label)]) for f, label in items]
+    return numbered, [_skipped(m) for m in missing], mapping
+
+
+def match_labels(path: Path, found: list[str], labels: list[str], given: dict[str, str]) -> dict[str, str]:
+    """Each class of `found` that is not one of the model's `labels` -> the label it is read as.
+
+    `given` (--test-map) first. Then a class that is a label but for case or a
+    plural s (cats for cat, Dog for dogs), when that is the one label it could
+    be and no other class takes it: the common pairing of flat Kaggle names
+    (cat, dog) with a test folder of cats/ and dogs/. Anything else is refused,
+    naming the classes and the fix.
+    """
+    def shown(names) -> str:
+        return ", ".join(f"'{escape_name(n)}'" for n in names)
+
+    stray = sorted(set(given) - set(found))
+    wrong = sorted({t for t in given.values() if t not in labels})
+    if stray or wrong:
+        raise DataError(f"{path}: --test-map names " + "; ".join(
+            ([f"classes {shown(stray)} that are not in it (its classes: {shown(found)})"] if stray else [])
+            + ([f"{shown(wrong)}, not labels of the model ({shown(labels)})"] if wrong else [])))
+
+    def key(name: str) -> str:
+        name = name.casefold()
+        return name[:-1] if len(name) > 1 and name.endswith("s") else name
+
+    mapping = {c: given[c] for c in found if c in given}
+    guessed = {c: [t for t in labels if key(t) == key(c)] for c in found
+               if c not in labels and c not in given}
+    mapping.update({c: ts[0] for c, ts in guessed.items() if len(ts) == 1})
+    # One to one: a label taken twice, or by a class that also appears as itself, is no match.
+    taken = Counter(mapping.get(c, c) for c in found)
+    for c in [c for c in mapping if c not in given and taken[mapping[c]] > 1]:
+        del mapping[c]
+    unknown = [c for c in found if c not in labels and c not in mapping]
+    if unknown:
+        raise DataError(f"{path}: classes {shown(unknown)} are not the model's ({shown(labels)}); name its "
+                        f"folders or labels as the model's, or map them: --test-map "
+                        + ",".join(f"{escape_name(c)}=LABEL" for c in unknown))
+    clash = [t for t, n in Counter(mapping.get(c, c) for c in found).items() if n > 1]
+    if clash:
+        raise DataError(f"{path}: --test-map reads two classes as {shown(clash)}; map each class to "
+                        "its own label")
+    return mapping
 
 
 # ----------------------------------------------------------------------- layouts
