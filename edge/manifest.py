@@ -47,6 +47,19 @@ WRITERS = {"model": "noodle train", "export": "noodle export"}
 
 
 @dataclass(frozen=True)
+class Reports:
+    """compare's files for one set of photos (RunDir.reports)."""
+
+    folder: Path
+    json = property(lambda self: self.folder / "report.json")
+    md = property(lambda self: self.folder / "report.md")
+    png = property(lambda self: self.folder / "report.png")
+    predictions = property(lambda self: self.folder / "predictions.csv")
+    confusion = property(lambda self: self.folder / "confusion.png")
+    disagreements = property(lambda self: self.folder / "disagreements.png")
+
+
+@dataclass(frozen=True)
 class RunDir:
     """Every path of a run folder, named once: what `noodle train` and `noodle export` write.
 
@@ -78,17 +91,30 @@ class RunDir:
     # Validation's probabilities per photo, which compare reuses on the same photos and files.
     validation_scores = property(lambda self: self.export / "validation.npz")
     saved_model = property(lambda self: self.export / "saved_model")
-    report_json = property(lambda self: self.export / "report.json")
-    report_md = property(lambda self: self.export / "report.md")
-    report_png = property(lambda self: self.export / "report.png")
-    predictions = property(lambda self: self.export / "predictions.csv")
-    confusion = property(lambda self: self.export / "confusion.png")
-    disagreements = property(lambda self: self.export / "disagreements.png")
+    # compare's report of the training data's own test split (`reports` names another set's)
+    report_json = property(lambda self: self.reports().json)
+    report_md = property(lambda self: self.reports().md)
+    report_png = property(lambda self: self.reports().png)
+    predictions = property(lambda self: self.reports().predictions)
+    confusion = property(lambda self: self.reports().confusion)
+    disagreements = property(lambda self: self.reports().disagreements)
     diagnosis_json = property(lambda self: self.export / "diagnosis.json")
     diagnosis_md = property(lambda self: self.export / "diagnosis.md")
 
     def tflite(self, variant: str) -> Path:
         return self.export / f"{variant}.tflite"
+
+    def reports(self, test: str | os.PathLike | None = None) -> Reports:
+        """Where compare writes its report of one set of photos, so that each set keeps its own.
+
+        export/ for the training data's test split; export/test-<name>-<8 hex of
+        its full path>/ for a labelled set given with --test.
+        """
+        if test is None:
+            return Reports(self.export)
+        path = Path(os.path.abspath(test))
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name)[:40] or "test"
+        return Reports(self.export / f"test-{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}")
 
     def __str__(self) -> str:
         return str(self.root)

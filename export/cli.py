@@ -163,7 +163,5 @@ def compare_command(
                          top_shifts=shifts, test_map=parse_test_map(test_map_))
     typer.echo("")
     typer.echo(to_markdown(report))
-    from edge.manifest import RunDir
-
-    typer.echo(f"report: {RunDir(run_dir).report_md} (and report.json, report.png, confusion.png"
+    typer.echo(f"report: {report['report']} (and report.json, report.png, confusion.png"
                + (", disagreements.png" if report["disagreements"]["file"] else "") + ")")

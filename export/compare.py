@@ -336,8 +336,10 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
             "runtimes": {**v.get("runtimes", {}), bench_info["runtime"]: {"ok": b["ok"]}},
         })
     labels = manifest.labels
-    write_predictions(scores, labels, run.predictions)
-    sheet = draw.disagreements(scores, labels, run.disagreements, SHEET_VARIANT, REFERENCE,
+    files = run.reports(test)  # each set of photos its own report: --test never overwrites another's
+    files.folder.mkdir(parents=True, exist_ok=True)
+    write_predictions(scores, labels, files.predictions)
+    sheet = draw.disagreements(scores, labels, files.disagreements, SHEET_VARIANT, REFERENCE,
                                top_shifts)
     report = {
         "run": str(run_dir),
@@ -360,14 +362,15 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
                       "machine": platform.machine(),
                       "cpus": os.cpu_count(), "loadavg": loadavg()},
         "rows": rows, "failed": manifest.failed or {},
-        "predictions": run.predictions.name,
+        "predictions": files.predictions.name,
+        "report": str(files.md),
         "disagreements": sheet,
-        "figures": {"confusion": draw.confusion_figure(rows, labels, run.confusion),
+        "figures": {"confusion": draw.confusion_figure(rows, labels, files.confusion),
                     "chart": "report.png"},
     }
-    write_json(run.report_json, report)
-    write_bytes(run.report_md, to_markdown(report).encode())
-    draw.chart(report, run.report_png)
+    write_json(files.json, report)
+    write_bytes(files.md, to_markdown(report).encode())
+    draw.chart(report, files.png)
     return report
 
 
@@ -407,8 +410,9 @@ def to_markdown(report: dict) -> str:
         + (f"; its classes read as the model's labels: {markdown(_mapping_words(test['mapping']))}"
            if test.get("mapping") else "")
         + f". Keras model accuracy on the training data's {report['validation']['count']} "
-        f"{report['validation']['split']} photos, as training scored it: "
-        f"{_pct(report['keras_accuracy'], 2)}.",
+        f"{report['validation']['split']} photos"
+        + (", another set than this report's" if test["split"] == "external" else "")
+        + f", as training scored it: {_pct(report['keras_accuracy'], 2)}.",
         *(_calibration_words(v, c) for v, c in report["calibration"].items()),
         *_device_words(report["rows"]),
         _boundary_words(report["rows"]),

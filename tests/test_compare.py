@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from edge.manifest import InputSpec, Preprocessing, RunManifest, read_manifest, write_json
+from edge.manifest import InputSpec, Preprocessing, RunDir, RunManifest, read_manifest, write_json
 from edge.preprocess import PREPROCESSING
 from export import stats
 
@@ -281,15 +281,22 @@ def test_compare_on_a_test_folder_matches_noodle_edge_classify(exported_run, tmp
     shutil.copytree(source, folder)
     last = read_manifest(exported_run)["labels"][-1]
     (folder / last).rename(folder / last.upper())  # named otherwise, but for case: matched, and said
+    own = exported_run / "export" / "report.md"  # the training data's test split's report, if any
+    before = own.read_bytes() if own.exists() else None
     result = noodle("compare", exported_run, "--test", folder, "--latency-runs", "2")
     assert result.exit_code == 0, result.output
     assert f"its classes read as the model's labels: {last.upper()} as {last}" in result.output
-    report = json.loads((exported_run / "export" / "report.json").read_text())
+    # Its own report, named by the set: the split's report stays as it was.
+    files = RunDir(exported_run).reports(folder)
+    assert files.folder.name.startswith("test-held-out-") and f"report: {files.md}" in result.output
+    assert (own.read_bytes() if own.exists() else None) == before
+    assert "test photos, another set than this report's, as training scored it" in files.md.read_text()
+    report = json.loads(files.json.read_text())
     photos = sorted(p.resolve() for p in folder.rglob("*.jpg"))
     assert report["test"] == {"source": str(folder), "split": "external", "count": len(photos),
                               "skipped": [], "mapping": {last.upper(): last}}
     rows = {r["variant"]: r for r in report["rows"]}
-    with open(exported_run / "export" / "predictions.csv") as f:
+    with open(files.predictions) as f:
         predicted = list(csv.DictReader(f))
     assert sorted(Path(r["file"]).resolve() for r in predicted) == photos
     truth = {p: last if p.parent.name == last.upper() else p.parent.name for p in photos}
