@@ -79,20 +79,25 @@ def disagreements(scores, labels: list[str], dest: Path, variant: str, reference
                            f"{len(shift)} photos{largest}."}
     shown = (changed + held)[:SHEET_MAX]
     _draw_sheet(scores, labels, shown, set(changed), p_ref, p_var, pred_ref, pred_var, shift,
-                variant, reference, dest)
+                variant, reference, dest=dest)
     capped = f" (the {SHEET_MAX} largest shifts drawn)" if len(changed) + len(held) > SHEET_MAX else ""
     return {**info, "file": dest.name,
             "summary": f"{len(changed)} photo(s) where {variant} and {reference} labels differ, plus "
                        f"the {len(held)} largest probability shifts{capped}: {dest.name}."}
 
 
-def _draw_sheet(scores, labels, shown, changed, p_ref, p_var, pred_ref, pred_var, shift, variant,
-                reference, dest: Path) -> None:
+def _draw_sheet(*args, dest: Path) -> None:
+    _save(sheet_figure(*args), dest)
+
+
+def sheet_figure(scores, labels, shown, changed, p_ref, p_var, pred_ref, pred_var, shift, variant,
+                 reference):
+    """The contact sheet: a photo a cell under its four caption lines, rows apart enough to hold them."""
     plt = _pyplot()
-    labels = [plain(label) for label in labels]
+    labels = [plain(label, 18) for label in labels]  # a caption line stays within its photo's width
     cols = min(SHEET_COLUMNS, len(shown))
     rows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 3.4 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, shown, strict=False):
@@ -104,8 +109,9 @@ def _draw_sheet(scores, labels, shown, changed, p_ref, p_var, pred_ref, pred_var
                      fontsize=7, color="tab:red" if flipped else "black")
     fig.suptitle(f"{variant} vs {reference}: {len(changed)} label(s) changed (red), then the largest "
                  "probability shifts (black)", fontsize=9)
-    fig.tight_layout()
-    _save(fig, dest)
+    # Room for the captions: a row's titles sit between it and the photos above.
+    fig.tight_layout(h_pad=1.2, rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    return fig
 
 
 def confusion_figure(rows: list[dict], labels: list[str], dest: Path) -> str | None:
@@ -146,6 +152,27 @@ def confusion_figure(rows: list[dict], labels: list[str], dest: Path) -> str | N
     return dest.name
 
 
+def latency_title(report: dict) -> str:
+    """The latency plot's title, with the load it was measured under and any thread count that lost.
+
+    More threads slower than one is the machine's other work (or a model too
+    small to split), not the model's speed: the title says so beside the bars.
+    """
+    bench = report["benchmark"]
+    threads, load = bench["threads"], bench.get("loadavg")
+    title = "invoke latency p50 (ms)" + (f", load average {load[0]:.2f}" if load else "")
+    slower = []
+    for r in report["rows"]:
+        lat = r.get("latency_ms") or {}
+        one, most = lat.get(str(threads[0])), lat.get(str(threads[-1]))
+        if len(threads) > 1 and one and most and most["p50_ms"] > 1.2 * one["p50_ms"]:
+            slower.append(r["variant"])
+    if slower:
+        title += (f"\n{threads[-1]} threads slower than {threads[0]} for {', '.join(map(plain, slower))}: "
+                  "other load; re-measure when idle")
+    return title
+
+
 def chart(report: dict, dest: Path) -> None:
     """Size, accuracy and latency side by side, one bar per variant."""
     plt = _pyplot()
@@ -163,7 +190,7 @@ def chart(report: dict, dest: Path) -> None:
         p50 = [((r["latency_ms"] or {}).get(str(n)) or {}).get("p50_ms", 0) for r in rows]
         axes[2].bar([j + i * width for j in range(len(rows))], p50, width, label=f"{n} thread(s)")
     axes[2].set_xticks([j + width * (len(threads) - 1) / 2 for j in range(len(rows))], names)
-    axes[2].set_title("invoke latency p50 (ms)")
+    axes[2].set_title(latency_title(report), fontsize=9)
     axes[2].legend()
     for ax in axes:
         ax.grid(axis="y", alpha=0.3)

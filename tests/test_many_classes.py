@@ -61,3 +61,41 @@ def test_the_confusion_figure_shows_the_classes_with_the_most_errors_at_a_bounde
         width, height = img.size
     assert width * height < 4_000_000, img.size  # 117 classes drew 118 Mpx before
     assert CONFUSION_CLASSES < k
+
+
+def test_the_contact_sheets_captions_clear_the_photos_above_them():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from export.figures import SHEET_COLUMNS, sheet_figure
+
+    n = 2 * SHEET_COLUMNS  # two rows
+    labels = ["a_rather_long_class_name_of_forty_chars_", "short"]
+    scores = SimpleNamespace(x=np.zeros((n, 32, 32, 3), np.uint8), y=np.zeros(n, int),
+                             files=[f"photo_with_a_long_name_{i}.jpg" for i in range(n)])
+    p = np.tile([[0.6, 0.4]], (n, 1))
+    pred = np.zeros(n, int)
+    fig = sheet_figure(scores, labels, list(range(n)), set(), p, p, pred, pred, np.zeros(n), "int8",
+                       "float32")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    for i in range(SHEET_COLUMNS, n):
+        title = axes[i].title.get_window_extent(renderer)
+        above = axes[i - SHEET_COLUMNS].get_window_extent(renderer)
+        assert title.y1 <= above.y0, (i, title, above)  # below the photo above it
+        pitch = axes[1].get_window_extent(renderer).x0 - axes[0].get_window_extent(renderer).x0
+        assert title.width < pitch, (i, title.width, pitch)  # clear of the captions beside it
+
+
+def test_the_latency_chart_shows_the_load_and_says_when_more_threads_were_slower():
+    from export.figures import latency_title
+
+    def report(two_threads_ms):
+        return {"benchmark": {"threads": [1, 2], "loadavg": [1.37, 1.5, 1.2]},
+                "rows": [{"variant": "int8",
+                          "latency_ms": {"1": {"p50_ms": 1.0}, "2": {"p50_ms": two_threads_ms}}}]}
+
+    assert latency_title(report(0.6)) == "invoke latency p50 (ms), load average 1.37"
+    assert "2 threads slower than 1 for int8: other load" in latency_title(report(23.0))
