@@ -31,7 +31,7 @@ import typer
 from edge.bench import loadavg, rss_mb
 from edge.errors import NoodleError, one_line_errors
 from edge.manifest import ExportManifest, RunDir, load_export, load_run
-from export.check import ChildFailed, run_json
+from export.check import ChildFailed, ending, reason, run_json
 from train.config import ARCHITECTURES, DEFAULT_ARCH
 from train.fit import read_history
 from train.quiet import quiet_tensorflow, show_progress
@@ -44,6 +44,8 @@ SHARED = Path(os.environ.get("NOODLE_SHARED_PHOTOS", ROOT.parent / "shared/data/
 REPEATS = 3
 # The clock's data and run folders: under runs/, git-ignored, apart from the user's runs.
 WORK = Path("runs/bench")
+# A failed step's whole stderr, named in its "not measured" reason.
+STEP_LOGS = WORK / "logs"
 # What ships (int8) and the reference it is measured against (float32).
 VARIANTS = ("int8", "float32")
 # Interpreter threads: classify's default, and the two cores of this machine and of a Pi-class one.
@@ -199,11 +201,22 @@ def child_env() -> dict:
 
 
 def json_step(cmd: list, timeout: int = STEP_TIMEOUT) -> dict:
-    """Run a child that prints one JSON line; its object, or StepFailed with its last error line."""
+    """Run a child that prints one JSON line; its object, or StepFailed saying why, in words, with its log.
+
+    A side that fails is reported so, and the others still run and report.
+    """
     try:
         return run_json(cmd, timeout, env=child_env())
     except ChildFailed as exc:
-        raise StepFailed(str(exc)) from None
+        saved = ""
+        if exc.log:
+            import hashlib
+
+            path = STEP_LOGS / f"step-{hashlib.sha256(' '.join(map(str, cmd)).encode()).hexdigest()[:8]}.log"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(" ".join(map(str, cmd)) + "\n\n" + exc.log)
+            saved = f" (its log: {path})"
+        raise StepFailed(f"{exc}{saved}") from None
 
 
 def attempt(fn, *args) -> dict:
@@ -233,8 +246,9 @@ def first_label(cmd: list, marker: str, timeout: int = STEP_TIMEOUT) -> dict:
         proc.stdout.close()
         if proc.returncode != 0 or seconds is None:
             errors.seek(0)
-            tail = (errors.read().decode(errors="replace").strip().splitlines() or ["no label printed"])[-1]
-            raise StepFailed(f"exit {proc.returncode}: {tail}")
+            said = errors.read().decode(errors="replace")
+            why = reason(said) if said.strip() else "no label printed"
+            raise StepFailed(f"{ending(proc.returncode)}: {why}")
     return {"seconds": seconds, "peak_rss_mb": rss_mb(usage.ru_maxrss)}
 
 

@@ -138,3 +138,29 @@ def test_bench_refuses_empty_photos(exported_run, tmp_path):
     assert result.exit_code == 2
     assert "--photos" in result.output and "no images" in result.output
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_a_failed_child_is_said_in_words_with_its_log(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import pytest
+
+    from export.check import ChildFailed, reason, run_json
+
+    crash = ("import os, sys; sys.stderr.write('F0000 check failed: tensor shape\\n"
+             "*** Check failure stack trace: ***\\n    @     0x7f5f7b3a6ce3  cfunction_call\\n'); "
+             "sys.stderr.flush(); os.abort()")
+    with pytest.raises(ChildFailed) as err:
+        run_json([sys.executable, "-c", crash], timeout=60)
+    assert str(err.value) == "killed by SIGABRT (exit -6): F0000 check failed: tensor shape"
+    assert "cfunction_call" in err.value.log
+    assert reason("") == "no output"
+
+    def refused(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(subprocess, "run", refused)
+    with pytest.raises(ChildFailed, match="could not start python.*Resource temporarily unavailable.*out of "
+                                          "processes or memory"):
+        run_json([sys.executable, "-c", "pass"], timeout=60)

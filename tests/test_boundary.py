@@ -24,3 +24,4 @@ def test_the_report_counts_boundary_photos_and_the_flips_among_them():
     assert figures["int8"]["boundary_flips"] == 2
     words = _boundary_words([{"variant": v, **f} for v, f in figures.items()])
     assert "float32 0, int8 2 (2 of them labelled otherwise than by float32)" in words
+
