@@ -66,7 +66,8 @@ def diagnose(model, calibration: np.ndarray, io: str = "uint8") -> dict:
     dump = text_io.StringIO()
     debugger.layer_statistics_dump(dump)
     names = {layer.name for layer in model.layers}
-    layers = [_layer_row(row, names) for row in csv.DictReader(text_io.StringIO(dump.getvalue()))]
+    last = model.layers[-1].name  # the output's activation (LOGISTIC, SOFTMAX) is its op
+    layers = [_layer_row(row, names, last) for row in csv.DictReader(text_io.StringIO(dump.getvalue()))]
     layers.sort(key=lambda r: -r["rmse_scale"] if math.isfinite(r["rmse_scale"]) else -math.inf)
     for rank, row in enumerate(layers, start=1):
         row["rank"] = rank
@@ -74,29 +75,30 @@ def diagnose(model, calibration: np.ndarray, io: str = "uint8") -> dict:
     return {"layers": layers, "calibrated": debugger.calibrated_model, "converter": converter}
 
 
-def _layer_row(row: dict, keras_names: set[str]) -> dict:
+def _layer_row(row: dict, keras_names: set[str], output_layer: str | None = None) -> dict:
     scale = float(row["scale"])
     mse = float(row["mean_squared_error"])
     rmse = math.sqrt(mse)
     tensor = row["tensor_name"]
-    return {"tensor": tensor, "layer": layer_name(tensor, keras_names), "op": row["op_name"],
+    return {"tensor": tensor, "layer": layer_name(tensor, keras_names, output_layer), "op": row["op_name"],
             "rmse_scale": rmse / scale if scale else math.inf, "rmse": rmse,
             "max_abs_error": float(row["max_abs_error"]), "mean_error": float(row["mean_error"]),
             "scale": scale, "zero_point": int(float(row["zero_point"])),
             "elements": int(float(row["num_elements"]))}
 
 
-def layer_name(tensor: str, keras_names: set[str]) -> str:
+def layer_name(tensor: str, keras_names: set[str], output_layer: str | None = None) -> str:
     """The Keras layer a tensor came from: `model_1/<layer>_1/op;...` -> `<layer>`.
 
     Tracing the model for conversion adds one numeric suffix to every scope
     (`re_lu` becomes `re_lu_1`, `re_lu_1` becomes `re_lu_1_2`), so one suffix
-    is dropped when that leaves a layer of the model. A tensor of no layer
-    (the model's output) keeps its own name.
+    is dropped when that leaves a layer of the model. A tensor of no scope
+    is the model's output: it is named by `output_layer` (the last Keras
+    layer, whose activation it is), else kept as it is.
     """
     parts = tensor.split(";")[0].split("/")
     if len(parts) < 3:
-        return parts[0]
+        return f"{output_layer} (output)" if output_layer else parts[0]
     stripped = re.sub(r"_\d+$", "", parts[1])
     return stripped if stripped in keras_names else parts[1]
 
@@ -107,7 +109,7 @@ def choose_layers(layers: list[dict], spec: str) -> list[str]:
     if not layers:
         raise DiagnosisError("--float-layers: the debugger found no quantized layer to keep float")
     if spec == "auto":
-        chosen = [r for r in layers if r["suspect"]] or layers[:1]
+        chosen = [r for r in layers if r["suspect"]]  # none: no int8-mixed (it would be int8 renamed)
     elif spec.isdigit():
         if int(spec) < 1:
             raise DiagnosisError(f"--float-layers {spec}: keep at least 1 layer float, or say auto")
@@ -178,8 +180,12 @@ def write_report(run, diagnosis: dict, calibration_info: dict, float_tensors: li
         lines.append(f"No layer above {SUSPECT_RMSE_SCALE}: int8's loss is spread thin, not one layer's; "
                      "more or more varied calibration photos may help more than float layers.")
     if float_tensors:
+        named = {r["tensor"]: r["layer"] for r in layers}
         lines.append(f"int8-mixed.tflite keeps {len(float_tensors)} layer(s) float: "
-                     + ", ".join(f"`{t}`" for t in float_tensors) + ".")
+                     + ", ".join(f"{named.get(t, t)} (`{t}`)" for t in float_tensors) + ".")
+    elif float_tensors is not None:
+        lines.append(f"--float-layers auto: no layer is above {SUSPECT_RMSE_SCALE}, so no int8-mixed.tflite "
+                     "was written: it would be int8 under another name.")
     else:
         lines.append("To keep the worst layers float: `noodle export RUN --float-layers auto` "
                      "(or a number, or layer names) writes int8-mixed.tflite.")

@@ -122,11 +122,18 @@ def diagnose_run(run_dir: Path, pixels, info: dict, reason: str, io: str = DEFAU
         log.info(f"  {row['rank']}. {row['layer']} ({row['op']}): rmse/scale {row['rmse_scale']:.3g}"
                  + ("  suspect" if row["suspect"] else ""))
     log.info(f"wrote    {RunDir(run_dir).diagnosis_md}")
+    if chosen == []:
+        log.info(f"no int8-mixed: no layer above {diagnose.SUSPECT_RMSE_SCALE} rmse/scale to keep float "
+                 "(it would be int8 under another name)")
     if chosen:
         try:
             blob = diagnose.mixed_model(diagnosis, chosen, io)
         except Exception as exc:  # the converter's failure is this variant's, not the export's
             record_failure(run_dir, MIXED, f"{type(exc).__name__}: {first_line(exc)}")
         else:
-            add_variant(run_dir, MIXED, blob, calibration=info, float_layers=chosen)
+            int8 = RunDir(run_dir).tflite("int8")
+            if int8.is_file() and int8.read_bytes() == blob:  # the float layers changed nothing
+                log.info(f"no int8-mixed: keeping {', '.join(chosen)} float gives int8's very bytes")
+            else:
+                add_variant(run_dir, MIXED, blob, calibration=info, float_layers=chosen)
     return report
