@@ -350,7 +350,9 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     run.export.mkdir(parents=True, exist_ok=True)
     source = {"model": run.model.name, "sha256": sha256_file(run.model),
               "arch": trained.arch, "params": trained.params}
-    models = _reusable_entries(run, source["sha256"], keep=[v for v in VARIANTS if v not in variants])
+    # One rule: the export lists exactly what it writes and validates now; a variant of an
+    # earlier export that is not asked for again is removed (below), never listed as if made now.
+    models: dict[str, ModelEntry] = {}
     _clear(run.export)
     pixels, calibration_info = None, None
     if "int8" in variants:
@@ -360,8 +362,10 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     graph = _saved_model(model, run, failed)
     _write_variants(run, trained, convert_all(graph, variants, pixels, io), calibration_info, models, failed)
     for stale in VARIANTS:
-        if stale not in models:
-            run.tflite(stale).unlink(missing_ok=True)
+        if stale not in models and run.tflite(stale).is_file():
+            run.tflite(stale).unlink()
+            if stale not in variants:
+                log.info(f"removed  {run.tflite(stale)} (not asked for this time)")
     manifest = ExportManifest(
         labels=trained.labels,
         # The .tflite files take pixels as the device gives them, whatever Keras saw.
@@ -481,23 +485,6 @@ def record_validation(run_dir: str | os.PathLike, report: dict) -> ExportManifes
     }
     write_json(out / MANIFEST_NAME, manifest.to_dict())
     return manifest
-
-
-def _reusable_entries(run: RunDir, source_sha: str, keep: list[str]) -> dict[str, ModelEntry]:
-    """Entries of a previous export of the same model for variants not being redone."""
-    try:
-        previous = load_export(run.export_manifest)
-    except NoodleError:
-        return {}
-    if previous.source.get("sha256") != source_sha:
-        return {}
-    kept = {}
-    for variant in keep:
-        entry = previous.entry(variant)
-        path = run.tflite(variant)
-        if entry and path.is_file() and sha256_file(path) == entry.sha256:
-            kept[variant] = entry
-    return kept
 
 
 def _first_line(exc: BaseException) -> str:

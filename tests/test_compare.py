@@ -214,21 +214,32 @@ def shifted_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_max_drop_gate_exit_codes(shifted_run):
-    # --variants float32 re-exports float32 only and keeps the shifted "int8" of the same model.
-    failed = noodle("export", shifted_run, "--variants", "float32", "--max-drop", "0")
-    assert failed.exit_code == 1, failed.output
-    (line,) = [s for s in failed.output.splitlines() if s.startswith("gate failed:")]
+def test_max_drop_gate_exit_codes(shifted_run, capsys):
+    import typer
+
+    from export.cli import _gate
+    from export.config import ExportConfig
+
+    cfg = ExportConfig()
+
+    def gate(max_drop):  # the gate `noodle export --max-drop` runs, on the export with the shifted int8
+        _gate(shifted_run, max_drop, None, None, None, False, cfg.calibration_samples, cfg.calibration_split,
+              cfg.io)
+        return capsys.readouterr()
+
+    with pytest.raises(typer.Exit) as exit_:
+        gate(0)
+    assert exit_.value.exit_code == 1
+    said = capsys.readouterr()
+    (line,) = [s for s in (said.out + said.err).splitlines() if s.startswith("gate failed:")]
     assert "int8 loses 1.25 pp" in line and "95 % CI" in line and "1 photo(s) only float32" in line
     # The gate tripped, so int8 was diagnosed without being asked.
     assert (shifted_run / "export" / "diagnosis.md").is_file()
     assert json.loads((shifted_run / "export" / "diagnosis.json").read_text())["reason"].startswith(
         "the gate tripped")
 
-    for allowed in ("5", "1.25"):  # "loses more than PP points": exactly PP passes
-        passed = noodle("export", shifted_run, "--variants", "float32", "--max-drop", allowed)
-        assert passed.exit_code == 0, passed.output
-        assert "gate     passed" in passed.output
+    for allowed in (5, 1.25):  # "loses more than PP points": exactly PP passes
+        assert "gate     passed" in gate(allowed).out
 
 
 @pytest.mark.slow

@@ -120,14 +120,15 @@ def test_every_file_runs_through_the_edge_runner(exported_run):
     assert np.abs(outputs["float16"] - outputs["float32"]).max() < 1e-2
 
 
-def test_int8_io_option_and_a_partial_export_keeps_the_rest(brightness_run, tmp_path):
+def test_int8_io_option_and_an_export_lists_exactly_what_it_wrote(brightness_run, tmp_path):
     run = copy_run(brightness_run, tmp_path / "run")
-    first = export_run(run, variants=["float32"])
+    export_run(run, variants=["float32", "float16"])
     manifest = export_run(run, variants=["int8"], io="int8")
     entry = manifest.models["int8"]
     assert entry.input.dtype == "int8" and entry.input.zero_point == -128
-    assert list(manifest.models) == ["float32", "int8"]  # same model.keras: float32 kept
-    assert manifest.models["float32"] == first.models["float32"]
+    # One rule: what this export wrote, nothing left from the earlier one.
+    assert list(manifest.models) == ["int8"]
+    assert sorted(p.name for p in (run / "export").glob("*.tflite")) == ["int8.tflite"]
 
 
 def test_a_failing_variant_is_reported_and_the_others_written(brightness_run, tmp_path):
