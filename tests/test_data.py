@@ -717,7 +717,7 @@ def test_run_folder_is_named_by_data_and_settings(tmp_path):
     assert run_dir(first, "--runs", tmp_path / "runs", *own) == name
     others = [run_dir(second, "--runs", tmp_path / "runs"),
               run_dir(first, "--runs", tmp_path / "runs", "--arch", "seed"),
-              run_dir(first, "--runs", tmp_path / "runs", "--epochs", 3),
+              run_dir(first, "--runs", tmp_path / "runs", "--epochs", default.epochs + 1),
               run_dir(first, "--runs", tmp_path / "runs", "--seed", 1),
               run_dir(first, "--runs", tmp_path / "runs", "--image-size", 64)]
     assert len({name, *others}) == 6
