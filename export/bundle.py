@@ -52,8 +52,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "pi"
 EDGE = ROOT / "edge"
 DISTRIBUTION = "noodle-kit"
-# The extra in pyproject.toml that names the device's interpreter.
+# The extras in pyproject.toml the Pi installs: the device's interpreter, and serve's MQTT
+# client (pure Python and small, so `noodle-edge serve --mqtt` works offline too).
 EXTRA = "edge"
+SERVE_EXTRA = "serve"
 # The int8 model: a quarter of float32's size, and the Pi's integer kernels are its fast path.
 DEFAULT_MODEL = "int8"
 EXECUTABLE = {"install.sh", "noodle-edge"}
@@ -90,8 +92,8 @@ def version() -> str:
     return installed
 
 
-def pi_requirements(extra: str = EXTRA) -> list[str]:
-    """The runner's requirements: base dependencies plus the `edge` extra (or EXTRA's), markers kept.
+def pi_requirements(*extras: str) -> list[str]:
+    """The runner's requirements: base dependencies plus `extras` (default: edge and serve), markers kept.
 
     Read from the installed metadata of this package, whose source is
     pyproject.toml, so the Pi installs what `make edge-env` tested.
@@ -102,16 +104,18 @@ def pi_requirements(extra: str = EXTRA) -> list[str]:
         raise BundleError(f"{DISTRIBUTION} is not installed here; run `make setup` first") from None
     from packaging.requirements import Requirement
 
+    extras = extras or (EXTRA, SERVE_EXTRA)
     lines = []
     for line in declared:
         req = Requirement(line)
         marker = str(req.marker) if req.marker is not None else ""
         if "extra ==" in marker and not any(req.marker.evaluate({**target_environment(t), "extra": extra})
-                                            for t in TARGETS):
+                                            for t in TARGETS for extra in extras):
             continue  # another extra's (train, litert, ...)
         # packaging writes markers in one normal form, so the extra's clause reads exactly so.
-        for clause in (f' and extra == "{extra}"', f'extra == "{extra}" and ', f'extra == "{extra}"'):
-            marker = marker.replace(clause, "")
+        for extra in extras:
+            for clause in (f' and extra == "{extra}"', f'extra == "{extra}" and ', f'extra == "{extra}"'):
+                marker = marker.replace(clause, "")
         spec = f"{req.name}{req.specifier}"
         lines.append(f"{spec}; {marker}" if marker else spec)
     return lines

@@ -99,7 +99,8 @@ def test_requirements_in_use_markers_for_bookworm_and_newer(unpacked):
                for line in lines)
     assert any(line.startswith("ai-edge-litert") and 'python_version >= "3.12"' in line for line in lines)
     assert any(line.startswith("pillow") for line in lines)
-    assert not any(word in " ".join(lines) for word in ("tensorflow", "keras", "extra =="))
+    assert any(line.startswith("paho-mqtt") for line in lines)  # serve --mqtt, offline on the Pi
+    assert not any(word in " ".join(lines) for word in ("tensorflow", "keras", "opencv", "extra =="))
 
 
 def fake_wheel(dest: Path, name: str, version: str) -> Path:
