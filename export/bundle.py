@@ -200,25 +200,7 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     """
     run = RunDir(run_dir)
     log.info(f"bundling {escape_name(str(run_dir))}: its {escape_name(variant)} model, {trained_on(run)}")
-    manifest = load_export(run.export_manifest)
-    # Only an export whose validation finished and passed ships: one killed
-    # during validation has files and a manifest but no proof they run.
-    if not (manifest.validation or {}).get("passed"):
-        state = "did not pass" if manifest.validation else "never finished"
-        raise BundleError(f"{run.export_manifest}: the export's validation {state}; "
-                          f"run `noodle export {run_dir}` and bundle when it succeeds")
-    entry = manifest.entry(variant)
-    if entry is None:
-        have = ", ".join(manifest.models) or "none"
-        failed = (manifest.failed or {}).get(variant)
-        raise BundleError(f"{run.export_manifest}: no {variant} model"
-                          + (f" (its export failed: {failed})" if failed else "")
-                          + f"; exported: {have}; pick one with MODEL=... or re-run `noodle export`")
-    model = _model_file(run, variant, entry.file)
-    if not model.is_file():
-        raise BundleError(f"{model}: missing; re-run `noodle export {run_dir}`")
-    if entry.sha256 and sha256_file(model) != entry.sha256:
-        raise BundleError(f"{model}: sha256 differs from {run.export_manifest}; re-run `noodle export`")
+    manifest, entry, model = _shippable(run, run_dir, variant)
     # The device's manifest lists the one model it gets; the rest of the export stays home.
     shipped = dataclasses.replace(manifest, models={variant: entry}, failed=None)
 
@@ -233,7 +215,7 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     files[f"model/{MANIFEST_NAME}"] = (json.dumps(shipped.to_dict(), indent=2) + "\n").encode()
     requirements = pi_requirements()
     files["requirements-pi.in"] = ("# Written by `noodle bundle` from pyproject.toml: the runner's "
-                                   "dependencies and the `edge` extra.\n"
+                                   "dependencies and the `edge` and `serve` extras.\n"
                                    + "\n".join(requirements) + "\n").encode()
     camera = camera_requirements()
     values["OPENCV"] = f"{', '.join(camera)} from the package index (this bundle has no `wheels/`)"
@@ -256,6 +238,43 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     for name in TEMPLATE_FILES:
         files[name] = _render(name, values)
 
+    _write_tar(dest, top, files)
+    shipped_wheels = (f"{len(wheels)} wheels for {', '.join(t.release for t in TARGETS)} "
+                      f"({sum(p.stat().st_size for p in wheels) / 2**20:.1f} MiB){opencv}" if wheels
+                      else "no wheels (the Pi installs from the index)")
+    log.info(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB): {variant} model "
+             f"{entry.bytes / 1024:.0f} KiB, {shipped_wheels}")
+    log.info(f"sha256 {sha256_file(dest)}  {dest.name} (on the Pi, `sha256sum {dest.name}` must print the "
+             "same; README-PI.md)")
+    return dest
+
+
+def _shippable(run: RunDir, run_dir, variant: str):
+    """(export manifest, the variant's entry, its file), refused in one line unless it may ship."""
+    manifest = load_export(run.export_manifest)
+    # Only an export whose validation finished and passed ships: one killed
+    # during validation has files and a manifest but no proof they run.
+    if not (manifest.validation or {}).get("passed"):
+        state = "did not pass" if manifest.validation else "never finished"
+        raise BundleError(f"{run.export_manifest}: the export's validation {state}; "
+                          f"run `noodle export {run_dir}` and bundle when it succeeds")
+    entry = manifest.entry(variant)
+    if entry is None:
+        have = ", ".join(manifest.models) or "none"
+        failed = (manifest.failed or {}).get(variant)
+        raise BundleError(f"{run.export_manifest}: no {variant} model"
+                          + (f" (its export failed: {failed})" if failed else "")
+                          + f"; exported: {have}; pick one with MODEL=... or re-run `noodle export`")
+    model = _model_file(run, variant, entry.file)
+    if not model.is_file():
+        raise BundleError(f"{model}: missing; re-run `noodle export {run_dir}`")
+    if entry.sha256 and sha256_file(model) != entry.sha256:
+        raise BundleError(f"{model}: sha256 differs from {run.export_manifest}; re-run `noodle export`")
+    return manifest, entry, model
+
+
+def _write_tar(dest: Path, top: str, files: dict[str, bytes | Path]) -> None:
+    """The tarball, atomically: every member under TOP/, the executables 0755."""
     now = int(time.time())
     for name in files:
         check_member_name(f"{top}/{name}", dest)
@@ -267,14 +286,6 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
             info.mtime, info.mode = now, 0o755 if name in EXECUTABLE else 0o644
             with data.open("rb") if isinstance(data, Path) else io.BytesIO(data) as stream:
                 tar.addfile(info, stream)
-    shipped_wheels = (f"{len(wheels)} wheels for {', '.join(t.release for t in TARGETS)} "
-                      f"({sum(p.stat().st_size for p in wheels) / 2**20:.1f} MiB){opencv}" if wheels
-                      else "no wheels (the Pi installs from the index)")
-    log.info(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB): {variant} model "
-             f"{entry.bytes / 1024:.0f} KiB, {shipped_wheels}")
-    log.info(f"sha256 {sha256_file(dest)}  {dest.name} (on the Pi, `sha256sum {dest.name}` must print the "
-             "same; README-PI.md)")
-    return dest
 
 
 def trained_on(run: RunDir) -> str:
