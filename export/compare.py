@@ -47,6 +47,7 @@ from export.validate import (
     edge_sample,
     load_scores,
     run_edge_check,
+    runtime_missing,
     validate_export,
 )
 
@@ -136,7 +137,7 @@ def score(out: Path, manifest: ExportManifest, photos: Photos, edge=None) -> Sco
              for variant, entry in manifest.models.items()}
     scores = Scores(photos, decoded.files, decoded.x, decoded.y, probs)
     python = edge_python(edge)
-    if python is not None:
+    if python is not None and not runtime_missing(python):
         models = {v: out / e.file for v, e in manifest.models.items()}
         scores.device_rows = edge_sample(decoded.y)
         with tempfile.TemporaryDirectory(prefix="noodle-score-") as tmp:
@@ -283,6 +284,8 @@ def _validation(run_dir: Path, manifest: ExportManifest, data, edge) -> dict:
 def measure(out: Path, manifest: ExportManifest, edge, runs: int) -> tuple[dict, dict]:
     """Latency and peak memory per variant, each in its own process."""
     python = edge_python(edge)
+    if python is not None and runtime_missing(python):  # a 3.12+ device environment: ai-edge-litert
+        python = None
     runtime = "tflite-runtime" if python else RUNTIME
     python = python or Path(sys.executable)
     threads = sorted({1, os.cpu_count() or 1})

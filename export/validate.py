@@ -65,6 +65,23 @@ def edge_python(path: str | os.PathLike | None = None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def runtime_missing(python: Path) -> str | None:
+    """Why the device environment cannot run EDGE_RUNTIME, or None when it can.
+
+    tflite-runtime 2.14 has wheels for Python 3.11 and older only: a device
+    environment made by a 3.12+ Python (a Debian 13 host) holds ai-edge-litert.
+    """
+    import subprocess
+
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('tflite_runtime') is None)"
+    done = subprocess.run([str(python), "-c", probe], capture_output=True, timeout=60)
+    if done.returncode == 0:
+        return None
+    version = subprocess.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=60).stdout.strip() or "?"
+    return f"the device environment is Python {version}, without {EDGE_RUNTIME} (it has no wheels past 3.11)"
+
+
 def edge_sample(y: np.ndarray, n: int = EDGE_SAMPLE, seed: int = 0) -> np.ndarray:
     """Sorted indices of a seeded sample of `n` photos, each class in proportion (all when fewer)."""
     if len(y) <= n:
@@ -294,11 +311,15 @@ def _check_on_device_runtime(out: Path, manifest: ExportManifest, x: np.ndarray,
     Fills `device` with the sample's rows and each variant's probabilities on them.
     """
     python = edge_python(edge)
-    if python is None:
-        log.warning(f"no device environment ({edge or DEFAULT_EDGE_PYTHON.parent.parent.name}); "
-                    f"files NOT checked under {EDGE_RUNTIME} 2.14: run `make edge-env`")
+    missing = None if python is None else runtime_missing(python)
+    if python is None or missing:
+        why = missing or "no device environment"
+        log.warning(f"{why} ({edge or DEFAULT_EDGE_PYTHON.parent.parent.name}); files NOT checked under "
+                    f"{EDGE_RUNTIME} 2.14: " + ("put a python3.11 on PATH and rebuild it (rm -rf .venv-edge, "
+                                                "make edge-env), or make pi-check" if missing
+                                                else "run `make edge-env`"))
         for v in variants.values():
-            v["runtimes"][EDGE_RUNTIME] = {"ok": None, "error": "not checked: no device environment"}
+            v["runtimes"][EDGE_RUNTIME] = {"ok": None, "error": f"not checked: {why}"}
         return None
     models = [out / manifest.models[v].file for v in variants]
     device["rows"] = rows

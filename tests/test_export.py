@@ -347,3 +347,19 @@ def test_bad_input_is_one_line_exit_2(brightness_run, tmp_path):
     assert "'--io'" in bad_choice.output and "'uint8', 'int8'" in bad_choice.output
     assert "--variants int4" in one_line_error("export", str(run), "--variants", "int8,int4")
     assert "no export yet" in one_line_error("compare", str(run))
+
+
+def test_a_device_environment_without_tflite_runtime_is_named_not_failed():
+    """A 3.12+ host's device environment holds ai-edge-litert: validation says what it did not check."""
+    import sys
+
+    from export.validate import edge_python, runtime_missing
+
+    # This environment has ai-edge-litert and no tflite-runtime, as a Debian 13 host's .venv-edge would.
+    missing = runtime_missing(Path(sys.executable))
+    assert missing.startswith("the device environment is Python 3.") and "without tflite-runtime" in missing
+    python = edge_python()
+    if python is not None:  # `make edge-env` with a python3.11: tflite-runtime 2.14 is there
+        version = subprocess.run([str(python), "-c", "import sys; print(sys.version_info[:2] < (3, 12))"],
+                                 capture_output=True, text=True).stdout.strip()
+        assert (runtime_missing(python) is None) == (version == "True")
