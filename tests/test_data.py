@@ -715,12 +715,16 @@ def test_run_folder_is_named_by_data_and_settings(tmp_path):
     default = ARCHITECTURES[DEFAULT_ARCH]
     own = ("--epochs", default.epochs, "--image-size", default.image_size)  # the default's own settings
     assert run_dir(first, "--runs", tmp_path / "runs", *own) == name
+    # The default's head is solved, with no epochs or seed: those name the same model (test_train.py).
+    assert run_dir(first, "--runs", tmp_path / "runs", "--epochs", default.epochs + 1, "--seed", 1) == name
+    seed = ("--runs", tmp_path / "runs", "--arch", "seed")
     others = [run_dir(second, "--runs", tmp_path / "runs"),
-              run_dir(first, "--runs", tmp_path / "runs", "--arch", "seed"),
-              run_dir(first, "--runs", tmp_path / "runs", "--epochs", default.epochs + 1),
-              run_dir(first, "--runs", tmp_path / "runs", "--seed", 1),
+              run_dir(first, *seed),
+              run_dir(first, *seed, "--epochs", 26),
+              run_dir(first, *seed, "--seed", 1),
+              run_dir(first, "--runs", tmp_path / "runs", "--fine-tune", 1),
               run_dir(first, "--runs", tmp_path / "runs", "--image-size", 64)]
-    assert len({name, *others}) == 6
+    assert len({name, *others}) == 7
     edited = first / "cats" / "cats.0.jpg"
     before = edited.stat().st_mtime
     photo(edited)  # same name, new pixels, maybe the same size: the fingerprint sees the mtime

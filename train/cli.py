@@ -16,7 +16,7 @@ from edge.errors import NoodleError, one_line_errors
 from edge.manifest import RunManifest
 from edge.text import LISTED, escape_name, listed
 from train.cluster import Cluster
-from train.config import ARCHITECTURES, TrainConfig
+from train.config import ARCHITECTURES, TrainConfig, unused_settings
 from train.data import MISSING
 from train.runs import RUNS
 
@@ -210,6 +210,11 @@ def train_command(
     if print_run_dir:
         typer.echo(cfg.out)
         return
+    unused = unused_settings(cfg)
+    if unused:
+        typer.echo(f"warning: {', '.join(unused)}: ignored, and not part of the run's identity: a pretrained "
+                   "head alone is solved to convergence (no epochs, rate, batch or seed, float32 features); "
+                   "--fine-tune N also trains the backbone's top N blocks, by gradient")
     if cfg.out.exists() and not cfg.out.is_dir():  # one line now, not a traceback once training starts
         raise OutputError(f"{cfg.out}: a file is where a folder should be; move it away, or write "
                           "somewhere else (--out)")

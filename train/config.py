@@ -136,6 +136,28 @@ def resolved(cfg: TrainConfig) -> TrainConfig:
                    weights=weights, fine_tune=fine_tune)
 
 
+# What only training by gradient reads. A pretrained head alone (--fine-tune 0)
+# is solved to convergence from zeros on features computed once in float32
+# (train.head): no epochs, rate, batch, patience or seed, and nothing for
+# float16 to speed up. So these are left out of its run identity (another
+# --epochs names the same model, and the same folder), and said to change nothing.
+GRADIENT_SETTINGS = ("epochs", "batch_size", "learning_rate", "patience", "seed", "mixed_precision")
+
+
+def solved_head(cfg: TrainConfig) -> bool:
+    """Whether nothing trains by gradient: a pretrained backbone's head alone, solved (train.head)."""
+    return cfg.pretrained and not resolved(cfg).fine_tune
+
+
+def unused_settings(cfg: TrainConfig) -> list[str]:
+    """The GRADIENT_SETTINGS given other than their defaults where nothing reads them, as options."""
+    if not solved_head(cfg):
+        return []
+    defaults = TrainConfig(data=cfg.data, out=cfg.out)
+    return [f"--{name.replace('_', '-')}" for name in GRADIENT_SETTINGS
+            if getattr(cfg, name) != getattr(defaults, name)]
+
+
 def trains_on_val(cfg: TrainConfig, dataset) -> bool:
     """Whether the model trains on the validation photos too (TrainConfig.train_on_val).
 

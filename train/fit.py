@@ -32,7 +32,14 @@ from edge.preprocess import PREPROCESSING
 from train import cluster as clusters
 from train import data as datasets
 from train import runs
-from train.config import BATCH_NORM_PHOTOS, HEAD_ITERATIONS, HEAD_L2, TrainConfig, resolved, trains_on_val
+from train.config import (
+    BATCH_NORM_PHOTOS,
+    HEAD_ITERATIONS,
+    HEAD_L2,
+    TrainConfig,
+    resolved,
+    trains_on_val,
+)
 from train.quiet import quiet_tensorflow
 
 # TensorFlow's C++ start-up chatter (CPU features, CUDA probing) hides the
@@ -432,8 +439,6 @@ def pretrained_stage(cfg: TrainConfig, splits: Splits, num_classes: int) -> Stag
     log.info(f"{backbone.name} ({backbone.count_params():,} params, {cfg.weights} weights, frozen): "
              f"features of {sum(map(len, features.values()))} photos at {cfg.image_size}x{cfg.image_size} in "
              f"{time.perf_counter() - started:.1f}s on {_device()}")
-    if cfg.mixed_precision and not cfg.fine_tune:
-        log.info("--mixed-precision: nothing to speed up; the frozen backbone runs float32, the head float64")
     return Stage(model, features=features, **({"maps": maps, "top": top} if top is not None else {}))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edge.errors import NoodleError
 from edge.manifest import RunDir, write_json
-from train.config import RECIPE, resolved, trains_on_val
+from train.config import GRADIENT_SETTINGS, RECIPE, resolved, solved_head, trains_on_val
 
 # The TrainConfig fields that change the trained model. Not the output folder,
 # verbosity, or --cpu-replicas (a testing aid).
@@ -38,7 +38,9 @@ def identity(dataset, cfg) -> dict:
     """The data fingerprint, the model settings and their combined short id."""
     # No --epochs or --image-size means the architecture's own: the same model as passing it.
     full = resolved(cfg)
-    settings = {k: getattr(full, k) for k in MODEL_SETTINGS}
+    # A solved head reads none of the gradient settings: another --epochs is the same model.
+    unread = GRADIENT_SETTINGS if solved_head(full) else ()
+    settings = {k: getattr(full, k) for k in MODEL_SETTINGS if k not in unread}
     # Likewise no --train-on-val/--hold-out-val: what the architecture and the data make of it.
     settings["train_on_val"] = trains_on_val(cfg, dataset)
     settings["recipe"] = RECIPE
