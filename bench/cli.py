@@ -167,11 +167,12 @@ def rel(path: str | os.PathLike) -> Path:
 
 def environments() -> list[dict]:
     """The device environment (tflite-runtime) and this one (ai-edge-litert), with their versions."""
-    from export.validate import edge_python
+    from export.validate import edge_python, runtime_missing
 
     edge = edge_python()
+    # A device environment made by Python 3.12+ (a Debian 13 host) has no tflite-runtime: said why.
     pairs = [("tflite-runtime", edge and rel(edge),
-              None if edge else "no device environment; run `make edge-env`"),
+              runtime_missing(edge) if edge else "no device environment; run `make edge-env`"),
              ("ai-edge-litert", rel(sys.executable), None)]
     envs = []
     for runtime, python, missing in pairs:

@@ -10,6 +10,7 @@ written to RUN/export/validation.json.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -65,11 +66,14 @@ def edge_python(path: str | os.PathLike | None = None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+@functools.cache
 def runtime_missing(python: Path) -> str | None:
     """Why the device environment cannot run EDGE_RUNTIME, or None when it can.
 
     tflite-runtime 2.14 has wheels for Python 3.11 and older only: a device
     environment made by a 3.12+ Python (a Debian 13 host) holds ai-edge-litert.
+    Asked once a process (a child Python each time): validation, scoring and
+    timing all need the answer.
     """
     import subprocess
 

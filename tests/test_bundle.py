@@ -25,6 +25,7 @@ from edge.cli import app as edge_app
 from export import bundle
 from export.bundle import BundleError, write_bundle
 from export.wheelhouse import Target, Wheel, pinned_requirements
+from tests.device_env import device_env
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGE_PYTHON = ROOT / ".venv-edge" / "bin" / "python"
@@ -204,14 +205,18 @@ def fake_tools(bin_dir: Path, **tools: str) -> Path:
     return bin_dir
 
 
-def install(bundle_dir: Path, *args: str, tools: dict[str, str] | None = None, **env: str):
-    """Run install.sh with no package index reachable and no pip configuration of this machine."""
+def install(bundle_dir: Path, *args: str, tools: dict[str, str] | None = None, shell: str | None = None,
+            **env: str):
+    """Run install.sh with no package index reachable and no pip configuration of this machine.
+
+    `shell`: run it by that shell instead of its #!/bin/sh (this machine's /bin/sh).
+    """
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))}
     fake = fake_tools(bundle_dir.parent / "bin", **(tools or {}))
     env = {**base, "PATH": f"{fake}:{base['PATH']}", "PIP_CONFIG_FILE": os.devnull,
            "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PYTHON": sys._base_executable, **env}
-    return subprocess.run(["./install.sh", *args], cwd=bundle_dir, capture_output=True, text=True,
-                          timeout=600, env=env)
+    return subprocess.run([*([shell] if shell else []), "./install.sh", *args], cwd=bundle_dir,
+                          capture_output=True, text=True, timeout=600, env=env)
 
 
 AARCH64 = {"uname": "echo aarch64"}
@@ -240,6 +245,20 @@ def test_runner_before_install_says_so(copy):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: {copy}/.venv: not installed; run {copy}/install.sh first"
+
+
+def test_install_fails_in_words_under_a_shell_with_pipefail(copy):
+    """Was: Trixie's /bin/sh (dash 0.5.12) has pipefail, which install.sh sets: hashing the requirements
+    with a `cat` of the .txt pins a bundle without wheels/ lacks ended it, exit 1, without a word."""
+    bash = shutil.which("bash")
+    probe = subprocess.run([bash, "-c", "set -o pipefail"], capture_output=True)
+    assert probe.returncode == 0  # the shell sets pipefail, as Trixie's sh does
+    assert not (copy / "requirements-pi.txt").exists()  # the bundle this test installs has no wheels/
+    error = one_error(install(copy, tools=AARCH64, shell=bash))
+    assert "the package index has no" in error and "or cannot be reached; check the network" in error
+    assert venvs(copy) == []
+    printed = install(copy, "--print-service", SERVICE, shell=bash)
+    assert printed.returncode == 0 and "ExecStart=" in printed.stdout, printed.stderr
 
 
 def test_install_refuses_32_bit_arm(copy):
@@ -293,9 +312,12 @@ def test_install_camera_needs_the_bundles_opencv_wheels(copy):
 
 @pytest.fixture(scope="module")
 def device_wheels(tmp_path_factory) -> Path:
-    """The device environment's packages (tflite-runtime, numpy<2, Pillow, typer...) as wheels again."""
-    if not EDGE_PYTHON.is_file():
-        pytest.skip("no .venv-edge; `make edge-env` makes it")
+    """The device environment's packages (its runtime, numpy, Pillow, typer...) as wheels again.
+
+    tflite-runtime 2.14 and numpy < 2 where a python3.11 made it, as on Bookworm; ai-edge-litert
+    and numpy 2 on a 3.12+ host, as on Trixie (tests.device_env).
+    """
+    device_env()
     out = tmp_path_factory.mktemp("device-wheels")
     subprocess.run([str(EDGE_PYTHON), "-c", REPACK, str(out)], check=True, timeout=300)
     return out
@@ -341,7 +363,8 @@ def test_install_offline_twice_and_again_when_changed(copy, device_wheels, sampl
     with_wheelhouse(copy, device_wheels)
     first = install(copy, tools=AARCH64)
     assert first.returncode == 0, first.stderr
-    assert "installed .venv: Python" in first.stdout and "tflite-runtime 2.14.0" in first.stdout
+    env = device_env()
+    assert "installed .venv: Python" in first.stdout and f"{env.runtime} {env.version}" in first.stdout
     assert "from wheels/ (offline)" in first.stdout
     target = os.readlink(copy / ".venv")
     assert (copy / ".venv").is_symlink() and venvs(copy) == [".venv", target]
@@ -397,8 +420,10 @@ def test_install_camera_adds_opencv_offline_and_keeps_it(copy, device_wheels):
     first = install(copy, "--camera", tools=AARCH64)
     assert first.returncode == 0, first.stderr
     described = first.stdout.splitlines()[0]
-    assert "numpy 1.26.4, opencv-python-headless 4.11.0.86 from wheels/ (offline), with OpenCV" in described
-    check = [str(copy / ".venv/bin/python"), "-c", "import cv2, tflite_runtime; print(cv2.__version__)"]
+    env = device_env()
+    assert (f"{env.runtime} {env.version}, numpy {env.numpy}, opencv-python-headless 4.11.0.86 from wheels/ "
+            "(offline), with OpenCV") in described
+    check = [str(copy / ".venv/bin/python"), "-c", f"import cv2, {env.module}; print(cv2.__version__)"]
     assert subprocess.run(check, capture_output=True, text=True).stdout == "4.11.0\n"
     # Installing again (as --service does) keeps OpenCV; --no-camera drops it.
     again = install(copy, tools=AARCH64)
@@ -419,11 +444,12 @@ def test_install_missing_wheel_leaves_the_installed_venv(copy, device_wheels):
     with_wheelhouse(copy, device_wheels)
     assert install(copy, tools=AARCH64).returncode == 0
     before = os.readlink(copy / ".venv")
-    next((copy / "wheels").glob("tflite_runtime-*.whl")).unlink()
+    env = device_env()
+    next((copy / "wheels").glob(env.wheel_glob)).unlink()
     with (copy / "requirements-pi.in").open("a") as f:
         f.write("# changed, so the next install rebuilds\n")
     error = one_error(install(copy, tools=AARCH64))
-    assert "wheels/ has no wheel of tflite-runtime==2.14.0 for Python" in error and "aarch64" in error
+    assert f"wheels/ has no wheel of {env.runtime}=={env.version} for Python" in error and "aarch64" in error
     assert os.readlink(copy / ".venv") == before and venvs(copy) == [".venv", before]
 
 

@@ -37,7 +37,8 @@ from edge.manifest import (
 from edge.preprocess import PREPROCESSING
 from edge.runtime import Classifier
 from export.convert import VARIANTS, calibration_pixels, export_run
-from export.validate import ParityError, edge_python, raise_for, validate_export
+from export.validate import ParityError, raise_for, validate_export
+from tests.device_env import device_env, tflite_runtime_python
 from tests.test_compare import brightness_model, run_manifest, write_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,8 +174,7 @@ def test_validation_report(exported_run, validation):
 
 
 def test_every_file_runs_under_tflite_runtime_2_14(validation):
-    if edge_python() is None:
-        pytest.skip("no .venv-edge: `make edge-env` builds it (`make test` does)")
+    tflite_runtime_python()  # skips, saying why, on a 3.12+ host
     assert validation["runtimes"]["tflite-runtime"] == "2.14.0"
     for variant in VARIANTS:
         check = validation["variants"][variant]["runtimes"]["tflite-runtime"]
@@ -182,9 +182,7 @@ def test_every_file_runs_under_tflite_runtime_2_14(validation):
 
 
 def test_edge_check_reports_a_model_the_runtime_cannot_load(tmp_path):
-    python = edge_python()
-    if python is None:
-        pytest.skip("no .venv-edge: `make edge-env` builds it (`make test` does)")
+    env = device_env()  # its runtime: tflite-runtime 2.14, or ai-edge-litert on a 3.12+ host
     bad = tmp_path / "int8.tflite"
     bad.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64)  # the identifier, then nothing valid
     entry = ModelEntry(bad.name, sha256_file(bad), bad.stat().st_size,
@@ -193,10 +191,10 @@ def test_edge_check_reports_a_model_the_runtime_cannot_load(tmp_path):
     write_json(tmp_path / "manifest.json", ExportManifest(
         LABELS, InputSpec(64, 64), "sigmoid", Preprocessing.from_dict(PREPROCESSING), {"sha256": "0" * 64},
         {}, {"int8": entry}, saved_model=None).to_dict())
-    done = subprocess.run([str(python), "-m", "export.check", str(bad), "--runtime", "tflite-runtime"],
+    done = subprocess.run([str(env.python), "-m", "export.check", str(bad), "--runtime", env.runtime],
                           capture_output=True, text=True, timeout=120)
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert done.returncode == 1 and report["version"] == "2.14.0"
+    assert done.returncode == 1 and report["version"] == env.version
     entry = report["models"][str(bad)]
     # The structural check refuses it before the interpreter could crash on it.
     assert entry["ok"] is False and "damaged model file" in entry["error"]

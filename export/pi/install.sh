@@ -259,7 +259,7 @@ if [ -d wheels ] && [ "$use_index" = 0 ]; then
         fail "--camera: this bundle's wheels/ holds no OpenCV for Python $pyver (it was made before --camera, or altered); make it again with \`noodle bundle\`, or ./install.sh --camera --index"
     fi
     if [ "$pinned" = 0 ]; then
-        have=$(sed -n 's/.*python_version == "\([0-9.]*\)".*/\1/p' requirements-pi.txt 2>/dev/null | sort -u | tr '\n' ' ')
+        have=$(sed -n 's/.*python_version == "\([0-9.]*\)".*/\1/p' requirements-pi.txt 2>/dev/null | sort -u | tr '\n' ' ' || true)
         fail "wheels/ holds aarch64 wheels for Python ${have:-none}only, not for Python $pyver on $arch; install from the package index: ./install.sh --index"
     fi
     source="wheels/ (offline)"
@@ -284,7 +284,11 @@ if "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("
     system_site="--system-site-packages"
 fi
 
-requirements=$(cat requirements-pi.txt requirements-pi.in requirements-camera.txt requirements-camera.in 2>/dev/null | sha256sum)
+# Those of the four files this bundle has (one without wheels/ has no .txt): a cat of a missing
+# one would fail the pipe, and with pipefail (Trixie's dash has it) end the script without a word.
+requirements=$(for f in requirements-pi.txt requirements-pi.in requirements-camera.txt requirements-camera.in; do
+    if [ -f "$f" ]; then cat "$f"; fi
+done | sha256sum)
 full=$("$PYTHON" -c 'import platform; print(platform.python_version())')
 stamp="$(command -v "$PYTHON") $full; $source; ${system_site:-isolated}; requirements ${requirements%% *}"
 
@@ -324,7 +328,7 @@ else
         if grep -q "No space left on device" "$LOG" || [ "$(free_mb)" -lt 2 ]; then
             fail "no space left on device while $what; free some space (sudo apt clean) and run ./install.sh again"
         fi
-        missing=$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' "$LOG" | head -n 1)
+        missing=$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' "$LOG" | head -n 1 || true)
         [ -z "$missing" ] || [ "$source" != "wheels/ (offline)" ] ||
             fail "wheels/ has no wheel of $missing for Python $pyver on $arch, so the bundle is incomplete; copy it again, or ./install.sh --index"
         [ -z "$missing" ] ||
