@@ -8,6 +8,7 @@
 #   make bundle [MODEL=int8]         the last export's run, for a Raspberry Pi: dist/noodle-edge-*.tar.gz
 #   make pi-check                    install it offline on Pi OS Bookworm and Trixie (qemu), labels vs x86
 #   make bench [REPEATS=3]           BENCHMARKS.md: the noodle clock, edge vs Keras (minutes)
+#   make host-check                  make export + make test on a fresh Debian 13 host (chroot)
 
 # Pythons TensorFlow 2.21 (the train extra) has wheels for. .venv is made by the
 # first of python3, python3.13, python3.12, python3.11, python3.10 that runs one
@@ -27,8 +28,9 @@ DATA   ?=
 # An architecture of train.config.ARCHITECTURES (lite0, noodle, seed); empty: its
 # first row, the default (`noodle train --help` lists them).
 ARCH   ?=
-# Epochs; empty: the architecture's own (train.config.ARCHITECTURES: lite0 and noodle run a cosine
-# schedule to the end, the seed stops early when validation stops improving).
+# Epochs; empty: the architecture's own (train.config.ARCHITECTURES: noodle runs a cosine schedule to
+# the end, the seed stops early when validation stops improving; lite0's head is solved, with no
+# epochs, so they are ignored there unless --fine-tune trains blocks of its backbone).
 EPOCHS ?=
 # Where run folders go: $(OUT)/<data name>-<arch>-<8 hex>/, the hex from the
 # data's file list and the settings, so other data never reuses a model.
@@ -69,10 +71,10 @@ RECORDED    := $(if $(TOLD),,$(shell sed -n 1p $(LAST_EXPORT) 2>/dev/null))
 BUNDLE_RUN   = $(or $(RECORDED),$(RUN))
 BUNDLE_DATA := $(if $(RECORDED),$(shell sed -n 2p $(LAST_EXPORT)),$(DATA_DIR))
 
-.PHONY: setup edge-env data train trained exported export bundle bundle-which pi-check pi-tools bench test test-tools lint clean help
+.PHONY: setup edge-env data train trained exported export bundle bundle-which pi-check host-check pi-tools bench test test-tools lint clean help
 
 help:
-	@sed -n '1,10p' Makefile
+	@sed -n '1,11p' Makefile
 
 # The virtual environment, rebuilt when pyproject.toml changes.
 setup: $(VENV)/.installed
@@ -181,6 +183,15 @@ SUDO    := $(if $(filter 0,$(shell id -u)),,sudo)
 pi-check: bundle edge-env pi-tools
 	$(SUDO) $(BIN)/python -m bench.pi_check $(BUNDLE_RUN) $(PHOTOS) --model $(MODEL) --dist dist \
 	  --releases "$(PI_RELEASES)" --cache .cache --sample $(PI_SAMPLE)
+
+# The README's two commands, `make export` then `make test`, on a fresh Debian host in a
+# chroot: a debootstrapped root of this machine's architecture (cached in .cache/host-root-<release>)
+# with python3, venv and make, the checkout copied in as a clone holds it. Trixie is Debian 13:
+# Python 3.13, so .venv-edge holds ai-edge-litert alone. 9 minutes on two cores from no root (docs/export.md);
+# root, as pi-check. Not in .ci/run: CI's machine is the Bookworm host it would repeat.
+HOST_RELEASE ?= trixie
+host-check: setup pi-tools
+	$(SUDO) $(BIN)/python -m bench.host_check --release $(HOST_RELEASE) --cache .cache
 
 pi-tools:
 	@command -v debootstrap >/dev/null && command -v qemu-aarch64-static >/dev/null || \

@@ -106,16 +106,32 @@ def tool(name: str) -> str:
     return found
 
 
-def build_root(target: Target, cache: Path) -> Path:
-    """A Debian arm64 root with python3 and python3-venv unpacked, made once and cached."""
-    root = cache / f"pi-root-{target.release}"
-    done = f"Debian {target.debian} {target.release} arm64 minbase + {PACKAGES}\n"
-    if (root / ".noodle-complete").is_file() and (root / ".noodle-complete").read_text() == done:
+def cached_root(root: Path, stamp: str, make) -> Path:
+    """ROOT as `make(folder)` builds it, made once: again only when it never finished or its STAMP changed.
+
+    It is built in ROOT.partial and renamed when done, so a killed build is never taken for a root.
+    """
+    marker = root / ".noodle-complete"
+    if marker.is_file() and marker.read_text() == stamp:
         return root
     work = root.with_name(root.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
-    cache.mkdir(parents=True, exist_ok=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    make(work)
+    (work / ".noodle-complete").write_text(stamp)
+    work.rename(root)
+    return root
+
+
+def build_root(target: Target, cache: Path) -> Path:
+    """A Debian arm64 root with python3 and python3-venv unpacked, made once and cached."""
+    root = cache / f"pi-root-{target.release}"
+    return cached_root(root, f"Debian {target.debian} {target.release} arm64 minbase + {PACKAGES}\n",
+                       lambda work: _debootstrap_arm64(target, root, work))
+
+
+def _debootstrap_arm64(target: Target, root: Path, work: Path) -> None:
     log(f"{target.release}: debootstrap --foreign arm64 into {root} (minutes, cached afterwards)")
     run([tool("debootstrap"), "--foreign", "--arch=arm64", "--variant=minbase", f"--include={PACKAGES}",
          target.release, str(work), MIRROR])
@@ -142,9 +158,6 @@ def build_root(target: Target, cache: Path) -> Path:
         if (work / point).is_symlink():
             (work / point).unlink()
         (work / point).mkdir(exist_ok=True)
-    (work / ".noodle-complete").write_text(done)
-    work.rename(root)
-    return root
 
 
 @contextlib.contextmanager

@@ -68,3 +68,14 @@ def test_export_says_once_when_bookworms_runtime_was_not_checked(tmp_path):
                      f"{edge_venv} && make export, or make pi-check (Bookworm under qemu)"]
     (edge / "python").write_text("#!/bin/sh\necho 3.11\n")
     assert "note:" not in make(tmp_path, "export", f"DATA={tmp_path}/photos").stdout
+
+
+def test_make_help_prints_the_header_whole_and_each_target_it_names_exists():
+    """Was: `make help` began mid-sentence, at the Makefile's second line."""
+    done = subprocess.run(["make", "-s", "-C", str(ROOT), "help"], capture_output=True, text=True, timeout=60)
+    lines = done.stdout.splitlines()
+    header = (ROOT / "Makefile").read_text().split("\n\n")[0].splitlines()
+    assert done.returncode == 0 and lines == header and lines[0].startswith("# noodle:")
+    named = {line.split()[2] for line in lines if line.startswith("#   make ")}
+    phony = next(line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith(".PHONY:"))
+    assert "host-check" in named and named <= set(phony.split()[1:])
