@@ -7,8 +7,8 @@ tflite-runtime 2.14 has no wheels past 3.11, so the device environment
 1. root: `debootstrap --variant=minbase --include=python3,python3-venv,make,ca-certificates`
    for this machine's architecture (amd64), cached in CACHE/host-root-<release>.
 2. the checkout, as a fresh clone holds it: the files git tracks and the
-   untracked ones it does not ignore, copied anew into the root's /work/noodle
-   (no .venv, no runs), with ../shared bind-mounted beside it at /work/shared.
+   untracked ones it does not ignore, copied anew into the root's /srv/noodle
+   (no .venv, no runs), with ../shared bind-mounted beside it at /srv/shared.
 3. `make export`, then `make test`, run there as root with the network (pip;
    apt-get for the tests' mosquitto and chromium), each timed; the whole
    output goes to CACHE/host-check-<release>.log, its last lines here.
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RELEASES = {target.release: target for target in TARGETS}
 # What a fresh Debian host that runs the README has: its python3 with venv, and make.
 PACKAGES = "python3,python3-venv,make,ca-certificates"
-INSIDE = "/work/noodle"  # the checkout in the root; ../shared is /work/shared beside it
+INSIDE = "/srv/noodle"  # the checkout in the root; ../shared is /srv/shared beside it
 # The README's commands, in its order: set-up and export on the embedded default, then the tests.
 COMMANDS = ("make export", "make test")
 # A fresh set-up downloads TensorFlow; the suite is about ten minutes on two cores.
@@ -77,7 +77,7 @@ def copy_checkout(root: Path) -> Path:
         if source.is_file():  # a file deleted but not yet committed is listed too
             (into / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, into / name)
-    (root / "work/shared").mkdir(parents=True, exist_ok=True)
+    (root / "srv/shared").mkdir(parents=True, exist_ok=True)
     return into
 
 
@@ -96,7 +96,7 @@ def in_root(root: Path, shared: Path, command: str, out) -> tuple[int, float]:
     mounts = [f"mount --bind {root} {root}", f"mount -t proc proc {root}/proc",
               f"mount --rbind /dev {root}/dev", f"mount --rbind /sys {root}/sys"]
     if shared.is_dir():
-        mounts.append(f"mount --bind {shlex.quote(str(shared))} {root}/work/shared")
+        mounts.append(f"mount --bind {shlex.quote(str(shared))} {root}/srv/shared")
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/root", "LANG": "C.UTF-8",
            "PYTHONUNBUFFERED": "1", **{k: v for k, v in os.environ.items() if k in PROXY_VARIABLES}}
     clean = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
