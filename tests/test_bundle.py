@@ -317,9 +317,8 @@ def device_wheels(tmp_path_factory) -> Path:
     tflite-runtime 2.14 and numpy < 2 where a python3.11 made it, as on Bookworm; ai-edge-litert
     and numpy 2 on a 3.12+ host, as on Trixie (tests.device_env).
     """
-    device_env()
     out = tmp_path_factory.mktemp("device-wheels")
-    subprocess.run([str(EDGE_PYTHON), "-c", REPACK, str(out)], check=True, timeout=300)
+    subprocess.run([str(device_env().python), "-c", REPACK, str(out)], check=True, timeout=300)
     return out
 
 

@@ -32,14 +32,7 @@ from edge.preprocess import PREPROCESSING
 from train import cluster as clusters
 from train import data as datasets
 from train import runs
-from train.config import (
-    BATCH_NORM_PHOTOS,
-    HEAD_ITERATIONS,
-    HEAD_L2,
-    TrainConfig,
-    resolved,
-    trains_on_val,
-)
+from train.config import BATCH_NORM_PHOTOS, HEAD_ITERATIONS, HEAD_L2, TrainConfig, resolved, trains_on_val
 from train.quiet import quiet_tensorflow
 
 # TensorFlow's C++ start-up chatter (CPU features, CUDA probing) hides the
