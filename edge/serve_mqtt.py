@@ -192,7 +192,7 @@ class Publisher:
         self.heartbeat = heartbeat
         # Home Assistant's ids take letters, digits, _ and - only; the prefix is the device's identity.
         self.id = "noodle_" + re.sub(r"[^A-Za-z0-9_-]", "_", self.prefix)
-        self.topics = {name: f"{self.prefix}/{name}" for name in ("status", "state", "heartbeat")}
+        self.topics = {t: f"{self.prefix}/{t}" for t in ("status", "state", "heartbeat")}
         # The client id is the process's, never the prefix's: a broker closes the older connection
         # of an id at each connect of the newer, so two processes sharing one knock each other off.
         host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:24]
