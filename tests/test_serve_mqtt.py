@@ -400,3 +400,34 @@ def test_credentials_in_the_url_log_in_and_wrong_ones_are_said(exported_run, tmp
         sub.close()
         broker.kill()
     assert "s3cret" not in logs and "wrong" not in logs and "Traceback" not in logs, logs
+
+
+def test_a_connection_knocked_off_again_and_again_is_said_a_bounded_number_of_times(tmp_path, caplog):
+    """Lost 6 times in a few seconds (another client taking its id): at most LOST_BURST lines a minute."""
+    mqtt = pytest.importorskip("paho.mqtt.client")
+    broker = Broker(tmp_path, free_port())
+    caplog.set_level(logging.INFO, logger="noodle.mqtt")
+    publisher = serve_mqtt.Publisher(f"mqtt://127.0.0.1:{broker.port}/{PREFIX}")
+    publisher.start(FAKE_MODEL, FakeLive, FakeMetrics)
+
+    def until(what):
+        deadline = time.monotonic() + WAIT
+        while not what() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert what()
+
+    try:
+        for _ in range(6):
+            until(lambda: publisher.up)
+            kicker = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=publisher.client_id)
+            kicker.connect("127.0.0.1", broker.port)
+            kicker.loop(2)  # its CONNACK: the broker has closed the publisher's connection
+            kicker.disconnect()
+            until(lambda: not publisher.up)
+        until(lambda: publisher.up)
+    finally:
+        publisher.close()
+        broker.kill()
+    assert broker.log().count("already connected, closing old connection") >= 6, broker.log()
+    lost = [r.getMessage() for r in caplog.records if "lost the MQTT broker" in r.getMessage()]
+    assert len(lost) == serve_mqtt.LOST_BURST, caplog.text
