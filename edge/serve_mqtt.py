@@ -40,7 +40,6 @@ from urllib.parse import unquote, urlsplit
 
 from edge.errors import NoodleError
 from edge.jsonout import to_json
-from edge.runtime import package_version
 from edge.text import escape_name, shown
 
 log = logging.getLogger("noodle.mqtt")
@@ -151,9 +150,19 @@ def parse_url(url: str, user: str | None = None, password: str | None = None) ->
     return Broker(parts.scheme == "mqtts", parts.hostname, port, prefix, user or None, password)
 
 
-def noodle_version() -> str | None:
-    """noodle's version from the installed package's metadata; None where edge/ was copied bare."""
-    return package_version(DISTRIBUTION)
+def noodle_package() -> tuple[str | None, str | None]:
+    """noodle's version and support URL (pyproject.toml's [project.urls], if any) from the installed
+    package's metadata; (None, None) where edge/ was copied without it."""
+    import importlib.metadata
+
+    try:
+        meta = importlib.metadata.metadata(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None, None
+    urls = [entry.split(",", 1)[-1].strip() for entry in meta.get_all("Project-URL") or []]
+    url = next((u for u in [*urls, meta.get("Home-page")] if u and u.startswith(("https://", "http://"))),
+               None)
+    return meta.get("Version"), url
 
 
 def connect_problem(exc: BaseException | None) -> str:
@@ -243,13 +252,15 @@ class Publisher:
 
     def discovery(self) -> dict:
         """Home Assistant's discovery payload: the device by name and noodle's version, the model it runs."""
-        m, version = self.model, noodle_version()
+        m, (version, url) = self.model, noodle_package()
         device = {"identifiers": [self.id], "name": self.name, "manufacturer": "noodle",
                   "model": f"{m['file']} ({m['variant']}, sha256 {m['sha256'][:12]})"}
         # Which program made this entity, as Home Assistant's MQTT discovery defines `origin`.
         origin = {"name": "noodle"}
         if version is not None:
             device["sw_version"] = origin["sw_version"] = version
+        if url is not None:
+            origin["support_url"] = url
         return {
             "name": "label", "unique_id": f"{self.id}_label", "icon": "mdi:eye",
             "state_topic": self.topics["state"], "value_template": "{{ value_json.label }}",

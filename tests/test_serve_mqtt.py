@@ -311,7 +311,11 @@ def test_discovery_names_the_device_carries_noodles_version_and_origin_and_escap
     assert config["device"]["name"] == "Front door" and "noodle/" not in config["device"]["name"]
     assert config["device"]["sw_version"] == version
     assert config["device"]["model"] == f"{HOSTILE}.tflite (int8, sha256 0123456789ab)"
-    assert config["origin"] == {"name": "noodle", "sw_version": version}
+    origin = config["origin"]
+    assert origin["name"] == "noodle" and origin["sw_version"] == version
+    # A support URL where pyproject.toml declares one ([project.urls]); never an empty or bare string.
+    assert set(origin) <= {"name", "sw_version", "support_url"}
+    assert origin.get("support_url", "https://").startswith(("https://", "http://"))
     assert json.loads(state)["label"] == HOSTILE
     # Without --mqtt-name: the prefix's last level, which by default is the hostname.
     assert serve_mqtt.Publisher("mqtt://127.0.0.1/noodle/garage").name == "garage"
@@ -431,3 +435,17 @@ def test_a_connection_knocked_off_again_and_again_is_said_a_bounded_number_of_ti
     assert broker.log().count("already connected, closing old connection") >= 6, broker.log()
     lost = [r.getMessage() for r in caplog.records if "lost the MQTT broker" in r.getMessage()]
     assert len(lost) == serve_mqtt.LOST_BURST, caplog.text
+
+
+def test_origins_support_url_comes_from_the_packages_project_urls(monkeypatch):
+    """pyproject.toml's [project.urls] reach `origin.support_url`; without them it is left out."""
+    import email.message
+
+    meta = email.message.Message()
+    meta["Version"] = "9.8.7"
+    meta["Project-URL"] = "Source, https://example.org/noodle"
+    monkeypatch.setattr(importlib.metadata, "metadata", lambda name: meta)
+    assert serve_mqtt.noodle_package() == ("9.8.7", "https://example.org/noodle")
+    del meta["Project-URL"]
+    meta["Project-URL"] = "Bad, javascript:alert(1)"
+    assert serve_mqtt.noodle_package() == ("9.8.7", None)
