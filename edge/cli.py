@@ -326,8 +326,8 @@ def serve(
         min=0, help="Reopen attempts after a failed read; then a pause, and again: serve never "
                     "gives up.")] = 5,
     mqtt: Annotated[str | None, typer.Option(
-        help="mqtt://HOST[:PORT]/TOPIC-PREFIX (mqtts:// for TLS): publish each label change, a heartbeat "
-             "and Home Assistant discovery.")] = None,
+        help="mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC-PREFIX (mqtts:// for TLS): publish each label "
+             "change, a heartbeat and Home Assistant discovery.")] = None,
     mqtt_user: Annotated[str | None, typer.Option(help="MQTT user name.")] = None,
     mqtt_password: Annotated[str | None, typer.Option(
         envvar="NOODLE_MQTT_PASSWORD", show_envvar=True, help="MQTT password.")] = None,
@@ -336,6 +336,9 @@ def serve(
                              "system's).")] = None,
     mqtt_heartbeat: Annotated[float, typer.Option(
         min=0.1, help="Seconds between heartbeats.")] = 30.0,
+    mqtt_name: Annotated[str | None, typer.Option(
+        help="The device's name in Home Assistant (default: the topic prefix's last level, by default "
+             "the hostname).")] = None,
     verbose: Verbose = False,
     threads: Threads = None,
     runtime: Runtime = None,
@@ -365,7 +368,7 @@ def serve(
     if mqtt is not None:
         from edge.serve_mqtt import Publisher
 
-        publisher = Publisher(mqtt, mqtt_user, mqtt_password, mqtt_ca, mqtt_heartbeat)
+        publisher = Publisher(mqtt, mqtt_user, mqtt_password, mqtt_ca, mqtt_heartbeat, mqtt_name)
     clf = _load(model, threads or default_workers(), runtime, verbose, no_verify, strict)
     srv.serve(clf, make_frames, host=host, port=port, token=token, top_k=top_k, repeat=loop,
               max_body=int(max_body_mb * 1e6), max_streams=max_streams, rate=rate, mqtt=publisher)

@@ -31,7 +31,6 @@ import hashlib
 import hmac
 import io
 import ipaddress
-import json
 import socket
 import sys
 import threading
@@ -45,6 +44,7 @@ import numpy as np
 
 from edge import camera
 from edge.errors import NoodleError, first_line
+from edge.jsonout import to_json
 from edge.preprocess import DecodeBudget, ImageError, from_frame, load_image, return_freed_decodes
 from edge.serve_page import PAGE, PAGE_HEADERS
 from edge.text import escape_name, shown
@@ -120,12 +120,6 @@ def same_secret(given: str, token: str) -> bool:
         return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
 
     return hmac.compare_digest(digest(given), digest(token))
-
-
-def to_json(obj) -> bytes:
-    """JSON that is ASCII, one line and safe inside HTML too (no raw <, > or &)."""
-    text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
 
 
 # --- options checked before the model loads ------------------------------------------------

@@ -1,0 +1,10 @@
+"""JSON as the device writes it: one line, ASCII, and safe inside HTML (no raw <, > or &)."""
+from __future__ import annotations
+
+import json
+
+
+def to_json(obj) -> bytes:
+    """JSON that is ASCII, one line and safe inside HTML too (no raw <, > or &)."""
+    text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
