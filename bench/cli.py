@@ -30,11 +30,12 @@ import typer
 
 from edge.bench import loadavg, rss_mb
 from edge.errors import NoodleError, one_line_errors
-from edge.manifest import ExportManifest, RunDir, load_export, load_run
+from edge.manifest import ExportManifest, load_export, load_run
 from export.check import ChildFailed, ending, reason, run_json
 from train.config import ARCHITECTURES, DEFAULT_ARCH
-from train.fit import read_history
 from train.quiet import quiet_tensorflow, show_progress
+from train.results import read_history
+from train.rundir import RunDir
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,8 +91,8 @@ def run_bench(repeats: int = REPEATS, photos: Path | None = None, run: Path | No
               out: Path = Path("."), work: Path = WORK) -> dict:
     """Measure everything, write out/BENCHMARKS.md and out/bench.json, return the report."""
     from bench.report import render, targets
+    from edge.atomic import write_bytes, write_json
     from edge.files import default_workers
-    from edge.manifest import write_bytes, write_json
 
     if run is not None:  # bad input fails now, not after minutes of measuring
         exported_run(Path(run))

@@ -352,7 +352,7 @@ def capture(frames: Frames, folder: str | os.PathLike, every: float = 1.0, count
     """
     from PIL import Image
 
-    from edge.manifest import atomic_output
+    from edge.atomic import atomic_output
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.atomic import write_bytes, write_json
 from edge.bench import loadavg
-from edge.manifest import ExportManifest, RunDir, RunManifest, load_export, write_bytes, write_json
+from edge.manifest import ExportManifest, RunManifest, load_export
 from edge.postprocess import at_boundary, predicted_index
 from edge.runtime import Classifier
 from edge.text import LISTED, TABLE_WIDTH, csv_cell, escape_name, listed, markdown
@@ -50,6 +51,8 @@ from export.validate import (
     runtime_missing,
     validate_export,
 )
+from train.rundir import RunDir
+from train.splits import Recorded
 
 # Timed invokes per model and thread count (ExportConfig.latency_runs), or
 # fewer, at least 10, when they take longer than this (tflite-runtime 2.14's
@@ -68,9 +71,10 @@ class Photos:
 
     source: str
     split: str  # test / val of the training data, or "external" for --test
-    items: list[tuple[Path, int]]
+    items: list[tuple[Path, int]] = field(default_factory=list)  # --test's
     skipped: list[dict] = field(default_factory=list)
     mapping: dict[str, str] = field(default_factory=dict)  # --test: a class read as another label
+    recorded: Recorded | None = None  # the training data's split (train.splits), decoded once an export
 
 
 @dataclass
@@ -88,7 +92,8 @@ class Scores:
     device_rows: np.ndarray | None = None
 
 
-def evaluation_photos(train_manifest: RunManifest, data=None, test=None, test_map=None) -> Photos:
+def evaluation_photos(run_dir: Path, train_manifest: RunManifest, data=None, test=None,
+                      test_map=None) -> Photos:
     """`test` (a labelled folder or CSV) when given, else the training data's held-out split.
 
     `test_map`: a class of `test` -> the model's label it is (--test-map).
@@ -100,9 +105,8 @@ def evaluation_photos(train_manifest: RunManifest, data=None, test=None, test_ma
         if mapping:
             log.info(f"{test}: classes read as the model's labels: {_mapping_words(mapping)}")
         return Photos(source=str(test), split="external", items=items, skipped=skipped, mapping=mapping)
-    dataset = evaluation_data(train_manifest, data)
-    split = "test" if dataset.splits.get("test") else "val"
-    return Photos(source=str(dataset.root), split=split, items=list(dataset.splits[split]))
+    recorded = evaluation_data(run_dir, train_manifest, data)
+    return Photos(source=str(recorded.root), split=recorded.evaluation, recorded=recorded)
 
 
 def score(out: Path, manifest: ExportManifest, photos: Photos, edge=None) -> Scores:
@@ -114,8 +118,12 @@ def score(out: Path, manifest: ExportManifest, photos: Photos, edge=None) -> Sco
     import tempfile
 
     from train.data import decode
+    from train.splits import evaluation_pixels
 
-    decoded = decode(photos.items, manifest.input.size)
+    if photos.recorded is not None:
+        _, decoded = evaluation_pixels(photos.recorded, manifest.input.size)
+    else:
+        decoded = decode(photos.items, manifest.input.size)
     if not len(decoded.y):
         raise ExportError(f"{photos.source}: no readable photos to score the variants on")
     photos.skipped = photos.skipped + decoded.skipped
@@ -200,7 +208,7 @@ def paired_figures(run_dir: Path, data=None, test=None, edge=None, test_map=None
     """Scores and accuracy figures of RUN/export/ on the evaluation photos (no latency)."""
     train_manifest = read_run(run_dir)
     manifest = _export_manifest(run_dir)
-    photos = evaluation_photos(train_manifest, data, test, test_map)
+    photos = evaluation_photos(run_dir, train_manifest, data, test, test_map)
     scores = score(RunDir(run_dir).export, manifest, photos, edge)
     return scores, accuracy_figures(scores, manifest.labels)
 

@@ -27,8 +27,8 @@ import warnings
 
 import numpy as np
 
+from edge.atomic import write_bytes, write_json
 from edge.errors import NoodleError
-from edge.manifest import write_bytes, write_json
 from export.convert import make_converter, quiet_stdout
 
 # Above this rmse/scale a layer is suspect (TensorFlow's debugger guide uses

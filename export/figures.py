@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.manifest import atomic_output
+from edge.atomic import atomic_output
 from edge.postprocess import predicted_index
 from edge.text import shown as shown_text
 

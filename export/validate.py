@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.atomic import write_bytes, write_json
 from edge.errors import first_line
-from edge.manifest import ExportManifest, RunDir, load_export, sha256_file, write_bytes, write_json
+from edge.manifest import ExportManifest, load_export, sha256_file
 from edge.postprocess import predicted_index
 from edge.runtime import Classifier, RuntimeMissing, package_version
 from export.check import ChildFailed, run_json
@@ -33,6 +34,7 @@ from export.convert import (
     read_run,
 )
 from train.quiet import quiet_tensorflow
+from train.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -147,17 +149,15 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
     model; `export.convert.record_validation` decides what that means for
     the export's manifest, and `raise_for` turns it into the exit code.
     """
-    from train.data import decode
-    from train.fit import predict_probabilities
+    from train.results import predict_probabilities
+    from train.splits import evaluation_pixels
 
     run_dir = Path(run_dir)
     train_manifest = read_run(run_dir)
     run = RunDir(run_dir)
     out = run.export
     manifest = _export_of(run)
-    dataset = evaluation_data(train_manifest, data)
-    split = "test" if dataset.splits.get("test") else "val"
-    decoded = decode(dataset.splits[split], manifest.input.size)
+    split, decoded = evaluation_pixels(evaluation_data(run_dir, train_manifest, data), manifest.input.size)
     x, y, labels = decoded.x, decoded.y, manifest.labels
     log.info(f"validating on the {split} split: {len(y)} photos under {RUNTIME}")
 

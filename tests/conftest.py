@@ -55,7 +55,7 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("exported") / trained_run.name
     out.mkdir()
-    for name in ("model.keras", "manifest.json"):
+    for name in ("model.keras", "splits.csv", "manifest.json"):
         shutil.copy2(trained_run / name, out / name)
     export_run(out)
     return out

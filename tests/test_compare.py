@@ -20,10 +20,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from edge.manifest import InputSpec, Preprocessing, RunDir, RunManifest, read_manifest, write_json
+from edge.atomic import write_json
+from edge.manifest import InputSpec, Preprocessing, RunManifest, read_manifest
 from edge.preprocess import PREPROCESSING
 from export import stats
 from tests.device_env import device_env, skip_the_tflite_runtime_half
+from train.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["bright", "dark"]
@@ -179,8 +181,13 @@ def run_manifest(model, data: Path | None, size: int = SIZE) -> dict:
 
 
 def write_run(run: Path, model, data: Path, size: int = SIZE) -> Path:
+    """A run folder as `noodle train` leaves it: the model, its splits.csv, the manifest last."""
+    from train.data import find_dataset
+    from train.splits import write_splits
+
     run.mkdir(parents=True)
     model.save(run / "model.keras")
+    write_splits(RunDir(run).splits, find_dataset(data))
     write_json(run / "manifest.json", run_manifest(model, data, size))
     return run
 

@@ -440,6 +440,8 @@ def trained_on(dataset):
 
 def test_min_photos_names_another_run_folder_and_export_finds_the_same_classes(tmp_path):
     from export.convert import evaluation_data
+    from train.rundir import RunDir
+    from train.splits import write_splits
 
     data = breeds_csv(tmp_path / "labels.csv", BREEDS)
     result = CliRunner().invoke(app, ["train", str(data), "--runs", str(tmp_path / "runs"),
@@ -450,8 +452,10 @@ def test_min_photos_names_another_run_folder_and_export_finds_the_same_classes(t
     seven = run_dir(data, "--runs", tmp_path / "runs", "--min-photos", 7)
     assert three != seven
     ds = find_dataset(data, min_photos=3)
-    manifest = trained_on(ds)
-    assert evaluation_data(manifest).labels == ds.labels  # the options say min_photos 3
+    run = tmp_path / "run"
+    write_splits(RunDir(run).splits, ds)
+    recorded = evaluation_data(run, trained_on(ds))  # the photos training found, classes dropped and all
+    assert {split: recorded.items(split) for split in ds.splits} == ds.splits
     refused = CliRunner().invoke(app, ["train", str(data), "--min-photos", "-1", "--print-run-dir"])
     assert refused.exit_code == 2 and "--min-photos -1: out of range; give 0 to" in refused.output
 
@@ -806,17 +810,28 @@ def test_two_data_sets_in_folders_of_the_same_name_train_two_models(tmp_path):
     assert "trained on other data" in crossed.stderr and "--force" in crossed.stderr
 
 
-def test_export_refuses_a_carved_test_split_of_photos_changed_since_training(tmp_path):
-    from export.convert import ExportError, evaluation_data
+def test_export_reads_the_splits_training_wrote_and_refuses_photos_changed_since(tmp_path, caplog):
+    from export.convert import evaluation_data
+    from train.rundir import RunDir
+    from train.splits import unchanged, write_splits
 
     data = folders(tmp_path / "photos", {"cats": 10, "dogs": 10}, split=None)
     trained = find_dataset(data)
+    run = tmp_path / "run"
+    write_splits(RunDir(run).splits, trained)
     manifest = trained_on(trained)
-    assert evaluation_data(manifest).splits == trained.splits
-    photo(data / "cats" / "cats.new.jpg")  # the carve of cats is another draw now
-    with pytest.raises(ExportError, match="changed since training"):
-        evaluation_data(manifest)
-    assert evaluation_data(manifest, data=data).splits["test"]  # --data: the user's choice
+    photo(data / "cats" / "cats.new.jpg")  # found again, the carve of cats would be another draw
+    recorded = evaluation_data(run, manifest)
+    assert {split: recorded.items(split) for split in trained.splits} == trained.splits
+    assert unchanged(recorded, "test") == trained.splits["test"]
+    changed = trained.splits["test"][0][0]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    n = len(trained.splits["test"])
+    with pytest.raises(DataError, match=rf"changed since training \(1 of the test split.s {n}, such") as err:
+        unchanged(recorded, "test")
+    assert str(err.value).count("\n") == 0
+    given = unchanged(evaluation_data(run, manifest, data=data), "test")  # --data: the user's choice
+    assert given == trained.splits["test"][1:] and f"left out 1 of the test split's {n}" in caplog.text
 
 
 def test_a_malformed_test_map_is_one_line_before_any_work(tmp_path):

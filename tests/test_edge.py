@@ -22,9 +22,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from edge.atomic import write_json
 from edge.cli import app
 from edge.files import expand
-from edge.manifest import read_manifest, write_json
+from edge.manifest import read_manifest
 from edge.runtime import Classifier
 from tests.device_env import device_env
 

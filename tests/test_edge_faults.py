@@ -22,9 +22,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edge import preprocess
+from edge.atomic import write_json
 from edge.cli import app
 from edge.files import escape_name, expand, unescape_name
-from edge.manifest import load_export, write_json
+from edge.manifest import load_export
 from edge.preprocess import ImageError, load_image
 
 ROOT = Path(__file__).resolve().parent.parent

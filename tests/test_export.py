@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from edge.atomic import write_json
 from edge.manifest import (
     SCHEMA,
     ExportManifest,
@@ -32,7 +33,6 @@ from edge.manifest import (
     load_run,
     read_manifest,
     sha256_file,
-    write_json,
 )
 from edge.preprocess import PREPROCESSING
 from edge.runtime import Classifier
@@ -58,7 +58,7 @@ def loads(path: Path) -> bool:
 
 def copy_run(src: Path, dest: Path) -> Path:
     dest.mkdir(parents=True)
-    for name in ("model.keras", "manifest.json"):
+    for name in ("model.keras", "splits.csv", "manifest.json"):
         shutil.copy2(src / name, dest / name)
     return dest
 
@@ -226,7 +226,7 @@ def test_wrong_calibration_scale_collapses_int8_in_the_report(brightness_run, tm
     reports = {}
     for name, scale in (("right", 1.0), ("wrong", 1 / 255)):
         run = copy_run(brightness_run, tmp_path / name)
-        pixels = calibration_pixels(load_run(run)) * scale  # 0-255, or the classic 0-1 mistake
+        pixels = calibration_pixels(run) * scale  # 0-255, or the classic 0-1 mistake
         export_run(run, variants=["float32", "int8"], calibration=pixels)
         validate_export(run)
         reports[name] = compare_run(run, latency_runs=5)

@@ -26,8 +26,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from edge.atomic import OutputError, atomic_output, write_json
 from edge.cli import app as edge_app
-from edge.manifest import ManifestError, OutputError, atomic_output, load_export, sha256_file, write_json
+from edge.manifest import ManifestError, load_export, sha256_file
 from edge.preprocess import PREPROCESSING
 from edge.text import LABEL_MAX, csv_cell, csv_value, label_problem, markdown, shown
 from export.bundle import BundleError, unpack, write_bundle
@@ -420,7 +421,7 @@ SIGTERMED = """
 import os, signal, sys, time
 from pathlib import Path
 from edge.errors import one_line_errors
-from edge.manifest import atomic_output
+from edge.atomic import atomic_output
 
 @one_line_errors
 def command():

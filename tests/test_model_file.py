@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from edge.atomic import write_json
 from edge.cli import app
 from edge.manifest import (
     ExportManifest,
@@ -31,7 +32,6 @@ from edge.manifest import (
     load_run,
     read_manifest,
     sha256_file,
-    write_json,
 )
 from edge.tflite_file import ModelError, read_model
 from tests.device_env import skip_the_tflite_runtime_half, tflite_runtime_missing, tflite_runtime_python

@@ -3,6 +3,7 @@ resuming, mixed precision, data over the memory limit."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from PIL import Image
 
 from tests.test_data import bad_files
 
-RUN_FILES = ("model.keras", "manifest.json", "history.csv", "curves.png", "metrics.json")
+RUN_FILES = ("model.keras", "manifest.json", "splits.csv", "history.csv", "curves.png", "metrics.json")
 
 
 def test_run_folder_holds_model_manifest_history_curves_metrics(trained_run):
@@ -38,6 +39,15 @@ def test_run_folder_holds_model_manifest_history_curves_metrics(trained_run):
     assert manifest["preprocessing"]["name"] == "noodle-rgb-squash"
     assert manifest["seed"] == 0 and manifest["arch"] == "noodle"
     assert manifest["data"]["counts"]["train"] == {"discs": 48, "stripes": 48}
+    # Every photo's split as training drew it, which export reads instead of splitting again.
+    with open(trained_run / "splits.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["file", "label", "split", "sha256"]
+    assert len(rows) == sum(n for counts in manifest["data"]["counts"].values() for n in counts.values())
+    assert {(r["split"], r["label"]) for r in rows} == {(s, c) for s in ("train", "val", "test")
+                                                         for c in ("discs", "stripes")}
+    photo = Path(manifest["data"]["root"]) / rows[-1]["file"]
+    assert hashlib.sha256(photo.read_bytes()).hexdigest() == rows[-1]["sha256"]
 
     with open(trained_run / "history.csv") as f:
         history = list(csv.DictReader(f))
@@ -74,8 +84,8 @@ def test_saved_model_takes_raw_pixels_and_rescales_itself(trained_run):
 def test_batch_norm_takes_the_exact_statistics_of_un_augmented_training_photos(arch):
     import keras
 
-    from train.fit import exact_batch_norm
     from train.models import build
+    from train.scratch import exact_batch_norm
 
     keras.utils.set_random_seed(3)
     model = build(arch, (32, 32, 3), 3)
@@ -297,7 +307,7 @@ def test_two_workers_on_the_loopback_train_one_model_that_only_the_chief_writes(
     import keras
 
     from train.data import decode, find_dataset
-    from train.fit import classification_metrics, predict_probabilities
+    from train.results import classification_metrics, predict_probabilities
 
     chief_port, worker_port = free_ports(2)
     cluster = {"chief": [f"127.0.0.1:{chief_port}"], "worker": [f"127.0.0.1:{worker_port}"]}
@@ -444,10 +454,10 @@ def test_mixed_precision_trains_on_cpu_and_exports_a_float32_model(arch, classes
     from edge.preprocess import load_image
     from export.convert import convert, load_model, read_run
     from tests.test_matrix import tinted_photos
-    from train import fit
+    from train import fit, scratch
 
     trained_under = {}
-    copy, wrap = fit.float32_copy, fit.for_training
+    copy, wrap = scratch.float32_copy, scratch.for_training
 
     def spy_wrap(model, augment):  # the training graph: its optimizer is the one fit steps
         trainer = trained_under["trainer"] = wrap(model, augment)
@@ -459,8 +469,8 @@ def test_mixed_precision_trains_on_cpu_and_exports_a_float32_model(arch, classes
                              optimizer=type(trained_under.pop("trainer").optimizer).__name__)
         return copy(model, *args)
 
-    monkeypatch.setattr(fit, "for_training", spy_wrap)
-    monkeypatch.setattr(fit, "float32_copy", spy)
+    monkeypatch.setattr(scratch, "for_training", spy_wrap)
+    monkeypatch.setattr(scratch, "float32_copy", spy)
     data = tinted_photos(tmp_path / "photos", classes)
     run = tmp_path / "run"
     manifest = fit.train(fit.TrainConfig(data=data, out=run, arch=arch, image_size=32, epochs=1,
@@ -492,12 +502,12 @@ def test_mixed_precision_is_undone_when_training_fails(tmp_path, monkeypatch):
     import keras
 
     from tests.test_matrix import tinted_photos
-    from train import fit
+    from train import fit, scratch
 
     def fail(*args):  # called after the policy is set, before any training
         raise RuntimeError("stopped on purpose")
 
-    monkeypatch.setattr(fit, "augmentation", fail)
+    monkeypatch.setattr(scratch, "augmentation", fail)
     data = tinted_photos(tmp_path / "photos", 2)
     with pytest.raises(RuntimeError, match="on purpose"):
         fit.train(fit.TrainConfig(data=data, out=tmp_path / "run", arch="noodle", image_size=32, epochs=1,
@@ -588,12 +598,12 @@ def test_a_loss_that_turns_non_finite_stops_training_and_writes_no_manifest(tmp_
     """Was: --learning-rate nan exited 0 with loss nan and a complete manifest."""
     from edge.errors import NoodleError
     from tests.test_matrix import tinted_photos
-    from train import fit
+    from train import fit, scratch
 
     data = tinted_photos(tmp_path / "photos", 2)
     run = tmp_path / "run"
-    real = fit._rate
-    monkeypatch.setattr(fit, "_rate", lambda cfg, *a: 1e30 if cfg.arch == "noodle" else real(cfg, *a))
+    real = scratch._rate
+    monkeypatch.setattr(scratch, "_rate", lambda cfg, *a: 1e30 if cfg.arch == "noodle" else real(cfg, *a))
     with pytest.raises(NoodleError, match=r"training loss became (nan|inf).*lower --learning-rate"):
         fit.train(fit.TrainConfig(data=data, out=run, arch="noodle", image_size=32, epochs=2, verbose=0))
     assert not (run / "manifest.json").exists() and not (run / ".backup").exists()

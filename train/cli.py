@@ -194,7 +194,8 @@ def train_command(
                                 "(reads no pixels; the Makefile names RUN with it).")] = False,
 ) -> None:
     """Train a classifier on DATA and write model.keras with its manifest."""
-    from edge.manifest import OutputError, load_run
+    from edge.atomic import OutputError
+    from edge.manifest import load_run
     from train.fit import train
     from train.quiet import show_progress
     from train.runs import check_run_dir

@@ -53,8 +53,8 @@ DEFAULT_ARCH = next(iter(ARCHITECTURES))
 # (train.runs): raised when the same settings would now make another model, so
 # `--reuse` never keeps a model of older code as if this code had made it.
 # 2: batch-norm statistics recomputed once training ends. 3: pretrained backbones.
-# 4: a pretrained head solved by L-BFGS.
-RECIPE = 4
+# 4: a pretrained head solved by L-BFGS. 5: RUN/splits.csv, the photos export reads.
+RECIPE = 5
 # A pretrained head (train.head) minimizes mean cross-entropy + HEAD_L2/2 |W|^2.
 # 1e-4 was best of 1e-5 to 3e-2 on 5-fold cross-validation of the training
 # photos, both of cats vs dogs and of 40 dog breeds (docs/experiments.md, the
