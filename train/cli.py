@@ -17,7 +17,7 @@ from edge.manifest import RunManifest
 from edge.text import LISTED, escape_name, listed
 from train.cluster import Cluster
 from train.config import ARCHITECTURES, TrainConfig, unused_settings
-from train.data import MISSING
+from train.csv_reader import MISSING
 from train.runs import RUNS
 
 # The defaults live in TrainConfig, with their reasons; the options repeat none of them.
