@@ -31,7 +31,7 @@ import typer
 from edge.bench import loadavg, rss_mb
 from edge.errors import NoodleError, one_line_errors
 from edge.manifest import ExportManifest, load_export, load_run
-from export.check import ChildFailed, ending, reason, run_json
+from export.child import ChildFailed, ending, reason, run_json
 from train.config import ARCHITECTURES, DEFAULT_ARCH
 from train.quiet import quiet_tensorflow, show_progress
 from train.results import read_history

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import NoodleError, first_line
+from edge.escape import escape_name, shown
 from edge.preprocess import crop_square, from_frame
-from edge.text import escape_name, shown
 
 # Pauses before each reopen, in seconds; the last repeats. Short first (a
 # glitch), then long enough for a USB camera to re-enumerate.

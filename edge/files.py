@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.errors import NoodleError
+from edge.escape import escape_name
 from edge.preprocess import (
     HEIF_FIX,
     IMAGE_SUFFIXES,
@@ -31,7 +32,6 @@ from edge.preprocess import (
     os_reason,
     return_freed_decodes,
 )
-from edge.text import escape_name, unescape_name  # noqa: F401 (their home before edge.text)
 
 # Images per invoke. Measured on the int8 noodle model (2-core x86, 1 thread):
 # tflite-runtime 2.14 1.63 ms/image at batch 1, 1.44 at 8, 1.64 at 32;

@@ -27,8 +27,8 @@ import time
 from urllib.parse import urlsplit
 
 from edge.errors import NoodleError
+from edge.escape import escape_name, shown
 from edge.serve import to_json
-from edge.text import escape_name, shown
 
 # Home Assistant's default discovery prefix.
 DISCOVERY = "homeassistant"

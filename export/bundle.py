@@ -36,9 +36,9 @@ import typer
 
 from edge.atomic import atomic_output
 from edge.errors import NoodleError, one_line_errors
+from edge.escape import escape_name, markdown
 from edge.manifest import MANIFEST_NAME, load_export, load_run, sha256_file
 from edge.runtime import package_version
-from edge.text import escape_name, markdown
 from export.wheelhouse import (
     TARGETS,
     Wheel,

@@ -82,7 +82,7 @@ def export_command(
 ) -> None:
     """Convert RUN_DIR/model.keras to TFLite files in RUN_DIR/export/ and validate each."""
     from export.convert import ExportFailed, export_run, record_validation
-    from export.extras import make_extras
+    from export.extra_variants import make_extras
     from export.validate import raise_for, validate_export
 
     show_progress()
@@ -118,7 +118,7 @@ def _gate(run_dir: Path, max_drop: float, test, mapping, data, diagnosed: bool, 
     """Exit 1, one line per variant, when one loses more than `max_drop` points; diagnose first."""
     from export.compare import REFERENCE, gate, paired_figures
     from export.convert import ExportError
-    from export.extras import calibration, diagnose_run
+    from export.extra_variants import calibration, diagnose_run
 
     check_max_drop(max_drop)
     scores, figures = paired_figures(run_dir, data, test, test_map=mapping)

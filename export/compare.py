@@ -30,10 +30,10 @@ import numpy as np
 
 from edge.atomic import write_bytes, write_json
 from edge.bench import loadavg
+from edge.escape import LISTED, TABLE_WIDTH, csv_cell, escape_name, listed, markdown
 from edge.manifest import ExportManifest, RunManifest, load_export
 from edge.postprocess import at_boundary, predicted_index
 from edge.runtime import Classifier
-from edge.text import LISTED, TABLE_WIDTH, csv_cell, escape_name, listed, markdown
 from export import stats
 from export.config import DEFAULTS
 from export.convert import (
@@ -216,9 +216,9 @@ def paired_figures(run_dir: Path, data=None, test=None, edge=None, test_map=None
 def write_predictions(scores: Scores, labels: list[str], dest: Path) -> None:
     """file, true label, then each variant's label and its probability, one photo a row.
 
-    Text cells are edge.text.csv_cell's, as `noodle-edge classify --csv` writes
+    Text cells are edge.escape.csv_cell's, as `noodle-edge classify --csv` writes
     them: control characters escaped, a cell that a spreadsheet would run as a
-    formula (= + - @) prefixed with a quote; edge.text.csv_value reverses both.
+    formula (= + - @) prefixed with a quote; edge.escape.csv_value reverses both.
     """
     import csv
     import io
@@ -387,7 +387,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
 
 def to_markdown(report: dict) -> str:
     """report.md (also printed by `noodle compare`). Labels, variants, paths and reasons go
-    through edge.text.markdown: no control character, `|`, newline or HTML reaches it raw."""
+    through edge.escape.markdown: no control character, `|`, newline or HTML reaches it raw."""
     threads = report["benchmark"]["threads"]
     test = report["test"]
     head = ["variant", "bytes", "size vs float32", "accuracy", "delta vs float32 (95 % CI)",

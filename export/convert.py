@@ -31,8 +31,8 @@ from edge.manifest import (
     load_run,
     sha256_file,
 )
-from export.check import describe
 from export.config import CALIBRATION_SPLITS, DEFAULTS, IO_TYPES, VARIANTS
+from export.runtime_check import describe
 from train.quiet import quiet_tensorflow
 from train.rundir import RunDir
 from train.splits import Recorded, read_splits, unchanged

@@ -3,7 +3,7 @@
 A separate step from conversion (as in optimum's exporter): it reads only what
 `export_run` wrote. Each file runs through `edge.runtime.Classifier`, the code
 the device runs, under ai-edge-litert in this process and under tflite-runtime
-2.14 (the Pi's) in the device environment `.venv-edge` via `export.check`.
+2.14 (the Pi's) in the device environment `.venv-edge` via `export.runtime_check`.
 float32 must match the Keras model; every variant gets accuracy, its delta
 and agreement with float32, probability differences and per-class accuracy,
 written to RUN/export/validation.json.
@@ -25,7 +25,7 @@ from edge.errors import first_line
 from edge.manifest import ExportManifest, load_export, sha256_file
 from edge.postprocess import predicted_index
 from edge.runtime import Classifier, RuntimeMissing, package_version
-from export.check import ChildFailed, run_json
+from export.child import ChildFailed, run_json
 from export.convert import (
     ExportError,
     ExportFailed,
@@ -105,8 +105,8 @@ def edge_sample(y: np.ndarray, n: int = EDGE_SAMPLE, seed: int = 0) -> np.ndarra
 def run_edge_check(python: Path, models: list[Path], pixels: np.ndarray | None, workdir: Path,
                    runtime: str = EDGE_RUNTIME, latency: int = 0, threads: str = "1",
                    latency_budget: float | None = None) -> dict:
-    """`python -m export.check` in another environment; its one-line JSON report."""
-    args = [str(python), "-m", "export.check", *map(str, models), "--runtime", runtime,
+    """`python -m export.runtime_check` in another environment; its one-line JSON report."""
+    args = [str(python), "-m", "export.runtime_check", *map(str, models), "--runtime", runtime,
             "--latency", str(latency), "--threads", threads]
     if latency_budget is not None:
         args += ["--latency-budget", str(latency_budget)]
@@ -118,10 +118,10 @@ def run_edge_check(python: Path, models: list[Path], pixels: np.ndarray | None, 
     try:
         report = run_json(args, timeout=900, env=env, ok_codes=(0, 1))
     except ChildFailed as exc:
-        raise ExportError(f"{python} -m export.check failed ({exc}); rebuild the device "
+        raise ExportError(f"{python} -m export.runtime_check failed ({exc}); rebuild the device "
                           "environment with `make edge-env`") from None
     if "error" in report:
-        raise ExportError(f"{python} -m export.check: {report['error']}")
+        raise ExportError(f"{python} -m export.runtime_check: {report['error']}")
     return report
 
 

@@ -151,7 +151,7 @@ def test_a_failed_child_is_said_in_words_with_its_log(tmp_path, monkeypatch):
 
     import pytest
 
-    from export.check import ChildFailed, reason, run_json
+    from export.child import ChildFailed, reason, run_json
 
     crash = ("import os, sys; sys.stderr.write('F0000 check failed: tensor shape\\n"
              "*** Check failure stack trace: ***\\n    @     0x7f5f7b3a6ce3  cfunction_call\\n'); "

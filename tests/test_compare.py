@@ -202,7 +202,7 @@ def noodle(*args: str):
 def shifted_run(tmp_path_factory) -> Path:
     """float32 right on all 80 test photos; "int8" loses exactly the darkest bright one."""
     from export.convert import convert, export_run
-    from export.extras import add_variant
+    from export.extra_variants import add_variant
     from train.data import decode, find_dataset
 
     data = tmp_path_factory.mktemp("brightness") / "photos"
@@ -259,7 +259,7 @@ def test_a_gate_tripped_by_float16_alone_says_why_int8_is_not_diagnosed(shifted_
 
     from export.cli import _gate
     from export.config import ExportConfig
-    from export.extras import add_variant
+    from export.extra_variants import add_variant
 
     run = shutil.copytree(shifted_run, tmp_path / "run")
     (run / "export" / "diagnosis.md").unlink(missing_ok=True)

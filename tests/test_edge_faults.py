@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from edge import preprocess
 from edge.atomic import write_json
 from edge.cli import app
-from edge.files import escape_name, expand, unescape_name
+from edge.escape import escape_name, unescape_name
+from edge.files import expand
 from edge.manifest import load_export
 from edge.preprocess import ImageError, load_image
 

@@ -191,7 +191,7 @@ def test_edge_check_reports_a_model_the_runtime_cannot_load(tmp_path):
     write_json(tmp_path / "manifest.json", ExportManifest(
         LABELS, InputSpec(64, 64), "sigmoid", Preprocessing.from_dict(PREPROCESSING), {"sha256": "0" * 64},
         {}, {"int8": entry}, saved_model=None).to_dict())
-    done = subprocess.run([str(env.python), "-m", "export.check", str(bad), "--runtime", env.runtime],
+    done = subprocess.run([str(env.python), "-m", "export.runtime_check", str(bad), "--runtime", env.runtime],
                           capture_output=True, text=True, timeout=120)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 1 and report["version"] == env.version

@@ -28,9 +28,9 @@ from typer.testing import CliRunner
 
 from edge.atomic import OutputError, atomic_output, write_json
 from edge.cli import app as edge_app
+from edge.escape import LABEL_MAX, csv_cell, csv_value, label_problem, markdown, shown
 from edge.manifest import ManifestError, load_export, sha256_file
 from edge.preprocess import PREPROCESSING
-from edge.text import LABEL_MAX, csv_cell, csv_value, label_problem, markdown, shown
 from export.bundle import BundleError, unpack, write_bundle
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ import json
 
 from PIL import Image
 
+from edge.escape import LISTED
 from edge.manifest import RunManifest
-from edge.text import LISTED
 from export.compare import _per_class_cell
 from export.figures import CONFUSION_CLASSES, confusion_figure
 from train.cli import summary

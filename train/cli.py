@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from edge.errors import NoodleError, one_line_errors
+from edge.escape import LISTED, escape_name, listed
 from edge.manifest import RunManifest
-from edge.text import LISTED, escape_name, listed
 from train.cluster import Cluster
 from train.config import ARCHITECTURES, TrainConfig, unused_settings
 from train.csv_reader import MISSING

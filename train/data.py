@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.escape import escape_name, listed
 from edge.files import walk
 from edge.preprocess import ImageError, is_image_file, load_image
-from edge.text import escape_name, listed
 from train.config import ARCHITECTURES, DEFAULT_ARCH
 from train.csv_reader import NO_COLUMN, Raw, read_csv, skipped
 from train.names import SPLIT_NAMES, DataError, class_name, hidden

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from edge.errors import NoodleError
-from edge.text import escape_name, label_problem
+from edge.escape import escape_name, label_problem
 
 # Folder names people give their splits, in the order we look for them.
 SPLIT_NAMES = {
@@ -27,7 +27,7 @@ def hidden(name: str) -> bool:
 
 
 def class_name(label: str, where: str | os.PathLike) -> str:
-    """A class name, refused (naming where it came from) unless edge.text.label_problem allows it."""
+    """A class name, refused (naming where it came from) unless edge.escape.label_problem allows it."""
     problem = label_problem(label)
     if problem is not None:
         raise DataError(f"{escape_name(str(where))}: {problem}")

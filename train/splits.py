@@ -5,7 +5,7 @@ data folder the manifest records (absolute when a CSV named one outside it).
 Export, validation and compare read the photos from here instead of finding
 and splitting the data set again, so they score exactly the photos training
 held out; the sha256 of each photo they use says whether it changed since.
-Cells are written as every CSV of noodle's is (edge.text.csv_cell: escaped,
+Cells are written as every CSV of noodle's is (edge.escape.csv_cell: escaped,
 formulas neutralized), so a file or class name from the data cannot run as a
 spreadsheet formula, and are read back exactly (csv_value).
 """
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.atomic import write_bytes
+from edge.escape import csv_cell, csv_value
 from edge.manifest import RunManifest, sha256_file
-from edge.text import csv_cell, csv_value
 from train.data import DataError, Decoded, decode
 from train.rundir import RunDir
 
