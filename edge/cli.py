@@ -14,8 +14,10 @@ from typing import Annotated
 import typer
 
 from edge.errors import NoodleError, one_line_errors
+from edge.usage import OneLineUsage
 
 app = typer.Typer(
+    cls=OneLineUsage,
     name="edge",
     help="The device side: classify photos or camera frames with a .tflite from `noodle export`.",
     no_args_is_help=True,

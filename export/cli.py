@@ -12,10 +12,11 @@ from typing import Annotated
 import typer
 
 from edge.errors import one_line_errors
+from edge.usage import OneLineUsage
 from export.config import CALIBRATION_SPLITS, DEFAULTS, IO_TYPES, QUANTIZERS
 from train.quiet import show_progress
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+app = typer.Typer(cls=OneLineUsage, no_args_is_help=True, add_completion=False)
 
 RunDir = Annotated[Path, typer.Argument(help="Run folder written by `noodle train`.")]
 DataOption = Annotated[Path | None, typer.Option(

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # tflite-runtime 2.14, the Pi's runtime on Bookworm, knows FULLY_CONNECTED up
 # to version 11. Per-channel int8 weights in a dense layer make version 12,
-# which it cannot load: every seed model and every multi-class model failed.
+# which it cannot load: every classic model and every multi-class model failed.
 # Per-tensor weights for dense layers only (convolutions stay per-channel)
 # give version 11 and, measured on the shared photos, the same accuracy.
 # Recorded in each model's manifest entry.

@@ -41,8 +41,8 @@ def trained_run(sample_data, tmp_path_factory) -> Path:
     """A run folder with a model trained for a few epochs on `sample_data`."""
     from train.fit import TrainConfig, train
 
-    out = tmp_path_factory.mktemp("runs") / "sample-noodle"
-    train(TrainConfig(data=sample_data, out=out, arch="noodle", epochs=4, patience=10, verbose=0))
+    out = tmp_path_factory.mktemp("runs") / "sample-allconv"
+    train(TrainConfig(data=sample_data, out=out, arch="allconv", epochs=4, patience=10, verbose=0))
     return out
 
 

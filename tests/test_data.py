@@ -434,7 +434,7 @@ def trained_on(dataset):
     from edge.preprocess import PREPROCESSING
 
     return RunManifest(labels=dataset.labels, input=InputSpec(32, 32), output="softmax",
-                       preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="seed", params=0,
+                       preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="classic", params=0,
                        data=dataset.summary())
 
 
@@ -466,9 +466,9 @@ def test_min_photos_identity_is_unchanged_when_not_asked_for(tmp_path):
     from train.runs import identity
 
     ds = find_dataset(folders(tmp_path / "a", {"x": 5, "y": 5}, split=None))
-    plain = identity(ds, TrainConfig(data=tmp_path, out=tmp_path, arch="noodle"))
+    plain = identity(ds, TrainConfig(data=tmp_path, out=tmp_path, arch="allconv"))
     assert "min_photos" not in plain["settings"]
-    asked = identity(ds, TrainConfig(data=tmp_path, out=tmp_path, arch="noodle", min_photos=2))
+    asked = identity(ds, TrainConfig(data=tmp_path, out=tmp_path, arch="allconv", min_photos=2))
     assert asked["settings"]["min_photos"] == 2 and asked["run"] != plain["run"]
 
 
@@ -477,7 +477,7 @@ def test_min_photos_training_records_the_dropped_classes_in_the_manifest(tmp_pat
     """A tiny from-scratch run: the manifest and the summary name what --min-photos left out."""
     data = breeds_csv(tmp_path / "labels.csv", {"ant": 8, "bee": 8, "cat": 2})
     done = subprocess.run(
-        [sys.executable, "-m", "noodle", "train", str(data), "--arch", "noodle", "--epochs", "1",
+        [sys.executable, "-m", "noodle", "train", str(data), "--arch", "allconv", "--epochs", "1",
          "--image-size", "32", "--batch-size", "8", "-q", "--min-photos", "3",
          "--out", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -721,7 +721,7 @@ def test_run_folder_is_named_by_data_and_settings(tmp_path):
     assert run_dir(first, "--runs", tmp_path / "runs", *own) == name
     # The default's head is solved, with no epochs or seed: those name the same model (test_train.py).
     assert run_dir(first, "--runs", tmp_path / "runs", "--epochs", default.epochs + 1, "--seed", 1) == name
-    seed = ("--runs", tmp_path / "runs", "--arch", "seed")
+    seed = ("--runs", tmp_path / "runs", "--arch", "classic")
     others = [run_dir(second, "--runs", tmp_path / "runs"),
               run_dir(first, *seed),
               run_dir(first, *seed, "--epochs", 26),

@@ -169,7 +169,7 @@ def test_a_weights_file_of_other_shapes_is_one_line(sample_data, tmp_path, cache
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--arch", "noodle", "--weights", "imagenet"], "noodle trains from scratch"),
+    (["--arch", "allconv", "--weights", "imagenet"], "allconv trains from scratch"),
     (["--arch", "lite0", "--weights", "missing.weights.h5"], "no such file"),
     (["--arch", "lite0", "--weights", "none", "--fine-tune", "2"], "only a pretrained backbone"),
 ])

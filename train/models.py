@@ -50,7 +50,7 @@ def lite0(input_shape: tuple[int, int, int], num_classes: int, weights: str = "i
     return keras.Model(inputs, outputs, name="lite0")
 
 
-def seed(input_shape: tuple[int, int, int], num_classes: int, weights: str = "none") -> keras.Model:
+def classic(input_shape: tuple[int, int, int], num_classes: int, weights: str = "none") -> keras.Model:
     """The classic recipe, layer for layer (1.97 M parameters at 64x64)."""
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1 / 255.0)(inputs)
@@ -59,7 +59,7 @@ def seed(input_shape: tuple[int, int, int], num_classes: int, weights: str = "no
     x = layers.Flatten()(x)
     x = layers.Dense(64, activation="relu")(x)
     x = layers.Dropout(0.5)(x)
-    return keras.Model(inputs, _head(x, num_classes), name="seed")
+    return keras.Model(inputs, _head(x, num_classes), name="classic")
 
 
 def _conv_bn(x, filters: int, stride: int = 1):
@@ -73,14 +73,14 @@ def _conv_bn(x, filters: int, stride: int = 1):
     return layers.ReLU()(x)
 
 
-def noodle(input_shape: tuple[int, int, int], num_classes: int, weights: str = "none") -> keras.Model:
+def allconv(input_shape: tuple[int, int, int], num_classes: int, weights: str = "none") -> keras.Model:
     """A small all-convolutional net, trained from scratch, that quantizes cleanly.
 
     A stride-2 stem sees the input (56x56 by default, train.config.ARCHITECTURES)
     once with 16 filters, so everything after it runs at half that side or
     less; width grows as resolution halves, and global average pooling instead
     of a big dense layer keeps it at about 0.76 M parameters, 39 % of the
-    seed's. Plain 3x3 convolutions, not depthwise-separable ones: int8 stores a
+    classic's. Plain 3x3 convolutions, not depthwise-separable ones: int8 stores a
     float scale and an int64 zero point per output channel, which outweigh a
     depthwise filter's 9 weights (a MobileNet-like variant's int8 file was a
     third of its float32 one, not a quarter). With most weights in layers of
@@ -115,7 +115,7 @@ def noodle(input_shape: tuple[int, int, int], num_classes: int, weights: str = "
     x = _conv_bn(x, 256)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3)(x)
-    return keras.Model(inputs, _head(x, num_classes), name="noodle")
+    return keras.Model(inputs, _head(x, num_classes), name="allconv")
 
 
 def build(arch: str, input_shape: tuple[int, int, int], num_classes: int,
