@@ -1,6 +1,6 @@
 """`python -m bench` (`make bench`): noodle's speed claims measured side by side.
 
-Six rows (issue 5): the noodle clock (each stage of `make export` as a
+Six rows: the noodle clock (each stage of `make export` as a
 subprocess), the device path against the seed's Keras loop, classify against
 its decode floor, cold start and memory, int8 against float32, and training
 throughput. Every comparison runs its sides back to back in one run,
@@ -39,7 +39,7 @@ from train.rundir import RunDir
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
-# The photos issue 5 names (400 test photos); $NOODLE_SHARED_PHOTOS moves them, as for the tests.
+# The shared cats-vs-dogs photos (400 test photos); $NOODLE_SHARED_PHOTOS moves them, as for the tests.
 SHARED = Path(os.environ.get("NOODLE_SHARED_PHOTOS", ROOT.parent / "shared/data/cats-vs-dogs"))
 # Repetitions of every comparison: odd, so the median is one of the runs.
 REPEATS = 3
@@ -418,7 +418,7 @@ def import_times(cmd: list) -> dict:
     return {"total_ms": sum(top.values()), "top_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:6])}
 
 
-# --- issue 22: `noodle-edge serve` under load ------------------------------------------------
+# --- `noodle-edge serve` under load ----------------------------------------------------------
 
 # The variant served: float32, whose x86 kernels are quick in both runtimes (tflite-runtime 2.14's
 # int8 ones are not: 10,000 requests would take half an hour). What is measured is the server's

@@ -83,8 +83,8 @@ _LOADED: dict[tuple, object] = {}
 def load_model(run_dir: Path, manifest: RunManifest):
     """The Keras model, checked to take (batch, height, width, 3) images as the manifest says.
 
-    Loaded once per process and file (export, then validation: 13 s each for
-    EfficientNet-Lite0); callers only read it.
+    Loaded once per process and file (export, then validation: loading
+    EfficientNet-Lite0 takes seconds); callers only read it.
     """
     import keras
 
@@ -158,7 +158,7 @@ def make_converter(model, variant: str, calibration: np.ndarray | None = None, i
 
     `model`: a Keras model, or the folder of its SavedModel. From the folder
     the graph is traced once for every variant: from a Keras model each
-    conversion traces and saves it again (20 s a variant for EfficientNet-Lite0).
+    conversion traces and saves it again (seconds a variant for EfficientNet-Lite0).
     """
     import tensorflow as tf
 

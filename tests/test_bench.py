@@ -72,7 +72,7 @@ def test_bench_smoke(exported_run, trained_run, photos, tmp_path):
 
     assert report["photos"]["count"] == 6
     rows = {t["row"] for t in report["targets"]}
-    assert rows - {"22"} == {1, 2, 3, 4}  # 22: serve's rows (issue 22)
+    assert rows - {"22"} == {1, 2, 3, 4}  # 22: serve's rows
     for t in report["targets"]:
         assert (t["measured"] is None) == bool(t.get("not_measured")), t
     clock = next(t for t in report["targets"] if t["row"] == 1)

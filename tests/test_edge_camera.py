@@ -157,7 +157,7 @@ def test_show_without_a_display_warns_and_runs(model, video, monkeypatch):
     assert result.exit_code == 0 and "no display" in result.stderr
 
 
-# -- a video file that breaks mid-run (issue 11, D2) ---------------------------
+# -- a video file that breaks mid-run -------------------------------------------
 
 @pytest.fixture
 def noise_mp4(tmp_path) -> tuple[Path, int]:
@@ -196,7 +196,7 @@ def test_a_whole_video_still_ends_quietly(noise_mp4, capsys):
     assert "warning" not in capsys.readouterr().err
 
 
-# -- picamera2 (issue 9, item 4), through the stand-in built from its API --------
+# -- picamera2, through the stand-in built from its API --------------------------
 
 FAKES = Path(__file__).parent / "fakes"
 
@@ -269,7 +269,7 @@ def test_picamera_that_will_not_open_is_one_line(picamera2):
         list(frames)
 
 
-# -- collecting training photos (issue 9, item 5) -----------------------------
+# -- collecting training photos ----------------------------------------------
 
 def capture_cli(*args):
     return runner.invoke(app, ["capture", *map(str, args)])

@@ -1,4 +1,4 @@
-"""The device side under bad file names and file-system faults (issue 11: D1 and the minor items).
+"""The device side under bad file names and file-system faults .
 
 Each defect's test failed on the code before its fix (the escape_name tests
 check the new helper itself). Names that are not UTF-8, permissions and symlink

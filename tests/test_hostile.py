@@ -1,4 +1,4 @@
-"""Hostile labels, hostile files, bad numbers (issue 26): no injection, no path escape, no
+"""Hostile labels, hostile files, bad numbers: no injection, no path escape, no
 traceback, no silent wrong answer.
 
 Each test failed on the code before its fix. Models are tiny Keras nets converted here

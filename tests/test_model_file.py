@@ -417,7 +417,7 @@ def test_corrupted_models_are_refused_or_run_never_crash(described, photos, tmp_
     skip_the_tflite_runtime_half("ai-edge-litert's half")
 
 
-# -- issue 12: a model file that describes itself -------------------------------
+# -- a model file that describes itself -----------------------------------------
 
 def test_embedded_metadata_round_trips(export, described):
     from edge.runtime import embedded_metadata

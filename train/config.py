@@ -34,10 +34,9 @@ class Architecture:
 # The table that drives --arch and its Enum, the run identity, the README's
 # table and the test matrix. The first row is the default.
 ARCHITECTURES = {a.name: a for a in (
-    # ImageNet features, where the best from-scratch net reached 77 % on unseen
-    # cats and dogs. 192 px: as good as 224 on validation photos at 0.73x the
-    # pixels, and 160 px a point lower; no fine-tuning: it did not pay for its
-    # time; 3 epochs when asked for (docs/experiments.md, the pretrained round).
+    # ImageNet features: well above the best from-scratch net on unseen photos.
+    # 192 px: as good as 224 for fewer pixels; no fine-tuning: it did not pay
+    # for its time; 3 epochs when asked for (docs/experiments.md, the pretrained round).
     Architecture("lite0", "lite0", 192, 3, "cosine", "imagenet", 0,
                  "EfficientNet-Lite0, ImageNet-pretrained; a new head solved on its frozen features"),
     # From scratch, int8-friendly: 56 px buys the epochs that paid on two cores.
@@ -58,14 +57,13 @@ RENAMED = {"noodle": "allconv", "seed": "classic"}
 # 2: batch-norm statistics recomputed once training ends. 3: pretrained backbones.
 # 4: a pretrained head solved by L-BFGS. 5: RUN/splits.csv, the photos export reads.
 RECIPE = 5
-# A pretrained head (train.head) minimizes mean cross-entropy + HEAD_L2/2 |W|^2.
-# 1e-4 was best of 1e-5 to 3e-2 on 5-fold cross-validation of the training
-# photos, both of cats vs dogs and of 40 dog breeds (docs/experiments.md, the
-# linear-probe round); it stops at convergence or HEAD_ITERATIONS.
+# A pretrained head (train.head) minimizes mean cross-entropy + HEAD_L2/2 |W|^2;
+# HEAD_L2 was the best of a cross-validated sweep on two data sets
+# (docs/experiments.md, the linear-probe round); it stops at convergence or HEAD_ITERATIONS.
 HEAD_L2 = 1e-4
 HEAD_ITERATIONS = 1000
 # Batch-norm statistics of from-scratch nets are recomputed once training ends
-# (train.fit.exact_batch_norm) over the training photos or a seeded sample of
+# (train.scratch.exact_batch_norm) over the training photos or a seeded sample of
 # this many: a few thousand photos pin a channel's mean and variance.
 BATCH_NORM_PHOTOS = 4096
 

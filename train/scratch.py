@@ -46,12 +46,10 @@ def for_training(model, augment):
     """The model as it trains: `augment`, then `model`, in one graph.
 
     Augmentation runs in the training step rather than in a tf.data map,
-    whose threads compete with the step's for two CPU cores: an epoch of the
-    default on 1,000 photos took 2.00 s against 2.31 s with the map (four
-    interleaved rounds of 5 epochs; on this machine epochs swing between
-    1.6 and 2.6 s either way). Layers share weights, so
-    training this trains `model`, and only `model` is saved: the exported
-    graph holds inference ops alone.
+    whose threads compete with the step's for two CPU cores, which made an
+    epoch slower (docs/experiments.md, "Figures behind the code"). Layers
+    share weights, so training this trains `model`, and only `model` is
+    saved: the exported graph holds inference ops alone.
     """
     import keras
 
@@ -255,15 +253,12 @@ def exact_batch_norm(model, x: np.ndarray, limit: int = BATCH_NORM_PHOTOS, seed:
     Training leaves each layer a moving average over its last few dozen
     batches of augmented photos (momentum 0.9), while the device feeds it
     un-augmented ones: zoomed-out and sheared photos carry reflected borders,
-    and on the shared cats-vs-dogs photos the trained model called 52-58 % of
-    the balanced test photos dogs (47-50 % after this). Here each layer in
+    which biased the trained model towards one class. Here each layer in
     turn, those before it already set and in inference mode, takes the exact
     statistics of what the training photos (`x`, or a seeded sample of
-    `limit`) bring it. There it raised test accuracy from 78.2 to 79.3 % over
-    seeds 0-7, better on 7 of 8 (docs/experiments.md, round 7). Statistics of augmented
-    photos instead scored 78.0 %: what pays is matching what inference sees.
-    About 2 s for 1,000 photos at 56x56 on two cores; `batch` photos a call
-    keep the features in hand small (100 MB at 224x224).
+    `limit`) bring it: what pays is matching what inference sees, not the
+    statistics of augmented photos (docs/experiments.md, round 7). `batch`
+    photos a call keep the features in hand small.
     """
     import keras
 
