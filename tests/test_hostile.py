@@ -254,7 +254,7 @@ def table_cells(line: str) -> int:
 
 
 def test_report_md_escapes_labels_and_keeps_its_table():
-    from export.compare import to_markdown
+    from export.report_md import to_markdown
 
     per_class = {label: {"accuracy": 0.5, "correct": 1, "count": 2} for label in HOSTILE}
     row = {"variant": "float32", "bytes": 1000, "size_vs_float32": 1.0, "accuracy": 0.5,
