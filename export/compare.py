@@ -311,6 +311,32 @@ def measure(out: Path, manifest: ExportManifest, edge, runs: int) -> tuple[dict,
     return results, info
 
 
+# How the report's figures are computed, recorded in it.
+STATISTICS = {"reference": REFERENCE, "delta": "variant accuracy - float32 accuracy, pp",
+              "ci95": "Newcombe hybrid score interval for paired proportions (method 10)",
+              "test": "McNemar exact, two-sided binomial on the discordant photos",
+              "alpha": stats.ALPHA, "predicted": "argmax; an exact tie goes to the lowest class index"}
+
+
+def _rows(manifest: ExportManifest, validation: dict, figures: dict, bench: dict, runtime: str) -> list[dict]:
+    """A row per variant: its file, size, accuracy figures, latency, memory and the runtimes it ran on."""
+    base = manifest.entry(REFERENCE)
+    base_bytes = base.bytes if base else None
+    rows = []
+    for variant, entry in manifest.models.items():
+        v, b = validation["variants"].get(variant, {}), bench[variant]
+        rows.append({
+            "variant": variant, "file": entry.file, "bytes": entry.bytes,
+            "size_vs_float32": entry.bytes / base_bytes if base_bytes else None,
+            **figures[variant],
+            "latency_ms": b.get("latency_ms"), "peak_rss_mb": b.get("peak_rss_mb"),
+            "fully_integer": b.get("fully_integer", entry.fully_integer),
+            "input": entry.input.to_dict(), "output": entry.output.to_dict(),
+            "runtimes": {**v.get("runtimes", {}), runtime: {"ok": b["ok"]}},
+        })
+    return rows
+
+
 def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
                 edge: str | os.PathLike | None = None, latency_runs: int = DEFAULTS.latency_runs,
                 test: str | os.PathLike | None = None,
@@ -333,20 +359,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     photos = scores.photos
     log.info(f"scored every variant on {len(scores.y)} photos from {photos.source} ({photos.split})")
     bench, bench_info = measure(out, manifest, edge, latency_runs)
-    base = manifest.entry(REFERENCE)
-    base_bytes = base.bytes if base else None
-    rows = []
-    for variant, entry in manifest.models.items():
-        v, b = validation["variants"].get(variant, {}), bench[variant]
-        rows.append({
-            "variant": variant, "file": entry.file, "bytes": entry.bytes,
-            "size_vs_float32": entry.bytes / base_bytes if base_bytes else None,
-            **figures[variant],
-            "latency_ms": b.get("latency_ms"), "peak_rss_mb": b.get("peak_rss_mb"),
-            "fully_integer": b.get("fully_integer", entry.fully_integer),
-            "input": entry.input.to_dict(), "output": entry.output.to_dict(),
-            "runtimes": {**v.get("runtimes", {}), bench_info["runtime"]: {"ok": b["ok"]}},
-        })
+    rows = _rows(manifest, validation, figures, bench, bench_info["runtime"])
     labels = manifest.labels
     files = run.reports(test)  # each set of photos its own report: --test never overwrites another's
     files.folder.mkdir(parents=True, exist_ok=True)
@@ -364,11 +377,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
         "labels": labels,
         "validation": {"split": validation["split"], "count": validation["count"]},
         "parity": validation["parity"], "runtimes": validation["runtimes"],
-        "statistics": {"reference": REFERENCE, "delta": "variant accuracy - float32 accuracy, pp",
-                       "ci95": "Newcombe hybrid score interval for paired proportions (method 10)",
-                       "test": "McNemar exact, two-sided binomial on the discordant photos",
-                       "alpha": stats.ALPHA,
-                       "predicted": "argmax; an exact tie goes to the lowest class index"},
+        "statistics": STATISTICS,
         "calibration": {v: e.calibration for v, e in manifest.models.items() if e.calibration},
         "benchmark": {**bench_info, "runs": latency_runs, "budget_s": LATENCY_BUDGET_S,
                       "machine": platform.machine(),
