@@ -10,11 +10,13 @@ from typing import Annotated
 import typer
 
 from edge.cli import app as edge_app
+from edge.usage import OneLineUsage
 from export.bundle import app as bundle_app
 from export.cli import app as export_app
 from train.cli import app as train_app
 
 app = typer.Typer(
+    cls=OneLineUsage,
     help="noodle: from a folder of photos to an int8 classifier on a Raspberry Pi.",
     no_args_is_help=True,
     add_completion=False,

@@ -1,6 +1,6 @@
 """`python -m bench` (`make bench`): noodle's speed claims measured side by side.
 
-Six rows (issue 5): the noodle clock (each stage of `make export` as a
+Six rows: the noodle clock (each stage of `make export` as a
 subprocess), the device path against the seed's Keras loop, classify against
 its decode floor, cold start and memory, int8 against float32, and training
 throughput. Every comparison runs its sides back to back in one run,
@@ -30,15 +30,16 @@ import typer
 
 from edge.bench import loadavg, rss_mb
 from edge.errors import NoodleError, one_line_errors
-from edge.manifest import ExportManifest, RunDir, load_export, load_run
-from export.check import ChildFailed, ending, reason, run_json
+from edge.manifest import ExportManifest, load_export, load_run
+from export.child import ChildFailed, ending, reason, run_json
 from train.config import ARCHITECTURES, DEFAULT_ARCH
-from train.fit import read_history
 from train.quiet import quiet_tensorflow, show_progress
+from train.results import read_history
+from train.rundir import RunDir
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
-# The photos issue 5 names (400 test photos); $NOODLE_SHARED_PHOTOS moves them, as for the tests.
+# The shared cats-vs-dogs photos (400 test photos); $NOODLE_SHARED_PHOTOS moves them, as for the tests.
 SHARED = Path(os.environ.get("NOODLE_SHARED_PHOTOS", ROOT.parent / "shared/data/cats-vs-dogs"))
 # Repetitions of every comparison: odd, so the median is one of the runs.
 REPEATS = 3
@@ -90,8 +91,8 @@ def run_bench(repeats: int = REPEATS, photos: Path | None = None, run: Path | No
               out: Path = Path("."), work: Path = WORK) -> dict:
     """Measure everything, write out/BENCHMARKS.md and out/bench.json, return the report."""
     from bench.report import render, targets
+    from edge.atomic import write_bytes, write_json
     from edge.files import default_workers
-    from edge.manifest import write_bytes, write_json
 
     if run is not None:  # bad input fails now, not after minutes of measuring
         exported_run(Path(run))
@@ -417,7 +418,7 @@ def import_times(cmd: list) -> dict:
     return {"total_ms": sum(top.values()), "top_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:6])}
 
 
-# --- issue 22: `noodle-edge serve` under load ------------------------------------------------
+# --- `noodle-edge serve` under load ----------------------------------------------------------
 
 # The variant served: float32, whose x86 kernels are quick in both runtimes (tflite-runtime 2.14's
 # int8 ones are not: 10,000 requests would take half an hour). What is measured is the server's

@@ -1,4 +1,4 @@
-"""What `python -m bench` measured, reduced to figures, checked against issue 5's targets, as Markdown.
+"""What `python -m bench` measured, reduced to figures, checked against its targets, as Markdown.
 
 `summarize` turns the raw samples into medians (min, max) and ratios of
 medians; `targets` checks them; `render` writes BENCHMARKS.md. A figure that
@@ -11,14 +11,14 @@ import statistics
 
 from train.config import DEFAULT_ARCH
 
-# Issue 5's targets: the clock on the real photos, classify against the
+# The targets: the clock on the real photos, classify against the
 # seed's loop and against its decode floor, and the edge runner's cold start.
 CLOCK_SECONDS = 120
 SPEEDUP = 50
 FLOOR_FRACTION = 0.8
 COLD_SECONDS = 0.3
 COLD_RSS_MB = 80
-# Issue 22's: `noodle-edge serve`'s requests/s at least this fraction of `noodle-edge bench`'s files/s
+# serve's: `noodle-edge serve`'s requests/s at least this fraction of `noodle-edge bench`'s files/s
 # on the same model and threads (its overhead at most a fifth), no errors, memory flat.
 SERVE_FRACTION = 0.8
 # What the rows compare (the same as bench.cli's).
@@ -188,7 +188,7 @@ def render(report: dict) -> str:
              "are medians with (min–max) over the repeats, and ratios are ratios of medians. "
              "Regenerate with `make bench`; the raw samples are in bench.json.", ""]
     lines += _machine(report, s)
-    lines += ["## Targets (issue 5; row 22: issue 22's serve)", ""]
+    lines += ["## Targets (row 22: serve under load)", ""]
     lines += table(["row", "what", "measured", "target", "met"],
                    [[t["row"], t["what"], _measured(t), _target_text(t),
                      "not measured" if t["met"] is None else ("yes" if t["met"] else "**no**")]
@@ -405,7 +405,7 @@ def _serving(report: dict, envs: list[dict]) -> list[str]:
            f"photos (one kept-alive connection each) while {first['viewers']} viewers read /stream.mjpg "
            "and the camera loop classifies a clip of them; then more rounds to "
            f"{first['total_requests']:,} requests, the server's RSS read after each 1,000" if first else "")
-    return ["## 7. `noodle-edge serve` under load (issue 22)", "",
+    return ["## 7. `noodle-edge serve` under load", "",
             f"`python -m bench.serve_load` on {serve.get('variant')} with 1 interpreter thread: {how}. "
             "Requests/s, p50 and p99 are of the first round; API only is that round again against a server "
             "started without --source (no camera loop, no viewers); `noodle-edge bench` is the same file, "

@@ -14,8 +14,10 @@ from typing import Annotated
 import typer
 
 from edge.errors import NoodleError, one_line_errors
+from edge.usage import OneLineUsage
 
 app = typer.Typer(
+    cls=OneLineUsage,
     name="edge",
     help="The device side: classify photos or camera frames with a .tflite from `noodle export`.",
     no_args_is_help=True,
@@ -56,8 +58,8 @@ def _check_numbers(threads: int | None, workers: int | None = None) -> None:
 
 def _load(model: Path, threads: int | None, runtime: str | None, verbose: bool, no_verify: bool = False,
           strict: bool = False):
+    from edge.escape import escape_name, shown
     from edge.runtime import Classifier, package_version
-    from edge.text import escape_name, shown
 
     clf = Classifier(model, threads=threads, runtime=runtime, allow_unverified=no_verify)
     if clf.validation != "passed":
@@ -95,18 +97,18 @@ def classify(
 ) -> None:
     """Classify image files; unreadable ones are reported on stderr and the exit code is 1.
 
-    Names that are not UTF-8 print escaped as `ls` does in the table and CSV
-    (byte 0xFF as \\377, a backslash as \\\\); JSON keeps Python's \\udcff
-    form, which os.fsencode turns back into the exact bytes. Labels are
-    escaped alike (a control or bidi character as \\ooo), and the table cuts
-    long ones. A CSV cell that would start with = + - @ (a spreadsheet formula)
-    or ' gets a ' in front; edge.text.csv_value undoes both.
+    Names that are not UTF-8 print escaped as `ls` does in the table and CSV (byte 0xFF
+    as \\377, a backslash as \\\\); JSON keeps Python's \\udcff form, which os.fsencode
+    turns back into the exact bytes. Labels are escaped alike (a control or bidi character
+    as \\ooo), and the table cuts long ones. A CSV cell that would start with = + - @ (a
+    spreadsheet formula) or ' gets a ' in front; edge.escape.csv_value undoes both.
     """
     if as_json and as_csv:
         raise NoodleError("--json and --csv: choose one output format")
     _check_numbers(threads, workers)
+    from edge.escape import escape_name
     from edge.files import classify as run
-    from edge.files import escape_name, expand
+    from edge.files import expand
 
     clf = _load(model, threads or 1, runtime, verbose, no_verify, strict)
     top_k = min(top_k, len(clf.labels))
@@ -144,12 +146,12 @@ def _writer(as_json: bool, as_csv: bool, k: int, files: list[str], labels: list[
 
     File names: JSON gives the name as Python holds it, a byte that is not UTF-8 as
     its surrogate escape (\\udcff for 0xFF), so os.fsencode(json.loads(line)["file"])
-    is the exact name. The table and CSV print edge.text.escape_name's form
-    (0xFF as \\377, a backslash doubled), which edge.text.unescape_name reverses;
-    labels likewise. CSV cells are edge.text.csv_cell's (formulas neutralized),
-    which edge.text.csv_value reverses. JSON escapes every control character itself.
+    is the exact name. The table and CSV print edge.escape.escape_name's form
+    (0xFF as \\377, a backslash doubled), which edge.escape.unescape_name reverses;
+    labels likewise. CSV cells are edge.escape.csv_cell's (formulas neutralized),
+    which edge.escape.csv_value reverses. JSON escapes every control character itself.
     """
-    from edge.text import csv_cell, escape_name, shown
+    from edge.escape import csv_cell, escape_name, shown
 
     if as_json:
         import json
@@ -234,7 +236,7 @@ def capture(
     Each photo is the frame's centre square, the view `camera` classifies.
     """
     from edge import camera as cam
-    from edge.text import escape_name
+    from edge.escape import escape_name
 
     seconds = cam.parse_every(every)
     frames = cam.Frames(source, picamera=picamera, retries=retries)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.errors import NoodleError
+from edge.escape import escape_name
 from edge.preprocess import (
     HEIF_FIX,
     IMAGE_SUFFIXES,
@@ -31,12 +32,10 @@ from edge.preprocess import (
     os_reason,
     return_freed_decodes,
 )
-from edge.text import escape_name, unescape_name  # noqa: F401 (their home before edge.text)
 
-# Images per invoke. Measured on the int8 noodle model (2-core x86, 1 thread):
-# tflite-runtime 2.14 1.63 ms/image at batch 1, 1.44 at 8, 1.64 at 32;
-# ai-edge-litert 0.32, 0.27, 0.28. Past 8 nothing is gained, and a smaller
-# batch lets decoding and invoking overlap more finely.
+# Images per invoke: a batch amortizes the invoke's overhead, but past a few
+# images nothing more is gained, and a smaller batch lets decoding and invoking
+# overlap more finely (docs/experiments.md, "Figures behind the code").
 BATCH = 16
 # Batches decoded ahead of the interpreter: enough that it never waits for
 # the pool, few enough that a huge folder is not decoded into memory at once.

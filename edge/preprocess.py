@@ -149,8 +149,8 @@ def return_freed_decodes() -> None:
     glibc raises its mmap threshold each time a large block is freed; after that,
     large blocks come from per-thread arenas that keep the memory. Four decode
     threads then hold four images' worth although the budget lets one decode at a
-    time: 815 MB against 298 MB peak for four 8192x8192 PNGs on four threads. A
-    fixed threshold stops that. Elsewhere (macOS, musl) this does nothing.
+    time (docs/experiments.md, "Figures behind the code"). A fixed threshold
+    stops that. Elsewhere (macOS, musl) this does nothing.
     """
     global _malloc_tamed
     if _malloc_tamed:

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import NoodleError, first_line
+from edge.escape import escape_name
 from edge.files import check_per_core
 from edge.manifest import (
     MANIFEST_NAME,
@@ -51,7 +52,6 @@ from edge.manifest import (
 )
 from edge.postprocess import ranked, widen
 from edge.preprocess import load_image
-from edge.text import escape_name
 from edge.tflite_file import METADATA_NAME, TFLITE_IDENTIFIER, ModelError, ModelFile, read_model
 
 # Tried in this order: the Pi's runtime, its successor, then full TensorFlow

@@ -44,10 +44,10 @@ import numpy as np
 
 from edge import camera
 from edge.errors import NoodleError, first_line
+from edge.escape import escape_name, shown
 from edge.jsonout import to_json
 from edge.preprocess import DecodeBudget, ImageError, from_frame, load_image, return_freed_decodes
 from edge.serve_page import PAGE, PAGE_HEADERS
-from edge.text import escape_name, shown
 
 # A request's line and headers must all have come this many seconds after its first wait
 # began (a client sending a byte now and then holds no thread for longer), and a client

@@ -39,8 +39,8 @@ from collections import deque
 from urllib.parse import unquote, urlsplit
 
 from edge.errors import NoodleError
+from edge.escape import escape_name, shown
 from edge.jsonout import to_json
-from edge.text import escape_name, shown
 
 log = logging.getLogger("noodle.mqtt")
 

@@ -34,10 +34,11 @@ from typing import Annotated
 
 import typer
 
+from edge.atomic import atomic_output
 from edge.errors import NoodleError, one_line_errors
-from edge.manifest import MANIFEST_NAME, RunDir, atomic_output, load_export, load_run, sha256_file
+from edge.escape import escape_name, markdown
+from edge.manifest import MANIFEST_NAME, load_export, load_run, sha256_file
 from edge.runtime import package_version
-from edge.text import escape_name, markdown
 from export.wheelhouse import (
     TARGETS,
     Wheel,
@@ -46,6 +47,7 @@ from export.wheelhouse import (
     target_environment,
     wheels_for,
 )
+from train.rundir import RunDir
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,10 +12,11 @@ from typing import Annotated
 import typer
 
 from edge.errors import one_line_errors
+from edge.usage import OneLineUsage
 from export.config import CALIBRATION_SPLITS, DEFAULTS, IO_TYPES, QUANTIZERS
 from train.quiet import show_progress
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+app = typer.Typer(cls=OneLineUsage, no_args_is_help=True, add_completion=False)
 
 RunDir = Annotated[Path, typer.Argument(help="Run folder written by `noodle train`.")]
 DataOption = Annotated[Path | None, typer.Option(
@@ -82,7 +83,7 @@ def export_command(
 ) -> None:
     """Convert RUN_DIR/model.keras to TFLite files in RUN_DIR/export/ and validate each."""
     from export.convert import ExportFailed, export_run, record_validation
-    from export.extras import make_extras
+    from export.extra_variants import make_extras
     from export.validate import raise_for, validate_export
 
     show_progress()
@@ -118,7 +119,7 @@ def _gate(run_dir: Path, max_drop: float, test, mapping, data, diagnosed: bool, 
     """Exit 1, one line per variant, when one loses more than `max_drop` points; diagnose first."""
     from export.compare import REFERENCE, gate, paired_figures
     from export.convert import ExportError
-    from export.extras import calibration, diagnose_run
+    from export.extra_variants import calibration, diagnose_run
 
     check_max_drop(max_drop)
     scores, figures = paired_figures(run_dir, data, test, test_map=mapping)
@@ -163,7 +164,8 @@ def compare_command(
                     "disagreements.png.")] = DEFAULTS.top_shifts,
 ) -> None:
     """Compare the exported variants: size, accuracy with paired statistics, latency, memory."""
-    from export.compare import compare_run, to_markdown
+    from export.compare import compare_run
+    from export.report_md import to_markdown
 
     show_progress()
     report = compare_run(run_dir, data=data, edge=edge, latency_runs=latency_runs, test=test,

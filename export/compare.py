@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.atomic import write_bytes, write_json
 from edge.bench import loadavg
-from edge.manifest import ExportManifest, RunDir, RunManifest, load_export, write_bytes, write_json
+from edge.escape import csv_cell
+from edge.manifest import ExportManifest, RunManifest, load_export
 from edge.postprocess import at_boundary, predicted_index
 from edge.runtime import Classifier
-from edge.text import LISTED, TABLE_WIDTH, csv_cell, escape_name, listed, markdown
 from export import stats
 from export.config import DEFAULTS
 from export.convert import (
@@ -40,6 +41,7 @@ from export.convert import (
     evaluation_data,
     read_run,
 )
+from export.report_md import mapping_words, to_markdown
 from export.validate import (
     EDGE_RUNTIME,
     RUNTIME,
@@ -50,6 +52,8 @@ from export.validate import (
     runtime_missing,
     validate_export,
 )
+from train.rundir import RunDir
+from train.splits import Recorded
 
 # Timed invokes per model and thread count (ExportConfig.latency_runs), or
 # fewer, at least 10, when they take longer than this (tflite-runtime 2.14's
@@ -68,9 +72,10 @@ class Photos:
 
     source: str
     split: str  # test / val of the training data, or "external" for --test
-    items: list[tuple[Path, int]]
+    items: list[tuple[Path, int]] = field(default_factory=list)  # --test's
     skipped: list[dict] = field(default_factory=list)
     mapping: dict[str, str] = field(default_factory=dict)  # --test: a class read as another label
+    recorded: Recorded | None = None  # the training data's split (train.splits), decoded once an export
 
 
 @dataclass
@@ -88,7 +93,8 @@ class Scores:
     device_rows: np.ndarray | None = None
 
 
-def evaluation_photos(train_manifest: RunManifest, data=None, test=None, test_map=None) -> Photos:
+def evaluation_photos(run_dir: Path, train_manifest: RunManifest, data=None, test=None,
+                      test_map=None) -> Photos:
     """`test` (a labelled folder or CSV) when given, else the training data's held-out split.
 
     `test_map`: a class of `test` -> the model's label it is (--test-map).
@@ -98,11 +104,10 @@ def evaluation_photos(train_manifest: RunManifest, data=None, test=None, test_ma
 
         items, skipped, mapping = read_labelled(Path(test), train_manifest.labels, test_map)
         if mapping:
-            log.info(f"{test}: classes read as the model's labels: {_mapping_words(mapping)}")
+            log.info(f"{test}: classes read as the model's labels: {mapping_words(mapping)}")
         return Photos(source=str(test), split="external", items=items, skipped=skipped, mapping=mapping)
-    dataset = evaluation_data(train_manifest, data)
-    split = "test" if dataset.splits.get("test") else "val"
-    return Photos(source=str(dataset.root), split=split, items=list(dataset.splits[split]))
+    recorded = evaluation_data(run_dir, train_manifest, data)
+    return Photos(source=str(recorded.root), split=recorded.evaluation, recorded=recorded)
 
 
 def score(out: Path, manifest: ExportManifest, photos: Photos, edge=None) -> Scores:
@@ -114,8 +119,12 @@ def score(out: Path, manifest: ExportManifest, photos: Photos, edge=None) -> Sco
     import tempfile
 
     from train.data import decode
+    from train.splits import evaluation_pixels
 
-    decoded = decode(photos.items, manifest.input.size)
+    if photos.recorded is not None:
+        _, decoded = evaluation_pixels(photos.recorded, manifest.input.size)
+    else:
+        decoded = decode(photos.items, manifest.input.size)
     if not len(decoded.y):
         raise ExportError(f"{photos.source}: no readable photos to score the variants on")
     photos.skipped = photos.skipped + decoded.skipped
@@ -200,7 +209,7 @@ def paired_figures(run_dir: Path, data=None, test=None, edge=None, test_map=None
     """Scores and accuracy figures of RUN/export/ on the evaluation photos (no latency)."""
     train_manifest = read_run(run_dir)
     manifest = _export_manifest(run_dir)
-    photos = evaluation_photos(train_manifest, data, test, test_map)
+    photos = evaluation_photos(run_dir, train_manifest, data, test, test_map)
     scores = score(RunDir(run_dir).export, manifest, photos, edge)
     return scores, accuracy_figures(scores, manifest.labels)
 
@@ -208,9 +217,9 @@ def paired_figures(run_dir: Path, data=None, test=None, edge=None, test_map=None
 def write_predictions(scores: Scores, labels: list[str], dest: Path) -> None:
     """file, true label, then each variant's label and its probability, one photo a row.
 
-    Text cells are edge.text.csv_cell's, as `noodle-edge classify --csv` writes
+    Text cells are edge.escape.csv_cell's, as `noodle-edge classify --csv` writes
     them: control characters escaped, a cell that a spreadsheet would run as a
-    formula (= + - @) prefixed with a quote; edge.text.csv_value reverses both.
+    formula (= + - @) prefixed with a quote; edge.escape.csv_value reverses both.
     """
     import csv
     import io
@@ -302,6 +311,32 @@ def measure(out: Path, manifest: ExportManifest, edge, runs: int) -> tuple[dict,
     return results, info
 
 
+# How the report's figures are computed, recorded in it.
+STATISTICS = {"reference": REFERENCE, "delta": "variant accuracy - float32 accuracy, pp",
+              "ci95": "Newcombe hybrid score interval for paired proportions (method 10)",
+              "test": "McNemar exact, two-sided binomial on the discordant photos",
+              "alpha": stats.ALPHA, "predicted": "argmax; an exact tie goes to the lowest class index"}
+
+
+def _rows(manifest: ExportManifest, validation: dict, figures: dict, bench: dict, runtime: str) -> list[dict]:
+    """A row per variant: its file, size, accuracy figures, latency, memory and the runtimes it ran on."""
+    base = manifest.entry(REFERENCE)
+    base_bytes = base.bytes if base else None
+    rows = []
+    for variant, entry in manifest.models.items():
+        v, b = validation["variants"].get(variant, {}), bench[variant]
+        rows.append({
+            "variant": variant, "file": entry.file, "bytes": entry.bytes,
+            "size_vs_float32": entry.bytes / base_bytes if base_bytes else None,
+            **figures[variant],
+            "latency_ms": b.get("latency_ms"), "peak_rss_mb": b.get("peak_rss_mb"),
+            "fully_integer": b.get("fully_integer", entry.fully_integer),
+            "input": entry.input.to_dict(), "output": entry.output.to_dict(),
+            "runtimes": {**v.get("runtimes", {}), runtime: {"ok": b["ok"]}},
+        })
+    return rows
+
+
 def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
                 edge: str | os.PathLike | None = None, latency_runs: int = DEFAULTS.latency_runs,
                 test: str | os.PathLike | None = None,
@@ -324,20 +359,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     photos = scores.photos
     log.info(f"scored every variant on {len(scores.y)} photos from {photos.source} ({photos.split})")
     bench, bench_info = measure(out, manifest, edge, latency_runs)
-    base = manifest.entry(REFERENCE)
-    base_bytes = base.bytes if base else None
-    rows = []
-    for variant, entry in manifest.models.items():
-        v, b = validation["variants"].get(variant, {}), bench[variant]
-        rows.append({
-            "variant": variant, "file": entry.file, "bytes": entry.bytes,
-            "size_vs_float32": entry.bytes / base_bytes if base_bytes else None,
-            **figures[variant],
-            "latency_ms": b.get("latency_ms"), "peak_rss_mb": b.get("peak_rss_mb"),
-            "fully_integer": b.get("fully_integer", entry.fully_integer),
-            "input": entry.input.to_dict(), "output": entry.output.to_dict(),
-            "runtimes": {**v.get("runtimes", {}), bench_info["runtime"]: {"ok": b["ok"]}},
-        })
+    rows = _rows(manifest, validation, figures, bench, bench_info["runtime"])
     labels = manifest.labels
     files = run.reports(test)  # each set of photos its own report: --test never overwrites another's
     files.folder.mkdir(parents=True, exist_ok=True)
@@ -355,11 +377,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
         "labels": labels,
         "validation": {"split": validation["split"], "count": validation["count"]},
         "parity": validation["parity"], "runtimes": validation["runtimes"],
-        "statistics": {"reference": REFERENCE, "delta": "variant accuracy - float32 accuracy, pp",
-                       "ci95": "Newcombe hybrid score interval for paired proportions (method 10)",
-                       "test": "McNemar exact, two-sided binomial on the discordant photos",
-                       "alpha": stats.ALPHA,
-                       "predicted": "argmax; an exact tie goes to the lowest class index"},
+        "statistics": STATISTICS,
         "calibration": {v: e.calibration for v, e in manifest.models.items() if e.calibration},
         "benchmark": {**bench_info, "runs": latency_runs, "budget_s": LATENCY_BUDGET_S,
                       "machine": platform.machine(),
@@ -375,131 +393,3 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     write_bytes(files.md, to_markdown(report).encode())
     draw.chart(report, files.png)
     return report
-
-
-def to_markdown(report: dict) -> str:
-    """report.md (also printed by `noodle compare`). Labels, variants, paths and reasons go
-    through edge.text.markdown: no control character, `|`, newline or HTML reaches it raw."""
-    threads = report["benchmark"]["threads"]
-    test = report["test"]
-    head = ["variant", "bytes", "size vs float32", "accuracy", "delta vs float32 (95 % CI)",
-            "discordant (float32 only / variant only)", "McNemar p", "agreement", "per-class accuracy"]
-    head += [f"p50 / p99 ms, {n} thread{'s' if n > 1 else ''}" for n in threads]
-    head += ["peak RSS MB", "fully integer"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in report["rows"]:
-        paired = "delta_pp" in r and r["variant"] != REFERENCE
-        lo, hi = r.get("delta_ci95") or (0, 0)
-        cells = [markdown(r["variant"]), f"{r['bytes']:,}", _pct(r["size_vs_float32"], 1),
-                 _pct(r["accuracy"], 2),
-                 f"{r['delta_pp']:+.2f} pp ({lo:+.2f}..{hi:+.2f})" if paired else "",
-                 f"{r['discordant']['float_only']} / {r['discordant']['variant_only']}" if paired else "",
-                 f"{r['mcnemar_p']:.3g}" if paired else "",
-                 _pct(r.get("agreement"), 2),
-                 _per_class_cell(r["per_class"])]
-        for n in threads:
-            lat = (r["latency_ms"] or {}).get(str(n))
-            cells.append(f"{lat['p50_ms']:.3f} / {lat['p99_ms']:.3f}" if lat else "n/a")
-        cells += [f"{r['peak_rss_mb']:.1f}" if r["peak_rss_mb"] else "n/a",
-                  "yes" if r["fully_integer"] else "no"]
-        lines.append("| " + " | ".join(cells) + " |")
-    verdicts = [markdown(r["verdict"]) for r in report["rows"]
-                if r["variant"] != REFERENCE and r.get("verdict")]
-    b, p = report["benchmark"], report["parity"]
-    skipped = len(test["skipped"])
-    notes = [
-        f"{test['count']} photos from {markdown(test['source'])} ({_split_words(test['split'])})"
-        + (f"; {skipped} unreadable or missing file(s) skipped" if skipped else "")
-        + (f"; its classes read as the model's labels: {markdown(_mapping_words(test['mapping']))}"
-           if test.get("mapping") else "")
-        + f". Keras model accuracy on the training data's {report['validation']['count']} "
-        f"{report['validation']['split']} photos"
-        + (", another set than this report's" if test["split"] == "external" else "")
-        + f", as training scored it: {_pct(report['keras_accuracy'], 2)}.",
-        *(_calibration_words(v, c) for v, c in report["calibration"].items()),
-        *_device_words(report["rows"]),
-        _boundary_words(report["rows"]),
-        f"Statistics: each variant paired with float32 on the same photos; 95 % CI by "
-        f"{report['statistics']['ci95']}; {report['statistics']['test']}; a difference counts as "
-        f"detectable when p < {report['statistics']['alpha']}.",
-        (f"float32 parity with Keras: labels agree on {_pct(p['agreement'], 2)}, max |prob diff| "
-         f"{p['max_prob_diff']:.2g} ({'ok' if p['ok'] else 'FAILED'})." if p
-         else "No float32 file: parity with Keras not checked."),
-        f"Every file in the table ran under "
-        f"{', '.join(f'{k} {v}' for k, v in report['runtimes'].items() if v)}"
-        + ("" if report["runtimes"].get("tflite-runtime") else " (tflite-runtime 2.14 NOT checked)") + ".",
-        f"Latency: interpreter.invoke() alone, batch 1, {b['runs']} runs (fewer, at least 10, where "
-        f"they took over {b.get('budget_s', LATENCY_BUDGET_S):g} s), {b['runtime']} {b['version']} "
-        f"on {b['cpus']} {b['machine']} CPUs (load average {' '.join(map(str, b['loadavg'] or ['?']))}); "
-        "peak RSS of a fresh "
-        f"process that loads and runs one model (the bare process: {b['baseline_rss_mb']:.1f} MB).",
-    ]
-    if report["failed"]:
-        notes.append("FAILED: " + "; ".join(f"{markdown(k)}: {markdown(v)}"
-                                            for k, v in report["failed"].items()))
-    sheet = report["disagreements"]
-    pictures = ["Confusion matrices: ![confusion](confusion.png) ([confusion.png](confusion.png))"
-                if report["figures"]["confusion"] else "No confusion matrix: no variant was scored."]
-    pictures.append(f"Photos whose label changed: [disagreements.png]({sheet['file']})\n\n"
-                    f"![disagreements]({sheet['file']})" if sheet["file"] else sheet["summary"])
-    return ("\n".join(lines) + "\n\n"
-            + ("## Verdicts\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n\n" if verdicts else "")
-            + "\n".join(f"- {n}" for n in notes) + "\n\n" + "\n\n".join(pictures) + "\n")
-
-
-def _mapping_words(mapping: dict[str, str]) -> str:
-    return ", ".join(f"{escape_name(c)} as {escape_name(label)}" for c, label in mapping.items())
-
-
-def _boundary_words(rows: list[dict]) -> str:
-    """How many photos each variant scored exactly at the boundary, where the tie rule decides."""
-    counts = ", ".join(f"{markdown(r['variant'])} {r.get('boundary', 0)}"
-                       + (f" ({r['boundary_flips']} of them labelled otherwise than by float32)"
-                          if r.get("boundary_flips") else "") for r in rows)
-    return ("At the decision boundary (the top two scores exactly equal, so the tie rule gives the label "
-            f"to the lower class index): {counts}.")
-
-
-def _split_words(split: str) -> str:
-    return "a separate labelled set, --test" if split == "external" else f"the training data's {split} split"
-
-
-def _calibration_words(variant: str, info: dict) -> str:
-    source = f"the {info['split']} split" if info.get("split") else info.get("from", "unknown photos")
-    warn = (f" (fewer than {DEFAULTS.calibration_warn_below}: ranges may be too narrow)"
-            if info.get("samples", 0) < DEFAULTS.calibration_warn_below else "")
-    return f"{variant} calibrated on {info.get('samples')} photos from {source}{warn}."
-
-
-def _pct(x, digits: int) -> str:
-    return "" if x is None else f"{x * 100:.{digits}f} %"
-
-
-def _per_class_cell(per_class: dict) -> str:
-    """Each class's accuracy; past LISTED classes the worst first, cut (report.json has them all)."""
-    items = list(per_class.items())
-    worst = len(items) > LISTED
-    if worst:
-        items.sort(key=lambda kc: 2 if kc[1]["accuracy"] is None else kc[1]["accuracy"])  # unscored last
-    return ("worst: " if worst else "") + listed(
-        [f"{markdown(k, TABLE_WIDTH)} {_pct(c['accuracy'], 1)} ({c['correct']}/{c['count']})"
-         for k, c in items])
-
-
-def _device_words(rows: list[dict]) -> list[str]:
-    """What the Pi's runtime gives on the same photos, where it differs from the table's."""
-    device = [r for r in rows if r.get("device_runtime")]
-    if not device:
-        return ["tflite-runtime 2.14 did not score these photos (no device environment: `make edge-env`)."]
-    runtime = device[0]["device_runtime"]["runtime"]
-    differ = [r for r in device if r["device_runtime"]["labels_differ"]]
-    photos = device[0]["device_runtime"].get("photos")
-    sample = f" on a sample of {photos} of these photos"
-    if not differ:
-        return [f"Under {runtime}{sample} every variant gives the same label as in the table."]
-    return [f"Under {runtime}{sample}: " + "; ".join(
-        f"{r['variant']} {_pct(r['device_runtime']['accuracy'], 2)} (ai-edge-litert on the same photos "
-        f"{_pct(r['device_runtime']['accuracy_litert_same_photos'], 2)}; "
-        f"{r['device_runtime']['labels_differ']} photo(s) labelled differently: its integer kernels "
-        "round differently)" for r in differ)
-        + ". `predictions.csv` has both runtimes' labels per photo (the device's on the sample only)."]

@@ -19,31 +19,30 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.atomic import OutputError, atomic_output, write_json
 from edge.errors import NoodleError, first_line
 from edge.manifest import (
     MANIFEST_NAME,
     ExportManifest,
     InputSpec,
     ModelEntry,
-    OutputError,
-    RunDir,
     RunManifest,
-    atomic_output,
     load_export,
     load_run,
     sha256_file,
-    write_json,
 )
-from export.check import describe
 from export.config import CALIBRATION_SPLITS, DEFAULTS, IO_TYPES, VARIANTS
+from export.runtime_check import describe
 from train.quiet import quiet_tensorflow
+from train.rundir import RunDir
+from train.splits import Recorded, read_splits, unchanged
 
 quiet_tensorflow()
 log = logging.getLogger(__name__)
 
 # tflite-runtime 2.14, the Pi's runtime on Bookworm, knows FULLY_CONNECTED up
 # to version 11. Per-channel int8 weights in a dense layer make version 12,
-# which it cannot load: every seed model and every multi-class model failed.
+# which it cannot load: every classic model and every multi-class model failed.
 # Per-tensor weights for dense layers only (convolutions stay per-channel)
 # give version 11 and, measured on the shared photos, the same accuracy.
 # Recorded in each model's manifest entry.
@@ -84,8 +83,8 @@ _LOADED: dict[tuple, object] = {}
 def load_model(run_dir: Path, manifest: RunManifest):
     """The Keras model, checked to take (batch, height, width, 3) images as the manifest says.
 
-    Loaded once per process and file (export, then validation: 13 s each for
-    EfficientNet-Lite0); callers only read it.
+    Loaded once per process and file (export, then validation: loading
+    EfficientNet-Lite0 takes seconds); callers only read it.
     """
     import keras
 
@@ -110,33 +109,16 @@ def load_model(run_dir: Path, manifest: RunManifest):
 
 # ------------------------------------------------------------- calibration pixels
 
-def evaluation_data(manifest: RunManifest, data: str | os.PathLike | None = None):
-    """The training data set of a run, found again from its manifest (or `data`)."""
-    from train.data import find_dataset
-
-    record = manifest.data or {}
-    root = Path(data) if data is not None else Path(record.get("root", ""))
-    if not root.exists() or str(root) in ("", "."):
-        raise ExportError(f"training data {str(root) or '(none recorded)'} not found; calibration and "
-                          "validation need it: pass --data PATH (the folder the model was trained on)")
-    # The CSV column options training was given, so the same photos are found again.
-    options = record.get("options", {}) if data is None else {}
-    dataset = find_dataset(root, **options)
-    if dataset.labels != manifest.labels:
-        raise ExportError(f"{root}: classes {dataset.labels} but the model was trained on "
-                          f"{manifest.labels}; pass the training data with --data")
-    # A test split carved from photos that changed since training is another
-    # draw: some of its photos may have been trained on.
-    recorded = record.get("split_digests", {}).get("test")
-    if (data is None and recorded and dataset.sources["test"] != "given"
-            and dataset.split_digests["test"] != recorded):
-        raise ExportError(f"{root}: its photos changed since training, so the test split carved from "
-                          "them is not the one training held out; train again on it (`make export` "
-                          "does), or pass --data PATH to score on it anyway")
-    return dataset
+def evaluation_data(run_dir: str | os.PathLike, manifest: RunManifest,
+                    data: str | os.PathLike | None = None) -> Recorded:
+    """The photos of each split as training recorded them (RUN/splits.csv), under `data` when given."""
+    recorded = read_splits(run_dir, manifest, data)
+    if not recorded.splits["train"]:
+        raise ExportError(f"{RunDir(run_dir).splits}: no training photos listed; train again")
+    return recorded
 
 
-def calibration_pixels(manifest: RunManifest, samples: int = DEFAULTS.calibration_samples,
+def calibration_pixels(run_dir: str | os.PathLike, samples: int = DEFAULTS.calibration_samples,
                        seed: int = DEFAULTS.calibration_seed, data: str | os.PathLike | None = None,
                        split: str = DEFAULTS.calibration_split) -> np.ndarray:
     """`samples` photos of `split`, shuffled, decoded exactly as training decoded them.
@@ -149,9 +131,11 @@ def calibration_pixels(manifest: RunManifest, samples: int = DEFAULTS.calibratio
 
     if split not in CALIBRATION_SPLITS:
         raise ExportError(f"--calibration-split {split}: choose {' or '.join(CALIBRATION_SPLITS)}")
-    items = list(evaluation_data(manifest, data).splits.get(split, []))
-    random.Random(seed).shuffle(items)
-    decoded = decode(items[:samples], manifest.input.size)
+    manifest = read_run(run_dir)
+    recorded = evaluation_data(run_dir, manifest, data)
+    rows = list(recorded.splits.get(split, []))
+    random.Random(seed).shuffle(rows)
+    decoded = decode(unchanged(recorded, split, rows[:samples]), manifest.input.size)
     if not len(decoded.x):
         raise ExportError(f"no readable {split} photos to calibrate int8 on; check --data")
     return decoded.x.astype(np.float32)
@@ -174,7 +158,7 @@ def make_converter(model, variant: str, calibration: np.ndarray | None = None, i
 
     `model`: a Keras model, or the folder of its SavedModel. From the folder
     the graph is traced once for every variant: from a Keras model each
-    conversion traces and saves it again (20 s a variant for EfficientNet-Lite0).
+    conversion traces and saves it again (seconds a variant for EfficientNet-Lite0).
     """
     import tensorflow as tf
 
@@ -356,16 +340,12 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     _clear(run.export)
     pixels, calibration_info = None, None
     if "int8" in variants:
-        pixels, calibration_info = _calibration(trained, calibration, calibration_samples, calibration_split,
+        pixels, calibration_info = _calibration(run_dir, calibration, calibration_samples, calibration_split,
                                                 data)
     failed: dict[str, str] = {}
     graph = _saved_model(model, run, failed)
     _write_variants(run, trained, convert_all(graph, variants, pixels, io), calibration_info, models, failed)
-    for stale in VARIANTS:
-        if stale not in models and run.tflite(stale).is_file():
-            run.tflite(stale).unlink()
-            if stale not in variants:
-                log.info(f"removed  {run.tflite(stale)} (not asked for this time)")
+    _remove_stale(run, models, variants)
     manifest = ExportManifest(
         labels=trained.labels,
         # The .tflite files take pixels as the device gives them, whatever Keras saw.
@@ -384,6 +364,15 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     return manifest
 
 
+def _remove_stale(run: RunDir, models: dict, variants: list[str]) -> None:
+    """The .tflite files this export did not write: an earlier export's, never listed as if made now."""
+    for stale in VARIANTS:
+        if stale not in models and run.tflite(stale).is_file():
+            run.tflite(stale).unlink()
+            if stale not in variants:
+                log.info(f"removed  {run.tflite(stale)} (not asked for this time)")
+
+
 def _clear(out: Path) -> None:
     """No manifest until the new one is written, so a killed export is never taken for a
     complete one with stale checksums; and no temporary file or folder of a killed one."""
@@ -395,19 +384,19 @@ def _clear(out: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def calibration_set(trained: RunManifest, samples: int, split: str,
+def calibration_set(run_dir: str | os.PathLike, samples: int, split: str,
                     data: str | os.PathLike | None = None) -> tuple[np.ndarray, dict]:
     """`samples` shuffled photos of `split` to calibrate int8 on, and how the manifest records them."""
-    pixels = calibration_pixels(trained, samples, data=data, split=split)
+    pixels = calibration_pixels(run_dir, samples, data=data, split=split)
     return pixels, {"samples": len(pixels), "requested": samples, "split": split, "from": f"{split} split",
                     "shuffle_seed": DEFAULTS.calibration_seed, "pixels": "raw 0-255 float32"}
 
 
-def _calibration(trained: RunManifest, given: np.ndarray | None, samples: int, split: str,
+def _calibration(run_dir: Path, given: np.ndarray | None, samples: int, split: str,
                  data) -> tuple[np.ndarray, dict]:
     """int8's calibration pixels (the caller's, else the split's) and their record; a warning when few."""
     if given is None:
-        pixels, info = calibration_set(trained, samples, split, data)
+        pixels, info = calibration_set(run_dir, samples, split, data)
     else:
         pixels = np.asarray(given, np.float32)
         info = {"samples": len(pixels), "from": "given by the caller",

@@ -15,7 +15,7 @@ float (`denylisted_nodes`), keeping int8's input/output types, so it is
 int8 everywhere else and drops in where int8 did. It is not fully integer.
 
 Writes RUN/export/diagnosis.{md,json}; the export command writes the mixed
-model as the `int8-mixed` variant (export.extras).
+model as the `int8-mixed` variant (export.extra_variants).
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ import warnings
 
 import numpy as np
 
+from edge.atomic import write_bytes, write_json
 from edge.errors import NoodleError
-from edge.manifest import write_bytes, write_json
 from export.convert import make_converter, quiet_stdout
 
 # Above this rmse/scale a layer is suspect (TensorFlow's debugger guide uses

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.manifest import atomic_output
+from edge.atomic import atomic_output
+from edge.escape import shown as shown_text
 from edge.postprocess import predicted_index
-from edge.text import shown as shown_text
 
 
 def plain(label: str, width: int = 24) -> str:

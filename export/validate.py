@@ -3,7 +3,7 @@
 A separate step from conversion (as in optimum's exporter): it reads only what
 `export_run` wrote. Each file runs through `edge.runtime.Classifier`, the code
 the device runs, under ai-edge-litert in this process and under tflite-runtime
-2.14 (the Pi's) in the device environment `.venv-edge` via `export.check`.
+2.14 (the Pi's) in the device environment `.venv-edge` via `export.runtime_check`.
 float32 must match the Keras model; every variant gets accuracy, its delta
 and agreement with float32, probability differences and per-class accuracy,
 written to RUN/export/validation.json.
@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.atomic import write_bytes, write_json
 from edge.errors import first_line
-from edge.manifest import ExportManifest, RunDir, load_export, sha256_file, write_bytes, write_json
+from edge.manifest import ExportManifest, load_export, sha256_file
 from edge.postprocess import predicted_index
 from edge.runtime import Classifier, RuntimeMissing, package_version
-from export.check import ChildFailed, run_json
+from export.child import ChildFailed, run_json
 from export.convert import (
     ExportError,
     ExportFailed,
@@ -33,6 +34,7 @@ from export.convert import (
     read_run,
 )
 from train.quiet import quiet_tensorflow
+from train.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +105,8 @@ def edge_sample(y: np.ndarray, n: int = EDGE_SAMPLE, seed: int = 0) -> np.ndarra
 def run_edge_check(python: Path, models: list[Path], pixels: np.ndarray | None, workdir: Path,
                    runtime: str = EDGE_RUNTIME, latency: int = 0, threads: str = "1",
                    latency_budget: float | None = None) -> dict:
-    """`python -m export.check` in another environment; its one-line JSON report."""
-    args = [str(python), "-m", "export.check", *map(str, models), "--runtime", runtime,
+    """`python -m export.runtime_check` in another environment; its one-line JSON report."""
+    args = [str(python), "-m", "export.runtime_check", *map(str, models), "--runtime", runtime,
             "--latency", str(latency), "--threads", threads]
     if latency_budget is not None:
         args += ["--latency-budget", str(latency_budget)]
@@ -116,10 +118,10 @@ def run_edge_check(python: Path, models: list[Path], pixels: np.ndarray | None, 
     try:
         report = run_json(args, timeout=900, env=env, ok_codes=(0, 1))
     except ChildFailed as exc:
-        raise ExportError(f"{python} -m export.check failed ({exc}); rebuild the device "
+        raise ExportError(f"{python} -m export.runtime_check failed ({exc}); rebuild the device "
                           "environment with `make edge-env`") from None
     if "error" in report:
-        raise ExportError(f"{python} -m export.check: {report['error']}")
+        raise ExportError(f"{python} -m export.runtime_check: {report['error']}")
     return report
 
 
@@ -137,6 +139,37 @@ def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], reference: np.n
     return out
 
 
+def _scored(out: Path, manifest: ExportManifest, x: np.ndarray) -> tuple[dict, dict]:
+    """(variant -> probabilities under RUNTIME, variant -> why it could not run)."""
+    probs, failed = {}, {}
+    for variant, entry in manifest.models.items():
+        try:
+            # Every core: this scores photos, it does not time them.
+            clf = Classifier(out / entry.file, manifest=manifest, runtime=RUNTIME, threads=CORES)
+            probs[variant] = clf.probabilities(x).astype(np.float64)
+        except RuntimeMissing:
+            raise
+        except Exception as exc:  # any load or run error of one file is that file's failure
+            failed[variant] = f"{RUNTIME} cannot run it: {first_line(exc)}"
+    return probs, failed
+
+
+def _variants(manifest: ExportManifest, probs: dict, y: np.ndarray, rows: np.ndarray,
+              keras_probs: np.ndarray) -> dict:
+    """Each variant's figures: against the labels, float32 and (on the sample `rows`) Keras."""
+    labels, reference, variants = manifest.labels, probs.get("float32"), {}
+    for variant, p in probs.items():
+        entry = manifest.models[variant]
+        variants[variant] = {"file": entry.file, "bytes": entry.bytes, "fully_integer": entry.fully_integer,
+                             **metrics(y, p, labels, reference),
+                             "vs_keras": metrics(y[rows], p[rows], labels, keras_probs)}
+        if reference is not None:
+            delta = variants[variant]["accuracy"] - variants["float32"]["accuracy"]
+            variants[variant]["accuracy_delta"] = delta
+        variants[variant]["runtimes"] = {RUNTIME: {"ok": True}}
+    return variants
+
+
 def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
                     edge: str | os.PathLike | None = None) -> dict:
     """Validate RUN/export/, write validation.json, return it.
@@ -147,17 +180,15 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
     model; `export.convert.record_validation` decides what that means for
     the export's manifest, and `raise_for` turns it into the exit code.
     """
-    from train.data import decode
-    from train.fit import predict_probabilities
+    from train.results import predict_probabilities
+    from train.splits import evaluation_pixels
 
     run_dir = Path(run_dir)
     train_manifest = read_run(run_dir)
     run = RunDir(run_dir)
     out = run.export
     manifest = _export_of(run)
-    dataset = evaluation_data(train_manifest, data)
-    split = "test" if dataset.splits.get("test") else "val"
-    decoded = decode(dataset.splits[split], manifest.input.size)
+    split, decoded = evaluation_pixels(evaluation_data(run_dir, train_manifest, data), manifest.input.size)
     x, y, labels = decoded.x, decoded.y, manifest.labels
     log.info(f"validating on the {split} split: {len(y)} photos under {RUNTIME}")
 
@@ -165,27 +196,8 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
     # Keras: parity is a property of the graph, and Keras is the slow one.
     rows = edge_sample(y)
     keras_probs = predict_probabilities(load_model(run_dir, train_manifest), x[rows])
-    probs, variants, failed = {}, {}, {}
-    for variant, entry in manifest.models.items():
-        try:
-            # Every core: this scores photos, it does not time them.
-            clf = Classifier(out / entry.file, manifest=manifest, runtime=RUNTIME, threads=CORES)
-            probs[variant] = clf.probabilities(x).astype(np.float64)
-        except RuntimeMissing:
-            raise
-        except Exception as exc:  # any load or run error of one file is that file's failure
-            failed[variant] = f"{RUNTIME} cannot run it: {first_line(exc)}"
-    reference = probs.get("float32")
-    for variant, p in probs.items():
-        entry = manifest.models[variant]
-        variants[variant] = {"file": entry.file, "bytes": entry.bytes, "fully_integer": entry.fully_integer,
-                             **metrics(y, p, labels, reference),
-                             "vs_keras": metrics(y[rows], p[rows], labels, keras_probs)}
-        if reference is not None:
-            delta = variants[variant]["accuracy"] - variants["float32"]["accuracy"]
-            variants[variant]["accuracy_delta"] = delta
-        variants[variant]["runtimes"] = {RUNTIME: {"ok": True}}
-
+    probs, failed = _scored(out, manifest, x)
+    variants = _variants(manifest, probs, y, rows, keras_probs)
     device = {}
     edge_report = _check_on_device_runtime(out, manifest, x, probs, variants, failed, edge, rows, device)
     for variant in failed:  # the report lists as run only what ran under every runtime

@@ -20,8 +20,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.atomic import write_bytes
 from edge.errors import NoodleError
-from edge.manifest import sha256_file, write_bytes
+from edge.manifest import sha256_file
 
 ARCH = "aarch64"  # 64-bit Raspberry Pi OS; the runtimes publish no 32-bit ARM wheels
 

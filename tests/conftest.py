@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.hostile import blobs, fuzz_model, three_photos  # noqa: F401 (fixtures of hostile inputs)
 from train.quiet import quiet_tensorflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +42,8 @@ def trained_run(sample_data, tmp_path_factory) -> Path:
     """A run folder with a model trained for a few epochs on `sample_data`."""
     from train.fit import TrainConfig, train
 
-    out = tmp_path_factory.mktemp("runs") / "sample-noodle"
-    train(TrainConfig(data=sample_data, out=out, arch="noodle", epochs=4, patience=10, verbose=0))
+    out = tmp_path_factory.mktemp("runs") / "sample-allconv"
+    train(TrainConfig(data=sample_data, out=out, arch="allconv", epochs=4, patience=10, verbose=0))
     return out
 
 
@@ -55,7 +56,7 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("exported") / trained_run.name
     out.mkdir()
-    for name in ("model.keras", "manifest.json"):
+    for name in ("model.keras", "splits.csv", "manifest.json"):
         shutil.copy2(trained_run / name, out / name)
     export_run(out)
     return out

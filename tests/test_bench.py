@@ -72,7 +72,7 @@ def test_bench_smoke(exported_run, trained_run, photos, tmp_path):
 
     assert report["photos"]["count"] == 6
     rows = {t["row"] for t in report["targets"]}
-    assert rows - {"22"} == {1, 2, 3, 4}  # 22: serve's rows (issue 22)
+    assert rows - {"22"} == {1, 2, 3, 4}  # 22: serve's rows
     for t in report["targets"]:
         assert (t["measured"] is None) == bool(t.get("not_measured")), t
     clock = next(t for t in report["targets"] if t["row"] == 1)
@@ -151,7 +151,7 @@ def test_a_failed_child_is_said_in_words_with_its_log(tmp_path, monkeypatch):
 
     import pytest
 
-    from export.check import ChildFailed, reason, run_json
+    from export.child import ChildFailed, reason, run_json
 
     crash = ("import os, sys; sys.stderr.write('F0000 check failed: tensor shape\\n"
              "*** Check failure stack trace: ***\\n    @     0x7f5f7b3a6ce3  cfunction_call\\n'); "

@@ -20,10 +20,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from edge.manifest import InputSpec, Preprocessing, RunDir, RunManifest, read_manifest, write_json
+from edge.atomic import write_json
+from edge.manifest import InputSpec, Preprocessing, RunManifest, read_manifest
 from edge.preprocess import PREPROCESSING
 from export import stats
+from export.report_md import boundary_words
 from tests.device_env import device_env, skip_the_tflite_runtime_half
+from train.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["bright", "dark"]
@@ -179,8 +182,13 @@ def run_manifest(model, data: Path | None, size: int = SIZE) -> dict:
 
 
 def write_run(run: Path, model, data: Path, size: int = SIZE) -> Path:
+    """A run folder as `noodle train` leaves it: the model, its splits.csv, the manifest last."""
+    from train.data import find_dataset
+    from train.splits import write_splits
+
     run.mkdir(parents=True)
     model.save(run / "model.keras")
+    write_splits(RunDir(run).splits, find_dataset(data))
     write_json(run / "manifest.json", run_manifest(model, data, size))
     return run
 
@@ -195,7 +203,7 @@ def noodle(*args: str):
 def shifted_run(tmp_path_factory) -> Path:
     """float32 right on all 80 test photos; "int8" loses exactly the darkest bright one."""
     from export.convert import convert, export_run
-    from export.extras import add_variant
+    from export.extra_variants import add_variant
     from train.data import decode, find_dataset
 
     data = tmp_path_factory.mktemp("brightness") / "photos"
@@ -252,7 +260,7 @@ def test_a_gate_tripped_by_float16_alone_says_why_int8_is_not_diagnosed(shifted_
 
     from export.cli import _gate
     from export.config import ExportConfig
-    from export.extras import add_variant
+    from export.extra_variants import add_variant
 
     run = shutil.copytree(shifted_run, tmp_path / "run")
     (run / "export" / "diagnosis.md").unlink(missing_ok=True)
@@ -433,3 +441,19 @@ def test_litert_quantizer_variant_side_by_side(tmp_path, monkeypatch):
     assert noodle("export", run, "--variants", "float32").exit_code == 0
     assert not (run / "export" / "int8-litert.tflite").exists()
     assert "int8-litert" not in read_manifest(run / "export")["models"]
+
+
+# Photos at the decision boundary: counted per variant, with the label flips among them.
+def test_the_report_counts_boundary_photos_and_the_flips_among_them():
+    from export.compare import Scores, accuracy_figures
+
+    y = np.array([1, 1, 0, 1])
+    float32 = np.array([[0.45, 0.55], [0.49, 0.51], [0.9, 0.1], [0.2, 0.8]])
+    int8 = np.array([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])  # 128/256 twice: both to class 0
+    scores = Scores(photos=None, files=[], x=np.zeros((4, 1, 1, 3), np.uint8), y=y,
+                    probs={"float32": float32, "int8": int8})
+    figures = accuracy_figures(scores, ["cat", "dog"])
+    assert figures["float32"]["boundary"] == 0 and figures["int8"]["boundary"] == 2
+    assert figures["int8"]["boundary_flips"] == 2
+    words = boundary_words([{"variant": v, **f} for v, f in figures.items()])
+    assert "float32 0, int8 2 (2 of them labelled otherwise than by float32)" in words

@@ -15,7 +15,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from edge.escape import label_problem
+from edge.preprocess import PREPROCESSING
 from noodle import app
+from tests.hostile import (
+    HOSTILE,
+    clean,
+)
 from train.data import DataError, decode, find_dataset, read_labelled
 
 _photos = itertools.count(1)
@@ -431,15 +437,16 @@ def test_min_photos_drops_the_small_classes_from_every_split_and_says_which(tmp_
 def trained_on(dataset):
     """The run manifest of a model trained on `dataset`, as export reads it: labels and data record."""
     from edge.manifest import InputSpec, Preprocessing, RunManifest
-    from edge.preprocess import PREPROCESSING
 
     return RunManifest(labels=dataset.labels, input=InputSpec(32, 32), output="softmax",
-                       preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="seed", params=0,
+                       preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="classic", params=0,
                        data=dataset.summary())
 
 
 def test_min_photos_names_another_run_folder_and_export_finds_the_same_classes(tmp_path):
     from export.convert import evaluation_data
+    from train.rundir import RunDir
+    from train.splits import write_splits
 
     data = breeds_csv(tmp_path / "labels.csv", BREEDS)
     result = CliRunner().invoke(app, ["train", str(data), "--runs", str(tmp_path / "runs"),
@@ -450,8 +457,10 @@ def test_min_photos_names_another_run_folder_and_export_finds_the_same_classes(t
     seven = run_dir(data, "--runs", tmp_path / "runs", "--min-photos", 7)
     assert three != seven
     ds = find_dataset(data, min_photos=3)
-    manifest = trained_on(ds)
-    assert evaluation_data(manifest).labels == ds.labels  # the options say min_photos 3
+    run = tmp_path / "run"
+    write_splits(RunDir(run).splits, ds)
+    recorded = evaluation_data(run, trained_on(ds))  # the photos training found, classes dropped and all
+    assert {split: recorded.items(split) for split in ds.splits} == ds.splits
     refused = CliRunner().invoke(app, ["train", str(data), "--min-photos", "-1", "--print-run-dir"])
     assert refused.exit_code == 2 and "--min-photos -1: out of range; give 0 to" in refused.output
 
@@ -462,9 +471,9 @@ def test_min_photos_identity_is_unchanged_when_not_asked_for(tmp_path):
     from train.runs import identity
 
     ds = find_dataset(folders(tmp_path / "a", {"x": 5, "y": 5}, split=None))
-    plain = identity(ds, TrainConfig(data=tmp_path, out=tmp_path, arch="noodle"))
+    plain = identity(ds, TrainConfig(data=tmp_path, out=tmp_path, arch="allconv"))
     assert "min_photos" not in plain["settings"]
-    asked = identity(ds, TrainConfig(data=tmp_path, out=tmp_path, arch="noodle", min_photos=2))
+    asked = identity(ds, TrainConfig(data=tmp_path, out=tmp_path, arch="allconv", min_photos=2))
     assert asked["settings"]["min_photos"] == 2 and asked["run"] != plain["run"]
 
 
@@ -473,7 +482,7 @@ def test_min_photos_training_records_the_dropped_classes_in_the_manifest(tmp_pat
     """A tiny from-scratch run: the manifest and the summary name what --min-photos left out."""
     data = breeds_csv(tmp_path / "labels.csv", {"ant": 8, "bee": 8, "cat": 2})
     done = subprocess.run(
-        [sys.executable, "-m", "noodle", "train", str(data), "--arch", "noodle", "--epochs", "1",
+        [sys.executable, "-m", "noodle", "train", str(data), "--arch", "allconv", "--epochs", "1",
          "--image-size", "32", "--batch-size", "8", "-q", "--min-photos", "3",
          "--out", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -717,7 +726,7 @@ def test_run_folder_is_named_by_data_and_settings(tmp_path):
     assert run_dir(first, "--runs", tmp_path / "runs", *own) == name
     # The default's head is solved, with no epochs or seed: those name the same model (test_train.py).
     assert run_dir(first, "--runs", tmp_path / "runs", "--epochs", default.epochs + 1, "--seed", 1) == name
-    seed = ("--runs", tmp_path / "runs", "--arch", "seed")
+    seed = ("--runs", tmp_path / "runs", "--arch", "classic")
     others = [run_dir(second, "--runs", tmp_path / "runs"),
               run_dir(first, *seed),
               run_dir(first, *seed, "--epochs", 26),
@@ -806,17 +815,28 @@ def test_two_data_sets_in_folders_of_the_same_name_train_two_models(tmp_path):
     assert "trained on other data" in crossed.stderr and "--force" in crossed.stderr
 
 
-def test_export_refuses_a_carved_test_split_of_photos_changed_since_training(tmp_path):
-    from export.convert import ExportError, evaluation_data
+def test_export_reads_the_splits_training_wrote_and_refuses_photos_changed_since(tmp_path, caplog):
+    from export.convert import evaluation_data
+    from train.rundir import RunDir
+    from train.splits import unchanged, write_splits
 
     data = folders(tmp_path / "photos", {"cats": 10, "dogs": 10}, split=None)
     trained = find_dataset(data)
+    run = tmp_path / "run"
+    write_splits(RunDir(run).splits, trained)
     manifest = trained_on(trained)
-    assert evaluation_data(manifest).splits == trained.splits
-    photo(data / "cats" / "cats.new.jpg")  # the carve of cats is another draw now
-    with pytest.raises(ExportError, match="changed since training"):
-        evaluation_data(manifest)
-    assert evaluation_data(manifest, data=data).splits["test"]  # --data: the user's choice
+    photo(data / "cats" / "cats.new.jpg")  # found again, the carve of cats would be another draw
+    recorded = evaluation_data(run, manifest)
+    assert {split: recorded.items(split) for split in trained.splits} == trained.splits
+    assert unchanged(recorded, "test") == trained.splits["test"]
+    changed = trained.splits["test"][0][0]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    n = len(trained.splits["test"])
+    with pytest.raises(DataError, match=rf"changed since training \(1 of the test split.s {n}, such") as err:
+        unchanged(recorded, "test")
+    assert str(err.value).count("\n") == 0
+    given = unchanged(evaluation_data(run, manifest, data=data), "test")  # --data: the user's choice
+    assert given == trained.splits["test"][1:] and f"left out 1 of the test split's {n}" in caplog.text
 
 
 def test_a_malformed_test_map_is_one_line_before_any_work(tmp_path):
@@ -827,3 +847,43 @@ def test_a_malformed_test_map_is_one_line_before_any_work(tmp_path):
     result = CliRunner().invoke(app, ["compare", str(tmp_path), "--test", str(tmp_path),
                                       "--test-map", "cats"])
     assert result.exit_code == 2 and "cats: give CLASS=LABEL pairs" in result.output
+
+
+def test_training_refuses_hostile_class_folders_naming_the_folder(tmp_path):
+    from train.data import DataError, find_dataset
+
+    for i, label in enumerate(HOSTILE):
+        if "/" in label or "\0" in label or len(label.encode()) > 255:
+            continue  # no folder can have that name
+        root = tmp_path / f"d{i}"
+        for k, name in enumerate((label, "other")):
+            (root / name).mkdir(parents=True)
+            for j in range(4):  # other pixels per class: the same bytes under two labels is an error
+                Image.new("RGB", (8, 8), (j * 60, k * 100, 0)).save(root / name / f"{j}.png")
+        if label_problem(label) is None:
+            assert label in find_dataset(root).labels
+            continue
+        with pytest.raises(DataError) as caught:
+            find_dataset(root)
+        message = str(caught.value)
+        assert clean(message) and "\n" not in message, repr(message)
+        assert message.startswith(str(root)) and "class name" in message
+
+
+def test_training_refuses_hostile_csv_labels_naming_the_line(tmp_path):
+    from train.data import DataError, find_dataset
+
+    for j in range(3):
+        Image.new("RGB", (8, 8), (0, j * 80, 0)).save(tmp_path / f"{j}.png")
+    for label in HOSTILE:
+        path = tmp_path / "labels.csv"
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows([["file", "label"], ["0.png", "other"], ["1.png", "other"],
+                                     ["2.png", label]])
+        if label_problem(label.strip()) is None:  # cells are stripped ("\tx" is x)
+            continue  # accepted by the rule; too few photos to split, which is not the point here
+        with pytest.raises(DataError) as caught:
+            find_dataset(path)
+        message = str(caught.value)
+        assert clean(message) and "\n" not in message, repr(message)
+        assert message.startswith(f"{path}:4: class name"), message

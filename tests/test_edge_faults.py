@@ -1,4 +1,4 @@
-"""The device side under bad file names and file-system faults (issue 11: D1 and the minor items).
+"""The device side under bad file names and file-system faults .
 
 Each defect's test failed on the code before its fix (the escape_name tests
 check the new helper itself). Names that are not UTF-8, permissions and symlink
@@ -22,9 +22,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edge import preprocess
+from edge.atomic import write_json
 from edge.cli import app
-from edge.files import escape_name, expand, unescape_name
-from edge.manifest import load_export, write_json
+from edge.escape import escape_name, unescape_name
+from edge.files import expand
+from edge.manifest import load_export
 from edge.preprocess import ImageError, load_image
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,6 +7,7 @@ perfectly, so a calibration mistake shows as a drop from 100 % to chance.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from edge.atomic import write_json
 from edge.manifest import (
     SCHEMA,
     ExportManifest,
@@ -32,13 +34,17 @@ from edge.manifest import (
     load_run,
     read_manifest,
     sha256_file,
-    write_json,
 )
 from edge.preprocess import PREPROCESSING
 from edge.runtime import Classifier
 from export.convert import VARIANTS, calibration_pixels, export_run
 from export.validate import ParityError, raise_for, validate_export
 from tests.device_env import device_env, tflite_runtime_python
+from tests.hostile import (
+    SIZE,
+    error_line,
+    keras_model,
+)
 from tests.test_compare import brightness_model, run_manifest, write_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +64,7 @@ def loads(path: Path) -> bool:
 
 def copy_run(src: Path, dest: Path) -> Path:
     dest.mkdir(parents=True)
-    for name in ("model.keras", "manifest.json"):
+    for name in ("model.keras", "splits.csv", "manifest.json"):
         shutil.copy2(src / name, dest / name)
     return dest
 
@@ -191,7 +197,7 @@ def test_edge_check_reports_a_model_the_runtime_cannot_load(tmp_path):
     write_json(tmp_path / "manifest.json", ExportManifest(
         LABELS, InputSpec(64, 64), "sigmoid", Preprocessing.from_dict(PREPROCESSING), {"sha256": "0" * 64},
         {}, {"int8": entry}, saved_model=None).to_dict())
-    done = subprocess.run([str(env.python), "-m", "export.check", str(bad), "--runtime", env.runtime],
+    done = subprocess.run([str(env.python), "-m", "export.runtime_check", str(bad), "--runtime", env.runtime],
                           capture_output=True, text=True, timeout=120)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 1 and report["version"] == env.version
@@ -226,7 +232,7 @@ def test_wrong_calibration_scale_collapses_int8_in_the_report(brightness_run, tm
     reports = {}
     for name, scale in (("right", 1.0), ("wrong", 1 / 255)):
         run = copy_run(brightness_run, tmp_path / name)
-        pixels = calibration_pixels(load_run(run)) * scale  # 0-255, or the classic 0-1 mistake
+        pixels = calibration_pixels(run) * scale  # 0-255, or the classic 0-1 mistake
         export_run(run, variants=["float32", "int8"], calibration=pixels)
         validate_export(run)
         reports[name] = compare_run(run, latency_runs=5)
@@ -361,3 +367,38 @@ def test_a_device_environment_without_tflite_runtime_is_named_not_failed():
         version = subprocess.run([str(python), "-c", "import sys; print(sys.version_info[:2] < (3, 12))"],
                                  capture_output=True, text=True).stdout.strip()
         assert (runtime_missing(python) is None) == (version == "True")
+
+runner = CliRunner()
+
+
+def test_export_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    from noodle import app
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = keras_model("softmax", 2)
+    model.save(run / "model.keras")
+    write_json(run / "manifest.json", {
+        "format": "noodle", "schema": 1, "kind": "model", "labels": ["a", "b"],
+        "input": {"height": SIZE, "width": SIZE, "channels": 3}, "output": "softmax",
+        "preprocessing": PREPROCESSING, "arch": "tiny", "params": int(model.count_params())})
+    real = Path.write_bytes
+
+    def full(self, data):
+        if "export" in self.parts:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    result = runner.invoke(app, ["export", str(run), "--variants", "float32"])
+    assert "No space left on device" in error_line(result)
+    assert not (run / "export" / "manifest.json").exists()
+    assert not [p for p in (run / "export").iterdir() if p.name.startswith(".") or p.suffix == ".tflite"]
+
+
+def test_export_max_drop_must_be_a_number_of_points(tmp_path):
+    from noodle import app
+
+    for value in ("nan", "-1", "inf"):
+        result = runner.invoke(app, ["export", str(tmp_path / "nowhere"), "--max-drop", value])
+        assert "--max-drop" in error_line(result) and "0 or more" in result.stderr

@@ -149,11 +149,11 @@ def test_a_weights_file_of_other_shapes_is_one_line(sample_data, tmp_path, cache
     import keras
 
     from noodle import app
-    from train.models import noodle
+    from train.models import allconv
 
     monkeypatch.setenv(lite0.CACHE_ENV, str(cache[0]))
     other = tmp_path / "other.weights.h5"
-    noodle((32, 32, 3), 2).save_weights(other)
+    allconv((32, 32, 3), 2).save_weights(other)
     result = CliRunner().invoke(app, ["train", str(sample_data), "--arch", "lite0", "--weights", str(other),
                                       "--image-size", "32", "--epochs", "1", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2, result.output
@@ -169,7 +169,7 @@ def test_a_weights_file_of_other_shapes_is_one_line(sample_data, tmp_path, cache
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--arch", "noodle", "--weights", "imagenet"], "noodle trains from scratch"),
+    (["--arch", "allconv", "--weights", "imagenet"], "allconv trains from scratch"),
     (["--arch", "lite0", "--weights", "missing.weights.h5"], "no such file"),
     (["--arch", "lite0", "--weights", "none", "--fine-tune", "2"], "only a pretrained backbone"),
 ])

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from edge.atomic import write_json
 from edge.cli import app
 from edge.manifest import (
     ExportManifest,
@@ -31,7 +32,6 @@ from edge.manifest import (
     load_run,
     read_manifest,
     sha256_file,
-    write_json,
 )
 from edge.tflite_file import ModelError, read_model
 from tests.device_env import skip_the_tflite_runtime_half, tflite_runtime_missing, tflite_runtime_python
@@ -417,7 +417,7 @@ def test_corrupted_models_are_refused_or_run_never_crash(described, photos, tmp_
     skip_the_tflite_runtime_half("ai-edge-litert's half")
 
 
-# -- issue 12: a model file that describes itself -------------------------------
+# -- a model file that describes itself -----------------------------------------
 
 def test_embedded_metadata_round_trips(export, described):
     from edge.runtime import embedded_metadata

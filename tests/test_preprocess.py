@@ -86,7 +86,7 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
 
 
 def test_sixteen_bit_grey_is_scaled_by_its_range_not_its_content(tmp_path):
-    # Issue 11, D7: values <= 255 of 65535 came out mid-grey, and one pixel at 256 made it black.
+    # Was: values <= 255 of 65535 came out mid-grey, and one pixel at 256 made it black.
     dark = np.full((20, 20), 200, dtype=np.uint16)
     Image.fromarray(dark).save(tmp_path / "dark.png")
     dark[0, 0] = 256
@@ -158,7 +158,7 @@ def test_missing_file(tmp_path):
         load_image(tmp_path / "nope.jpg", SIZE)
 
 
-# -- decode memory (issue 11, D6) ---------------------------------------------
+# -- decode memory ------------------------------------------------------------
 
 def test_a_108_megapixel_phone_jpeg_is_decoded_through_draft_mode(tmp_path):
     # Pillow's declared-pixel limit (89 Mpx) refused this; drafted to 1/8 it needs ~7 MB.

@@ -49,7 +49,7 @@ def test_export_prints_no_tensorflow_chatter_unless_verbose(trained_run, tmp_pat
     for name, flags in (("quiet", []), ("verbose", ["-v"])):
         run = tmp_path / name
         run.mkdir()
-        for f in ("model.keras", "manifest.json"):
+        for f in ("model.keras", "splits.csv", "manifest.json"):
             shutil.copy2(trained_run / f, run / f)
         done = subprocess.run([sys.executable, "-m", "noodle", *flags, "export", str(run),
                                "--variants", "float32,int8"],

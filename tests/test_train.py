@@ -3,6 +3,7 @@ resuming, mixed precision, data over the memory limit."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -17,10 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from tests.hostile import (
+    clean,
+    error_line,
+)
 from tests.test_data import bad_files
 
-RUN_FILES = ("model.keras", "manifest.json", "history.csv", "curves.png", "metrics.json")
+RUN_FILES = ("model.keras", "manifest.json", "splits.csv", "history.csv", "curves.png", "metrics.json")
 
 
 def test_run_folder_holds_model_manifest_history_curves_metrics(trained_run):
@@ -36,8 +42,17 @@ def test_run_folder_holds_model_manifest_history_curves_metrics(trained_run):
     assert manifest["input"] == {"height": 56, "width": 56, "channels": 3, "dtype": "float32",
                                  "range": [0, 255]}
     assert manifest["preprocessing"]["name"] == "noodle-rgb-squash"
-    assert manifest["seed"] == 0 and manifest["arch"] == "noodle"
+    assert manifest["seed"] == 0 and manifest["arch"] == "allconv"
     assert manifest["data"]["counts"]["train"] == {"discs": 48, "stripes": 48}
+    # Every photo's split as training drew it, which export reads instead of splitting again.
+    with open(trained_run / "splits.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["file", "label", "split", "sha256"]
+    assert len(rows) == sum(n for counts in manifest["data"]["counts"].values() for n in counts.values())
+    assert {(r["split"], r["label"]) for r in rows} == {(s, c) for s in ("train", "val", "test")
+                                                         for c in ("discs", "stripes")}
+    photo = Path(manifest["data"]["root"]) / rows[-1]["file"]
+    assert hashlib.sha256(photo.read_bytes()).hexdigest() == rows[-1]["sha256"]
 
     with open(trained_run / "history.csv") as f:
         history = list(csv.DictReader(f))
@@ -70,19 +85,19 @@ def test_saved_model_takes_raw_pixels_and_rescales_itself(trained_run):
     assert p.shape == (1, 1) and 0.0 <= p[0, 0] <= 1.0
 
 
-@pytest.mark.parametrize("arch", ["noodle", "seed"])
+@pytest.mark.parametrize("arch", ["allconv", "classic"])
 def test_batch_norm_takes_the_exact_statistics_of_un_augmented_training_photos(arch):
     import keras
 
-    from train.fit import exact_batch_norm
     from train.models import build
+    from train.scratch import exact_batch_norm
 
     keras.utils.set_random_seed(3)
     model = build(arch, (32, 32, 3), 3)
     x = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     before = [w.copy() for w in model.get_weights()]
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    if arch == "seed":  # no batch norm: nothing to set, nothing changed
+    if arch == "classic":  # no batch norm: nothing to set, nothing changed
         assert exact_batch_norm(model, x) == 0
         assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
         return
@@ -113,7 +128,7 @@ def test_cli_trains_on_two_replicas_and_skips_bad_files(sample_data, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "noodle", "train", str(data), "--out", str(out), "--epochs", "1",
-         "--cpu-replicas", "2", "--batch-size", "16", "--hold-out-val", "--arch", "noodle"],
+         "--cpu-replicas", "2", "--batch-size", "16", "--hold-out-val", "--arch", "allconv"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -141,13 +156,13 @@ def test_validation_photos_are_trained_on_only_when_a_test_split_scores_the_mode
     from train.runs import identity
 
     ds = find_dataset(sample_data)
-    noodle, seed = (TrainConfig(data=sample_data, out=sample_data, arch=a) for a in ("noodle", "seed"))
+    noodle, seed = (TrainConfig(data=sample_data, out=sample_data, arch=a) for a in ("allconv", "classic"))
     assert trains_on_val(noodle, ds) and not trains_on_val(seed, ds)
     # Saying what the architecture does anyway is the same model, the same run folder.
     assert identity(ds, noodle) == identity(ds, TrainConfig(data=sample_data, out=sample_data,
-                                                             arch="noodle", train_on_val=True))
+                                                             arch="allconv", train_on_val=True))
     assert identity(ds, noodle) != identity(ds, TrainConfig(data=sample_data, out=sample_data,
-                                                             arch="noodle", train_on_val=False))
+                                                             arch="allconv", train_on_val=False))
     ds.splits["test"] = []  # nothing else would score the model: validation stays out
     assert not trains_on_val(TrainConfig(data=sample_data, out=sample_data, train_on_val=True), ds)
 
@@ -162,15 +177,15 @@ def test_each_architecture_has_its_own_input_side_and_epochs(sample_data):
     def settings(**kw):
         return identity(ds, TrainConfig(data=sample_data, out=sample_data, **kw))["settings"]
 
-    assert (settings(arch="noodle")["image_size"], settings(arch="noodle")["epochs"]) == (56, 50)
-    assert (settings(arch="seed")["image_size"], settings(arch="seed")["epochs"]) == (64, 25)
+    assert (settings(arch="allconv")["image_size"], settings(arch="allconv")["epochs"]) == (56, 50)
+    assert (settings(arch="classic")["image_size"], settings(arch="classic")["epochs"]) == (64, 25)
     assert settings(arch="lite0")["image_size"] == 192 and "epochs" not in settings(arch="lite0")
     assert settings(arch="lite0", fine_tune=2)["epochs"] == 3  # what trains by gradient has epochs
     # Passing the default is the same model; another side is another.
-    assert settings(arch="seed") == settings(arch="seed", image_size=64, epochs=25)
+    assert settings(arch="classic") == settings(arch="classic", image_size=64, epochs=25)
     side = ARCHITECTURES[DEFAULT_ARCH].image_size
     assert settings() == settings(image_size=side) != settings(image_size=side + 32)
-    assert settings(arch="noodle") == settings(arch="noodle", image_size=56) != settings(arch="noodle",
+    assert settings(arch="allconv") == settings(arch="allconv", image_size=56) != settings(arch="allconv",
                                                                                           image_size=64)
 
 
@@ -195,7 +210,7 @@ def test_a_solved_head_ignores_gradient_settings_in_its_identity_and_says_so(sam
     assert unused_settings(given) == ["--epochs", "--seed"]
     assert unused_settings(TrainConfig(data=sample_data, out=sample_data, arch="lite0", epochs=5,
                                        fine_tune=1)) == []
-    assert unused_settings(TrainConfig(data=sample_data, out=sample_data, arch="noodle", epochs=5)) == []
+    assert unused_settings(TrainConfig(data=sample_data, out=sample_data, arch="allconv", epochs=5)) == []
     # The CLI names the same folder as without them, and says why before any work.
     from typer.testing import CliRunner
 
@@ -243,7 +258,7 @@ def test_a_killed_run_resumes_where_it_stopped(sample_data, tmp_path):
     # noodle: a from-scratch net's epochs take seconds. A pretrained head's take
     # milliseconds: the kill lands once fit has ended and dropped its resume state,
     # and the rerun trains the head again, in seconds.
-    cmd = [sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(out), "--arch", "noodle",
+    cmd = [sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(out), "--arch", "allconv",
            "--epochs", "5", "--patience", "50", "-q"]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
@@ -297,7 +312,7 @@ def test_two_workers_on_the_loopback_train_one_model_that_only_the_chief_writes(
     import keras
 
     from train.data import decode, find_dataset
-    from train.fit import classification_metrics, predict_probabilities
+    from train.results import classification_metrics, predict_probabilities
 
     chief_port, worker_port = free_ports(2)
     cluster = {"chief": [f"127.0.0.1:{chief_port}"], "worker": [f"127.0.0.1:{worker_port}"]}
@@ -318,7 +333,7 @@ def test_two_workers_on_the_loopback_train_one_model_that_only_the_chief_writes(
                 procs[task] = subprocess.Popen(
                     [sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(outs[task]),
                      "--cluster", "tf-config", "--epochs", "2", "--image-size", "32", "--batch-size", "16",
-                     "--arch", "noodle", "-q"],
+                     "--arch", "allconv", "-q"],
                     stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         # A worker waiting for a peer that died waits for ever: a hang fails the test instead.
         deadline = time.monotonic() + 300
@@ -436,7 +451,7 @@ def test_slurm_tasks_resolve_to_workers_and_worker_0_is_chief(monkeypatch, tmp_p
 # ---------------------------------------------------------------- precision, memory
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, classes", [("noodle", 2), ("seed", 5)])
+@pytest.mark.parametrize("arch, classes", [("allconv", 2), ("classic", 5)])
 def test_mixed_precision_trains_on_cpu_and_exports_a_float32_model(arch, classes, tmp_path, monkeypatch):
     import keras
     from ai_edge_litert.interpreter import Interpreter
@@ -444,10 +459,10 @@ def test_mixed_precision_trains_on_cpu_and_exports_a_float32_model(arch, classes
     from edge.preprocess import load_image
     from export.convert import convert, load_model, read_run
     from tests.test_matrix import tinted_photos
-    from train import fit
+    from train import fit, scratch
 
     trained_under = {}
-    copy, wrap = fit.float32_copy, fit.for_training
+    copy, wrap = scratch.float32_copy, scratch.for_training
 
     def spy_wrap(model, augment):  # the training graph: its optimizer is the one fit steps
         trainer = trained_under["trainer"] = wrap(model, augment)
@@ -459,8 +474,8 @@ def test_mixed_precision_trains_on_cpu_and_exports_a_float32_model(arch, classes
                              optimizer=type(trained_under.pop("trainer").optimizer).__name__)
         return copy(model, *args)
 
-    monkeypatch.setattr(fit, "for_training", spy_wrap)
-    monkeypatch.setattr(fit, "float32_copy", spy)
+    monkeypatch.setattr(scratch, "for_training", spy_wrap)
+    monkeypatch.setattr(scratch, "float32_copy", spy)
     data = tinted_photos(tmp_path / "photos", classes)
     run = tmp_path / "run"
     manifest = fit.train(fit.TrainConfig(data=data, out=run, arch=arch, image_size=32, epochs=1,
@@ -492,15 +507,15 @@ def test_mixed_precision_is_undone_when_training_fails(tmp_path, monkeypatch):
     import keras
 
     from tests.test_matrix import tinted_photos
-    from train import fit
+    from train import fit, scratch
 
     def fail(*args):  # called after the policy is set, before any training
         raise RuntimeError("stopped on purpose")
 
-    monkeypatch.setattr(fit, "augmentation", fail)
+    monkeypatch.setattr(scratch, "augmentation", fail)
     data = tinted_photos(tmp_path / "photos", 2)
     with pytest.raises(RuntimeError, match="on purpose"):
-        fit.train(fit.TrainConfig(data=data, out=tmp_path / "run", arch="noodle", image_size=32, epochs=1,
+        fit.train(fit.TrainConfig(data=data, out=tmp_path / "run", arch="allconv", image_size=32, epochs=1,
                                   mixed_precision=True, verbose=0))
     assert keras.mixed_precision.global_policy().name == "float32"
 
@@ -561,6 +576,27 @@ def test_the_readmes_architecture_table_is_the_table():
     assert rows == expected
 
 
+@pytest.mark.parametrize("old, new", [("noodle", "allconv"), ("seed", "classic")])
+def test_a_former_architecture_name_trains_the_renamed_one_with_a_one_line_notice(sample_data, tmp_path,
+                                                                                 old, new):
+    from typer.testing import CliRunner
+
+    from noodle import app
+    from train.config import TrainConfig
+
+    def run_dir(arch):
+        result = CliRunner().invoke(app, ["train", str(sample_data), "--arch", arch, "--runs",
+                                          str(tmp_path), "--print-run-dir"])
+        assert result.exit_code == 0, result.output
+        return result
+
+    renamed, current = run_dir(old), run_dir(new)
+    assert renamed.stdout == current.stdout and f"-{new}-" in current.stdout  # the same run folder
+    assert renamed.stderr == f"note: --arch {old} is now called {new}; training {new}\n"
+    assert current.stderr == ""
+    assert TrainConfig(data=sample_data, out=tmp_path, arch=old).arch == new
+
+
 @pytest.mark.parametrize("args, message", [
     (["--epochs", "0"], "--epochs 0: out of range; give 1 to"),
     (["--epochs", "-1"], "--epochs -1: out of range"),
@@ -568,7 +604,7 @@ def test_the_readmes_architecture_table_is_the_table():
     (["--image-size", "8"], "--image-size 8: out of range"),
     (["--batch-size", "0"], "--batch-size 0: out of range; give 1 to"),
     (["--learning-rate", "nan"], "--learning-rate nan: out of range"),
-    (["--learning-rate", "-1"], "--learning-rate -1: out of range"),
+    (["--learning-rate", "-1"], "--learning-rate -1.0: out of range; give 1e-09 to 1"),
 ])
 def test_numbers_out_of_range_are_one_line_before_any_work(sample_data, tmp_path, args, message):
     """Was: 0 trained the defaults, -1 and 8 were tracebacks, batch 0 a ZeroDivisionError after 33 s."""
@@ -576,7 +612,7 @@ def test_numbers_out_of_range_are_one_line_before_any_work(sample_data, tmp_path
 
     from noodle import app
 
-    result = CliRunner().invoke(app, ["train", str(sample_data), "--arch", "noodle", *args,
+    result = CliRunner().invoke(app, ["train", str(sample_data), "--arch", "allconv", *args,
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -588,14 +624,14 @@ def test_a_loss_that_turns_non_finite_stops_training_and_writes_no_manifest(tmp_
     """Was: --learning-rate nan exited 0 with loss nan and a complete manifest."""
     from edge.errors import NoodleError
     from tests.test_matrix import tinted_photos
-    from train import fit
+    from train import fit, scratch
 
     data = tinted_photos(tmp_path / "photos", 2)
     run = tmp_path / "run"
-    real = fit._rate
-    monkeypatch.setattr(fit, "_rate", lambda cfg, *a: 1e30 if cfg.arch == "noodle" else real(cfg, *a))
+    real = scratch._rate
+    monkeypatch.setattr(scratch, "_rate", lambda cfg, *a: 1e30 if cfg.arch == "allconv" else real(cfg, *a))
     with pytest.raises(NoodleError, match=r"training loss became (nan|inf).*lower --learning-rate"):
-        fit.train(fit.TrainConfig(data=data, out=run, arch="noodle", image_size=32, epochs=2, verbose=0))
+        fit.train(fit.TrainConfig(data=data, out=run, arch="allconv", image_size=32, epochs=2, verbose=0))
     assert not (run / "manifest.json").exists() and not (run / ".backup").exists()
 
 
@@ -620,9 +656,23 @@ def test_a_file_where_the_run_folder_should_be_is_one_line(sample_data, tmp_path
     from noodle import app
 
     (tmp_path / "run").write_text("not a folder")
-    result = CliRunner().invoke(app, ["train", str(sample_data), "--arch", "noodle", "--epochs", "1",
+    result = CliRunner().invoke(app, ["train", str(sample_data), "--arch", "allconv", "--epochs", "1",
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines() == [
         f"error: {tmp_path / 'run'}: a file is where a folder should be; move it away, or write somewhere "
         "else (--out)"]
+
+runner = CliRunner()
+
+
+def test_train_cli_refuses_a_hostile_folder_in_one_line(tmp_path):
+    from noodle import app
+
+    for name in ("cat\x1b[2J", "dog"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for j in range(4):
+            Image.new("RGB", (8, 8), (j * 60, 9, 9)).save(tmp_path / "data" / name / f"{j}.png")
+    result = runner.invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    line = error_line(result)
+    assert "cat\\033[2J: class name" in line and clean(line)

@@ -13,23 +13,24 @@ from typing import Annotated
 import typer
 
 from edge.errors import NoodleError, one_line_errors
-from edge.manifest import RunManifest
-from edge.text import LISTED, escape_name, listed
+from edge.escape import LISTED, escape_name, listed
+from edge.manifest import RunManifest, load_run
+from edge.usage import OneLineUsage
 from train.cluster import Cluster
-from train.config import ARCHITECTURES, TrainConfig, unused_settings
-from train.data import MISSING
+from train.config import ARCHITECTURES, RENAMED, TrainConfig, unused_settings
+from train.csv_reader import MISSING
 from train.runs import RUNS
 
 # The defaults live in TrainConfig, with their reasons; the options repeat none of them.
 DEFAULTS = TrainConfig(data=Path("."), out=Path("."))
-# The architectures, named by their table (train.models would import Keras).
-ArchName = Enum("ArchName", {name: name for name in ARCHITECTURES}, type=str)
+# The architectures, named by their table (train.models would import Keras), and their former names.
+ArchName = Enum("ArchName", {name: name for name in [*ARCHITECTURES, *RENAMED]}, type=str)
 
 
 def _each(field: str) -> str:
     return ", ".join(f"{a.name} {getattr(a, field)}" for a in ARCHITECTURES.values())
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+app = typer.Typer(cls=OneLineUsage, no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Datasets: make the embedded default.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -57,12 +58,15 @@ Runs = Annotated[Path, typer.Option(
     help="Where run folders go: RUNS/<data name>-<arch>-<8 hex of the data and settings>.")]
 Arch = Annotated[ArchName, typer.Option(
     help="; ".join(f"{a.name}: {a.summary}" for a in ARCHITECTURES.values()) + ".")]
+# Ranges: a value outside one is refused before any work (one line, edge.usage), never
+# trained as a default or left to fail minutes later.
 Epochs = Annotated[int | None, typer.Option(
+    min=1, max=100_000,
     help=f"Epochs (default {_each('epochs')}) of the whole net from scratch, or of --fine-tune's "
          "blocks; a cosine schedule's length, else an upper bound (early stopping on validation loss "
          "keeps the best). A pretrained head is solved to convergence, with no epochs.")]
 ImageSize = Annotated[int | None, typer.Option(
-    help=f"Square input side in pixels (default {_each('image_size')}).")]
+    min=32, max=1024, help=f"Square input side in pixels (default {_each('image_size')}).")]
 Weights = Annotated[str | None, typer.Option(
     help="A pretrained architecture's backbone weights: imagenet (installed with noodle, converted "
          "once into the cache folder, $NOODLE_CACHE or $XDG_CACHE_HOME/noodle), none (random; the "
@@ -70,16 +74,19 @@ Weights = Annotated[str | None, typer.Option(
 FineTune = Annotated[int | None, typer.Option(
     help=f"Pretrained only: after the head, also train the backbone's top N blocks (batch norm "
          f"frozen, a tenth of the rate); 0: the head alone (default {_each('fine_tune')}).")]
-BatchSize = Annotated[int, typer.Option(help="Per device.")]
+BatchSize = Annotated[int, typer.Option(min=1, max=65_536, help="Per device.")]
+# Above 0 and at most 1; NaN, which passes every range, is refused by check_rate.
 LearningRate = Annotated[float, typer.Option(
-    help="Adam's rate (noodle: the start of its cosine decay; --fine-tune: a tenth of it).")]
-Patience = Annotated[int, typer.Option(help="Epochs without a better validation loss before stopping.")]
+    min=1e-9, max=1,
+    help="Adam's rate (cosine schedules: the start of the decay; --fine-tune: a tenth of it).")]
+Patience = Annotated[int, typer.Option(
+    min=0, max=100_000, help="Epochs without a better validation loss before stopping.")]
 Seed = Annotated[int, typer.Option(help="Seed for weights, shuffling and augmentation.")]
 TrainOnVal = Annotated[bool | None, typer.Option(
     "--train-on-val/--hold-out-val",
     help="Train on the validation photos too, or keep them out for validation curves and early "
-         "stopping. Default: noodle trains on them (its fixed cosine schedule chooses nothing on "
-         "them), seed holds them out; always held out when there is no test split.")]
+         "stopping. Default: the cosine architectures (lite0, allconv) train on them (a fixed schedule "
+         "chooses nothing on them), classic holds them out; always held out when there is no test split.")]
 MixedPrecision = Annotated[bool, typer.Option(
     help="float16 compute: faster on GPUs with tensor cores (Volta or newer), slower on CPUs. "
          "model.keras is float32 either way.")]
@@ -91,8 +98,9 @@ LabelColumn = Annotated[str | None, typer.Option(
 SplitColumn = Annotated[str | None, typer.Option(
     help="CSV: the train/val/test column ('none' to ignore one); default: split, set, subset, fold.")]
 MinPhotos = Annotated[int, typer.Option(
+    min=0, max=1_000_000, metavar="N",
     help="Drop classes with fewer than N training photos (named in manifest.json, data.dropped); "
-         "0 keeps every class.", metavar="N")]
+         "0 keeps every class.")]
 
 
 def _config_and_data(data, out, runs, arch, columns, **settings):
@@ -101,8 +109,11 @@ def _config_and_data(data, out, runs, arch, columns, **settings):
     from train.runs import default_run_dir, identity
 
     arch = ArchName(arch).value
+    if arch in RENAMED:
+        typer.echo(f"note: --arch {arch} is now called {RENAMED[arch]}; training {RENAMED[arch]}", err=True)
+        arch = RENAMED[arch]
     cfg = TrainConfig(data=data, out=Path("."), arch=arch, **settings)
-    check_numbers(cfg)
+    check_rate(cfg.learning_rate)
     check_weights(cfg)
     dataset = find_dataset(data, **columns, min_photos=cfg.min_photos)
     ident = identity(dataset, cfg)
@@ -111,23 +122,12 @@ def _config_and_data(data, out, runs, arch, columns, **settings):
 
 
 class SettingError(NoodleError):
-    """A training option out of its range; one line naming the option and the range."""
+    """A training option that is no number; one line naming it."""
 
 
-# The ranges of the numeric options: a value outside one is refused before any
-# work, never trained as a default or left to fail minutes later.
-RANGES = {"epochs": (1, 100_000), "image_size": (32, 1024), "batch_size": (1, 65_536),
-          "patience": (0, 100_000), "min_photos": (0, 1_000_000)}
-
-
-def check_numbers(cfg: TrainConfig) -> None:
-    """Every numeric option in its range (None: the architecture's own), or one line naming it."""
-    for name, (low, high) in RANGES.items():
-        value = getattr(cfg, name)
-        if value is not None and not low <= value <= high:
-            raise SettingError(f"--{name.replace('_', '-')} {value}: out of range; give {low} to {high:,}")
-    rate = cfg.learning_rate
-    if not (math.isfinite(rate) and 0 < rate <= 1):
+def check_rate(rate: float) -> None:
+    """NaN passes every range (each comparison with it is false): refused here, in the range's words."""
+    if not math.isfinite(rate):
         raise SettingError(f"--learning-rate {rate:g}: out of range; give a number above 0 and at most 1 "
                            "(Adam's default is 0.001)")
 
@@ -194,31 +194,19 @@ def train_command(
                                 "(reads no pixels; the Makefile names RUN with it).")] = False,
 ) -> None:
     """Train a classifier on DATA and write model.keras with its manifest."""
-    from edge.manifest import OutputError, load_run
     from train.fit import train
     from train.quiet import show_progress
-    from train.runs import check_run_dir
 
     cfg, dataset, ident = _config_and_data(
         data, out, runs, arch, _columns(file_column, label_column, split_column), epochs=epochs,
         image_size=image_size, weights=weights, fine_tune=fine_tune, batch_size=batch_size,
-        learning_rate=learning_rate, patience=patience,
-        seed=seed, train_on_val=train_on_val, mixed_precision=mixed_precision, cluster=cluster.value,
-        min_photos=min_photos,
-        cpu_replicas=cpu_replicas,
-        verbose=0 if quiet else (1 if sys.stdout.isatty() else 2))
+        learning_rate=learning_rate, patience=patience, seed=seed, train_on_val=train_on_val,
+        mixed_precision=mixed_precision, cluster=cluster.value, min_photos=min_photos,
+        cpu_replicas=cpu_replicas, verbose=0 if quiet else (1 if sys.stdout.isatty() else 2))
     if print_run_dir:
         typer.echo(cfg.out)
         return
-    unused = unused_settings(cfg)
-    if unused:
-        typer.echo(f"warning: {', '.join(unused)}: ignored, and not part of the run's identity: a pretrained "
-                   "head alone is solved to convergence (no epochs, rate, batch or seed, float32 features); "
-                   "--fine-tune N also trains the backbone's top N blocks, by gradient")
-    if cfg.out.exists() and not cfg.out.is_dir():  # one line now, not a traceback once training starts
-        raise OutputError(f"{cfg.out}: a file is where a folder should be; move it away, or write "
-                          "somewhere else (--out)")
-    state = check_run_dir(cfg.out, ident, force=force)
+    state = _before_training(cfg, ident, force)
     if state == "complete" and reuse:
         typer.echo(f"reusing {cfg.out}: its model was trained on this data with these settings "
                    "(`noodle train` without --reuse trains again)")
@@ -228,6 +216,22 @@ def train_command(
     if train(cfg, dataset=dataset, identity=ident) is not None:
         # None: a cluster worker other than the chief, which writes the manifest
         typer.echo(summary(load_run(cfg.out), cfg.out))
+
+
+def _before_training(cfg: TrainConfig, ident: dict, force: bool) -> str:
+    """Say which settings change nothing; refuse a file in the run folder's place; the folder's state."""
+    from edge.atomic import OutputError
+    from train.runs import check_run_dir
+
+    unused = unused_settings(cfg)
+    if unused:
+        typer.echo(f"warning: {', '.join(unused)}: ignored, and not part of the run's identity: a pretrained "
+                   "head alone is solved to convergence (no epochs, rate, batch or seed, float32 features); "
+                   "--fine-tune N also trains the backbone's top N blocks, by gradient")
+    if cfg.out.exists() and not cfg.out.is_dir():  # one line now, not a traceback once training starts
+        raise OutputError(f"{cfg.out}: a file is where a folder should be; move it away, or write "
+                          "somewhere else (--out)")
+    return check_run_dir(cfg.out, ident, force=force)
 
 
 def summary(manifest: RunManifest, run_dir: Path) -> str:

@@ -4,18 +4,17 @@ Four layouts are detected (see `find_dataset`): class-per-folder with or
 without train/val/test folders, Kaggle's flat `cat.0.jpg` names, and a CSV of
 file and label columns (a header is optional, its names are recognised; the
 label may be one-hot, a 0/1 column per class), given as DATA or one per split
-folder beside its photos (Roboflow's `train/_classes.csv`). Hidden
-entries, `__MACOSX/` and `._*` files are skipped everywhere. Every image goes
-through `edge.preprocess.load_image`, the same function the device runs, and is
-cached as uint8 so only the first pass decodes.
+folder beside its photos (Roboflow's `train/_classes.csv`). The layouts are
+read by train.layouts and train.csv_reader; here the classes are numbered,
+the splits carved and checked, and the pixels decoded. Every image goes
+through `edge.preprocess.load_image`, the same function the device runs, and
+is cached as uint8 so only the first pass decodes.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import random
-import re
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,30 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import NoodleError
-from edge.files import walk
-from edge.preprocess import ImageError, is_heif_file, is_image_file, load_image
-from edge.text import escape_name, label_problem, listed
+from edge.escape import escape_name, listed
+from edge.preprocess import ImageError, load_image
 from train.config import ARCHITECTURES, DEFAULT_ARCH
-
-# Folder names people give their splits, in the order we look for them.
-SPLIT_NAMES = {
-    "train": ("train", "training", "training_set", "train_set"),
-    "val": ("val", "valid", "validation", "validation_set", "val_set"),
-    "test": ("test", "testing", "test_set"),
-}
-# CSV header names, most specific first: the first one present is the column used.
-FILE_COLUMNS = ("file", "filename", "file_name", "filepath", "file_path", "path", "image",
-                "image_name", "image_path", "image_id", "img", "img_name", "fname", "id", "name")
-LABEL_COLUMNS = ("label", "labels", "class", "class_name", "classname", "category", "target",
-                 "breed", "species", "choice", "choices", "y")
-SPLIT_COLUMNS = ("split", "set", "subset", "fold", "partition")
-# Given as a column option, ignores a split column detection would have used.
-NO_COLUMN = "none"
-# Cells of one-hot label columns (`filename,cat,dog` over `a.jpg,1,0`), as
-# Roboflow's classification CSVs and Kaggle's plant-pathology or ISIC ground
-# truths write them: the class is the header of the column holding the 1.
-ONE_HOT = {"0": False, "1": True, "0.0": False, "1.0": True}
+from train.csv_reader import Raw, skipped
+from train.layouts import LAYOUTS, read_layout
+from train.names import DataError
 
 # When there is no test split: 15 % of each class is carved for validation and
 # another 15 % for test (70/15/15), so the photos that chose the epoch never
@@ -58,10 +39,6 @@ VAL_FRACTION = 0.2
 # Carved with a fixed seed, stratified, and independent of --seed, so runs
 # with different seeds are compared on the same photos.
 SPLIT_SEED = 20240613
-# Kaggle flat names are labels only when they make a plausible class set: at
-# least 2 classes of at least this many photos each. `Img1.jpg ... Img500.jpg`
-# or `Cat1.jpg ...` are not 500 classes.
-FLAT_MIN_PER_CLASS = 5
 # Above this many bytes of decoded pixels a split goes to a memory-mapped file
 # in the run folder instead of memory (about 228,000 photos at 56x56). Set
 # NOODLE_IN_MEMORY_LIMIT (bytes) lower on a machine with little memory.
@@ -70,15 +47,6 @@ IN_MEMORY_LIMIT = int(os.environ.get("NOODLE_IN_MEMORY_LIMIT", 2 << 30))
 # that class's accuracy, and the figures are not to be trusted: one warning
 # says so, with the test photos per class and what helps.
 FEW_TEST_PHOTOS = 10
-
-LAYOUTS = ("noodle reads class folders (<class>/*.jpg, optionally inside train/ val/ test/), "
-           f"Kaggle names (<class>.<n>.jpg, 2 or more classes of {FLAT_MIN_PER_CLASS}+ photos) "
-           "or a CSV with file and label columns")
-MISSING = "listed in CSV but missing"
-
-
-class DataError(NoodleError, ValueError):
-    """A dataset that cannot be used as given; the message says how to fix it."""
 
 
 @dataclass
@@ -137,8 +105,6 @@ class Decoded:
     skipped: list[dict] = field(default_factory=list)
 
 
-# A split's items before classes are numbered: (file, label).
-Raw = dict[str, list[tuple[Path, str]]]
 
 
 def find_dataset(data: str | os.PathLike, *, file_column: str | None = None,
@@ -154,7 +120,7 @@ def find_dataset(data: str | os.PathLike, *, file_column: str | None = None,
     root = Path(data)
     columns = {k: v for k, v in (("file_column", file_column), ("label_column", label_column),
                                  ("split_column", split_column)) if v}
-    layout, raw, missing = _read(root, columns)
+    layout, raw, missing = read_layout(root, columns)
     options = {**columns, **({"min_photos": min_photos} if min_photos else {})}
     return _finish(root, layout, raw, missing, options, min_photos)
 
@@ -171,7 +137,7 @@ def read_labelled(path: str | os.PathLike, labels: list[str], test_map: dict[str
     `columns`: find_dataset's file_column, label_column, split_column.
     """
     path = Path(path)
-    _, raw, missing = _read(path, {k: v for k, v in columns.items() if v}, known=labels)
+    _, raw, missing = read_layout(path, {k: v for k, v in columns.items() if v}, known=labels)
     items = raw.get("test") or [item for split in raw.values() for item in split]
     if raw.get("test"):  # only the split scored: a photo missing from train/ is no concern here
         missing = [m for m in missing if m[2] == "test"]
@@ -181,7 +147,7 @@ def read_labelled(path: str | os.PathLike, labels: list[str], test_map: dict[str
     mapping = match_labels(path, found, labels, test_map or {})
     index = {c: i for i, c in enumerate(labels)}
     numbered = [(f, index[mapping.get(label, label)]) for f, label in items]
-    return numbered, [_skipped(m) for m in missing], mapping
+    return numbered, [skipped(m) for m in missing], mapping
 
 
 def match_labels(path: Path, found: list[str], labels: list[str], given: dict[str, str]) -> dict[str, str]:
@@ -225,407 +191,6 @@ def match_labels(path: Path, found: list[str], labels: list[str], given: dict[st
         raise DataError(f"{path}: --test-map reads two classes as {shown(clash)}; map each class to "
                         "its own label")
     return mapping
-
-
-# ----------------------------------------------------------------------- layouts
-
-def _read(root: Path, options: dict, known: list[str] | None = None):
-    """(layout, raw splits, missing CSV rows) of any layout."""
-    if not root.exists():
-        raise DataError(f"{root}: no such file or folder; pass a folder of photos or a CSV")
-    if root.is_file():
-        if root.suffix.lower() != ".csv":
-            raise DataError(f"{root}: a file that is not a CSV; pass a folder of photos or a file,label CSV")
-        raw, missing = _read_csv(root, **options)
-        return "csv", raw, missing
-    if options:
-        flags = " ".join(f"--{k.replace('_', '-')}" for k in options)
-        raise DataError(f"{root}: a folder, and {flags} name a CSV's columns; drop them or pass the CSV")
-    try:
-        return _read_folder(root, known)
-    except DataError as exc:
-        # Kaggle's zips: photos named by id, labels in a CSV beside them.
-        csvs = sorted(root.glob("*.csv"))
-        if csvs:
-            raise DataError(f"{exc}; or pass {csvs[0]} as DATA if it labels these photos") from None
-        raise
-
-
-def _read_folder(root: Path, known: list[str] | None):
-    split_dirs = {
-        split: next((root / n for n in names if (root / n).is_dir()), None)
-        for split, names in SPLIT_NAMES.items()
-    }
-    if split_dirs["train"] is not None or (known and split_dirs["test"] is not None):
-        raw, layout, missing = {}, None, []
-        for split, folder in split_dirs.items():  # train first: its labels check the others'
-            if folder is None:
-                continue
-            csvs = sorted(p for p in folder.glob("*.csv") if not _hidden(p.name))
-            if _class_folders(folder):
-                raw[split], layout = _read_class_folders(folder), "folders"
-            elif _images_in(folder):
-                raw[split], lost, kind = _split_folder(folder, csvs, known or _labels(raw.get("train")))
-                missing += [(file, label, split, line) for file, label, _, line in lost]
-                layout = layout or kind
-        if not raw.get("train") and not (known and raw):
-            raise DataError(
-                f"{split_dirs['train']}: no class folders and no images; "
-                "put photos in train/<class>/ (one folder per class)"
-            )
-        return layout, raw, missing
-    if _class_folders(root):
-        return "class-folders", {"train": _read_class_folders(root)}, []
-    if _images_in(root):
-        return "kaggle-flat", {"train": _read_flat(root, known)}, []
-    raise DataError(f"{root}: unknown layout; {LAYOUTS}")
-
-
-def _split_folder(folder: Path, csvs: list[Path], known: list[str] | None):
-    """A split folder's photos, missing rows and layout: labelled by its one CSV,
-    else by the photos' own names (`cat.0.jpg` beside a `notes.csv`)."""
-    if len(csvs) == 1:
-        # Roboflow's classification export: train/_classes.csv beside the photos.
-        # Its rows are this folder's split whatever a split column says.
-        try:
-            listed, lost = _read_csv(csvs[0], split_column=NO_COLUMN)
-            if not any(listed.values()):
-                raise DataError(f"{csvs[0]}: names none of the photos beside it; "
-                                "write one file,label row per photo")
-            return [item for rows in listed.values() for item in rows], lost, "csv-per-split"
-        except DataError as not_labels:
-            try:
-                return _read_flat(folder, known), [], "kaggle-flat"
-            except DataError:
-                raise not_labels from None  # neither: the CSV's error says more
-    return _read_flat(folder, known), [], "kaggle-flat"
-
-
-def _hidden(name: str) -> bool:
-    """Dot files, macOS's AppleDouble `._*` files and the `__MACOSX/` folder zips add."""
-    return name.startswith(".") or name == "__MACOSX"
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not _hidden(p.name) and is_image_file(p) and p.is_file())
-
-
-def _class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name))
-
-
-def _labels(items) -> list[str] | None:
-    return sorted({label for _, label in items}) if items else None
-
-
-def _label(label: str, where: str | os.PathLike) -> str:
-    """A class name, refused (naming where it came from) unless edge.text.label_problem allows it."""
-    problem = label_problem(label)
-    if problem is not None:
-        raise DataError(f"{escape_name(str(where))}: {problem}")
-    return label
-
-
-def _read_class_folders(folder: Path) -> list[tuple[Path, str]]:
-    items = []
-    for class_dir in _class_folders(folder):
-        _label(class_dir.name, class_dir)
-        files = []
-        # Symlinked folders are followed, as noodle-edge classify follows them (edge.files.walk).
-        for root, dirs, names in walk(class_dir):
-            dirs[:] = [d for d in dirs if not _hidden(d)]
-            files += [p for n in names
-                      if not _hidden(n) and is_image_file(n) and (p := Path(root, n)).is_file()]
-        files.sort()
-        if not files:
-            raise DataError(f"{class_dir}: class folder with no images; add photos or remove it")
-        items += [(f, class_dir.name) for f in files]
-    return items
-
-
-def _read_flat(folder: Path, known: list[str] | None = None) -> list[tuple[Path, str]]:
-    """Kaggle's `<label>.<anything>.jpg`, when the labels make a plausible class set.
-
-    With `known` labels (a model's, or the training split's) any subset of
-    them is plausible; otherwise at least two classes of FLAT_MIN_PER_CLASS.
-    """
-    files = _images_in(folder)
-    # The label is the text before the first dot of the stem: cat.0.jpg -> cat.
-    unlabelled = [f.name for f in files if "." not in f.stem]
-    items = [(f, f.name.partition(".")[0]) for f in files if "." in f.stem]
-    counts = Counter(label for _, label in items)
-    why = None
-    if unlabelled:
-        why = (f"{len(unlabelled)} of {len(files)} names have no '<class>.' prefix, "
-               f"e.g. {escape_name(unlabelled[0])}")
-    elif known is not None:
-        strangers = sorted(set(counts) - set(known))
-        if strangers:
-            why = f"prefixes {strangers[:5]} are not the classes {list(known)}"
-    elif len(counts) < 2:
-        why = f"every name starts with '{escape_name(next(iter(counts)))}.', which is one class"
-    else:
-        few = sorted(c for c, n in counts.items() if n < FLAT_MIN_PER_CLASS)
-        if few:
-            why = (f"{len(few)} of {len(counts)} prefixes name fewer than {FLAT_MIN_PER_CLASS} photos, "
-                   f"e.g. '{escape_name(few[0])}.' ({counts[few[0]]})")
-    if why:
-        raise DataError(f"{folder}: file names do not spell classes ({why}); {LAYOUTS}")
-    for label, file in {label: f for f, label in items}.items():
-        _label(label, file)
-    return items
-
-
-# --------------------------------------------------------------------------- CSV
-
-def _read_csv(path: Path, file_column: str | None = None, label_column: str | None = None,
-              split_column: str | None = None) -> tuple[Raw, list[tuple]]:
-    """The CSV's splits, and its rows whose file is missing: (file, label, split, line)."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, _dialect(f.read(1 << 16)))
-            f.seek(0)
-            rows, start = [], 1
-            for r in reader:  # each row with the line it starts on (a quoted cell may span lines)
-                if r and any(c.strip() for c in r):
-                    rows.append((start, r))
-                start = reader.line_num + 1
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: unreadable CSV ({exc}); save it as UTF-8 file,label rows") from None
-    if not rows:
-        raise DataError(f"{path}: empty CSV; write one file,label row per photo")
-    base = path.parent
-    given = {_norm(c) for c in (file_column, label_column, split_column) if c and not c.isdigit()}
-    first = [_norm(c) for c in rows[0][1]]
-    # A header names known columns (or the ones asked for), or names no photo
-    # where the next row does ("photo,kind" over "cat.1.jpg,cat"); and no existing file.
-    named = any(c in FILE_COLUMNS + LABEL_COLUMNS + SPLIT_COLUMNS or c in given for c in first)
-    names_photo = [any(_photo_like(base, c) for c in row) for _, row in rows[:2]]
-    has_header = ((named or names_photo == [False, True])
-                  and not any(c.strip() and (base / c.strip()).is_file() for c in rows[0][1]))
-    body = rows[1:] if has_header else rows
-    sample = [row for _, row in body[:200]]
-
-    def holds_photos(i: int) -> bool:
-        """Whether nearly every cell of column i names a photo."""
-        cells = [row[i] for row in sample if len(row) > i and row[i].strip()]
-        return bool(cells) and sum(_photo_like(base, c) for c in cells) >= 0.9 * len(cells)
-
-    def one_hot(i: int) -> bool:
-        """Whether every cell of column i is a 0 or a 1."""
-        cells = [row[i].strip() for row in sample if len(row) > i]
-        return bool(cells) and all(c in ONE_HOT for c in cells)
-
-    fi, li, si = _columns(path, first if has_header else None, len(rows[0][1]),
-                          file_column, label_column, split_column, holds_photos, one_hot)
-    width = max(max(i) if isinstance(i, tuple) else i for i in (fi, li, si) if i is not None)
-    resolve = _resolver(base, [r[fi].strip() for _, r in body if len(r) > fi])
-
-    raw: Raw = {}
-    missing, seen, allowed = [], {}, set()
-    for line, row in body:
-        if len(row) <= width:
-            raise DataError(f"{path}:{line}: expected {width + 1} columns; got {','.join(row)!r}")
-        name = row[fi].strip()
-        if not name:
-            raise DataError(f"{path}:{line}: no file name; fill it in or delete the row")
-        label = _marked(path, line, name, row, li, rows[0][1]) if isinstance(li, tuple) else row[li].strip()
-        if not label:
-            raise DataError(f"{path}:{line}: empty label for {name}; fill it in or delete the row")
-        if label not in allowed:
-            allowed.add(_label(label, f"{path}:{line}"))
-        split = "train" if si is None else _split(path, line, row[si], first[si] if has_header else si + 1)
-        file = resolve(name)
-        if file is None:
-            missing.append((str(base / name), label, split, line))
-            continue
-        if file in seen:
-            before, before_line, before_split = seen[file]
-            if before != label:
-                raise DataError(f"{path}:{line}: {name} is labelled {label!r} here and {before!r} on "
-                                f"line {before_line}; keep one label per photo")
-            if before_split == split:
-                continue  # the same row twice
-        seen[file] = (label, line, split)
-        raw.setdefault(split, []).append((file, label))
-    return raw, missing
-
-
-def _marked(path: Path, line: int, name: str, row: list[str], columns: tuple[int, ...],
-            header: list[str]) -> str:
-    """The class of a one-hot row: the header of its one column marked 1."""
-    marked = [header[i].strip() for i in columns if ONE_HOT.get(row[i].strip())]
-    if len(marked) != 1:
-        found = "no class" if not marked else " and ".join(repr(m) for m in marked)
-        names = ", ".join(header[i].strip() for i in columns)
-        raise DataError(f"{path}:{line}: {name} is marked {found}; noodle learns one class per photo, "
-                        f"so put a 1 in exactly one of the columns {names}")
-    return marked[0]
-
-
-def _photo_like(base: Path, cell: str) -> bool:
-    """A CSV cell that names a photo: an image file name, or a file beside the CSV."""
-    cell = cell.strip()
-    return bool(cell) and (is_image_file(cell) or is_heif_file(cell) or (base / cell).is_file())
-
-
-def _dialect(sample: str):
-    """Commas, or the semicolons (and tabs) spreadsheets write where the comma is a decimal point."""
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=",;\t")
-    except csv.Error:
-        return csv.excel
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[\s\-]+", "_", name.strip().lower())
-
-
-def _columns(path: Path, header: list[str] | None, width: int, file_column, label_column, split_column,
-             holds_photos=lambda i: False, one_hot=lambda i: False):
-    """Indices of the file, label and (or None) split columns.
-
-    By header name (an option's, then a known one); the file column also by
-    content (`holds_photos`), since a tool's export may call it anything.
-    The label is a tuple of indices when it is one-hot: two or more columns
-    left whose every cell is 0 or 1 (`one_hot`), one per class.
-    """
-    def given(option: str, value: str) -> int | None:
-        if _norm(value) == NO_COLUMN:
-            return None
-        if value.isdigit() and 1 <= int(value) <= width:
-            return int(value) - 1
-        if header is None or _norm(value) not in header:
-            raise DataError(f"{path}: --{option} {value}: no such column "
-                            f"({'columns: ' + ', '.join(header) if header else 'no header row'}); "
-                            f"pass a header name or a column number from 1 to {width}")
-        return header.index(_norm(value))
-
-    if header is None:  # positional: file,label[,split]
-        fi = given("file-column", file_column) if file_column else 0
-        li = given("label-column", label_column) if label_column else 1
-        si = given("split-column", split_column) if split_column else (2 if width > 2 else None)
-        if width < 2 or fi is None or li is None:
-            raise DataError(f"{path}: needs a file column and a label column; write file,label rows")
-        # One-hot columns name their classes only in a header; without one the
-        # second of them would be read as a split column and refused for its 1s.
-        hot = [i for i in range(width) if i != fi and one_hot(i)]
-        if len(hot) >= 2 and len(hot) == width - 1 and not (label_column or split_column):
-            raise DataError(f"{path}: columns other than the file's hold only 0 and 1, as one-hot labels do, "
-                            f"but no header row names the classes; add one, e.g. "
-                            f"file,{','.join(f'class{n}' for n in range(1, width))}")
-        return fi, li, si
-
-    # Columns named by an option first, then the first known name among the others.
-    explicit = {k: given(f"{k}-column", v) for k, v in
-                (("file", file_column), ("label", label_column), ("split", split_column)) if v}
-    picked = dict(explicit)
-    for key, names in (("file", FILE_COLUMNS), ("label", LABEL_COLUMNS), ("split", SPLIT_COLUMNS)):
-        if key not in picked:
-            free = [n for n in names if n in header and header.index(n) not in picked.values()]
-            picked[key] = header.index(free[0]) if free else None
-    fi, li, si = picked["file"], picked["label"], picked["split"]
-    rest = [i for i in range(width) if i not in (fi, li, si)]
-    photos = [i for i in rest if holds_photos(i)]
-    if fi is None and not file_column and len(photos) == 1:
-        fi = photos[0]
-        rest.remove(fi)
-    # Two columns, one recognised: the other is the one left.
-    if fi is None and li is not None and len(rest) == 1 and not file_column:
-        fi = rest.pop()
-    if li is None and fi is not None and len(rest) == 1 and not label_column:
-        li = rest.pop()
-    hot = tuple(i for i in rest if one_hot(i))
-    if li is None and fi is not None and len(hot) >= 2 and not label_column:
-        li = hot
-    for index, option in ((fi, "file-column"), (li, "label-column")):
-        if index is None:
-            what = "photos" if option == "file-column" else "labels"
-            raise DataError(f"{path}: cannot tell which column holds the {what} "
-                            f"(columns: {', '.join(header)}); pass --{option} NAME")
-    return fi, li, si
-
-
-def _split(path: Path, line: int, value: str, column: str | int) -> str:
-    split = next((s for s, names in SPLIT_NAMES.items() if _norm(value) in names), None)
-    if split is None:
-        raise DataError(f"{path}:{line}: unknown split {value.strip()!r} in column {column}; use train, "
-                        f"val or test there, or pass --split-column {NO_COLUMN} to ignore the column")
-    return split
-
-
-def _resolver(base: Path, names: list[str]):
-    """name -> existing file (resolved) or None.
-
-    A name is a path relative to the CSV's folder. A path written on another
-    machine (`C:\\Users\\me\\pets\\cats\\1.jpg`, Colab's `/content/drive/...`,
-    Label Studio's `/data/upload/1/...`) is found by its longest tail that
-    exists under the CSV's folder. A bare name still not there (Kaggle's `id`
-    column, often without an extension), or such a path by its last part, is
-    looked for as written or as `<name>.<image extension>` in the one folder,
-    at most two levels under the CSV's, that holds the most of these names
-    (e.g. train/).
-    """
-    direct = {}
-    for name in set(names):
-        p = base / name
-        if p.is_file():
-            direct[name] = p.resolve()
-    cut = None  # the tail that worked last: one export writes one prefix
-    for name in sorted(set(names) - set(direct)):
-        parts = _parts(name)
-        for i in dict.fromkeys([cut, *range(1, len(parts))]):
-            if i is not None and 0 < i < len(parts) and (p := base.joinpath(*parts[i:])).is_file():
-                direct[name], cut = p.resolve(), i
-                break
-    # By last part only a bare name or another machine's path: a missing cats/1.jpg
-    # must stay missing, not become the dogs/1.jpg the index holds.
-    lost = {name: _parts(name)[-1] for name in set(names) - set(direct)
-            if len(_parts(name)) == 1 or re.match(r"/|[A-Za-z]:", name) or "\\" in name}
-    index: dict[str, Path] = {}
-    if lost:
-        best = 0
-        for folder in _folders(base, depth=2):
-            here = _name_index(folder)
-            score = sum(1 for last in lost.values() if last in here)
-            if score > best:
-                best, index = score, here
-
-    def resolve(name: str) -> Path | None:
-        return direct.get(name) or (index.get(lost[name]) if name in lost else None)
-
-    return resolve
-
-
-def _parts(name: str) -> list[str]:
-    """A path's parts, whichever machine wrote it: / or \\ separators, no drive."""
-    return [p for p in re.split(r"[\\/]+", name) if p and p != "." and not re.fullmatch(r"[A-Za-z]:", p)]
-
-
-def _folders(base: Path, depth: int):
-    yield base
-    if depth:
-        with os.scandir(base) as entries:  # d_type, not a stat per photo
-            subs = sorted(e.path for e in entries if e.is_dir() and not _hidden(e.name))
-        for sub in subs:
-            yield from _folders(Path(sub), depth - 1)
-
-
-def _name_index(folder: Path) -> dict[str, Path]:
-    """A folder's images by file name and by stem (x.jpg before x.png: alphabetical)."""
-    with os.scandir(folder) as entries:
-        files = sorted(Path(e.path) for e in entries
-                       if not _hidden(e.name) and e.is_file() and is_image_file(e.name))
-    index: dict[str, Path] = {}
-    for p in files:
-        index.setdefault(p.name, p.resolve())
-        index.setdefault(p.stem, p.resolve())
-    return index
-
-
-def _skipped(missing: tuple) -> dict:
-    file, label, split, line = missing
-    return {"file": file, "reason": MISSING, "label": label, "line": line}
 
 
 # ------------------------------------------------------------------------ splits
@@ -685,7 +250,7 @@ def _finish(root: Path, layout: str, raw: Raw, missing: list[tuple], options: di
     warnings = _few_test_photos(root, classes, splits["test"]) + _duplicates(root, classes, splits, sizes)
     return Dataset(root=root, layout=layout, labels=classes, splits=splits,
                    sources={s: sources.get(s, "none") for s in splits},
-                   skipped=[_skipped(m) for m in missing], warnings=warnings,
+                   skipped=[skipped(m) for m in missing], warnings=warnings,
                    fingerprint=fingerprint(listing, splits, sizes), split_digests=digests, options=options,
                    dropped=dropped)
 

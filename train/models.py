@@ -50,7 +50,7 @@ def lite0(input_shape: tuple[int, int, int], num_classes: int, weights: str = "i
     return keras.Model(inputs, outputs, name="lite0")
 
 
-def seed(input_shape: tuple[int, int, int], num_classes: int, weights: str = "none") -> keras.Model:
+def classic(input_shape: tuple[int, int, int], num_classes: int, weights: str = "none") -> keras.Model:
     """The classic recipe, layer for layer (1.97 M parameters at 64x64)."""
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1 / 255.0)(inputs)
@@ -59,7 +59,7 @@ def seed(input_shape: tuple[int, int, int], num_classes: int, weights: str = "no
     x = layers.Flatten()(x)
     x = layers.Dense(64, activation="relu")(x)
     x = layers.Dropout(0.5)(x)
-    return keras.Model(inputs, _head(x, num_classes), name="seed")
+    return keras.Model(inputs, _head(x, num_classes), name="classic")
 
 
 def _conv_bn(x, filters: int, stride: int = 1):
@@ -73,32 +73,20 @@ def _conv_bn(x, filters: int, stride: int = 1):
     return layers.ReLU()(x)
 
 
-def noodle(input_shape: tuple[int, int, int], num_classes: int, weights: str = "none") -> keras.Model:
+def allconv(input_shape: tuple[int, int, int], num_classes: int, weights: str = "none") -> keras.Model:
     """A small all-convolutional net, trained from scratch, that quantizes cleanly.
 
     A stride-2 stem sees the input (56x56 by default, train.config.ARCHITECTURES)
     once with 16 filters, so everything after it runs at half that side or
     less; width grows as resolution halves, and global average pooling instead
-    of a big dense layer keeps it at about 0.76 M parameters, 39 % of the
-    seed's. Plain 3x3 convolutions, not depthwise-separable ones: int8 stores a
-    float scale and an int64 zero point per output channel, which outweigh a
-    depthwise filter's 9 weights (a MobileNet-like variant's int8 file was a
-    third of its float32 one, not a quarter). With most weights in layers of
-    fan-in 3x3x128 or more, the int8 file is 25.8 % of the float32 one.
+    of a big dense layer keeps it small. Plain 3x3 convolutions, not
+    depthwise-separable ones: int8 stores a float scale and an int64 zero
+    point per output channel, which outweigh a depthwise filter's 9 weights.
+    With most weights in layers of wide fan-in, the int8 file is about a
+    quarter of the float32 one.
 
-    The from-scratch default after seven rounds of accuracy levers
-    (docs/experiments.md, "From scratch"): wider or residual layers, squeeze-and-excitation, SiLU, a
-    full-resolution or 5x5 first layer, max pooling beside the average, a
-    flattened head, anti-aliased pooling, 80-128 px inputs, progressive
-    resizing, centre crops, random crops, aspect jitter, SGD, SAM, weight
-    decay, weight averaging, label smoothing, mixup, CutMix, erasing,
-    RandAugment, colour, other dropout, test-time flips and averaged models
-    scored within the noise of the seeds or below it, or cost 1.4-4x the
-    training or invoke time. What moved every seed was more training photos
-    (train.config.TrainConfig.train_on_val); longer training, bought with a
-    smaller input, added about 1 pp (the 56 px input side), batch-norm
-    statistics of un-augmented photos another 1.1 pp (train.fit.exact_batch_norm),
-    and with them 50 epochs instead of 45 another 0.75 pp (50 epochs, train.config.ARCHITECTURES).
+    The from-scratch default after seven rounds of accuracy levers; what was
+    tried, and what each scored, is in docs/experiments.md ("From scratch").
     """
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1 / 255.0)(inputs)
@@ -110,12 +98,12 @@ def noodle(input_shape: tuple[int, int, int], num_classes: int, weights: str = "
     x = _conv_bn(x, 128)
     x = _conv_bn(x, 192)
     # 3x3: the 7x7 map's last row and column go; keeping them (padding="same", 4x4)
-    # scored 1.1 pp lower over four seeds (docs/experiments.md, round 5).
+    # scored lower (docs/experiments.md, round 5).
     x = layers.MaxPooling2D(2)(x)
     x = _conv_bn(x, 256)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3)(x)
-    return keras.Model(inputs, _head(x, num_classes), name="noodle")
+    return keras.Model(inputs, _head(x, num_classes), name="allconv")
 
 
 def build(arch: str, input_shape: tuple[int, int, int], num_classes: int,

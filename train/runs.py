@@ -16,9 +16,10 @@ import json
 import shutil
 from pathlib import Path
 
+from edge.atomic import write_json
 from edge.errors import NoodleError
-from edge.manifest import RunDir, write_json
 from train.config import GRADIENT_SETTINGS, RECIPE, resolved, solved_head, trains_on_val
+from train.rundir import RunDir
 
 # The TrainConfig fields that change the trained model. Not the output folder,
 # verbosity, or --cpu-replicas (a testing aid).

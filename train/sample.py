@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from edge.manifest import DISK_FULL, OutputError, make_folder
+from edge.atomic import DISK_FULL, OutputError, make_folder
 
 CLASSES = ("discs", "stripes")
 # Per class: enough for a stable validation figure, few enough to train in seconds.

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from edge.atomic import write_json
 from edge.errors import first_line
-from edge.manifest import ModelEntry, RunDir, load_export, write_json
+from edge.manifest import ModelEntry, load_export
 from export.config import DEFAULTS
 from export.convert import write_model
+from train.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,9 @@ def record_failure(run_dir: Path, variant: str, reason: str) -> None:
 
 def calibration(run_dir: Path, samples: int, split: str, data=None) -> tuple:
     """The pixels export's int8 calibrated on (same photos, same shuffle), and their description."""
-    from export.convert import calibration_set, read_run
+    from export.convert import calibration_set
 
-    return calibration_set(read_run(run_dir), samples, split, data)
+    return calibration_set(run_dir, samples, split, data)
 
 
 def make_extras(run_dir: Path, *, litert: bool, float_layers: str | None, diagnose: bool,

@@ -1,0 +1,170 @@
+"""The pretrained trainer: a frozen ImageNet backbone, its features computed once, a head solved on them.
+
+Reads top to bottom: the Stage (the backbone's features of every photo),
+the head solved by L-BFGS (train.head) and written as the run's history,
+the backbone cut for --fine-tune, and the fine-tuning of its top blocks.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.atomic import write_bytes
+from train.config import HEAD_ITERATIONS, HEAD_L2, TrainConfig
+from train.rundir import RunDir
+from train.stage import DecodedSplits, Stage, compiled, device, pipeline
+
+log = logging.getLogger(__name__)
+
+# A pretrained backbone's features are computed this many photos a call:
+# 64 photos of 224x224 hold the widest map in 150 MB of float32.
+FEATURE_BATCH = 64
+
+
+# Fine-tuning (--fine-tune N) runs at this fraction of --learning-rate: a
+# tenth keeps the ImageNet features from being washed out by a few hundred
+# photos. Its epochs are the architecture's (a few: what the clock affords on CPU).
+FINE_TUNE_RATE = 0.1
+
+
+def make_stage(cfg: TrainConfig, splits: DecodedSplits, num_classes: int) -> Stage:
+    """A pretrained backbone, frozen, with its features of each photo for a new head (`solve_head`).
+
+    The backbone stays in inference mode, so a photo's features never change:
+    they are computed once, un-augmented (augmented copies did not pay for
+    their time, docs/experiments.md). With --fine-tune N the backbone is cut
+    before its top N blocks: what the photos bring there is computed once
+    too, and the top blocks make the head's features from it (`fine_tune`
+    then trains them).
+    """
+    import keras
+
+    from train.models import build
+
+    keras.mixed_precision.set_global_policy("float32")  # the backbone's features, exact
+    model = build(cfg.arch, (cfg.image_size, cfg.image_size, 3), num_classes, cfg.weights)
+    backbone = model.layers[1]
+    backbone.trainable = False
+    bottom, top = split_backbone(backbone, cfg.fine_tune)
+    started = time.perf_counter()
+    maps = {split: outputs(bottom, d.x) for split, d in splits.decoded.items() if split != "test"}
+    features = maps if top is None else {split: outputs(top, m) for split, m in maps.items()}
+    log.info(f"{backbone.name} ({backbone.count_params():,} params, {cfg.weights} weights, frozen): "
+             f"features of {sum(map(len, features.values()))} photos at {cfg.image_size}x{cfg.image_size} in "
+             f"{time.perf_counter() - started:.1f}s on {device()}")
+    return Stage(model, features=features, **({"maps": maps, "top": top} if top is not None else {}))
+
+
+def solve_head(stage: Stage, splits: DecodedSplits, work: RunDir, num_classes: int) -> tuple[float, dict]:
+    """Solve the classifier's head on the features (train.head), set it, and return (seconds, the solve).
+
+    Its iterations are the run's history.csv rows: each is a full pass over
+    the features, as an epoch is. Deterministic: no rate, batch or seed.
+    """
+    from train import head
+
+    y = splits.decoded["train"].y
+    val = (stage.features["val"], splits.decoded["val"].y) if splits.validating else None
+    started = time.perf_counter()
+    solution = head.solve(stage.features["train"], y, num_classes, HEAD_L2, HEAD_ITERATIONS, val)
+    seconds = time.perf_counter() - started
+    dense = stage.model.layers[-1].layers[-1]  # the head model's class layer
+    dense.set_weights([solution.kernel, solution.bias])
+    work.backup.mkdir(parents=True, exist_ok=True)
+    _write_history(work.backup / "history.csv", solution.history)
+    _tensorboard(work.tensorboard, solution.history)
+    log.info(f"head ({solution.kernel.size + solution.bias.size:,} weights) solved by L-BFGS, "
+             f"L2 {HEAD_L2:g}, in {solution.iterations} iterations, {seconds:.1f}s"
+             + ("" if solution.converged else f"; not converged ({solution.message}): the weights of "
+                                              f"the last of {HEAD_ITERATIONS} iterations are kept"))
+    return seconds, {"solver": "L-BFGS", "l2": HEAD_L2, "iterations": solution.iterations,
+                     "converged": solution.converged}
+
+
+def _tensorboard(folder: Path, history: list[dict]) -> None:
+    """The solve's curves where Keras' TensorBoard callback puts an epoch's: train/ and validation/."""
+    import tensorflow as tf
+
+    for name, prefix in (("train", ""), ("validation", "val_")):
+        rows = [row for row in history if f"{prefix}loss" in row]
+        if rows:
+            with tf.summary.create_file_writer(str(folder / name)).as_default():
+                for row in rows:
+                    for key in ("loss", "accuracy"):
+                        tf.summary.scalar(f"epoch_{key}", row[prefix + key], step=row["epoch"])
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    """history.csv as Keras' CSVLogger writes it: a header of the keys, one row per epoch."""
+    import csv
+    import io
+
+    keys = list(dict.fromkeys(k for row in rows for k in row)) or ["epoch", "loss", "accuracy"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, keys, restval="NA", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(path, out.getvalue().encode())
+
+
+def split_backbone(backbone, blocks: int):
+    """(bottom, top): the backbone cut before its last `blocks` blocks; (backbone, None) for 0.
+
+    Both share the backbone's layers, so training `top` trains the backbone.
+    """
+    import keras
+
+    if not blocks:
+        return backbone, None
+    numbers = sorted({int(layer.name[5:].split("_")[0]) for layer in backbone.layers
+                      if layer.name.startswith("block")})
+    first = numbers[-min(blocks, len(numbers))]
+    cut = next(layer for layer in backbone.layers if layer.name.startswith(f"block{first}_"))
+    return keras.Model(backbone.input, cut.input), keras.Model(cut.input, backbone.output)
+
+
+def outputs(model, x: np.ndarray, batch: int = FEATURE_BATCH) -> np.ndarray:
+    """`model` in inference mode on `x` (pixels or feature maps), a batch at a time, as float32.
+
+    Batched so that a memory-mapped split streams; called, not predict_on_batch,
+    so one traced function serves every batch.
+    """
+    import tensorflow as tf
+
+    call = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
+    out = [call(tf.constant(x[i : i + batch], tf.float32)).numpy() for i in range(0, len(x), batch)]
+    return np.concatenate(out) if out else np.zeros((0, *model.output_shape[1:]), np.float32)
+
+
+def fine_tune(cfg: TrainConfig, model, stage: Stage, splits: DecodedSplits) -> float:
+    """Train the backbone's top `cfg.fine_tune` blocks with the trained head; return the seconds.
+
+    On what the frozen blocks below them made of each photo (computed once, so
+    un-augmented), at a tenth of --learning-rate for the run's epochs. Batch
+    norm stays frozen, in inference mode with its ImageNet statistics: a few
+    hundred photos would move them far from what the layers after it learnt.
+    One device: the model was built outside any distribution strategy.
+    """
+    import keras
+
+    top, classifier_head = stage.top, model.layers[-1]
+    for layer in top.layers:
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+    inputs = keras.Input(top.input_shape[1:], name="maps")
+    tuner = keras.Model(inputs, classifier_head(top(inputs)), name="fine_tune")
+    trained = sum(int(np.prod(w.shape)) for w in tuner.trainable_weights)
+    y = splits.decoded["train"].y
+    steps = cfg.epochs * max(1, len(y) // cfg.batch_size)
+    compiled(tuner, keras.optimizers.schedules.CosineDecay(cfg.learning_rate * FINE_TUNE_RATE, steps))
+    started = time.perf_counter()
+    tuner.fit(pipeline(stage.maps["train"], y, cfg.batch_size, True, cfg.seed, drop_remainder=True),
+              epochs=cfg.epochs, shuffle=False, verbose=cfg.verbose)
+    for layer in top.layers:
+        layer.trainable = False
+    seconds = time.perf_counter() - started
+    log.info(f"fine-tuned the top {cfg.fine_tune} blocks ({trained:,} weights) for {cfg.epochs} epochs "
+             f"in {seconds:.1f}s")
+    return seconds
