@@ -282,10 +282,13 @@ def write_model(run: RunDir, variant: str, blob: bytes, described: RunManifest |
     flatbuffer metadata), so a copy that lost its manifest still classifies.
     The sha256 is of the final file, metadata included.
     """
+    from export import tflite_metadata
     from export.metadata import embed
 
     blob = embed(blob, {"variant": variant, "labels": described.labels, "input": described.input.to_dict(),
                         "output": described.output, "preprocessing": described.preprocessing.to_dict()})
+    # And the standard TFLite Metadata, which MediaPipe, the Task Library and phone apps read.
+    blob = tflite_metadata.write(blob, variant, described)
     dest = run.tflite(variant)
     with atomic_output(dest) as tmp:
         tmp.write_bytes(blob)

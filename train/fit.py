@@ -28,7 +28,6 @@ from edge.manifest import (
     write_json,
 )
 from edge.postprocess import predicted_index, widen
-from edge.preprocess import PREPROCESSING
 from train import cluster as clusters
 from train import data as datasets
 from train import runs
@@ -618,6 +617,8 @@ def run_manifest(cfg: TrainConfig, dataset: datasets.Dataset, model, splits: Spl
     import keras
     import tensorflow as tf
 
+    from train.models import preprocessing
+
     replicas = strategy.num_replicas_in_sync
     run = RunDir(cfg.out)
     return RunManifest(
@@ -625,7 +626,7 @@ def run_manifest(cfg: TrainConfig, dataset: datasets.Dataset, model, splits: Spl
         # Keras sees float32 0-255 pixels; the model rescales them itself.
         input=InputSpec(height=cfg.image_size, width=cfg.image_size, dtype="float32", range=(0, 255)),
         output="sigmoid" if _units(model) == 1 else "softmax",
-        preprocessing=Preprocessing.from_dict(PREPROCESSING, "edge.preprocess.PREPROCESSING"),
+        preprocessing=Preprocessing.from_dict(preprocessing(model), "train.models.preprocessing"),
         arch=cfg.arch,
         params=int(model.count_params()),
         seed=cfg.seed,
