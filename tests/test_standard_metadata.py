@@ -37,6 +37,10 @@ CLIENT_SCRIPT = Path(__file__).resolve().parent / "clients" / "classify_with.py"
 CLIENTS = {"mediapipe": ROOT / ".venv-mediapipe", "tasklib": ROOT / ".venv-tasklib"}
 PHOTOS = 20
 FLOAT_TOLERANCE = 1e-4
+# dynamic quantizes its activations to int8 as it runs, with each TFLite release's own hybrid
+# kernels: noodle's two runtimes (tflite-runtime 2.14, ai-edge-litert) differ by up to 5.4e-3
+# on these photos, the Task Library's from ai-edge-litert's by 4.8e-3, MediaPipe's by 5e-7.
+DYNAMIC_TOLERANCE = 1e-2
 
 
 def client_python(name: str) -> Path:
@@ -240,7 +244,7 @@ def test_the_manifest_the_embedded_json_and_the_standard_metadata_agree(arch, tm
         assert (record["mean"], record["std"]) == (127.0, 128.0)
     manifest = RunManifest(labels=labels, input=InputSpec(side, side), output="softmax",
                            preprocessing=Preprocessing.from_dict(preprocessing(model)), arch=arch,
-                           params=int(model.count_params()))
+                           params=int(model.count_params()), training={"weights": "none"})
     run = RunDir(tmp_path)
     write_model(run, "float32", convert(model, "float32"), manifest)
     data = run.tflite("float32").read_bytes()
@@ -310,6 +314,8 @@ def test_the_real_clients_name_what_noodle_names(client, lite0_export, photos):
         entry = manifest.models[variant]
         # One step of the output's quantization for an integer output; float: 1e-4.
         tolerance = entry.output.scale if entry.output.dtype in ("uint8", "int8") else FLOAT_TOLERANCE
+        if variant == "dynamic":
+            tolerance = DYNAMIC_TOLERANCE
         for photo, (label, scores), (their_label, _, their_scores) in zip(photos, ours, theirs, strict=True):
             assert their_label == label, f"{client} {variant} {photo.name}: {their_label} vs {label}"
             for name, score in scores.items():
@@ -343,7 +349,9 @@ def test_a_file_relabelled_by_googles_writer_still_classifies_in_noodle(client, 
         lone = tmp_path / variant
         lone.mkdir()
         relabelled = lone / f"{variant}.tflite"
-        run_client(client, "relabel", str(export / f"{variant}.tflite"), str(relabelled), str(foreign))
+        done = run_client(client, "relabel", str(export / f"{variant}.tflite"), str(relabelled), str(foreign))
+        if "error" in done:
+            pytest.skip(f"{client}: Google's writer does not import there ({done['error']})")
         assert tflite_metadata.read(relabelled.read_bytes())["labels"] == [f"other-{x}" for x in labels]
         # No manifest beside it: noodle's embedded entry describes it, with noodle's labels.
         assert noodle_says(relabelled, photos) == noodle_says(export / f"{variant}.tflite", photos)
@@ -357,3 +365,40 @@ def test_a_file_relabelled_by_googles_writer_still_classifies_in_noodle(client, 
         with pytest.raises(ModelError, match="weights differ"):
             Classifier(relabelled)
     shutil.rmtree(tmp_path / "float32")
+
+
+@pytest.mark.slow
+def test_mediapipes_raspberry_pi_example_runs_the_int8_model_on_a_clip(lite0_export, photos, tmp_path):
+    """Its classify.py, unchanged, on a clip of the 20 photos (tests/clients/run_pi_example.py says how).
+
+    The example mirrors every frame (cv2.flip) before classifying it, so noodle is asked about
+    the mirrored photo. The clip is lossless (FFV1) at the model's size: no codec and no resize
+    stands between the two.
+    """
+    import cv2
+
+    python = client_python("mediapipe")
+    per_photo = 5
+    pixels = [np.asarray(Image.open(p)) for p in photos]
+    clip = tmp_path / "clip.avi"
+    height, width = pixels[0].shape[:2]
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"FFV1"), 30, (width, height))
+    assert writer.isOpened(), "OpenCV here cannot write an FFV1 clip"
+    for rgb in pixels:
+        for _ in range(per_photo):
+            writer.write(np.ascontiguousarray(rgb[:, :, ::-1]))
+    writer.release()
+    model = RunDir(lite0_export).export / "int8.tflite"
+    runner = CLIENT_SCRIPT.parent / "run_pi_example.py"
+    done = subprocess.run([str(python), str(runner), str(model), str(clip), str(per_photo)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said["ended"].startswith("ERROR: Unable to read from webcam")  # the clip's end
+    assert len(said["photos"]) == PHOTOS and all(said["photos"]), said
+    classifier = Classifier(model)
+    probs = classifier.probabilities(np.stack([rgb[:, ::-1] for rgb in pixels]))
+    step = load_export(RunDir(lite0_export).export).models["int8"].output.scale
+    for (label, score), row in zip(said["photos"], probs, strict=True):
+        assert label == classifier.labels[int(np.argmax(row))]
+        assert abs(score - float(row.max())) <= step + 1e-7

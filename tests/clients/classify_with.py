@@ -58,7 +58,9 @@ def tasklib_client(models: list[str], photos: list[str]) -> dict:
 
 def display(model: str) -> dict:
     try:
-        from tflite_support.metadata import MetadataDisplayer
+        from tflite_support import metadata  # the module, not a package: `from tflite_support.metadata` fails
+
+        MetadataDisplayer = metadata.MetadataDisplayer
     except ImportError:
         from mediapipe.tasks.python.metadata.metadata import MetadataDisplayer
     shown = MetadataDisplayer.with_model_file(model)
@@ -77,7 +79,10 @@ def relabel(model: str, out: str, labels: str) -> dict:
         writer = image_classifier.MetadataWriter.create_for_inference(buffer, [0.0], [1.0], [labels])
         written = writer.populate()
     except ImportError:
-        from mediapipe.tasks.python.metadata.metadata_writers import image_classifier, metadata_writer
+        try:
+            from mediapipe.tasks.python.metadata.metadata_writers import image_classifier, metadata_writer
+        except ImportError as exc:  # mediapipe 1.2.3's wheel lacks the writers' C module
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
         labelled = metadata_writer.Labels().add(names)
         writer = image_classifier.MetadataWriter.create(buffer, [0.0], [1.0], labelled)
