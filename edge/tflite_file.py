@@ -112,7 +112,7 @@ class ModelFile:
         even after another tool re-labelled it.
         """
         digest, data = hashlib.sha256(), memoryview(self.data)
-        digest.update(repr(self.graph).encode())
+        _feed(digest, self.graph)
         for i, (start, end) in enumerate(self.buffers):
             if i not in self.metadata_buffers:
                 digest.update(len(data[start:end]).to_bytes(8, "little"))
@@ -127,6 +127,19 @@ class ModelFile:
             if i != skip:
                 digest.update(data[start:end])
         return digest.hexdigest()
+
+
+def _feed(digest, value) -> None:
+    """`value` into `digest`, unambiguously: bytes as their length and themselves, the rest as text."""
+    if isinstance(value, (bytes, bytearray)):
+        digest.update(b"b%d:" % len(value))
+        digest.update(value)
+    elif isinstance(value, (tuple, list)):
+        digest.update(b"(%d:" % len(value))
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(repr(value).encode() + b";")
 
 
 class _Table:
@@ -400,6 +413,10 @@ def _tensor(t: _Table, what: str, buffers: list[tuple[int, int]], graph: list) -
             raise _Damage(f"{q}: {len(scale)} scales but {len(zero_point)} zero points")
         if len(scale) > 1 and not (0 <= axis < len(shape) and shape[axis] == len(scale)):
             raise _Damage(f"{q}: {len(scale)} per-channel scales for shape {list(shape)} axis {axis}")
-    graph.append(("tensor", name, type_code, shape, signature, buffer, scale, zero_point, axis,
+    # Quantization as its bytes: a per-channel tensor's thousands of floats would cost the
+    # device's cold start tens of milliseconds as text.
+    quantized = tuple(bytes(t.buf[a : a + n * w]) for a, n, w in (
+        (*quant.span(2, 4, what), 4), (*quant.span(3, 8, what), 8))) if quant is not None else ()
+    graph.append(("tensor", name, type_code, shape, signature, buffer, quantized, axis,
                   t.scalar(5, "B", 0, what)))
     return TensorInfo(name, dtype, tuple(shape), tuple(scale), tuple(zero_point))
