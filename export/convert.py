@@ -26,6 +26,7 @@ from edge.manifest import (
     InputSpec,
     ModelEntry,
     OutputError,
+    Preprocessing,
     RunDir,
     RunManifest,
     atomic_output,
@@ -348,6 +349,11 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     model = load_model(run_dir, trained)
     import keras
     import tensorflow as tf
+
+    from train.models import preprocessing
+
+    # The normalization the model computes, read from it: a run trained before noodle read it says otherwise.
+    trained.preprocessing = Preprocessing.from_dict(preprocessing(model, trained.preprocessing.to_dict()))
 
     run = RunDir(run_dir)
     run.export.mkdir(parents=True, exist_ok=True)

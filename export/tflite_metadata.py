@@ -225,13 +225,17 @@ def read(tflite: bytes) -> dict:
     packed = packed_files(tflite)
     label_name = next((name for name, kind in files.items()
                        if kind == fb.AssociatedFileType.TENSOR_AXIS_LABELS), None)
+    def text(value: bytes | None) -> str | None:  # another writer may leave any string out
+        return None if value is None else value.decode("utf-8", "replace")
+
+    size = props.defaultSize
     return {
-        "name": meta.name.decode(), "description": meta.description.decode(),
-        "version": meta.version.decode(), "license": meta.license.decode(),
-        "min_parser_version": meta.minParserVersion.decode(),
-        "color_space": props.colorSpace, "size": (props.defaultSize.height, props.defaultSize.width),
+        "name": text(meta.name), "description": text(meta.description),
+        "version": text(meta.version), "license": text(meta.license),
+        "min_parser_version": text(meta.minParserVersion),
+        "color_space": props.colorSpace, "size": (size.height, size.width) if size else None,
         "mean": list(norm.mean), "std": list(norm.std),
-        "input_description": image.description.decode(),
+        "input_description": text(image.description),
         "input_range": (list(image.stats.min), list(image.stats.max)),
         "labels": packed.get(label_name, b"").decode("utf-8").splitlines() if label_name else None,
     }

@@ -38,9 +38,11 @@ CLIENTS = {"mediapipe": ROOT / ".venv-mediapipe", "tasklib": ROOT / ".venv-taskl
 PHOTOS = 20
 FLOAT_TOLERANCE = 1e-4
 # dynamic quantizes its activations to int8 as it runs, with each TFLite release's own hybrid
-# kernels: noodle's two runtimes (tflite-runtime 2.14, ai-edge-litert) differ by up to 5.4e-3
-# on these photos, the Task Library's from ai-edge-litert's by 4.8e-3, MediaPipe's by 5e-7.
-DYNAMIC_TOLERANCE = 1e-2
+# kernels, so its scores differ between releases: on a make export of the sample data noodle's
+# two runtimes (tflite-runtime 2.14, ai-edge-litert) differed by up to 5.4e-3, and on this
+# test's 96 px model the Task Library's TFLite from ai-edge-litert by 0.041 on an uncertain
+# photo (MediaPipe's: 5e-7). The top-1 must still agree.
+DYNAMIC_TOLERANCE = 0.05
 
 
 def client_python(name: str) -> Path:
@@ -218,6 +220,28 @@ def embed_document(blob: bytes, document: dict) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def test_a_run_that_recorded_the_old_constant_is_exported_with_what_its_model_computes(tmp_path):
+    """Runs trained before the normalization was read from the model said `Rescaling 1/255` for all."""
+    from edge.manifest import write_json
+    from edge.preprocess import PREPROCESSING
+    from export.convert import export_run
+
+    model = tiny_model(3)
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    model.save(run.model)
+    old = {**PREPROCESSING, "normalization": "inside the model (Rescaling 1/255)"}
+    write_json(run.manifest, RunManifest(labels=["apple", "banana", "cherry"], input=InputSpec(32, 32),
+                                         output="softmax", preprocessing=Preprocessing.from_dict(old),
+                                         arch="tiny", params=int(model.count_params())).to_dict())
+    manifest = export_run(run.root, variants=["float32"])
+    norm = manifest.preprocessing.details["normalization"]
+    assert (norm["mean"], norm["std"]) == (127.0, 128.0)
+    data = run.tflite("float32").read_bytes()
+    assert json.loads(read_model(data, "float32").metadata_bytes())["preprocessing"]["normalization"] == norm
+    assert "(x - 127) / 128" in tflite_metadata.read(data)["input_description"]
+
+
 # ---------------------------------------------------------------- every architecture: three records agree
 
 @pytest.mark.slow
@@ -306,7 +330,7 @@ def test_the_real_clients_name_what_noodle_names(client, lite0_export, photos):
     manifest = load_export(export)
     files = {variant: export / entry.file for variant, entry in manifest.models.items()}
     assert set(files) >= {"float32", "float16", "dynamic", "int8"}
-    said = run_client(client, *map(str, files.values()), "--", *map(str, photos))
+    said = run_client(client, client, *map(str, files.values()), "--", *map(str, photos))
     for variant, path in files.items():
         theirs = said[str(path)]
         assert not isinstance(theirs, dict), f"{client} refused {variant}: {theirs}"

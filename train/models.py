@@ -139,11 +139,21 @@ def normalization(model: keras.Model) -> dict:
     return {"inside_model": True, "layer": layer.name, "mean": -offset / scale, "std": 1 / scale}
 
 
-def preprocessing(model: keras.Model) -> dict:
-    """The manifest's preprocessing: the device's pixels (edge.preprocess), then the model's normalization."""
+def preprocessing(model: keras.Model, recorded: dict | None = None) -> dict:
+    """The manifest's preprocessing: the device's pixels (edge.preprocess), then the model's normalization.
+
+    recorded: what a manifest already says, kept for a model whose first layer is not a
+    Rescaling (one trained elsewhere), where nothing can be read from the model.
+    """
     from edge.preprocess import PREPROCESSING
 
-    return {**PREPROCESSING, "normalization": normalization(model)}
+    try:
+        found = normalization(model)
+    except ValueError:
+        if recorded is None:
+            raise
+        return recorded
+    return {**(recorded or PREPROCESSING), "normalization": found}
 
 
 def build(arch: str, input_shape: tuple[int, int, int], num_classes: int,
