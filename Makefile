@@ -71,7 +71,7 @@ RECORDED    := $(if $(TOLD),,$(shell sed -n 1p $(LAST_EXPORT) 2>/dev/null))
 BUNDLE_RUN   = $(or $(RECORDED),$(RUN))
 BUNDLE_DATA := $(if $(RECORDED),$(shell sed -n 2p $(LAST_EXPORT)),$(DATA_DIR))
 
-.PHONY: setup edge-env data train trained exported export bundle bundle-which pi-check host-check pi-tools bench test test-tools lint clean help
+.PHONY: setup edge-env client-envs data train trained exported export bundle bundle-which pi-check host-check pi-tools bench test test-tools lint clean help
 
 help:
 	@sed -n '1,11p' Makefile
@@ -225,8 +225,28 @@ test-tools:
 	{ $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto chromium; }
 
+# The real clients the standard-metadata tests load every exported variant with
+# (tests/test_standard_metadata.py), each in its own environment: MediaPipe Tasks
+# (one wheel for every Python 3) and the TFLite Task Library, tflite-support 0.4.4, whose
+# wheels stop at Python 3.11 (made by a python3.11 when one runs). Neither shares TensorFlow's:
+# MediaPipe brings opencv-contrib-python, tflite-support protobuf < 4. A host that cannot
+# install one records why in its .failed, and the tests of that client skip saying so.
+MEDIAPIPE_VENV := .venv-mediapipe
+TASKLIB_VENV   := .venv-tasklib
+TASKLIB_PYTHON ?= $(shell for p in python3.11 python3.10 python3; do case "$$($$p $(PY_VERSION) 2>/dev/null)" in \
+	(3.9|3.10|3.11) echo $$p; exit;; esac; done)
+CLIENT_VENV = rm -rf $(1) && { $(2) -m venv $(1) && $(1)/bin/pip install --quiet $(3) && touch $(1)/.installed; } \
+	|| { mkdir -p $(1) && echo "$(4)" >$(1)/.failed; echo "note: $(4); its tests will skip" >&2; }
+client-envs: $(MEDIAPIPE_VENV)/.installed $(TASKLIB_VENV)/.installed
+$(MEDIAPIPE_VENV)/.installed:
+	@$(call CLIENT_VENV,$(MEDIAPIPE_VENV),$(PYTHON),'mediapipe==1.2.3',pip could not install mediapipe 1.2.3 for $(PYTHON))
+$(TASKLIB_VENV)/.installed:
+	@$(if $(TASKLIB_PYTHON),$(call CLIENT_VENV,$(TASKLIB_VENV),$(TASKLIB_PYTHON),'tflite-support==0.4.4',pip could not \
+	install tflite-support 0.4.4 for $(TASKLIB_PYTHON)),mkdir -p $(TASKLIB_VENV) && echo "tflite-support 0.4.4 has \
+	wheels for Python <= 3.11 and no python3.11 or 3.10 runs here" >$(TASKLIB_VENV)/.failed)
+
 # edge-env: the export tests run every model under tflite-runtime 2.14 in it.
-test: setup lint edge-env test-tools
+test: setup lint edge-env test-tools client-envs
 	$(BIN)/python -m pytest
 
 clean:

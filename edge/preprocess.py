@@ -3,7 +3,9 @@
 This is the one preprocessing function of noodle: training, int8 calibration,
 evaluation and the device all call it, so a model never sees pixels on the Pi
 that differ from the pixels it was trained on. It returns raw RGB uint8
-(0-255); normalization lives inside the model as a Rescaling layer.
+(0-255); normalization lives inside the model as a Rescaling layer, and the
+manifest records what it computes, read from the model that was built
+(train.models.preprocessing), since it differs between architectures.
 
 numpy and Pillow only: this file ships to the device.
 """
@@ -32,7 +34,6 @@ PREPROCESSING = {
     "resample": "bilinear",
     "dtype": "uint8",
     "range": [0, 255],
-    "normalization": "inside the model (Rescaling 1/255)",
 }
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})

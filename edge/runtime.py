@@ -14,8 +14,10 @@ Which file is trusted, and how:
   unless the caller allows unverified models (`--no-verify`), with a warning.
   Labels and input the model embeds (export/metadata.py) must agree with it.
 - With no manifest beside it, the model's embedded metadata gives labels,
-  input size and preprocessing, and the sha256 of its weights recorded there
-  must match, so a lone renamed .tflite runs and a damaged one does not.
+  input size and preprocessing, and the sha256 of its graph and weights recorded
+  there must match, so a lone renamed .tflite runs and a damaged one does not;
+  metadata another tool wrote (a re-labelling by Google's metadata writer) does
+  not count as damage (edge.tflite_file.ModelFile.weights_sha256).
   A model with neither is refused.
 - Its output must be one row of class scores per image, (batch, classes).
   Scores that are not probabilities (a row that does not sum to 1 within
@@ -263,7 +265,8 @@ class Classifier:
             self.validation: str | None = (("passed" if record.get("passed") else "did not pass")
                                            if record is not None else "never finished")
         else:
-            if embedded.weights_sha256 != model.weights_sha256():
+            # A file exported before the digest covered the graph carries the older one.
+            if embedded.weights_sha256 not in (model.weights_sha256(), model.legacy_weights_sha256()):
                 raise ModelError(f"{self.path}: its weights differ from the sha256 its embedded metadata "
                                  "records; the file was altered: copy it again from its export")
             self.variant, self.labels = embedded.variant, list(embedded.labels)

@@ -10,7 +10,12 @@ constant data), so a damaged file is one line and exit 2 instead.
 
 It also reads what noodle needs from the file: the input and output tensors,
 and the `metadata` entries, where `noodle export` embeds the model's labels,
-input size and preprocessing (export/metadata.py writes them).
+input size and preprocessing (export/metadata.py writes them) and the
+standard TFLite Metadata (export/tflite_metadata.py). Other tools add and
+rewrite metadata too (Google's metadata writers re-serialize the whole
+flatbuffer and append a zip of associated files), so what noodle checks a
+file by, `weights_sha256`, is read from the graph and the weights alone, in a
+form that does not depend on where a writer put them: see `ModelFile`.
 
 Field slots follow TensorFlow Lite's schema.fbs (schema version 3); slot n
 of a table is at vtable offset 4 + 2n. Standard library only.
@@ -78,10 +83,15 @@ class ModelFile:
     """
 
     def __init__(self, data: bytes, inputs: list[TensorInfo], outputs: list[TensorInfo],
-                 metadata: dict[str, int], buffers: list[tuple[int, int]]):
+                 metadata: dict[str, int], buffers: list[tuple[int, int]], graph: list | None = None,
+                 metadata_buffers: frozenset[int] = frozenset()):
         self.data, self.inputs, self.outputs = data, inputs, outputs
         self.metadata = metadata  # name -> buffer index
         self.buffers = buffers  # (start, end) of each buffer's bytes in `data`
+        # The graph as values (operator codes, tensors, operators, signatures), never as offsets.
+        self.graph = graph or []
+        # Every buffer some metadata entry (or the old metadata_buffer list) names.
+        self.metadata_buffers = metadata_buffers or frozenset(metadata.values())
 
     def metadata_bytes(self, name: str = METADATA_NAME) -> bytes | None:
         if name not in self.metadata:
@@ -90,17 +100,46 @@ class ModelFile:
         return self.data[start:end]
 
     def weights_sha256(self) -> str:
-        """sha256 of every buffer's bytes in order, leaving out noodle's metadata buffer.
+        """sha256 of what the model computes: its graph, then its weight buffers in order.
 
-        The same before and after the metadata is embedded, so the metadata can
-        carry it: what lets a model with no manifest beside it be checked.
+        Every metadata buffer is left out (noodle's, TFLITE_METADATA, the
+        converter's), and so is whatever follows the flatbuffer (the zip of
+        associated files a metadata writer appends). The graph is hashed as
+        the values the reader took out of it, not as bytes, because a writer
+        that re-serializes the model moves every table. So the digest is the
+        same before and after any metadata is written, and noodle's metadata
+        can carry it: what lets a model with no manifest beside it be checked,
+        even after another tool re-labelled it.
         """
+        digest, data = hashlib.sha256(), memoryview(self.data)
+        _feed(digest, self.graph)
+        for i, (start, end) in enumerate(self.buffers):
+            if i not in self.metadata_buffers:
+                digest.update(len(data[start:end]).to_bytes(8, "little"))
+                digest.update(data[start:end])
+        return digest.hexdigest()
+
+    def legacy_weights_sha256(self) -> str:
+        """The digest files exported before the graph was hashed carry: every buffer but noodle's."""
         skip = self.metadata.get(METADATA_NAME)
         digest, data = hashlib.sha256(), memoryview(self.data)
         for i, (start, end) in enumerate(self.buffers):
             if i != skip:
                 digest.update(data[start:end])
         return digest.hexdigest()
+
+
+def _feed(digest, value) -> None:
+    """`value` into `digest`, unambiguously: bytes as their length and themselves, the rest as text."""
+    if isinstance(value, (bytes, bytearray)):
+        digest.update(b"b%d:" % len(value))
+        digest.update(value)
+    elif isinstance(value, (tuple, list)):
+        digest.update(b"(%d:" % len(value))
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(repr(value).encode() + b";")
 
 
 class _Table:
@@ -170,6 +209,36 @@ class _Table:
             raise _Damage(f"{what}: string without its terminator")
         return self.buf[start : start + count].decode("utf-8", "replace")
 
+    def values(self, offsets: dict, what: str) -> tuple:
+        """Every field present as (slot, value), for a table whose layout the reader does not spell out.
+
+        `offsets`: the slots holding a vector or string (slot -> element bytes or
+        "str"), read as their contents. Every other field is a scalar: its bytes
+        up to the next field, read as one unsigned little-endian number. Writers
+        pad a scalar with zeros after it, which that number does not see, so two
+        writers that lay the table out differently give the same values.
+        """
+        present = []
+        for slot in range((self.vsize - 4) // 2):
+            offset = struct.unpack_from("<H", self.buf, self.vtable + 4 + 2 * slot)[0]
+            if offset:
+                if offset < 4 or offset >= self.tsize:
+                    raise _Damage(f"{what}: field outside its table")
+                present.append((offset, slot))
+        present.sort()
+        out = []
+        ends = [offset for offset, _ in present[1:]] + [self.tsize]
+        for (offset, slot), end in zip(present, ends[: len(present)], strict=True):
+            width = offsets.get(slot)
+            if width == "str":
+                out.append((slot, self.string(slot, what)))
+            elif width is not None:
+                start, count = self.span(slot, width, what)
+                out.append((slot, bytes(self.buf[start : start + count * width])))
+            else:
+                out.append((slot, int.from_bytes(self.buf[self.pos + offset : self.pos + end], "little")))
+        return tuple(out)
+
     def tables(self, slot: int, what: str) -> list[_Table]:
         start, count = self.span(slot, 4, what)
         out = []
@@ -198,32 +267,38 @@ def _read(buf: bytes) -> ModelFile:
         raise _Damage(f"model.version {version}, expected {SCHEMA_VERSION}")
     buffers = _buffers(buf, model.tables(4, "buffers"))
     opcodes = model.tables(1, "operator_codes")
+    graph: list = [("version", version)]
     for i, code in enumerate(opcodes):
         what = f"operator_codes[{i}]"
-        if min(code.scalar(0, "b", 0, what), code.scalar(3, "i", 0, what)) < 0:
+        old, new = code.scalar(0, "b", 0, what), code.scalar(3, "i", 0, what)
+        if min(old, new) < 0:
             raise _Damage(f"{what}: negative builtin code")
-        code.string(1, f"{what}.custom_code")
+        # Codes past 127 live in the new field alone; the old one says 127 for them.
+        graph.append(("opcode", max(old, new), code.string(1, f"{what}.custom_code"),
+                      code.scalar(2, "i", 1, what)))
     subgraphs = model.tables(2, "subgraphs")
     if not subgraphs:
         raise _Damage("no subgraphs")
     model.string(3, "description")
-    graphs = [_subgraph(sub, f"subgraphs[{i}]", buffers, len(opcodes), len(subgraphs))
+    graphs = [_subgraph(sub, f"subgraphs[{i}]", buffers, len(opcodes), len(subgraphs), graph)
               for i, sub in enumerate(subgraphs)]
-    for i in model.numbers(5, "i", "metadata_buffer"):
-        _index(i, len(buffers), "metadata_buffer")
+    described = {_index(i, len(buffers), "metadata_buffer") for i in model.numbers(5, "i", "metadata_buffer")}
     metadata = {}
     for i, entry in enumerate(model.tables(6, "metadata")):
         key = entry.string(0, f"metadata[{i}].name")
         index = entry.scalar(1, "I", 0, f"metadata[{i}]")
         metadata[key] = _index(index, len(buffers), f"metadata[{i}].buffer")
+        described.add(metadata[key])
     for i, sig in enumerate(model.tables(7, "signature_defs")):
         what = f"signature_defs[{i}]"
-        graph = _index(sig.scalar(4, "I", 0, what), len(graphs), f"{what}.subgraph_index")
-        sig.string(2, f"{what}.signature_key")
+        subgraph = _index(sig.scalar(4, "I", 0, what), len(graphs), f"{what}.subgraph_index")
+        pairs = []
         for slot in (0, 1):
             for j, pair in enumerate(sig.tables(slot, f"{what}.tensors")):
-                pair.string(0, f"{what}.tensors[{j}].name")
-                _index(pair.scalar(1, "I", 0, what), len(graphs[graph]), f"{what}.tensors[{j}].tensor_index")
+                pairs.append((slot, pair.string(0, f"{what}.tensors[{j}].name"),
+                              _index(pair.scalar(1, "I", 0, what), len(graphs[subgraph]),
+                                     f"{what}.tensors[{j}].tensor_index")))
+        graph.append(("signature", sig.string(2, f"{what}.signature_key"), subgraph, tuple(pairs)))
     main = graphs[0]
     sub = subgraphs[0]
     return ModelFile(
@@ -232,6 +307,8 @@ def _read(buf: bytes) -> ModelFile:
         outputs=[main[i] for i in sub.numbers(2, "i", "outputs")],
         metadata=metadata,
         buffers=buffers,
+        graph=graph,
+        metadata_buffers=frozenset(described),
     )
 
 
@@ -257,14 +334,16 @@ def _buffers(buf: bytes, tables: list[_Table]) -> list[tuple[int, int]]:
 
 
 def _subgraph(sub: _Table, what: str, buffers: list[tuple[int, int]], opcodes: int,
-              graphs: int) -> list[TensorInfo]:
-    tensors = [_tensor(t, f"{what}.tensors[{i}]", buffers)
+              graphs: int, graph: list) -> list[TensorInfo]:
+    tensors = [_tensor(t, f"{what}.tensors[{i}]", buffers, graph)
                for i, t in enumerate(sub.tables(0, f"{what}.tensors"))]
     n = len(tensors)
+    ends = []
     for slot, part in ((1, "inputs"), (2, "outputs")):
-        for i in sub.numbers(slot, "i", f"{what}.{part}"):
+        ends.append(sub.numbers(slot, "i", f"{what}.{part}"))
+        for i in ends[-1]:
             _index(i, n, f"{what}.{part}: tensor")
-    sub.string(4, f"{what}.name")
+    graph.append(("subgraph", sub.string(4, f"{what}.name"), *ends))
     for k, op in enumerate(sub.tables(3, f"{what}.operators")):
         where = f"{what}.operators[{k}]"
         _index(op.scalar(0, "I", 0, where), opcodes, f"{where}.opcode_index")
@@ -274,6 +353,11 @@ def _subgraph(sub: _Table, what: str, buffers: list[tuple[int, int]], opcodes: i
         op.span(7, 1, f"{where}.mutating_variable_inputs")
         options = op.table(4, f"{where}.builtin_options")
         kind = op.scalar(3, "B", 0, where) if options else 0
+        start, count = op.span(5, 1, f"{where}.custom_options")
+        graph.append(("op", op.scalar(0, "I", 0, where), op.numbers(1, "i", where), op.numbers(2, "i", where),
+                      op.numbers(8, "i", where), kind,
+                      options.values(dict(OPTIONS_OFFSETS.get(kind, ())), f"{where}.builtin_options")
+                      if options else (), bytes(op.buf[start : start + count])))
         for slot, width in OPTIONS_OFFSETS.get(kind, ()):
             if width == "str":
                 options.string(slot, f"{where}.builtin_options")
@@ -283,14 +367,13 @@ def _subgraph(sub: _Table, what: str, buffers: list[tuple[int, int]], opcodes: i
             _index(options.scalar(slot, "i", 0, where), graphs, f"{where}.builtin_options: subgraph")
         if op.table(12, f"{where}.builtin_options_2") is not None:
             raise _Damage(f"{where}: StableHLO options, which noodle never writes")
-        op.span(5, 1, f"{where}.custom_options")
         offset, size = op.scalar(9, "Q", 0, where), op.scalar(10, "Q", 0, where)
         if offset > 1 and offset + size > len(sub.buf):
             raise _Damage(f"{where}: custom options past the end of the file")
     return tensors
 
 
-def _tensor(t: _Table, what: str, buffers: list[tuple[int, int]]) -> TensorInfo:
+def _tensor(t: _Table, what: str, buffers: list[tuple[int, int]], graph: list) -> TensorInfo:
     type_code = t.scalar(1, "b", 0, what)
     if type_code not in TENSOR_TYPES:
         raise _Damage(f"{what}: unknown type {type_code}")
@@ -302,7 +385,8 @@ def _tensor(t: _Table, what: str, buffers: list[tuple[int, int]]) -> TensorInfo:
     if signature and (len(signature) != len(shape) or any(d < -1 for d in signature)):
         raise _Damage(f"{what}: shape_signature {list(signature)} does not fit shape {list(shape)}")
     name = t.string(3, f"{what}.name")
-    start, end = buffers[_index(t.scalar(2, "I", 0, what), len(buffers), f"{what}.buffer")]
+    buffer = _index(t.scalar(2, "I", 0, what), len(buffers), f"{what}.buffer")
+    start, end = buffers[buffer]
     if t.table(6, f"{what}.sparsity") is not None:
         raise _Damage(f"{what}: sparse tensor, which noodle never writes")
     for i, variant in enumerate(t.tables(9, f"{what}.variant_tensors")):
@@ -311,6 +395,7 @@ def _tensor(t: _Table, what: str, buffers: list[tuple[int, int]]) -> TensorInfo:
         raise _Damage(f"{what}: {end - start} bytes of constant data for shape {list(shape)} of {dtype}")
     scale: tuple = ()
     zero_point: tuple = ()
+    axis = 0
     quant = t.table(4, f"{what}.quantization")
     if quant is not None:
         q = f"{what}.quantization"
@@ -328,4 +413,10 @@ def _tensor(t: _Table, what: str, buffers: list[tuple[int, int]]) -> TensorInfo:
             raise _Damage(f"{q}: {len(scale)} scales but {len(zero_point)} zero points")
         if len(scale) > 1 and not (0 <= axis < len(shape) and shape[axis] == len(scale)):
             raise _Damage(f"{q}: {len(scale)} per-channel scales for shape {list(shape)} axis {axis}")
+    # Quantization as its bytes: a per-channel tensor's thousands of floats would cost the
+    # device's cold start tens of milliseconds as text.
+    quantized = tuple(bytes(t.buf[a : a + n * w]) for a, n, w in (
+        (*quant.span(2, 4, what), 4), (*quant.span(3, 8, what), 8))) if quant is not None else ()
+    graph.append(("tensor", name, type_code, shape, signature, buffer, quantized, axis,
+                  t.scalar(5, "B", 0, what)))
     return TensorInfo(name, dtype, tuple(shape), tuple(scale), tuple(zero_point))

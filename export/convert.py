@@ -26,6 +26,7 @@ from edge.manifest import (
     ExportManifest,
     InputSpec,
     ModelEntry,
+    Preprocessing,
     RunManifest,
     load_export,
     load_run,
@@ -266,10 +267,13 @@ def write_model(run: RunDir, variant: str, blob: bytes, described: RunManifest |
     flatbuffer metadata), so a copy that lost its manifest still classifies.
     The sha256 is of the final file, metadata included.
     """
+    from export import tflite_metadata
     from export.metadata import embed
 
     blob = embed(blob, {"variant": variant, "labels": described.labels, "input": described.input.to_dict(),
                         "output": described.output, "preprocessing": described.preprocessing.to_dict()})
+    # And the standard TFLite Metadata, which MediaPipe, the Task Library and phone apps read.
+    blob = tflite_metadata.write(blob, variant, described)
     dest = run.tflite(variant)
     with atomic_output(dest) as tmp:
         tmp.write_bytes(blob)
@@ -329,6 +333,11 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     model = load_model(run_dir, trained)
     import keras
     import tensorflow as tf
+
+    from train.models import preprocessing
+
+    # The normalization the model computes, read from it: a run trained before noodle read it says otherwise.
+    trained.preprocessing = Preprocessing.from_dict(preprocessing(model, trained.preprocessing.to_dict()))
 
     run = RunDir(run_dir)
     run.export.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,12 @@ flatbuffer's `metadata` list points at. The interpreters ignore metadata they
 do not know, so the model computes exactly what it computed before.
 edge.runtime reads it back with edge.tflite_file, without TensorFlow.
 
-The JSON also records the sha256 of the model's weights (every buffer but
-its own), which is how a model with no manifest beside it is checked: see
-edge.runtime. TensorFlow is imported inside `embed`.
+The JSON also records the sha256 of the model's graph and weights (no
+metadata buffer, no file packed after the flatbuffer: edge.tflite_file), which
+is how a model with no manifest beside it is checked, even after another tool
+rewrote its metadata: see edge.runtime. The standard TFLite Metadata the
+clients read is written beside this entry by export/tflite_metadata.py.
+TensorFlow is imported inside `embed`.
 """
 from __future__ import annotations
 

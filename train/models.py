@@ -106,6 +106,44 @@ def allconv(input_shape: tuple[int, int, int], num_classes: int, weights: str = 
     return keras.Model(inputs, _head(x, num_classes), name="allconv")
 
 
+def normalization(model: keras.Model) -> dict:
+    """How `model` normalizes its raw 0-255 pixels, read from the layer that does it: (x - mean) / std.
+
+    The first layer after the input (inside a nested backbone, its own first layer)
+    must be a Rescaling, which computes x * scale + offset; so mean = -offset / scale
+    and std = 1 / scale. Read from the model that was built, never from a table, so
+    what the manifest and every exported file say is what the weights expect.
+    """
+    layer = model
+    while isinstance(layer, keras.Model):
+        computing = [sub for sub in layer.layers if not isinstance(sub, keras.layers.InputLayer)]
+        if not computing:
+            break
+        layer = computing[0]
+    if not isinstance(layer, layers.Rescaling):
+        raise ValueError(f"{model.name}: its first layer is {type(layer).__name__}, not a Rescaling; "
+                         "noodle's models take raw 0-255 pixels and normalize them in a Rescaling layer")
+    scale, offset = float(layer.scale), float(layer.offset)
+    return {"inside_model": True, "layer": layer.name, "mean": -offset / scale, "std": 1 / scale}
+
+
+def preprocessing(model: keras.Model, recorded: dict | None = None) -> dict:
+    """The manifest's preprocessing: the device's pixels (edge.preprocess), then the model's normalization.
+
+    recorded: what a manifest already says, kept for a model whose first layer is not a
+    Rescaling (one trained elsewhere), where nothing can be read from the model.
+    """
+    from edge.preprocess import PREPROCESSING
+
+    try:
+        found = normalization(model)
+    except ValueError:
+        if recorded is None:
+            raise
+        return recorded
+    return {**(recorded or PREPROCESSING), "normalization": found}
+
+
 def build(arch: str, input_shape: tuple[int, int, int], num_classes: int,
           weights: str = "none") -> keras.Model:
     """The `arch` row's builder (train.config.ARCHITECTURES); from-scratch builders take no weights."""

@@ -14,7 +14,6 @@ import numpy as np
 from edge.atomic import atomic_output, write_bytes, write_json
 from edge.manifest import InputSpec, Preprocessing, RunManifest
 from edge.postprocess import predicted_index, widen
-from edge.preprocess import PREPROCESSING
 from train import data as datasets
 from train import runs
 from train.config import TrainConfig
@@ -80,6 +79,8 @@ def run_manifest(cfg: TrainConfig, dataset: datasets.Dataset, model, splits: Dec
     import keras
     import tensorflow as tf
 
+    from train.models import preprocessing
+
     replicas = strategy.num_replicas_in_sync
     run = RunDir(cfg.out)
     return RunManifest(
@@ -87,7 +88,7 @@ def run_manifest(cfg: TrainConfig, dataset: datasets.Dataset, model, splits: Dec
         # Keras sees float32 0-255 pixels; the model rescales them itself.
         input=InputSpec(height=cfg.image_size, width=cfg.image_size, dtype="float32", range=(0, 255)),
         output="sigmoid" if units(model) == 1 else "softmax",
-        preprocessing=Preprocessing.from_dict(PREPROCESSING, "edge.preprocess.PREPROCESSING"),
+        preprocessing=Preprocessing.from_dict(preprocessing(model), "train.models.preprocessing"),
         arch=cfg.arch,
         params=int(model.count_params()),
         seed=cfg.seed,
