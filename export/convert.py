@@ -34,6 +34,7 @@ from edge.manifest import (
     sha256_file,
     write_json,
 )
+from export import embed
 from export.check import describe
 from export.config import CALIBRATION_SPLITS, DEFAULTS, IO_TYPES, VARIANTS
 from train.quiet import quiet_tensorflow
@@ -361,6 +362,7 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     failed: dict[str, str] = {}
     graph = _saved_model(model, run, failed)
     _write_variants(run, trained, convert_all(graph, variants, pixels, io), calibration_info, models, failed)
+    embed.write(run, model, trained, pixels, io, data)  # embed.tflite and features.npz, for teaching
     for stale in VARIANTS:
         if stale not in models and run.tflite(stale).is_file():
             run.tflite(stale).unlink()
