@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.manifest import RunDir, RunManifest, atomic_output, sha256_file
+from edge.errors import first_line
+from edge.manifest import OutputError, RunDir, RunManifest, atomic_output, sha256_file
 from edge.runtime import find_runtime
 from edge.taught import EMBED_NAME, FEATURES_KIND, FEATURES_NAME, Embedder, ShippedFeatures
 
@@ -68,18 +69,30 @@ def two_outputs(model):
 
 
 def write(run: RunDir, model, trained: RunManifest, pixels: np.ndarray | None, io: str, data=None) -> None:
-    """RUN/export/embed.tflite and features.npz, or one line saying why not (and neither file)."""
-    from export.convert import calibration_pixels, convert
+    """RUN/export/embed.tflite and features.npz, or one line saying why not (and neither file).
 
-    out = run.export
+    Its failure fails neither the export nor int8.tflite: it is said in one line, as a variant's is.
+    """
     reason = why_not(trained, model) or (None if pixels is not None else "int8 was not asked for")
     if reason is None and not run.tflite("int8").is_file():
         reason = "int8.tflite failed, and embed.tflite is checked against it"
+    if reason is None:
+        try:
+            reason = _write(run, model, trained, pixels, io, data)
+        except OutputError:  # a full disk: the export stops, in one line
+            raise
+        except Exception as exc:  # the converter's many types
+            reason = f"{type(exc).__name__}: {first_line(exc)}"
     if reason is not None:
         for name in (EMBED_NAME, FEATURES_NAME):
-            (out / name).unlink(missing_ok=True)
+            (run.export / name).unlink(missing_ok=True)
         log.info(f"skipped  {EMBED_NAME}: {reason}")
-        return
+
+
+def _write(run: RunDir, model, trained: RunManifest, pixels: np.ndarray, io: str, data) -> str | None:
+    from export.convert import calibration_pixels, convert
+
+    out = run.export
     blob = convert(two_outputs(model), "int8", pixels, io)
     dest = out / EMBED_NAME
     with atomic_output(dest) as tmp:
@@ -89,10 +102,7 @@ def write(run: RunDir, model, trained: RunManifest, pixels: np.ndarray | None, i
     check = calibration_pixels(trained, CHECK_PHOTOS, data=data)
     agree = _agree(run.tflite("int8"), dest, embedder, check)
     if agree is not None:
-        dest.unlink(missing_ok=True)
-        (out / FEATURES_NAME).unlink(missing_ok=True)
-        log.info(f"failed   {EMBED_NAME}: {agree}")
-        return
+        return agree
     log.info(f"wrote    {dest}  ({dest.stat().st_size:,} bytes; its probabilities equal int8.tflite's "
              f"on {len(check)} photos)")
     shipped = _features(trained, embedder, data)
@@ -102,6 +112,7 @@ def write(run: RunDir, model, trained: RunManifest, pixels: np.ndarray | None, i
         shipped.save(tmp)
     log.info(f"wrote    {out / FEATURES_NAME}  ({len(shipped.y)} photos' features, "
              f"{(out / FEATURES_NAME).stat().st_size:,} bytes)")
+    return None
 
 
 def _runtime() -> str:
