@@ -109,13 +109,17 @@ def test_the_export_writes_an_embed_model_that_is_int8s_graph(taught_export, sam
                 == embed.interpreter.get_tensor(other["index"])).all()
 
 
-def test_architectures_trained_whole_get_no_embed_model_and_say_why():
+def test_architectures_trained_whole_get_no_embed_model_and_say_why(exported_run):
     from edge.manifest import InputSpec, Preprocessing, RunManifest
     from export.embed import why_not
 
     manifest = RunManifest(labels=["a", "b"], input=InputSpec(56, 56), output="softmax",
                            preprocessing=Preprocessing("x", 1, {}), arch="noodle", params=1)
     assert "trains its whole net" in why_not(manifest, None)
+    # The suite's noodle export: every variant, and no embed.tflite or features.npz.
+    assert (exported_run / "export" / "int8.tflite").is_file()
+    assert not (exported_run / "export" / EMBED_NAME).exists()
+    assert not (exported_run / "export" / FEATURES_NAME).exists()
 
 
 # ------------------------------------------------------------------ teach
