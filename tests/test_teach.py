@@ -109,6 +109,22 @@ def test_the_export_writes_an_embed_model_that_is_int8s_graph(taught_export, sam
                 == embed.interpreter.get_tensor(other["index"])).all()
 
 
+def test_the_bundle_carries_what_teach_needs_and_teach_runs_from_it(taught_export, sample_data, tmp_path):
+    from export import bundle
+    from export.convert import record_validation
+    from export.validate import validate_export
+
+    run = taught_export.parent
+    record_validation(run, validate_export(run))
+    tarball = bundle.write_bundle(run, "int8", tmp_path / "dist")
+    model = bundle.unpack(tarball, tmp_path / "pi") / "model"
+    assert sorted(p.name for p in model.iterdir()) == ["embed.tflite", "features.npz", "int8.tflite",
+                                                       "manifest.json"]
+    captures = _captures(tmp_path / "captures", sample_data, 5, ("stripes",))
+    done = teaching.teach(captures, model, tmp_path / "taught", log=lambda line: None)
+    assert done.manifest.labels == done.manifest.shipped["kept"] == ["discs", "stripes"]
+
+
 def test_architectures_trained_whole_get_no_embed_model_and_say_why(exported_run):
     from edge.manifest import InputSpec, Preprocessing, RunManifest
     from export.embed import why_not
