@@ -29,7 +29,8 @@ app = typer.Typer(
 # model gets our one line from the loader instead.
 Model = Annotated[Path, typer.Argument(
     readable=False, help="A .tflite from `noodle export`, with the manifest.json written beside it, "
-                        "or alone (it carries its labels and input size).")]
+                        "or alone (it carries its labels and input size); or a folder "
+                        "`noodle-edge teach` wrote.")]
 Threads = Annotated[int | None, typer.Option(
     help="Interpreter threads (default: 1 for classify and bench, where decoding fills the other "
          "cores; one per core for camera, where each frame waits for its invoke).")]
@@ -59,9 +60,9 @@ def _check_numbers(threads: int | None, workers: int | None = None) -> None:
 def _load(model: Path, threads: int | None, runtime: str | None, verbose: bool, no_verify: bool = False,
           strict: bool = False):
     from edge.escape import escape_name, shown
-    from edge.runtime import Classifier, package_version
+    from edge.runtime import load_classifier, package_version
 
-    clf = Classifier(model, threads=threads, runtime=runtime, allow_unverified=no_verify)
+    clf = load_classifier(model, threads=threads, runtime=runtime, allow_unverified=no_verify)
     if clf.validation != "passed":
         where = escape_name(str(model))
         why = (f"its export's validation {clf.validation} (as its manifest.json records)" if clf.validation
@@ -258,6 +259,41 @@ def capture(
         print(f"error: only {len(done.saved)} of the {count} photo(s) asked for were saved: {why}",
               file=sys.stderr)
         raise typer.Exit(130 if done.interrupted else 1)
+
+
+@app.command()
+@one_line_errors
+def teach(
+    captures: Annotated[Path, typer.Argument(
+        readable=False, help="CAPTURES/<label>/*.jpg: a folder per class, the layout `noodle train` reads.")],
+    model: Annotated[Path, typer.Option(
+        readable=False, help="The model to teach: its export folder (or the bundle's model/, or a "
+                             "folder taught before), holding embed.tflite and features.npz.")],
+    out: Annotated[Path, typer.Option(
+        readable=False, help="The folder to write, whole or not at all; an old one stays until the "
+                             "new one is complete.")],
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="Teach the captures' classes only (default: the shipped classes are kept, "
+                          "and a capture class of the same name adds photos to it).")] = False,
+    threads: Threads = None,
+    runtime: Runtime = None,
+) -> None:
+    """Teach new classes on the device: the backbone's features of each capture, a head solved in numpy."""
+    _check_numbers(threads)
+    from edge.escape import escape_name, shown
+    from edge.teach import teach as run
+
+    done = run(captures, model, out, replace=replace, threads=threads, runtime=runtime,
+               log=lambda line: print(line, file=sys.stderr))
+    m = done.manifest
+    photos = ", ".join(f"{shown(k)} {v}" for k, v in m.solve["photos"].items())
+    print(f"taught {escape_name(str(out))}: labels {', '.join(map(shown, m.labels))} ({photos} photos); "
+          f"head solved in {m.solve['iterations']} iterations ({m.solve['seconds']:.2f} s, training accuracy "
+          f"{m.solve['accuracy']:.1%}); {done.computed} capture(s) embedded in {done.invokes} invoke(s); "
+          f"{done.seconds:.1f} s in all", file=sys.stderr)
+    if not m.validation.get("passed"):
+        print(f"error: {escape_name(str(out))}: {m.validation.get('check')}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -238,6 +238,16 @@ def _not_probabilities(out: np.ndarray) -> str | None:
     return None
 
 
+def load_classifier(model: str | os.PathLike, threads: int | None = None, runtime: str | None = None,
+                    allow_unverified: bool = False):
+    """What every command loads: a .tflite (Classifier), or a folder `noodle-edge teach` wrote."""
+    if Path(model).is_dir():
+        from edge.taught import TaughtClassifier
+
+        return TaughtClassifier(model, threads=threads, runtime=runtime, allow_unverified=allow_unverified)
+    return Classifier(model, threads=threads, runtime=runtime, allow_unverified=allow_unverified)
+
+
 class Classifier:
     """One loaded model: labels, input size and quantization from the model and manifest."""
 

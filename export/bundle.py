@@ -2,7 +2,8 @@
 
     noodle-edge-<run name>-<variant>/    (-online/ without wheels: another name, another tarball)
         edge/                the device modules of the runner package, nothing host-only
-        model/               the chosen .tflite and its manifest (that model only)
+        model/               the chosen .tflite and its manifest (that model only); for lite0 also
+                             embed.tflite and features.npz, what `noodle-edge teach` needs
         requirements-pi.in   the `edge` extra and base dependencies of pyproject.toml
         requirements-pi.txt  with wheels: every wheel in wheels/ by version and sha256
         requirements-camera.in/.txt  the same for `install.sh --camera` (OpenCV, for --source)
@@ -39,6 +40,7 @@ from edge.errors import NoodleError, one_line_errors
 from edge.escape import escape_name, markdown
 from edge.manifest import MANIFEST_NAME, load_export, load_run, sha256_file
 from edge.runtime import package_version
+from export import embed
 from export.wheelhouse import (
     TARGETS,
     Wheel,
@@ -215,6 +217,8 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     files: dict[str, bytes | Path] = device_sources()
     files[f"model/{entry.file}"] = model
     files[f"model/{MANIFEST_NAME}"] = (json.dumps(shipped.to_dict(), indent=2) + "\n").encode()
+    # For `noodle-edge teach` (lite0): the backbone's features model and the shipped classes' features.
+    files.update({f"model/{name}": path for name, path in embed.shipped_files(run.export).items()})
     requirements = pi_requirements()
     files["requirements-pi.in"] = ("# Written by `noodle bundle` from pyproject.toml: the runner's "
                                    "dependencies and the `edge` and `serve` extras.\n"

@@ -32,6 +32,7 @@ from edge.manifest import (
     load_run,
     sha256_file,
 )
+from export import embed
 from export.config import CALIBRATION_SPLITS, DEFAULTS, IO_TYPES, VARIANTS
 from export.runtime_check import describe
 from train.quiet import quiet_tensorflow
@@ -354,6 +355,7 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     failed: dict[str, str] = {}
     graph = _saved_model(model, run, failed)
     _write_variants(run, trained, convert_all(graph, variants, pixels, io), calibration_info, models, failed)
+    embed.write(run, model, trained, pixels, io, data)  # embed.tflite and features.npz, for teaching
     _remove_stale(run, models, variants)
     manifest = ExportManifest(
         labels=trained.labels,
