@@ -393,7 +393,7 @@ def bundle_command(
         help="Ship the aarch64 wheels for an offline install (about 60 MB); --no-wheels ships only "
              "their sha256 pins, and the Pi fetches them from the index.")] = True,
     wheel_cache: Annotated[Path | None, typer.Option(
-        help=f"Where downloaded wheels are kept [default: {WHEEL_CACHE}]; --no-wheels uses them too, "
+        help=f"Where downloaded wheels are kept (default {WHEEL_CACHE}); --no-wheels uses them too, "
              "to pin each by sha256.", show_default=False)] = None,
 ) -> None:
     """Write dist/noodle-edge-<run>-<variant>.tar.gz: runner, model, wheels, install.sh, README-PI.md.
