@@ -166,9 +166,10 @@ def _read_lock(lock: Path) -> dict[str, str | None]:
             for fields in (line.split() for line in lines) if fields}
 
 
-PINS_HEADER = ("# Written by `noodle bundle`: the wheels in wheels/, by exact version and sha256, per",
-               f"# Raspberry Pi OS release ({ARCH}). install.sh installs them with --require-hashes;",
-               "# requirements-pi.in holds the ranges they were resolved from.")
+PINS_HEADER = ("# Written by `noodle bundle`: the wheels the Pi installs, by exact version and sha256, per",
+               f"# Raspberry Pi OS release ({ARCH}). install.sh installs them with --require-hashes, from",
+               "# wheels/ when the bundle has it, else from the package index; requirements-pi.in holds",
+               "# the ranges they were resolved from.")
 
 
 def pinned_requirements(groups: dict[Target, list[Wheel]], header: tuple[str, ...] = PINS_HEADER) -> str:
