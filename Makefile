@@ -144,13 +144,15 @@ exported: trained edge-env
 	@grep -qs '"passed": true' $(RUN)/export/manifest.json || $(NOODLE) export $(RUN) || [ $$? -eq 1 ]
 
 # WHEELS=1 puts the exact aarch64 wheels for Bookworm and Trixie in the
-# tarball (tens of MB, downloaded once into .cache/wheels), so the Pi installs
-# offline; WHEELS=0 makes a small one that installs from the index on the Pi,
-# named ...-<model>-online.tar.gz so that it never replaces the offline one.
+# tarball (tens of MB, downloaded once into WHEEL_CACHE), so the Pi installs
+# offline; WHEELS=0 makes a small one that fetches the same wheels, pinned by
+# sha256, from the index on the Pi (so it downloads them once too), named
+# ...-<model>-online.tar.gz so that it never replaces the offline one.
 WHEELS ?= 1
+WHEEL_CACHE ?= .cache/wheels
 bundle: bundle-which setup $(if $(RECORDED),,exported)
-	$(NOODLE) bundle $(BUNDLE_RUN) --model $(MODEL) --out dist \
-	  $(if $(filter 0,$(WHEELS)),--no-wheels,--wheel-cache .cache/wheels)
+	$(NOODLE) bundle $(BUNDLE_RUN) --model $(MODEL) --out dist --wheel-cache $(WHEEL_CACHE) \
+	  $(if $(filter 0,$(WHEELS)),--no-wheels)
 
 # Which run and data, said before any work (training the run of DATA, when nothing is recorded).
 ifneq ($(RECORDED),)

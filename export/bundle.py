@@ -5,17 +5,22 @@
         model/               the chosen .tflite and its manifest (that model only); for lite0 also
                              embed.tflite and features.npz, what `noodle-edge teach` needs
         requirements-pi.in   the `edge` extra and base dependencies of pyproject.toml
-        requirements-pi.txt  with wheels: every wheel in wheels/ by version and sha256
+        requirements-pi.txt  every aarch64 wheel for Bookworm and Trixie, by version and sha256
         requirements-camera.in/.txt  the same for `install.sh --camera` (OpenCV, for --source)
-        wheels/              with wheels: aarch64 wheels for Bookworm and Trixie (export.wheelhouse)
+        wheels/              with wheels: those wheels, so the Pi installs offline (export.wheelhouse)
         install.sh           makes .venv (offline from wheels/ when present), --service for boot
         noodle-edge          runs `python -m edge` from that venv
         noodle-edge.service  the systemd unit template install.sh fills in
         README-PI.md         the commands to type on the Pi
+        SHA256SUMS           the sha256 of every file above (edge.integrity): install.sh checks
+                             them all before anything runs, the runner its own at start
 
 The templates live in export/pi/. The tarball is written to a temporary name
 and renamed, so dist/ never holds half of one; its sha256 is printed, for
-checking the copy on the Pi. Its members are plain files under the top
+checking the copy on the Pi, and so is SHA256SUMS's, which install.sh prints.
+A bundle without wheels is pinned by sha256 all the same: its wheels are
+downloaded into the wheel cache to pin them (once; the offline bundle uses the
+same cache), and only the pins ship. Its members are plain files under the top
 folder, never a link, an absolute path or `..`; `unpack` (pi-check, the
 tests) refuses a tarball with any such member before writing anything.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import importlib.metadata
 import io
 import json
@@ -38,17 +44,11 @@ import typer
 from edge.atomic import atomic_output
 from edge.errors import NoodleError, one_line_errors
 from edge.escape import escape_name, markdown
+from edge.integrity import SUMS, format_sums
 from edge.manifest import MANIFEST_NAME, load_export, load_run, sha256_file
 from edge.runtime import package_version
-from export import embed
-from export.wheelhouse import (
-    TARGETS,
-    Wheel,
-    pinned_requirements,
-    pip_download,
-    target_environment,
-    wheels_for,
-)
+from export import embed, wheelhouse
+from export.wheelhouse import TARGETS, Wheel, pinned_requirements, target_environment, wheels_for
 from train.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -196,12 +196,16 @@ def _render(name: str, values: dict[str, str]) -> bytes:
 
 
 def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | Path = "dist",
-                 wheel_cache: Path | None = None, download=pip_download) -> Path:
+                 wheels: bool = False, wheel_cache: Path | None = None, download=None) -> Path:
     """Write OUT/noodle-edge-<run name>-<variant>.tar.gz (-online.tar.gz without wheels); return its path.
 
-    With WHEEL_CACHE, the tarball carries every target release's wheels and
-    requirements-pi.txt pins them; without, the Pi installs from the index.
+    requirements-pi.txt pins every target release's wheels by sha256, from
+    WHEEL_CACHE (downloaded there by DOWNLOAD, pip by default, when missing).
+    With WHEELS the tarball carries them too; without, the Pi fetches exactly
+    those files from the index.
     """
+    wheel_cache = Path(wheel_cache if wheel_cache is not None else WHEEL_CACHE)
+    download = download or wheelhouse.pip_download
     run = RunDir(run_dir)
     log.info(f"bundling {escape_name(str(run_dir))}: its {escape_name(variant)} model, {trained_on(run)}")
     manifest, entry, model = _shippable(run, run_dir, variant)
@@ -209,7 +213,7 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     shipped = dataclasses.replace(manifest, models={variant: entry}, failed=None)
 
     ver = version()
-    dest = bundle_path(run_dir, variant, out, wheels=wheel_cache is not None)
+    dest = bundle_path(run_dir, variant, out, wheels=wheels)
     top = dest.name.removesuffix(".tar.gz")
     values = {"VERSION": ver, "TOP": top, "MODEL_FILE": entry.file, "VARIANT": variant,
               "SIZE": f"{manifest.input.height}x{manifest.input.width}",
@@ -224,35 +228,47 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
                                    "dependencies and the `edge` and `serve` extras.\n"
                                    + "\n".join(requirements) + "\n").encode()
     camera = camera_requirements()
-    values["OPENCV"] = f"{', '.join(camera)} from the package index (this bundle has no `wheels/`)"
     files["requirements-camera.in"] = ("# Written by `noodle bundle` from pyproject.toml's `camera` "
                                        "extra: what `./install.sh --camera` adds.\n"
                                        + "\n".join(camera) + "\n").encode()
-    wheels, opencv = [], ""
-    if wheel_cache is not None:
-        groups = {target: wheels_for(target, requirements, Path(wheel_cache), download) for target in TARGETS}
-        files["requirements-pi.txt"] = pinned_requirements(groups).encode()
-        cameras = {target: camera_wheels(target, groups[target], camera, Path(wheel_cache), download)
-                   for target in TARGETS}
-        files["requirements-camera.txt"] = pinned_requirements(cameras, CAMERA_PINS).encode()
-        wheels = sorted({wheel.path for group in (*groups.values(), *cameras.values()) for wheel in group})
-        files.update({f"wheels/{path.name}": path for path in wheels})
-        shipped_opencv = ", ".join(f"{' '.join(f'{w.name} {w.version}' for w in group) or 'nothing'} on "
-                                   f"{target.release.capitalize()}" for target, group in cameras.items())
+    # Pinned by sha256 with or without wheels/: an online install fetches exactly these files.
+    groups = {target: wheels_for(target, requirements, wheel_cache, download) for target in TARGETS}
+    files["requirements-pi.txt"] = pinned_requirements(groups).encode()
+    cameras = {target: camera_wheels(target, groups[target], camera, wheel_cache, download)
+               for target in TARGETS}
+    files["requirements-camera.txt"] = pinned_requirements(cameras, CAMERA_PINS).encode()
+    pinned = sorted({wheel.path for group in (*groups.values(), *cameras.values()) for wheel in group})
+    shipped_opencv = ", ".join(f"{' '.join(f'{w.name} {w.version}' for w in group) or 'nothing'} on "
+                               f"{target.release.capitalize()}" for target, group in cameras.items())
+    if wheels:
+        files.update({f"wheels/{path.name}": path for path in pinned})
         values["OPENCV"] = f"{shipped_opencv}, offline from `wheels/`"
-        opencv = f"; for --camera {shipped_opencv}"
+        shipped_wheels = (f"{len(pinned)} wheels for {', '.join(t.release for t in TARGETS)} "
+                          f"({sum(p.stat().st_size for p in pinned) / 2**20:.1f} MiB); for --camera "
+                          f"{shipped_opencv}")
+    else:
+        values["OPENCV"] = f"{shipped_opencv}, from the package index (this bundle has no `wheels/`)"
+        shipped_wheels = (f"no wheels: the Pi fetches the {len(pinned)} that requirements-pi.txt and "
+                          "requirements-camera.txt pin by sha256 from the index")
     for name in TEMPLATE_FILES:
         files[name] = _render(name, values)
+    files[SUMS] = checksum_list(files)
 
     _write_tar(dest, top, files)
-    shipped_wheels = (f"{len(wheels)} wheels for {', '.join(t.release for t in TARGETS)} "
-                      f"({sum(p.stat().st_size for p in wheels) / 2**20:.1f} MiB){opencv}" if wheels
-                      else "no wheels (the Pi installs from the index)")
     log.info(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB): {variant} model "
              f"{entry.bytes / 1024:.0f} KiB, {shipped_wheels}")
     log.info(f"sha256 {sha256_file(dest)}  {dest.name} (on the Pi, `sha256sum {dest.name}` must print the "
              "same; README-PI.md)")
+    log.info(f"sha256 {hashlib.sha256(files[SUMS]).hexdigest()}  {top}/{SUMS} (./install.sh prints it "
+             f"before it installs: the same digits, or the list was rewritten)")
     return dest
+
+
+def checksum_list(files: dict[str, bytes | Path]) -> bytes:
+    """SHA256SUMS: every file of the bundle by its sha256, sorted by path (edge.integrity)."""
+    digests = {name: sha256_file(data) if isinstance(data, Path) else hashlib.sha256(data).hexdigest()
+               for name, data in files.items()}
+    return format_sums(digests).encode()
 
 
 def _shippable(run: RunDir, run_dir, variant: str):
@@ -379,9 +395,11 @@ def bundle_command(
     model: Annotated[str, typer.Option(help="Which exported variant to ship.")] = DEFAULT_MODEL,
     out: Annotated[Path, typer.Option(help="Folder for the tarball.")] = Path("dist"),
     wheels: Annotated[bool, typer.Option(
-        help="Ship the aarch64 wheels for an offline install (about 60 MB); --no-wheels installs "
-             "from the index on the Pi.")] = True,
-    wheel_cache: Annotated[Path, typer.Option(help="Where downloaded wheels are kept.")] = WHEEL_CACHE,
+        help="Ship the aarch64 wheels for an offline install (about 60 MB); --no-wheels ships only "
+             "their sha256 pins, and the Pi fetches them from the index.")] = True,
+    wheel_cache: Annotated[Path | None, typer.Option(
+        help=f"Where downloaded wheels are kept (default {WHEEL_CACHE}); --no-wheels uses them too, "
+             "to pin each by sha256.", show_default=False)] = None,
 ) -> None:
     """Write dist/noodle-edge-<run>-<variant>.tar.gz: runner, model, wheels, install.sh, README-PI.md.
 
@@ -392,5 +410,5 @@ def bundle_command(
     from train.quiet import show_progress
 
     show_progress()
-    path = write_bundle(run_dir, model, out, wheel_cache=wheel_cache if wheels else None)
+    path = write_bundle(run_dir, model, out, wheels=wheels, wheel_cache=wheel_cache)
     typer.echo(path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -93,9 +94,38 @@ def pip_download(specs: list[str], target: Target, dest: Path) -> None:
                            "--implementation", "cp", "--dest", str(dest), *specs],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")] or ["(no message)"]
-        raise WheelhouseError(f"pip download for {target.release} (Python {target.python}, {ARCH}): "
-                              f"{errors[-1]}; check the network, or bundle without wheels (WHEELS=0)")
+        raise WheelhouseError(download_failure(done.stderr, target, dest))
+
+
+# pip reports a full disk as an OSError (a traceback, or "Could not install packages due to an
+# OSError"), naming the file it was writing last when it knows it.
+NO_SPACE = re.compile(r"\[Errno 28\] No space left on device(.*)")
+
+
+def download_failure(stderr: str, target: Target, dest: Path) -> str:
+    """pip download's failure in one line: a full disk says where, anything else is the network's."""
+    what = f"pip download for {target.release} (Python {target.python}, {ARCH})"
+    full = NO_SPACE.search(stderr)
+    if full:
+        named = re.findall(r"'([^']+)'", full.group(1))
+        where = Path(named[-1]) if named else dest
+        return (f"{where}: no space left on device while {what} wrote the wheels ({free_mb(where)} MB free "
+                "there); free some space (docs/device.md says how much the wheels take), or keep the wheel "
+                "cache on a bigger disk (--wheel-cache, or WHEEL_CACHE=... for make)")
+    errors = [line for line in stderr.splitlines() if line.startswith("ERROR")] or ["(no message)"]
+    return (f"{what}: {errors[-1]}; check the network (the package index must be reachable until the "
+            "wheels are in the cache)")
+
+
+def free_mb(path: Path) -> int:
+    """Free space, in MB, on the file system that holds PATH (or its nearest existing folder)."""
+    for folder in (path, *path.parents):
+        try:
+            stat = os.statvfs(folder)
+        except OSError:
+            continue
+        return stat.f_bavail * stat.f_frsize // 2**20
+    return 0
 
 
 def wheels_for(target: Target, requirements: list[str], cache: Path, download=pip_download) -> list[Wheel]:
@@ -137,9 +167,10 @@ def _read_lock(lock: Path) -> dict[str, str | None]:
             for fields in (line.split() for line in lines) if fields}
 
 
-PINS_HEADER = ("# Written by `noodle bundle`: the wheels in wheels/, by exact version and sha256, per",
-               f"# Raspberry Pi OS release ({ARCH}). install.sh installs them with --require-hashes;",
-               "# requirements-pi.in holds the ranges they were resolved from.")
+PINS_HEADER = ("# Written by `noodle bundle`: the wheels the Pi installs, by exact version and sha256, per",
+               f"# Raspberry Pi OS release ({ARCH}). install.sh installs them with --require-hashes, from",
+               "# wheels/ when the bundle has it, else from the package index; requirements-pi.in holds",
+               "# the ranges they were resolved from.")
 
 
 def pinned_requirements(groups: dict[Target, list[Wheel]], header: tuple[str, ...] = PINS_HEADER) -> str:

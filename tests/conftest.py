@@ -60,3 +60,29 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
         shutil.copy2(trained_run / name, out / name)
     export_run(out)
     return out
+
+
+def stand_in_download(specs, target, dest) -> None:
+    """PyPI's part in `noodle bundle`, for tests: a tiny py3 wheel per requirement, named by it.
+
+    `noodle bundle` pins every wheel by sha256 (a bundle without wheels too),
+    so it downloads them; tests stand in for the index, as install.sh's tests
+    point pip at a closed one. Tests of the pins themselves pass their own.
+    """
+    import re
+
+    for spec in specs:
+        name, version = re.match(r"([A-Za-z0-9_.-]+)(?:==([^;,]+))?", spec).groups()
+        wheel = dest / f"{name.replace('-', '_')}-{version or '1.0'}-py3-none-any.whl"
+        wheel.write_bytes(f"{name} {version or '1.0'}".encode())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_wheel_downloads(tmp_path_factory):
+    """`noodle bundle` in tests downloads nothing and leaves this checkout's wheel cache alone."""
+    from export import bundle, wheelhouse
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wheelhouse, "pip_download", stand_in_download)
+        patch.setattr(bundle, "WHEEL_CACHE", tmp_path_factory.mktemp("wheel-cache"))
+        yield

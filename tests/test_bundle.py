@@ -22,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edge.cli import app as edge_app
+from edge.integrity import SUMS
 from export import bundle
 from export.bundle import BundleError, write_bundle
 from export.wheelhouse import Target, Wheel, pinned_requirements
@@ -69,10 +70,11 @@ def test_contents(tarball, shippable_run):
     edge_sources = sorted(p.name for p in (ROOT / "edge").glob("*.py"))
     assert sorted(n.split("/")[-1] for n in members if n.startswith(f"{top}/edge/")) == edge_sources
     for name in ("model/int8.tflite", "requirements-pi.in", "requirements-camera.in", "install.sh",
-                 "noodle-edge", "noodle-edge.service", "README-PI.md"):
+                 "noodle-edge", "noodle-edge.service", "README-PI.md", "requirements-pi.txt",
+                 "requirements-camera.txt", "SHA256SUMS"):
         assert f"{top}/{name}" in members
-    # Without a wheel cache: no wheelhouse, so no pins either; the Pi uses the index.
-    assert not any("/wheels/" in n or n.endswith(".txt") for n in members)
+    # Without wheels: no wheelhouse, but the pins all the same; the Pi fetches those files from the index.
+    assert not any("/wheels/" in n for n in members)
     assert members[f"{top}/install.sh"].mode & 0o111 and members[f"{top}/noodle-edge"].mode & 0o111
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in members)
     # Only the shipped model is listed, with the sha256 the export wrote.
@@ -123,7 +125,7 @@ def test_wheelhouse_pins_each_release_and_is_cached(shippable_run, tmp_path):
             asked[target.release], made[target] = specs, wheels
 
     cache = tmp_path / "cache"
-    path = write_bundle(shippable_run, "int8", tmp_path / "dist", wheel_cache=cache,
+    path = write_bundle(shippable_run, "int8", tmp_path / "dist", wheels=True, wheel_cache=cache,
                         download=download)
     # Each release gets its own runtime: markers evaluated for its Python.
     assert "tflite-runtime==2.14.0" in asked["bookworm"]
@@ -156,10 +158,10 @@ def test_wheelhouse_pins_each_release_and_is_cached(shippable_run, tmp_path):
     assert camera_in.splitlines()[1:] == ["opencv-python-headless>=4.9"]
     # A second bundle reuses the cache without asking pip; a lost file is fetched again.
     asked.clear(), camera_asked.clear()
-    write_bundle(shippable_run, "int8", tmp_path / "dist", wheel_cache=cache, download=download)
+    write_bundle(shippable_run, "int8", tmp_path / "dist", wheels=True, wheel_cache=cache, download=download)
     assert asked == {} and camera_asked == {}
     next(cache.glob("tflite_runtime-*.whl")).unlink()
-    write_bundle(shippable_run, "int8", tmp_path / "dist", wheel_cache=cache, download=download)
+    write_bundle(shippable_run, "int8", tmp_path / "dist", wheels=True, wheel_cache=cache, download=download)
     assert list(asked) == ["bookworm"] and camera_asked == {}  # the wheel is back, so OpenCV's lock holds
 
 
@@ -170,7 +172,7 @@ def test_a_bundle_without_wheels_leaves_the_offline_one(shippable_run, tmp_path)
             fake_wheel(dest, spec.split("=")[0].split("<")[0].split(">")[0], "1.0")
 
     dist = tmp_path / "dist"
-    offline = write_bundle(shippable_run, "int8", dist, wheel_cache=tmp_path / "cache",
+    offline = write_bundle(shippable_run, "int8", dist, wheels=True, wheel_cache=tmp_path / "cache",
                            download=download)
     before = offline.read_bytes()
     online = write_bundle(shippable_run, "int8", dist)
@@ -189,8 +191,9 @@ def test_readme_has_the_commands_and_says_32_bit_is_unsupported(unpacked, tarbal
                     "./install.sh --remove-service", "./install.sh --camera",
                     "./noodle-edge camera model/int8.tflite --source clip.mp4"):
         assert command in readme
-    # Without wheels/ OpenCV comes from the index, resolved with the runner's numpy.
-    assert "adds opencv-python-headless>=4.9 from the package index" in " ".join(readme.split())
+    # Without wheels/ OpenCV comes from the index, pinned as resolved with the runner's numpy.
+    assert ("adds opencv-python-headless 1.0 on Bookworm, opencv-python-headless 1.0 on Trixie, from the "
+            "package index") in " ".join(readme.split())
     assert "@" not in readme.replace("pi@raspberrypi", "")  # every placeholder filled
 
 
@@ -253,7 +256,7 @@ def test_install_fails_in_words_under_a_shell_with_pipefail(copy):
     bash = shutil.which("bash")
     probe = subprocess.run([bash, "-c", "set -o pipefail"], capture_output=True)
     assert probe.returncode == 0  # the shell sets pipefail, as Trixie's sh does
-    assert not (copy / "requirements-pi.txt").exists()  # the bundle this test installs has no wheels/
+    assert not (copy / "wheels").exists()  # the bundle this test installs has no wheels/
     error = one_error(install(copy, tools=AARCH64, shell=bash))
     assert "the package index has no" in error and "or cannot be reached; check the network" in error
     assert venvs(copy) == []
@@ -283,7 +286,7 @@ def test_install_refuses_a_python_without_venv(copy, tmp_path):
 
 
 def test_install_refuses_a_full_disk_before_starting(copy):
-    error = one_error(install(copy, NOODLE_NEED_MB=str(2**40)))
+    error = one_error(install(copy, tools=AARCH64, NOODLE_NEED_MB=str(2**40)))
     assert "no space left" in error and "MB free in" in error
     assert venvs(copy) == []
 
@@ -294,6 +297,7 @@ def test_install_refuses_wheels_for_another_machine(copy, tmp_path):
     target = Target("bookworm", 12, f"{sys.version_info.major}.{sys.version_info.minor}", "", 36)
     wheel = Wheel.read(fake_wheel(copy / "wheels", "numpy", "1.26.4"))
     (copy / "requirements-pi.txt").write_text(pinned_requirements({target: [wheel]}))
+    resign(copy)
     error = one_error(install(copy, tools={"uname": "echo x86_64"}))
     assert f"not for Python {target.python} on x86_64" in error and "./install.sh --index" in error
     assert venvs(copy) == []
@@ -305,6 +309,8 @@ def test_install_camera_needs_the_bundles_opencv_wheels(copy):
     target = Target("bookworm", 12, f"{sys.version_info.major}.{sys.version_info.minor}", "", 36)
     wheel = Wheel.read(fake_wheel(copy / "wheels", "numpy", "1.26.4"))
     (copy / "requirements-pi.txt").write_text(pinned_requirements({target: [wheel]}))
+    (copy / "requirements-camera.txt").write_text(pinned_requirements({target: []}))
+    resign(copy)
     error = one_error(install(copy, "--camera", tools=AARCH64))
     assert f"--camera: this bundle's wheels/ holds no OpenCV for Python {target.python}" in error
     assert "./install.sh --camera --index" in error and venvs(copy) == []
@@ -349,12 +355,31 @@ for dist in md.distributions():
 """
 
 
-def with_wheelhouse(bundle_dir: Path, wheels: Path) -> None:
-    """Make BUNDLE_DIR an offline bundle for this machine's Python, pinned as `noodle bundle` pins."""
-    shutil.copytree(wheels, bundle_dir / "wheels")
+def with_wheelhouse(bundle_dir: Path, wheels: Path, ship: bool = True) -> None:
+    """Make BUNDLE_DIR a bundle for this machine's Python, pinned and listed as `noodle bundle` does it.
+
+    SHIP: with the wheels in wheels/ (offline); else only their pins (an online bundle).
+    """
+    files = [Wheel.read(path) for path in sorted(wheels.glob("*.whl"))]
+    if ship:
+        shutil.copytree(wheels, bundle_dir / "wheels")
     target = Target("bookworm", 12, f"{sys.version_info.major}.{sys.version_info.minor}", "", 36)
-    files = [Wheel.read(path) for path in sorted((bundle_dir / "wheels").glob("*.whl"))]
     (bundle_dir / "requirements-pi.txt").write_text(pinned_requirements({target: files}))
+    (bundle_dir / "requirements-camera.txt").write_text(pinned_requirements({target: []}))
+    resign(bundle_dir)
+
+
+def resign(bundle_dir: Path) -> None:
+    """SHA256SUMS rewritten for the files BUNDLE_DIR has now, as `noodle bundle` writes it.
+
+    For a test that stands in for another bundle `noodle bundle` could make
+    (this machine's wheels, a changed requirement): not an altered one.
+    """
+    files = {path.relative_to(bundle_dir).as_posix(): path for path in sorted(bundle_dir.rglob("*"))
+             if path.is_file() and not path.is_symlink() and path.name != SUMS
+             and not path.relative_to(bundle_dir).parts[0].startswith(".")
+             and "__pycache__" not in path.parts}
+    (bundle_dir / SUMS).write_bytes(bundle.checksum_list(files))
 
 
 @pytest.mark.slow
@@ -365,6 +390,9 @@ def test_install_offline_twice_and_again_when_changed(copy, device_wheels, sampl
     env = device_env()
     assert "installed .venv: Python" in first.stdout and f"{env.runtime} {env.version}" in first.stdout
     assert "from wheels/ (offline)" in first.stdout
+    listed = hashlib.sha256((copy / SUMS).read_bytes()).hexdigest()
+    assert first.stdout.splitlines()[0] == (f"checked: every file matches {SUMS} (its sha256 {listed}, which "
+                                            "`noodle bundle` printed)")
     target = os.readlink(copy / ".venv")
     assert (copy / ".venv").is_symlink() and venvs(copy) == [".venv", target]
     # The installed runner works, with the same labels as the device environment's.
@@ -377,12 +405,13 @@ def test_install_offline_twice_and_again_when_changed(copy, device_wheels, sampl
             == [json.loads(line)["label"] for line in here.stdout.splitlines()])
 
     again = install(copy, tools=AARCH64)
-    assert again.returncode == 0 and again.stdout.startswith("up to date: .venv has Python"), again.stderr
+    assert again.returncode == 0 and again.stdout.splitlines()[1].startswith("up to date: .venv has Python")
     assert os.readlink(copy / ".venv") == target
 
     # Changed requirements: a new environment is built beside the old one and switched in.
     with (copy / "requirements-pi.in").open("a") as f:
         f.write("# changed\n")
+    resign(copy)  # another bundle, as `noodle bundle` would make it
     third = install(copy, tools=AARCH64)
     assert third.returncode == 0 and "installed .venv" in third.stdout, third.stderr
     assert os.readlink(copy / ".venv") != target and venvs(copy) == [".venv", os.readlink(copy / ".venv")]
@@ -416,9 +445,10 @@ def test_install_camera_adds_opencv_offline_and_keeps_it(copy, device_wheels):
     target = Target("bookworm", 12, f"{sys.version_info.major}.{sys.version_info.minor}", "", 36)
     opencv = Wheel.read(stand_in_opencv(copy / "wheels"))
     (copy / "requirements-camera.txt").write_text(pinned_requirements({target: [opencv]}))
+    resign(copy)
     first = install(copy, "--camera", tools=AARCH64)
     assert first.returncode == 0, first.stderr
-    described = first.stdout.splitlines()[0]
+    described = first.stdout.splitlines()[1]
     env = device_env()
     assert (f"{env.runtime} {env.version}, numpy {env.numpy}, opencv-python-headless 4.11.0.86 from wheels/ "
             "(offline), with OpenCV") in described
@@ -426,7 +456,8 @@ def test_install_camera_adds_opencv_offline_and_keeps_it(copy, device_wheels):
     assert subprocess.run(check, capture_output=True, text=True).stdout == "4.11.0\n"
     # Installing again (as --service does) keeps OpenCV; --no-camera drops it.
     again = install(copy, tools=AARCH64)
-    assert again.stdout.startswith("up to date: .venv has") and "opencv-python-headless" in again.stdout
+    assert again.stdout.splitlines()[1].startswith("up to date: .venv has")
+    assert "opencv-python-headless" in again.stdout
     dropped = install(copy, "--no-camera", tools=AARCH64)
     assert dropped.returncode == 0 and "installed .venv" in dropped.stdout, dropped.stderr
     assert "opencv" not in dropped.stdout.lower() and not (copy / ".venv/.noodle-camera").exists()
@@ -435,7 +466,11 @@ def test_install_camera_adds_opencv_offline_and_keeps_it(copy, device_wheels):
     with zipfile.ZipFile(copy / "wheels" / opencv.path.name, "a") as whl:
         whl.writestr("cv2/extra.py", "")
     error = one_error(install(copy, "--camera", tools=AARCH64))
-    assert "differs from its sha256" in error and os.readlink(copy / ".venv") == before
+    assert f"wheels/{opencv.path.name}: differs from its sha256 in {SUMS}" in error
+    assert os.readlink(copy / ".venv") == before
+    resign(copy)  # and with the list rewritten to match, pip refuses it by its pinned sha256
+    error = one_error(install(copy, "--camera", tools=AARCH64))
+    assert "differs from its sha256 in requirements-pi.txt" in error and os.readlink(copy / ".venv") == before
 
 
 @pytest.mark.slow
@@ -444,9 +479,13 @@ def test_install_missing_wheel_leaves_the_installed_venv(copy, device_wheels):
     assert install(copy, tools=AARCH64).returncode == 0
     before = os.readlink(copy / ".venv")
     env = device_env()
-    next((copy / "wheels").glob(env.wheel_glob)).unlink()
+    runtime = next((copy / "wheels").glob(env.wheel_glob))
+    runtime.unlink()
+    error = one_error(install(copy, tools=AARCH64))  # the list names it first
+    assert f"wheels/{runtime.name}: missing, though {SUMS} lists it" in error
     with (copy / "requirements-pi.in").open("a") as f:
         f.write("# changed, so the next install rebuilds\n")
+    resign(copy)  # and with the list rewritten to match, pip names it
     error = one_error(install(copy, tools=AARCH64))
     assert f"wheels/ has no wheel of {env.runtime}=={env.version} for Python" in error and "aarch64" in error
     assert os.readlink(copy / ".venv") == before and venvs(copy) == [".venv", before]
@@ -461,6 +500,7 @@ def test_install_out_of_space_midway_leaves_nothing(copy, tmp_path):
     target = Target("bookworm", 12, f"{sys.version_info.major}.{sys.version_info.minor}", "", 36)
     (copy / "requirements-pi.txt").write_text(
         pinned_requirements({target: [Wheel.read(fake_wheel(copy / "wheels", "numpy", "1.26.4"))]}))
+    resign(copy)
     small = tmp_path / "small"
     small.mkdir()
     fake = fake_tools(tmp_path / "bin", **AARCH64)
@@ -736,7 +776,7 @@ def test_make_bundle_ships_the_run_the_last_make_export_made(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == (f"make bundle: {run}, the run the last `make export` made, of "
                                            f"DATA={photos} (DATA=... or RUN=... bundles another)")
-    shipped = "--model int8 --out dist --no-wheels"
+    shipped = "--model int8 --out dist --wheel-cache .cache/wheels --no-wheels"
     assert noodle_calls(tmp_path) == [f"bundle T/runs/photos-lite0-0123abcd {shipped}"]
 
     # Told otherwise: DATA names another run, which is trained and exported as before.

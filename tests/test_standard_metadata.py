@@ -25,12 +25,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.manifest import InputSpec, Preprocessing, RunDir, RunManifest, load_export
+from edge.manifest import InputSpec, Preprocessing, RunManifest, load_export
 from edge.preprocess import load_image
 from edge.runtime import Classifier
 from edge.tflite_file import METADATA_NAME, ModelError, read_model
 from export import tflite_metadata
 from train.config import ARCHITECTURES
+from train.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_SCRIPT = Path(__file__).resolve().parent / "clients" / "classify_with.py"
@@ -222,7 +223,7 @@ def embed_document(blob: bytes, document: dict) -> bytes:
 
 def test_a_run_that_recorded_the_old_constant_is_exported_with_what_its_model_computes(tmp_path):
     """Runs trained before the normalization was read from the model said `Rescaling 1/255` for all."""
-    from edge.manifest import write_json
+    from edge.atomic import write_json
     from edge.preprocess import PREPROCESSING
     from export.convert import export_run
 

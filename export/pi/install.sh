@@ -1,11 +1,13 @@
 #!/bin/sh
 # Install the noodle edge runner on a 64-bit Raspberry Pi: a virtual environment
-# in .venv beside this script with the interpreter, numpy, Pillow and typer.
-# With wheels/ in the bundle it installs offline, exactly the files
-# requirements-pi.txt pins by sha256; without, from the package index.
+# in .venv beside this script with the interpreter, numpy, Pillow and typer:
+# exactly the files requirements-pi.txt pins by sha256, offline from wheels/
+# when the bundle has it, else from the package index.
 #
 #   ./install.sh                         install; again only when something changed
 #   ./install.sh --index                 from the package index even when wheels/ is here
+#   ./install.sh --unpinned              the ranges in requirements-pi.in, unchecked, from the index
+#                                        (a Python or machine the bundle pins nothing for)
 #   ./install.sh --camera                also OpenCV, for --source (a USB camera, a video file);
 #                                        later installs keep it, until ./install.sh --no-camera
 #   ./install.sh --service 'ARGS'        and run `noodle-edge ARGS` at boot (systemd, via sudo);
@@ -14,6 +16,8 @@
 #   ./install.sh --remove-service        stop it and remove the unit
 #   PYTHON=python3.11 ./install.sh       another python3
 #
+# First of all, every file of the bundle (this script too) is checked against
+# SHA256SUMS: one that differs is refused by name, before anything runs.
 # A failure is one line `error: ...`, exit 2, and leaves .venv as it was: the
 # new environment is built in .venv-XXXXXX and switched in by replacing the
 # .venv symlink, which is atomic (renaming the folder would break the paths
@@ -24,6 +28,35 @@ set -eu
 if (set -o pipefail) 2>/dev/null; then set -o pipefail; fi
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
+
+fail() {
+    echo "error: install.sh: $*" >&2
+    exit 2
+}
+
+# Every file against SHA256SUMS, this script included: the check reads the whole
+# file, so a byte changed anywhere in it is seen, unless the change removes this
+# check itself; only the tarball's sha256 covers that (README-PI.md). Fail closed:
+# go on only when sha256sum says every file matches.
+SUMS=SHA256SUMS
+[ -f "$SUMS" ] ||
+    fail "$SUMS: missing, so this bundle cannot be checked (it is incomplete, or older than the list); copy it again, or make it again with \`noodle bundle\`"
+command -v sha256sum >/dev/null ||
+    fail "sha256sum not found, so the bundle cannot be checked; sudo apt install coreutils"
+# Each line as `noodle bundle` writes it (edge/integrity.py's LINE), and at least one.
+if [ ! -s "$SUMS" ] || LC_ALL=C grep -qvE '^[0-9a-f]{64}  [A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$' "$SUMS"; then
+    fail "$SUMS: a line is not '<sha256>  <file>', so the list was altered or damaged; copy the bundle again from the tarball, checking its sha256"
+fi
+if ! differs=$(LC_ALL=C sha256sum --check --quiet --strict "$SUMS" 2>/dev/null); then
+    bad=$(printf '%s\n' "$differs" | sed -n '1s/: FAILED.*$//p')
+    [ -n "$bad" ] ||
+        fail "$SUMS: sha256sum cannot read it; copy the bundle again from the tarball, checking its sha256"
+    [ -f "$bad" ] ||
+        fail "$bad: missing, though $SUMS lists it; the bundle is incomplete: copy it again from the tarball, checking its sha256"
+    fail "$bad: differs from its sha256 in $SUMS, so it changed after \`noodle bundle\` made the bundle; copy the bundle again from the tarball, checking its sha256 (README-PI.md)"
+fi
+sums_sha256=$(sha256sum "$SUMS")
+sums_sha256=${sums_sha256%% *}
 PYTHON=${PYTHON:-python3}
 # Free space the install needs here: the finished .venv is 104 MiB on Bookworm
 # and 132 MiB on Trixie (measured by pi-check); pip's temporary copies and the
@@ -39,22 +72,19 @@ LOG=.install.log
 # command against them, the same whether or not .venv exists yet.
 COMMANDS='@COMMANDS@'
 
-fail() {
-    echo "error: install.sh: $*" >&2
-    exit 2
-}
-
 usage() {
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 mode=install
 service_args=""
 use_index=0
+unpinned=0
 camera=""  # empty: as the installed .venv has it
 while [ $# -gt 0 ]; do
     case "$1" in
         --index) use_index=1 ;;
+        --unpinned) unpinned=1 ;;
         --camera) camera=1 ;;
         --no-camera) camera=0 ;;
         --service | --print-service)
@@ -225,6 +255,7 @@ case "$mode" in
     print-service) serve_token; render_unit; exit 0 ;;
     service) serve_token; unit=$(render_unit) ;;
 esac
+echo "checked: every file matches $SUMS (its sha256 $sums_sha256, which \`noodle bundle\` printed)"
 
 # 64-bit only. A Pi 4 or 5 running 32-bit Raspberry Pi OS boots a 64-bit
 # kernel, so uname says aarch64 while every program is 32-bit: ask getconf too.
@@ -254,7 +285,10 @@ pinned=0
 if pins_python requirements-pi.txt && { [ "$camera" = 0 ] || pins_python requirements-camera.txt; }; then
     pinned=1
 fi
-if [ -d wheels ] && [ "$use_index" = 0 ]; then
+if [ "$unpinned" = 1 ]; then
+    source="the package index, unpinned"
+    set -- -r requirements-pi.in
+elif [ -d wheels ] && [ "$use_index" = 0 ]; then
     if [ "$pinned" = 0 ] && pins_python requirements-pi.txt; then
         fail "--camera: this bundle's wheels/ holds no OpenCV for Python $pyver (it was made before --camera, or altered); make it again with \`noodle bundle\`, or ./install.sh --camera --index"
     fi
@@ -268,12 +302,13 @@ elif [ "$pinned" = 1 ]; then
     source="the package index, pinned by sha256"
     set -- --require-hashes -r requirements-pi.txt
 else
-    source="the package index"
-    set -- -r requirements-pi.in
+    # No ranges from the index unless asked: requirements-pi.in is not pinned by sha256.
+    have=$(sed -n 's/.*python_version == "\([0-9.]*\)".*/\1/p' requirements-pi.txt 2>/dev/null | sort -u | tr '\n' ' ' || true)
+    fail "this bundle pins wheels for Python ${have:-none}on aarch64 only, not for Python $pyver on $arch (or not OpenCV for --camera); ./install.sh --unpinned installs the ranges of requirements-pi.in from the package index, unchecked"
 fi
 if [ "$camera" = 1 ]; then
     # Pinned beside the runner's own pins, so OpenCV comes with the numpy the runtime needs.
-    if [ "$source" = "the package index" ]; then set -- "$@" -r requirements-camera.in; else set -- "$@" -r requirements-camera.txt; fi
+    if [ "$unpinned" = 1 ]; then set -- "$@" -r requirements-camera.in; else set -- "$@" -r requirements-camera.txt; fi
     source="$source, with OpenCV"
 fi
 
@@ -337,6 +372,8 @@ else
             fail "a file in wheels/ differs from its sha256 in requirements-pi.txt (a damaged copy); copy the bundle again"
         grep -q "Hashes are required in --require-hashes mode" "$LOG" &&
             fail "requirements-pi.txt: a package has no --hash=sha256 line, so the bundle was altered (noodle bundle pins every wheel); copy the bundle again, checking its sha256"
+        grep -q "Can't verify hashes for these" "$LOG" &&
+            fail "requirements-pi.txt: a requirement is a local folder or file, not a wheel pinned by sha256, so the bundle was altered (noodle bundle pins every wheel); copy the bundle again, checking its sha256"
         grep -q "must have their versions pinned with ==" "$LOG" &&
             fail "requirements-pi.txt: a package is not pinned with ==, so the bundle was altered (noodle bundle pins every wheel); copy the bundle again, checking its sha256"
         fail "$what failed: $(grep -v '^[[:space:]]*$' "$LOG" | tail -n 1); the whole story is in $here/$LOG"
