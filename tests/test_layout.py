@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BELOW = {"edge": {"train", "export", "bench"}, "train": {"export", "bench"}}
 MODULE_LINES, FUNCTION_LINES = 500, 60
 # Rebuilt by the serve hardening work; held to the limits once it lands.
-ASIDE = {"edge/serve.py", "edge/serve_mqtt.py", "edge/serve_page.py"}
+# Generated from MediaPipe's metadata_schema.fbs and vendored unchanged: not ours to split.
+ASIDE = {"edge/serve.py", "edge/serve_mqtt.py", "edge/serve_page.py", "export/metadata_schema_py_generated.py"}
 ASIDE_FUNCTIONS = {("edge/cli.py", "serve")}
 
 
