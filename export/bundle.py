@@ -223,6 +223,24 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     files[f"model/{MANIFEST_NAME}"] = (json.dumps(shipped.to_dict(), indent=2) + "\n").encode()
     # For `noodle-edge teach` (lite0): the backbone's features model and the shipped classes' features.
     files.update({f"model/{name}": path for name, path in embed.shipped_files(run.export).items()})
+    shipped_wheels = _requirements(files, values, wheels, wheel_cache, download)
+    for name in TEMPLATE_FILES:
+        files[name] = _render(name, values)
+    files[SUMS] = checksum_list(files)
+
+    _write_tar(dest, top, files)
+    log.info(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB): {variant} model "
+             f"{entry.bytes / 1024:.0f} KiB, {shipped_wheels}")
+    log.info(f"sha256 {sha256_file(dest)}  {dest.name} (on the Pi, `sha256sum {dest.name}` must print the "
+             "same; README-PI.md)")
+    log.info(f"sha256 {hashlib.sha256(files[SUMS]).hexdigest()}  {top}/{SUMS} (./install.sh prints it "
+             f"before it installs: the same digits, or the list was rewritten)")
+    return dest
+
+
+def _requirements(files: dict[str, bytes | Path], values: dict[str, str], wheels: bool, wheel_cache: Path,
+                  download) -> str:
+    """The requirement files (and with WHEELS the wheels) into `files`; what ships, said in words."""
     requirements = pi_requirements()
     files["requirements-pi.in"] = ("# Written by `noodle bundle` from pyproject.toml: the runner's "
                                    "dependencies and the `edge` and `serve` extras.\n"
@@ -250,18 +268,7 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
         values["OPENCV"] = f"{shipped_opencv}, from the package index (this bundle has no `wheels/`)"
         shipped_wheels = (f"no wheels: the Pi fetches the {len(pinned)} that requirements-pi.txt and "
                           "requirements-camera.txt pin by sha256 from the index")
-    for name in TEMPLATE_FILES:
-        files[name] = _render(name, values)
-    files[SUMS] = checksum_list(files)
-
-    _write_tar(dest, top, files)
-    log.info(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB): {variant} model "
-             f"{entry.bytes / 1024:.0f} KiB, {shipped_wheels}")
-    log.info(f"sha256 {sha256_file(dest)}  {dest.name} (on the Pi, `sha256sum {dest.name}` must print the "
-             "same; README-PI.md)")
-    log.info(f"sha256 {hashlib.sha256(files[SUMS]).hexdigest()}  {top}/{SUMS} (./install.sh prints it "
-             f"before it installs: the same digits, or the list was rewritten)")
-    return dest
+    return shipped_wheels
 
 
 def checksum_list(files: dict[str, bytes | Path]) -> bytes:

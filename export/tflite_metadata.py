@@ -97,6 +97,17 @@ def model_metadata(tflite: bytes, variant: str, described) -> bytes:
     meta.license = weights_license(described)
     meta.minParserVersion = MIN_PARSER_VERSION
 
+    graph = fb.SubGraphMetadataT()
+    graph.inputTensorMetadata = [_image_tensor(fb, tensor_in, width, height, prep)]
+    graph.outputTensorMetadata = [_scores_tensor(fb, tensor_out, described, labels)]
+    meta.subgraphMetadata = [graph]
+    builder = flatbuffers.Builder(0)
+    builder.Finish(meta.Pack(builder), IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def _image_tensor(fb, tensor_in, width: int, height: int, prep: dict):
+    """The input's metadata: an RGB image of raw 0-255 pixels, normalized inside the model."""
     image = fb.TensorMetadataT()
     image.name = "image"
     image.description = (f"An RGB photo, {width}x{height}, pixel values 0-255 as they are "
@@ -116,6 +127,11 @@ def model_metadata(tflite: bytes, variant: str, described) -> bytes:
     image.processUnits = [unit]
     image.stats = _stats(tensor_in, PIXELS)
 
+    return image
+
+
+def _scores_tensor(fb, tensor_out, described, labels: list[str]):
+    """The output's metadata: the class probabilities, with labels.txt as their axis labels."""
     scores = fb.TensorMetadataT()
     scores.name = "probability"
     if described.output == "sigmoid":
@@ -132,13 +148,7 @@ def model_metadata(tflite: bytes, variant: str, described) -> bytes:
     label_file.description = "The class names, one a line, in the order of the model's output."
     label_file.type = fb.AssociatedFileType.TENSOR_AXIS_LABELS
     scores.associatedFiles = [label_file]
-
-    graph = fb.SubGraphMetadataT()
-    graph.inputTensorMetadata, graph.outputTensorMetadata = [image], [scores]
-    meta.subgraphMetadata = [graph]
-    builder = flatbuffers.Builder(0)
-    builder.Finish(meta.Pack(builder), IDENTIFIER)
-    return bytes(builder.Output())
+    return scores
 
 
 def described_arch(described) -> str:
