@@ -234,6 +234,16 @@ def test_a_full_disk_during_teach_loses_nothing_and_keeps_the_old_folder(taught_
         p.name for p in sorted((sample_data / "train" / "discs").glob("*.jpg"))[:6])
 
 
+def test_an_unreadable_capture_is_skipped_in_one_escaped_line(taught_export, sample_data, tmp_path):
+    captures = _captures(tmp_path / "captures", sample_data, 3)
+    (captures / "discs" / "broken\x1b.jpg").write_bytes(b"not a jpeg")
+    lines: list[str] = []
+    done = teaching.teach(captures, taught_export, tmp_path / "taught", replace=True, log=lines.append)
+    assert done.manifest.captures == {**done.manifest.captures, "photos": {"discs": 3, "stripes": 3},
+                                      "skipped": 1}
+    assert len(lines) == 1 and "broken\\033.jpg" in lines[0] and "\x1b" not in lines[0]
+
+
 def test_a_folder_whose_files_were_altered_is_refused(taught_export, sample_data, tmp_path):
     captures = _captures(tmp_path / "captures", sample_data, 3)
     out = tmp_path / "taught"
