@@ -31,6 +31,7 @@ from edge.taught import (
     TaughtClassifier,
     TeachError,
     TeachManifest,
+    bytes_sha256,
     file_sha256,
     head_probabilities,
     load_features,
@@ -163,13 +164,7 @@ def read_captures(root: Path) -> dict[str, list[Path]]:
 def fingerprint(hashes: dict[str, list[str]]) -> str:
     """One sha256 of every capture's label and sha256: the same photos, the same fingerprint."""
     lines = sorted(f"{label}\0{sha}" for label, shas in hashes.items() for sha in shas)
-    return file_sha256_of("\n".join(lines).encode())
-
-
-def file_sha256_of(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
+    return bytes_sha256("\n".join(lines).encode())
 
 
 # ------------------------------------------------------------------ the model taught from
