@@ -32,6 +32,7 @@ from edge.taught import (
     TaughtClassifier,
     TeachError,
     TeachManifest,
+    bytes_sha256,
     file_sha256,
     head_probabilities,
     load_features,
@@ -47,6 +48,8 @@ GTOL = 1e-5
 FTOL = 1e7 * np.finfo(float).eps
 # Photos a class needs at least: one photo is a point, not a class.
 MIN_PHOTOS = 2
+# Captures decoded and embedded at a time: 64 photos at 192 px are 7 MB of pixels.
+CHUNK = 64
 
 
 # ------------------------------------------------------------------ the solver
@@ -161,13 +164,7 @@ def read_captures(root: Path) -> dict[str, list[Path]]:
 def fingerprint(hashes: dict[str, list[str]]) -> str:
     """One sha256 of every capture's label and sha256: the same photos, the same fingerprint."""
     lines = sorted(f"{label}\0{sha}" for label, shas in hashes.items() for sha in shas)
-    return file_sha256_of("\n".join(lines).encode())
-
-
-def file_sha256_of(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
+    return bytes_sha256("\n".join(lines).encode())
 
 
 # ------------------------------------------------------------------ the model taught from
@@ -212,7 +209,7 @@ def teach(captures: Path, model: Path, out: Path, replace: bool = False, l2: flo
     feats: list[np.ndarray] = []
     labels_of: list[str] = []
     skipped: list[str] = []
-    pending: list[tuple[str, str, np.ndarray]] = []
+    pending: list[tuple[str, str, Path]] = []
     for label, paths in photos.items():
         for path in paths:
             try:
@@ -223,19 +220,24 @@ def teach(captures: Path, model: Path, out: Path, replace: bool = False, l2: flo
             if sha in cache:
                 feats.append(cache[sha]), labels_of.append(label)
                 hashes.setdefault(label, []).append(sha)
-                continue
+            else:
+                pending.append((label, sha, path))
+    computed = 0
+    for i in range(0, len(pending), CHUNK):  # decoded a chunk at a time: memory bounded by CHUNK photos
+        good, pixels = [], []
+        for label, sha, path in pending[i : i + CHUNK]:
             try:
-                pixels = load_image(path, shipped.size)
+                pixels.append(load_image(path, shipped.size))
+                good.append((label, sha))
             except Exception as exc:  # edge.preprocess names a bad photo in one line
-                skipped.append(f"{escape_name(str(path))}: {exc}")
-                continue
-            pending.append((label, sha, pixels))
-    if pending:
-        computed = embedder.features(np.stack([p for _, _, p in pending]))
-        for (label, sha, _), row in zip(pending, computed, strict=True):
+                # The reason alone: the error's own message repeats the path, unescaped.
+                skipped.append(f"{escape_name(str(path))}: {escape_name(getattr(exc, 'reason', str(exc)))}")
+        rows = embedder.features(np.stack(pixels)) if pixels else []
+        for (label, sha), row in zip(good, rows, strict=True):
             cache[sha] = row
             feats.append(row), labels_of.append(label)
             hashes.setdefault(label, []).append(sha)
+        computed += len(good)
     for line in skipped:
         log(f"skipped {line}")
     kept = [] if replace else list(shipped.labels)
@@ -269,7 +271,7 @@ def teach(captures: Path, model: Path, out: Path, replace: bool = False, l2: flo
     invokes = embedder.invokes
     _write(out, src, manifest, solution, cache, x, y, threads, runtime)
     written = TeachManifest.load(out)
-    return Taught(out, written, time.perf_counter() - start, invokes, len(pending))
+    return Taught(out, written, time.perf_counter() - start, invokes, computed)
 
 
 def _read_cache(path: Path, embed_sha: str) -> dict[str, np.ndarray]:
@@ -321,10 +323,12 @@ def _write(out: Path, src: Path, manifest: TeachManifest, solution: Solution, ca
         want = head_probabilities(x[rows], solution.kernel, solution.bias)
         got = head_probabilities(x[rows], clf.kernel, clf.bias)
         worst = float(np.abs(want - got).max()) if len(rows) else 0.0
-        manifest.validation = {"passed": worst <= 1e-6 and solution.converged,
-                               "check": f"loaded back from disk: the head's probabilities on {len(rows)} "
-                                        f"solved-on photos within {worst:.1g} of the solve's; the solve "
-                                        + ("converged" if solution.converged else "did not converge")}
+        if worst > 1e-6:
+            raise TeachError(f"{escape_name(str(out))}: the head read back from disk scores up to "
+                             f"{worst:.1g} away from the one solved; nothing was replaced: teach again")
+        check = (f"loaded back from disk: the head's probabilities on {len(rows)} solved-on photos "
+                 f"within {worst:.1g} of the solve's")
+        manifest.validation = {"passed": True, "check": check}
         _dump(tmp / TEACH_MANIFEST, manifest)
         for f in tmp.iterdir():
             with open(f, "rb") as handle:

@@ -108,6 +108,25 @@ def test_the_export_writes_an_embed_model_that_is_int8s_graph(taught_export, sam
         other = [d for i, d in enumerate(embed.interpreter.get_output_details()) if i != embed._which][0]
         assert (int8.interpreter.get_tensor(int8._output["index"])
                 == embed.interpreter.get_tensor(other["index"])).all()
+    # And its features are int8.tflite's pooled tensor, value for value (read with every
+    # intermediate tensor kept, a debugging mode of the interpreter).
+    import warnings
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inner = Interpreter(model_path=str(taught_export / "int8.tflite"),
+                            experimental_preserve_all_tensors=True)
+    inner.allocate_tensors()
+    pooled = [t for t in inner.get_tensor_details() if tuple(t["shape"]) == (1, 1280) and "pool" in t["name"]]
+    assert len(pooled) == 1
+    scale, zero = pooled[0]["quantization"]
+    for row in pixels:
+        inner.set_tensor(inner.get_input_details()[0]["index"], row[None])
+        inner.invoke()
+        want = (inner.get_tensor(pooled[0]["index"]).astype(np.float32) - zero) * scale
+        np.testing.assert_array_equal(embed.features(row[None]), want)
 
 
 def test_the_bundle_carries_what_teach_needs_and_teach_runs_from_it(taught_export, sample_data, tmp_path):
@@ -233,6 +252,16 @@ def test_a_full_disk_during_teach_loses_nothing_and_keeps_the_old_folder(taught_
     assert TaughtClassifier(out).labels == ["discs", "stripes"]
     assert sorted(p.name for p in (captures / "discs").iterdir()) == sorted(
         p.name for p in sorted((sample_data / "train" / "discs").glob("*.jpg"))[:6])
+
+
+def test_an_unreadable_capture_is_skipped_in_one_escaped_line(taught_export, sample_data, tmp_path):
+    captures = _captures(tmp_path / "captures", sample_data, 3)
+    (captures / "discs" / "broken\x1b.jpg").write_bytes(b"not a jpeg")
+    lines: list[str] = []
+    done = teaching.teach(captures, taught_export, tmp_path / "taught", replace=True, log=lines.append)
+    assert done.manifest.captures == {**done.manifest.captures, "photos": {"discs": 3, "stripes": 3},
+                                      "skipped": 1}
+    assert len(lines) == 1 and "broken\\033.jpg" in lines[0] and "\x1b" not in lines[0]
 
 
 def test_a_folder_whose_files_were_altered_is_refused(taught_export, sample_data, tmp_path):
