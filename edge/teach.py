@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -192,12 +192,7 @@ def teach(captures: Path, model: Path, out: Path, replace: bool = False, l2: flo
           threads: int | None = None, runtime: str | None = None, log=print) -> Taught:
     """Teach CAPTURES onto MODEL's backbone; write OUT whole, or leave the old OUT as it was."""
     start = time.perf_counter()
-    src = model_folder(Path(model))
-    shipped = load_features(src / FEATURES_NAME)
-    embed_sha = file_sha256(src / EMBED_NAME)
-    if shipped.meta.get("embed_sha256") != embed_sha:
-        raise TeachError(f"{escape_name(str(src / EMBED_NAME))}: its sha256 is not the one "
-                         f"{FEATURES_NAME} was made with; copy both from the same export")
+    src, shipped, embed_sha = _source(Path(model))
     photos = read_captures(Path(captures))
     few = [label for label, paths in photos.items() if len(paths) < MIN_PHOTOS]
     if few:
@@ -205,48 +200,16 @@ def teach(captures: Path, model: Path, out: Path, replace: bool = False, l2: flo
     width = int(shipped.meta["features"])
     embedder = Embedder(src / EMBED_NAME, width, shipped.size, embed_sha, threads, runtime)
     cache = _read_cache(out / CACHE_NAME, embed_sha)
-    hashes: dict[str, list[str]] = {}
-    feats: list[np.ndarray] = []
-    labels_of: list[str] = []
-    skipped: list[str] = []
-    pending: list[tuple[str, str, Path]] = []
-    for label, paths in photos.items():
-        for path in paths:
-            try:
-                sha = file_sha256(path)
-            except OSError as exc:
-                skipped.append(f"{escape_name(str(path))}: {exc.strerror or exc}")
-                continue
-            if sha in cache:
-                feats.append(cache[sha]), labels_of.append(label)
-                hashes.setdefault(label, []).append(sha)
-            else:
-                pending.append((label, sha, path))
-    computed = 0
-    for i in range(0, len(pending), CHUNK):  # decoded a chunk at a time: memory bounded by CHUNK photos
-        good, pixels = [], []
-        for label, sha, path in pending[i : i + CHUNK]:
-            try:
-                pixels.append(load_image(path, shipped.size))
-                good.append((label, sha))
-            except Exception as exc:  # edge.preprocess names a bad photo in one line
-                # The reason alone: the error's own message repeats the path, unescaped.
-                skipped.append(f"{escape_name(str(path))}: {escape_name(getattr(exc, 'reason', str(exc)))}")
-        rows = embedder.features(np.stack(pixels)) if pixels else []
-        for (label, sha), row in zip(good, rows, strict=True):
-            cache[sha] = row
-            feats.append(row), labels_of.append(label)
-            hashes.setdefault(label, []).append(sha)
-        computed += len(good)
-    for line in skipped:
+    seen = _embed(photos, embedder, cache, shipped.size)
+    for line in seen.skipped:
         log(f"skipped {line}")
     kept = [] if replace else list(shipped.labels)
     labels = kept + [label for label in photos if label not in kept]
     if len(labels) < 2:
         raise TeachError(f"only the class {shown(labels[0]) if labels else '(none)'} to teach: a model needs "
                          "2 or more; capture another class, or leave out --replace to keep the shipped ones")
-    x = np.array(feats, np.float32) if feats else np.zeros((0, width), np.float32)
-    y = np.array([labels.index(label) for label in labels_of], np.int64)
+    x = np.array(seen.features, np.float32) if seen.features else np.zeros((0, width), np.float32)
+    y = np.array([labels.index(label) for label in seen.labels], np.int64)
     if kept:
         x = np.concatenate([shipped.features.astype(np.float32), x])
         y = np.concatenate([shipped.y.astype(np.int64), y])
@@ -258,8 +221,8 @@ def teach(captures: Path, model: Path, out: Path, replace: bool = False, l2: flo
     counts = {label: int((y == i).sum()) for i, label in enumerate(labels)}
     manifest = TeachManifest(
         labels=labels, input={"height": shipped.size[0], "width": shipped.size[1]}, features=width, files={},
-        captures={"fingerprint": fingerprint(hashes), "photos": {k: len(v) for k, v in hashes.items()},
-                  "skipped": len(skipped)},
+        captures={"fingerprint": fingerprint(seen.hashes),
+                  "photos": {k: len(v) for k, v in seen.hashes.items()}, "skipped": len(seen.skipped)},
         shipped={"replaced": replace, "kept": kept,
                  "photos": {label: counts[label] for label in kept},
                  "embed_sha256": embed_sha, "features_sha256": file_sha256(src / FEATURES_NAME)},
@@ -271,7 +234,66 @@ def teach(captures: Path, model: Path, out: Path, replace: bool = False, l2: flo
     invokes = embedder.invokes
     _write(out, src, manifest, solution, cache, x, y, threads, runtime)
     written = TeachManifest.load(out)
-    return Taught(out, written, time.perf_counter() - start, invokes, computed)
+    return Taught(out, written, time.perf_counter() - start, invokes, seen.computed)
+
+
+def _source(model: Path):
+    """MODEL's folder, its shipped features and embed.tflite's sha256, checked to belong together."""
+    src = model_folder(model)
+    shipped = load_features(src / FEATURES_NAME)
+    embed_sha = file_sha256(src / EMBED_NAME)
+    if shipped.meta.get("embed_sha256") != embed_sha:
+        raise TeachError(f"{escape_name(str(src / EMBED_NAME))}: its sha256 is not the one "
+                         f"{FEATURES_NAME} was made with; copy both from the same export")
+    return src, shipped, embed_sha
+
+
+@dataclass
+class _Seen:
+    """Each readable capture's features, label and sha256; the unreadable ones, said in words."""
+
+    features: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    hashes: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+    computed: int = 0  # features computed now (the rest came from the cache)
+
+    def add(self, label: str, sha: str, row: np.ndarray) -> None:
+        self.features.append(row)
+        self.labels.append(label)
+        self.hashes.setdefault(label, []).append(sha)
+
+
+def _embed(photos: dict[str, list[Path]], embedder, cache: dict, size) -> _Seen:
+    """The features of every capture: from the cache by sha256, else computed CHUNK photos at a time."""
+    seen, pending = _Seen(), []
+    for label, paths in photos.items():
+        for path in paths:
+            try:
+                sha = file_sha256(path)
+            except OSError as exc:
+                seen.skipped.append(f"{escape_name(str(path))}: {exc.strerror or exc}")
+                continue
+            if sha in cache:
+                seen.add(label, sha, cache[sha])
+            else:
+                pending.append((label, sha, path))
+    for i in range(0, len(pending), CHUNK):  # decoded a chunk at a time: memory bounded by CHUNK photos
+        good, pixels = [], []
+        for label, sha, path in pending[i : i + CHUNK]:
+            try:
+                pixels.append(load_image(path, size))
+                good.append((label, sha))
+            except Exception as exc:  # edge.preprocess names a bad photo in one line
+                # The reason alone: the error's own message repeats the path, unescaped.
+                why = escape_name(getattr(exc, "reason", str(exc)))
+                seen.skipped.append(f"{escape_name(str(path))}: {why}")
+        rows = embedder.features(np.stack(pixels)) if pixels else []
+        for (label, sha), row in zip(good, rows, strict=True):
+            cache[sha] = row
+            seen.add(label, sha, row)
+        seen.computed += len(good)
+    return seen
 
 
 def _read_cache(path: Path, embed_sha: str) -> dict[str, np.ndarray]:
