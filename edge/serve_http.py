@@ -334,7 +334,7 @@ async def read_body(request: web.BaseRequest, size: int) -> bytearray:
     return body
 
 
-async def file_field(request: web.BaseRequest) -> bytes:
+async def file_field(request: web.BaseRequest) -> bytearray:
     """The uploaded file of a multipart/form-data body: the field named file or image, else the
     first part with a file name. At most MAX_PARTS parts, none nested."""
     try:
@@ -346,9 +346,9 @@ async def file_field(request: web.BaseRequest) -> bytes:
                 raise Problem(400, f"a form of more than {MAX_PARTS} parts, or a nested one; send the "
                                    "image as one file field (curl -F file=@photo.jpg)", close=True)
             if part.name in ("file", "image"):
-                return bytes(await part.read())
+                return await part.read()
             if chosen is None and part.filename:
-                chosen = bytes(await part.read())
+                chosen = await part.read()
             else:
                 await part.release()
     except (ValueError, KeyError, AssertionError, RuntimeError, EOFError) as exc:
