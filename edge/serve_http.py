@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,8 +56,11 @@ EVENTS_PER_SECOND = 10
 # a client that went away is noticed and its slot freed.
 KEEPALIVE_SECONDS = 5.0
 # A stream or feed whose client has read nothing for this long (its socket's buffers full)
-# is closed, and its slot freed.
+# is closed, and its slot freed...
 STALL_SECONDS = 10.0
+# ...and those buffers kept to a few frames: the kernel's own grow to megabytes, which a client
+# that never reads took minutes to fill, holding its slot all along.
+STREAM_SEND_BUFFER = 128 * 2**10
 
 # The only routes: path -> (methods, handler name). Anything else is a 404.
 ROUTES = {
@@ -285,6 +289,9 @@ class App:
             # The body runs until the connection closes, as MJPEG and event-stream clients (and
             # OpenCV's) expect, not in HTTP/1.1 chunks: aiohttp's switch, as its WebSockets use it.
             response._length_check = False
+            sock = request.transport.get_extra_info("socket") if request.transport else None
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
             await response.prepare(request)
             with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
                 yield response, lambda data: asyncio.wait_for(response.write(data), STALL_SECONDS)
