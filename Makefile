@@ -96,7 +96,7 @@ edge-env: $(EDGE_VENV)/.installed
 $(EDGE_VENV)/.installed: pyproject.toml
 	$(EDGE_PYTHON) -m venv $(EDGE_VENV)
 	$(EDGE_VENV)/bin/pip install --quiet --upgrade pip
-	$(EDGE_VENV)/bin/pip install --quiet -e '.[edge]'
+	$(EDGE_VENV)/bin/pip install --quiet -e '.[edge,serve]'
 	touch $@
 
 # The embedded default dataset (only made when DATA is not given).

@@ -31,6 +31,7 @@ from typing import Annotated
 import typer
 
 from bench.pi_check import MIRROR, CheckFailed, cached_root, tool
+from edge.logs import logger
 from export.wheelhouse import TARGETS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +47,7 @@ STEP_TIMEOUT = 3600
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 
-def log(message: str) -> None:
-    print(f"host-check: {message}", flush=True)
+log = logger("host_check", stdout=True, prefix="host-check: ").info
 
 
 def build_root(release: str, cache: Path) -> Path:

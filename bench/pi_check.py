@@ -57,6 +57,8 @@ from typing import Annotated
 import typer
 
 from edge.errors import NoodleError
+from edge.logs import logger
+from edge.serve_config import DEFAULTS as SERVE
 from export.bundle import DEFAULT_MODEL, BundleError, bundle_path
 from export.bundle import unpack as unpack_bundle
 from export.wheelhouse import TARGETS, Target
@@ -85,8 +87,7 @@ class CheckFailed(NoodleError):
     pass
 
 
-def log(message: str) -> None:
-    print(f"pi-check: {message}", flush=True)
+log = logger("pi_check", stdout=True, prefix="pi-check: ").info
 
 
 def run(args: list[str], timeout: float = STEP_TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
@@ -344,7 +345,7 @@ def check_camera(target: Target, root: Path, binds: dict, env: dict, model: Path
 
 
 # `serve` in the release: photos POSTed over loopback, labels against x86's `classify`.
-SERVE_PHOTOS, SERVE_PORT = 10, 8080
+SERVE_PHOTOS, SERVE_PORT = 10, SERVE.port
 # Run by the bundle's .venv python in the root (standard library only): starts serve, asks it,
 # prints a JSON line per answer, stops it, and prints what serve logged.
 SERVE_CLIENT = r"""

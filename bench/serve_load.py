@@ -48,6 +48,9 @@ CLIP_PHOTOS, CLIP_FPS, CLIP_SIDE = 50, 10, 320
 START_SECONDS, REQUEST_SECONDS = 120, 120
 # Memory "flat": the last reading at most this much above the one after the timed round.
 FLAT_MB = 5.0
+# Clients that open a connection to /healthz at the same moment: each must be answered (200, or
+# 429 past a cap) within BURST_SECONDS.
+BURST, BURST_SECONDS = 200, 2.0
 
 
 class LoadError(NoodleError):
@@ -176,6 +179,34 @@ def camera_frames(port: int) -> int:
                  if line.startswith('noodle_classified_total{source="camera"}')), 0)
 
 
+def burst(port: int, clients: int = BURST) -> dict:
+    """`clients` connections to /healthz at once: how many got 200, 429 or nothing, and the slowest."""
+    answers, gate = [], threading.Barrier(clients)
+
+    def one():
+        gate.wait()
+        began = time.perf_counter()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            answers.append((int(data.split()[1]), time.perf_counter() - began))
+        except (OSError, IndexError, ValueError):
+            answers.append((None, time.perf_counter() - began))
+
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = [code for code, _ in answers]
+    return {"clients": clients, "ok": codes.count(200), "limited": codes.count(429),
+            "unanswered": clients - codes.count(200) - codes.count(429),
+            "slowest_s": max(seconds for _, seconds in answers)}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -260,6 +291,7 @@ def api_only(python: str, model: Path, bodies: list[bytes], threads: int, runtim
     try:
         run_round(server.port, bodies, 1, 1, 0)
         timed = run_round(server.port, bodies, clients, requests, 0)
+        crowd = burst(server.port)
         tracebacks = server.text().count("Traceback")
     finally:
         server.stop()
@@ -267,7 +299,8 @@ def api_only(python: str, model: Path, bodies: list[bytes], threads: int, runtim
     return {"requests_per_second": len(lat) / timed["seconds"] if lat else 0.0,
             "p50_ms": percentile(lat, 50) * 1000 if lat else None,
             "p99_ms": percentile(lat, 99) * 1000 if lat else None,
-            "errors": len(timed["errors"]), "error_list": timed["errors"], "tracebacks": tracebacks}
+            "errors": len(timed["errors"]), "error_list": timed["errors"], "tracebacks": tracebacks,
+            "burst": crowd}
 
 
 def edge_bench(python: str, model: Path, photos: list[str], threads: int, runtime: str | None) -> dict:
@@ -307,6 +340,9 @@ def report(f: dict) -> str:
         f"{f['bench_files_per_second']:.1f} files/s",
         f"API only      {a['requests_per_second']:.1f} requests/s ({a['vs_bench']:.0%} of bench) without the "
         f"camera and viewers; p50 {a['p50_ms']:.1f} ms, p99 {a['p99_ms']:.1f} ms",
+        f"burst         {a['burst']['clients']} clients at once on /healthz: {a['burst']['ok']} x 200, "
+        f"{a['burst']['limited']} x 429, {a['burst']['unanswered']} unanswered; slowest "
+        f"{a['burst']['slowest_s']:.2f} s (at most {BURST_SECONDS:g} s wanted)",
         f"memory        RSS {memory} MB every {ROUND} requests up to {f['total_requests']}; "
         f"peak {f['peak_rss_mb']:.0f} MB; growth {f['rss_growth_mb']:+.1f} MB "
         f"({'flat' if f['rss_flat'] else 'NOT flat'})",

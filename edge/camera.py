@@ -29,7 +29,9 @@ import numpy as np
 
 from edge.errors import NoodleError, first_line
 from edge.escape import escape_name, shown
+from edge.logs import logger
 from edge.preprocess import crop_square, from_frame
+from edge.serve_config import DEFAULTS
 
 # Pauses before each reopen, in seconds; the last repeats. Short first (a
 # glitch), then long enough for a USB camera to re-enumerate.
@@ -50,13 +52,11 @@ SETTLE_SECONDS = 2.0
 # "backend + index" numbers (200 is V4L2's first camera) stay below this.
 MAX_DEVICE_INDEX = 9999
 
+log = logger("camera").info
+
 
 class SourceError(NoodleError):
     """A camera or video that cannot be opened at all."""
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class PiCamera:
@@ -153,7 +153,7 @@ class Frames:
     like a camera's, retried and then reported with the frames it gave.
     """
 
-    def __init__(self, source: str = "0", picamera: bool = False, retries: int = 5,
+    def __init__(self, source: str = "0", picamera: bool = False, retries: int = DEFAULTS.retries,
                  sleep: Callable[[float], None] = time.sleep):
         self.source, self.picamera, self.retries, self.sleep = source, picamera, retries, sleep
         self.name = "picamera" if picamera else f"source {source}"

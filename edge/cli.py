@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from edge.errors import NoodleError, one_line_errors
+from edge.serve_config import DEFAULTS as SERVE
 from edge.usage import OneLineUsage
 
 app = typer.Typer(
@@ -195,7 +196,7 @@ def camera(
         min=1, help="Stop after N frames (default: run until Ctrl-C).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per printed line.")] = False,
     retries: Annotated[int, typer.Option(
-        min=0, help="Reopen attempts after a failed read before giving up.")] = 5,
+        min=0, help="Reopen attempts after a failed read before giving up.")] = SERVE.retries,
     show: Annotated[bool, typer.Option(
         "--show", help="Draw the label on a window when there is a display.")] = False,
     threads: Threads = None,
@@ -230,7 +231,7 @@ def capture(
     picamera: Annotated[bool, typer.Option(
         "--picamera", help="Read the Raspberry Pi camera via picamera2.")] = False,
     retries: Annotated[int, typer.Option(
-        min=0, help="Reopen attempts after a failed read before giving up.")] = 5,
+        min=0, help="Reopen attempts after a failed read before giving up.")] = SERVE.retries,
 ) -> None:
     """Collect training photos: save camera frames as JPEGs into a class folder.
 
@@ -343,27 +344,29 @@ def serve(
         "--picamera", help="Read the Raspberry Pi camera via picamera2.")] = False,
     host: Annotated[str, typer.Option(
         help="Address to listen on: this machine only by default; 0.0.0.0 for every network "
-             "(then a token is required).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8080,
+             "(then a token is required).")] = SERVE.host,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = SERVE.port,
     token: Annotated[str | None, typer.Option(
         envvar="NOODLE_TOKEN", show_envvar=True,
         help="Required of every request but /healthz (Authorization: Bearer, or open /?token= once). "
              "Beyond loopback it is required.")] = None,
     token_file: Annotated[Path | None, typer.Option(
         readable=False, help="A file whose first line is the token (kept out of `ps` and the unit).")] = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels with scores per answer.")] = 3,
+    top_k: Annotated[int, typer.Option(
+        "--top-k", "-k", min=1, help="Labels with scores per answer.")] = SERVE.top_k,
     loop: Annotated[bool, typer.Option(
         "--loop", help="Play a video file again when it ends (without: its last result stays).")] = False,
     max_body_mb: Annotated[float, typer.Option(
-        min=0.01, max=1024, help="Largest upload in MB: a phone photo is 2 to 6.")] = 8.0,
+        min=0.01, max=1024, help="Largest upload in MB: a phone photo is 2 to 6.")] = SERVE.max_body_mb,
     max_streams: Annotated[int, typer.Option(
-        min=1, max=64, help="Streams and event feeds open at once; a page holds one of each.")] = 8,
+        min=1, max=64,
+        help="Streams and event feeds open at once; a page holds one of each.")] = SERVE.max_streams,
     rate: Annotated[float, typer.Option(
         min=0, help="Requests a second per client address, in bursts of two seconds' worth; 0: "
-                    "no limit.")] = 20.0,
+                    "no limit.")] = SERVE.rate,
     retries: Annotated[int, typer.Option(
         min=0, help="Reopen attempts after a failed read; then a pause, and again: serve never "
-                    "gives up.")] = 5,
+                    "gives up.")] = SERVE.retries,
     mqtt: Annotated[str | None, typer.Option(
         help="mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC-PREFIX (mqtts:// for TLS): publish each label "
              "change, a heartbeat and Home Assistant discovery.")] = None,
@@ -374,7 +377,7 @@ def serve(
         readable=False, help="The broker's CA certificate (PEM) for mqtts:// (default: the "
                              "system's).")] = None,
     mqtt_heartbeat: Annotated[float, typer.Option(
-        min=0.1, help="Seconds between heartbeats.")] = 30.0,
+        min=0.1, help="Seconds between heartbeats.")] = SERVE.mqtt_heartbeat,
     mqtt_name: Annotated[str | None, typer.Option(
         help="The device's name in Home Assistant (default: the topic prefix's last level, by default "
              "the hostname).")] = None,

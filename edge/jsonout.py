@@ -1,4 +1,7 @@
-"""JSON as the device writes it: one line, ASCII, and safe inside HTML (no raw <, > or &)."""
+"""JSON for the device's outputs: HTTP answers, server-sent events, MQTT payloads.
+
+Standard library only: this file ships to the device, and serve_mqtt reads it without the server.
+"""
 from __future__ import annotations
 
 import json

@@ -170,6 +170,11 @@ def return_freed_decodes() -> None:
 _STORED = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Bytes a pixel a decoder holds of its own beside Pillow's image. Pillow reads every WebP,
+# still or animated, through libwebp's animation decoder: two RGBA canvases of its own, and
+# each frame handed over as a third RGBA copy before Pillow's, plus the codec's scratch
+# (a 36-byte 8000x8000 WebP counted as 4 bytes a pixel peaked at 1 GB).
+_DECODER_OWN = {"HEIF": 6, "WEBP": 14}
 # EXIF orientations that make exif_transpose copy the whole image.
 _TURNED = range(2, 9)
 
@@ -193,8 +198,14 @@ def decode_bytes(img: Image.Image) -> int:
     turned = stored if _orientation(img) in _TURNED else 0
     # pillow-heif decodes into a buffer of its own first: a 12 Mpx HEIC measured 9.2
     # bytes a pixel at its peak, against the 4 counted for its RGB.
-    own = 6 if img.format == "HEIF" else 0
+    own = _DECODER_OWN.get(img.format, 0)
     return pixels * (stored + turned + convert + own)
+
+
+def _fitting_side(img: Image.Image, need: int, limit: int) -> int:
+    """The long side, in hundreds of pixels, at which this image (its shape and format) fits `limit`."""
+    scale = (limit / need) ** 0.5
+    return int(max(img.size) * scale) // 100 * 100
 
 
 def _orientation(img: Image.Image) -> int:
@@ -234,7 +245,8 @@ def load_image(path: str | os.PathLike, size: tuple[int, int],
                 raise ImageError(path, f"image too large to decode safely ({img.size[0]}x{img.size[1]} "
                                        f"{img.mode} needs about {need / 2**20:.0f} MiB, over the "
                                        f"{budget.limit / 2**20:.0f} MiB decode budget); "
-                                       "scale it down, e.g. to 4000 px on the long side")
+                                       f"scale it down to {_fitting_side(img, need, budget.limit)} px on "
+                                       "the long side or less")
             with budget.hold(need):
                 # In place: without an EXIF turn the copy exif_transpose would return
                 # doubles the memory of every decode for nothing.

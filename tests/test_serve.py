@@ -326,11 +326,11 @@ def test_other_malformed_requests(server):
 
 def test_without_a_token_only_a_loopback_host_is_answered(server):
     """DNS rebinding: a page from elsewhere whose name now points at 127.0.0.1 reads nothing."""
-    for host in [b"evil.example", b"evil.example:8080", b"127.0.0.1.evil.example", b"[bad", b""]:
+    for host in [b"evil.example", b"evil.example:8081", b"127.0.0.1.evil.example", b"[bad", b""]:
         raw = server.raw(b"GET /v1/model HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
         status, payload = response_json(raw)
         assert status == 403 and "loopback Host" in one_line_error(status, payload), host
-    for host in ["localhost:8080", "[::1]", "127.0.0.2"]:
+    for host in ["localhost:8081", "[::1]", "127.0.0.2"]:
         assert server.json("GET", "/v1/model", Host=host)[0] == 200
 
 
