@@ -710,7 +710,7 @@ def test_an_export_killed_during_validation_is_not_bundled(trained_run, tmp_path
 
     run = tmp_path / "run"
     run.mkdir()
-    for name in ("model.keras", "manifest.json"):
+    for name in ("model.keras", "manifest.json", "splits.csv"):
         shutil.copy2(trained_run / name, run / name)
     export = [sys.executable, "-m", "noodle", "export", str(run), "--variants", "float32,int8"]
     proc = subprocess.Popen(export, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
