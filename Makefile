@@ -25,11 +25,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Photos to train on; empty means the embedded default, generated into data/sample.
 DATA   ?=
-# An architecture of train.config.ARCHITECTURES (lite0, allconv, classic); empty: its
+# An architecture of train.config.ARCHITECTURES (lite0, allconv, seed); empty: its
 # first row, the default (`noodle train --help` lists them).
 ARCH   ?=
 # Epochs; empty: the architecture's own (train.config.ARCHITECTURES: allconv runs a cosine schedule to
-# the end, classic stops early when validation stops improving; lite0's head is solved, with no
+# the end, the seed stops early when validation stops improving; lite0's head is solved, with no
 # epochs, so they are ignored there unless --fine-tune trains blocks of its backbone).
 EPOCHS ?=
 # Where run folders go: $(OUT)/<data name>-<arch>-<8 hex>/, the hex from the

@@ -439,7 +439,7 @@ def trained_on(dataset):
     from edge.manifest import InputSpec, Preprocessing, RunManifest
 
     return RunManifest(labels=dataset.labels, input=InputSpec(32, 32), output="softmax",
-                       preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="classic", params=0,
+                       preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="seed", params=0,
                        data=dataset.summary())
 
 
@@ -726,7 +726,7 @@ def test_run_folder_is_named_by_data_and_settings(tmp_path):
     assert run_dir(first, "--runs", tmp_path / "runs", *own) == name
     # The default's head is solved, with no epochs or seed: those name the same model (test_train.py).
     assert run_dir(first, "--runs", tmp_path / "runs", "--epochs", default.epochs + 1, "--seed", 1) == name
-    seed = ("--runs", tmp_path / "runs", "--arch", "classic")
+    seed = ("--runs", tmp_path / "runs", "--arch", "seed")
     others = [run_dir(second, "--runs", tmp_path / "runs"),
               run_dir(first, *seed),
               run_dir(first, *seed, "--epochs", 26),

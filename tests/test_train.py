@@ -85,7 +85,7 @@ def test_saved_model_takes_raw_pixels_and_rescales_itself(trained_run):
     assert p.shape == (1, 1) and 0.0 <= p[0, 0] <= 1.0
 
 
-@pytest.mark.parametrize("arch", ["allconv", "classic"])
+@pytest.mark.parametrize("arch", ["allconv", "seed"])
 def test_batch_norm_takes_the_exact_statistics_of_un_augmented_training_photos(arch):
     import keras
 
@@ -97,7 +97,7 @@ def test_batch_norm_takes_the_exact_statistics_of_un_augmented_training_photos(a
     x = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     before = [w.copy() for w in model.get_weights()]
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    if arch == "classic":  # no batch norm: nothing to set, nothing changed
+    if arch == "seed":  # no batch norm: nothing to set, nothing changed
         assert exact_batch_norm(model, x) == 0
         assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
         return
@@ -156,7 +156,7 @@ def test_validation_photos_are_trained_on_only_when_a_test_split_scores_the_mode
     from train.runs import identity
 
     ds = find_dataset(sample_data)
-    noodle, seed = (TrainConfig(data=sample_data, out=sample_data, arch=a) for a in ("allconv", "classic"))
+    noodle, seed = (TrainConfig(data=sample_data, out=sample_data, arch=a) for a in ("allconv", "seed"))
     assert trains_on_val(noodle, ds) and not trains_on_val(seed, ds)
     # Saying what the architecture does anyway is the same model, the same run folder.
     assert identity(ds, noodle) == identity(ds, TrainConfig(data=sample_data, out=sample_data,
@@ -178,11 +178,11 @@ def test_each_architecture_has_its_own_input_side_and_epochs(sample_data):
         return identity(ds, TrainConfig(data=sample_data, out=sample_data, **kw))["settings"]
 
     assert (settings(arch="allconv")["image_size"], settings(arch="allconv")["epochs"]) == (56, 50)
-    assert (settings(arch="classic")["image_size"], settings(arch="classic")["epochs"]) == (64, 25)
+    assert (settings(arch="seed")["image_size"], settings(arch="seed")["epochs"]) == (64, 25)
     assert settings(arch="lite0")["image_size"] == 192 and "epochs" not in settings(arch="lite0")
     assert settings(arch="lite0", fine_tune=2)["epochs"] == 3  # what trains by gradient has epochs
     # Passing the default is the same model; another side is another.
-    assert settings(arch="classic") == settings(arch="classic", image_size=64, epochs=25)
+    assert settings(arch="seed") == settings(arch="seed", image_size=64, epochs=25)
     side = ARCHITECTURES[DEFAULT_ARCH].image_size
     assert settings() == settings(image_size=side) != settings(image_size=side + 32)
     assert settings(arch="allconv") == settings(arch="allconv", image_size=56) != settings(arch="allconv",
@@ -451,7 +451,7 @@ def test_slurm_tasks_resolve_to_workers_and_worker_0_is_chief(monkeypatch, tmp_p
 # ---------------------------------------------------------------- precision, memory
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, classes", [("allconv", 2), ("classic", 5)])
+@pytest.mark.parametrize("arch, classes", [("allconv", 2), ("seed", 5)])
 def test_mixed_precision_trains_on_cpu_and_exports_a_float32_model(arch, classes, tmp_path, monkeypatch):
     import keras
     from ai_edge_litert.interpreter import Interpreter
@@ -576,7 +576,7 @@ def test_the_readmes_architecture_table_is_the_table():
     assert rows == expected
 
 
-@pytest.mark.parametrize("old, new", [("noodle", "allconv"), ("seed", "classic")])
+@pytest.mark.parametrize("old, new", [("noodle", "allconv")])
 def test_a_former_architecture_name_trains_the_renamed_one_with_a_one_line_notice(sample_data, tmp_path,
                                                                                  old, new):
     from typer.testing import CliRunner

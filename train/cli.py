@@ -86,7 +86,7 @@ TrainOnVal = Annotated[bool | None, typer.Option(
     "--train-on-val/--hold-out-val",
     help="Train on the validation photos too, or keep them out for validation curves and early "
          "stopping. Default: the cosine architectures (lite0, allconv) train on them (a fixed schedule "
-         "chooses nothing on them), classic holds them out; always held out when there is no test split.")]
+         "chooses nothing on them), seed holds them out; always held out when there is no test split.")]
 MixedPrecision = Annotated[bool, typer.Option(
     help="float16 compute: faster on GPUs with tensor cores (Volta or newer), slower on CPUs. "
          "model.keras is float32 either way.")]

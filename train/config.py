@@ -56,13 +56,13 @@ ARCHITECTURES = {a.name: a for a in (
     Architecture("allconv", "allconv", 56, 50, "cosine", "none", 0,
                  "a small all-convolutional net trained from scratch"),
     # The classic recipe, layer for layer; it overfits fast, so early stopping ends it.
-    Architecture("classic", "classic", 64, 25, "constant", "none", 0,
+    Architecture("seed", "seed", 64, 25, "constant", "none", 0,
                  "the classic cats-vs-dogs CNN (Conv2D 32, MaxPool, Dense 64)"),
 )}
 DEFAULT_ARCH = next(iter(ARCHITECTURES))
 # Former names, still taken (with a one-line notice from the CLI): `noodle` was also
-# the project and its command, `seed` also the option --seed.
-RENAMED = {"noodle": "allconv", "seed": "classic"}
+# the project and its command. `seed` keeps its name: the recipe noodle grew from.
+RENAMED = {"noodle": "allconv"}
 # Weights trained from random ones on the user's photos: theirs to license.
 OWN_WEIGHTS = "trained by noodle on your photos: yours to license"
 

@@ -50,7 +50,7 @@ def lite0(input_shape: tuple[int, int, int], num_classes: int, weights: str = "i
     return keras.Model(inputs, outputs, name="lite0")
 
 
-def classic(input_shape: tuple[int, int, int], num_classes: int, weights: str = "none") -> keras.Model:
+def seed(input_shape: tuple[int, int, int], num_classes: int, weights: str = "none") -> keras.Model:
     """The classic recipe, layer for layer (1.97 M parameters at 64x64)."""
     inputs = keras.Input(input_shape, name="pixels")
     x = layers.Rescaling(1 / 255.0)(inputs)
@@ -59,7 +59,7 @@ def classic(input_shape: tuple[int, int, int], num_classes: int, weights: str = 
     x = layers.Flatten()(x)
     x = layers.Dense(64, activation="relu")(x)
     x = layers.Dropout(0.5)(x)
-    return keras.Model(inputs, _head(x, num_classes), name="classic")
+    return keras.Model(inputs, _head(x, num_classes), name="seed")
 
 
 def _conv_bn(x, filters: int, stride: int = 1):
