@@ -38,7 +38,6 @@ import warnings
 from edge import logs
 from edge.errors import Terminated
 from edge.escape import escape_name, shown
-from edge.jsonout import to_json  # noqa: F401 (edge.serve_mqtt's import until it reads edge.jsonout)
 from edge.preprocess import return_freed_decodes
 from edge.serve_auth import ServeError, check_token_strength, resolve_token  # noqa: F401 (the CLI's)
 from edge.serve_config import DEFAULTS

@@ -47,6 +47,7 @@ from edge.escape import escape_name, markdown
 from edge.integrity import SUMS, format_sums
 from edge.manifest import MANIFEST_NAME, load_export, load_run, sha256_file
 from edge.runtime import package_version
+from edge.serve_config import DEFAULTS as SERVE
 from export import embed, wheelhouse
 from export.wheelhouse import TARGETS, Wheel, pinned_requirements, target_environment, wheels_for
 from train.rundir import RunDir
@@ -217,7 +218,8 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     top = dest.name.removesuffix(".tar.gz")
     values = {"VERSION": ver, "TOP": top, "MODEL_FILE": entry.file, "VARIANT": variant,
               "SIZE": f"{manifest.input.height}x{manifest.input.width}",
-              "LABELS": readme_labels(manifest.labels), "COMMANDS": runner_commands()}
+              "LABELS": readme_labels(manifest.labels), "COMMANDS": runner_commands(),
+              "PORT": str(SERVE.port)}
     files: dict[str, bytes | Path] = device_sources()
     files[f"model/{entry.file}"] = model
     files[f"model/{MANIFEST_NAME}"] = (json.dumps(shipped.to_dict(), indent=2) + "\n").encode()

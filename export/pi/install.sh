@@ -212,7 +212,7 @@ serve_token() {
 serve_url() {
     is_serve || return 0
     host=$(service_option --host 127.0.0.1)
-    port=$(service_option --port 8080)
+    port=$(service_option --port @PORT@)
     case "$host" in 0.0.0.0 | :: | "[::]" | "") host="$(hostname).local" ;; esac
     case "$host" in *:*) case "$host" in "["*) ;; *) host="[$host]" ;; esac ;; esac
     token=$(service_option --token-file "")
