@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from edge.errors import NoodleError
@@ -68,8 +69,10 @@ GOODBYE_SECONDS = 2.0
 PREFIX_MAX = 200
 # The longest device name shown in Home Assistant (--mqtt-name).
 NAME_MAX = 64
-# The distribution whose version is noodle's (pyproject.toml's [project] name).
+# The distribution whose version is noodle's (pyproject.toml's [project] name); a bundle,
+# which copies edge/ without that package, carries the version in VERSION_FILE beside it.
 DISTRIBUTION = "noodle-kit"
+VERSION_FILE = "VERSION"
 INSTALL_FIX = "pip install 'paho-mqtt>=2,<3' (the Pi bundle's install.sh installs it)"
 EXAMPLE = "mqtt://homeassistant.local:1883/noodle/door"
 PREFIX_FIX = f"give one of plain levels, e.g. {EXAMPLE}"
@@ -152,13 +155,17 @@ def parse_url(url: str, user: str | None = None, password: str | None = None) ->
 
 def noodle_package() -> tuple[str | None, str | None]:
     """noodle's version and support URL (pyproject.toml's [project.urls], if any) from the installed
-    package's metadata; (None, None) where edge/ was copied without it."""
+    package's metadata; on the Pi, where edge/ is copied without it, the version `noodle bundle`
+    wrote beside it (edge/VERSION), else (None, None)."""
     import importlib.metadata
 
     try:
         meta = importlib.metadata.metadata(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        return None, None
+        try:
+            return (Path(__file__).with_name(VERSION_FILE).read_text().strip() or None), None
+        except (OSError, UnicodeDecodeError):
+            return None, None
     urls = [entry.split(",", 1)[-1].strip() for entry in meta.get_all("Project-URL") or []]
     url = next((u for u in [*urls, meta.get("Home-page")] if u and u.startswith(("https://", "http://"))),
                None)

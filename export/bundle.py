@@ -222,6 +222,7 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
               "PORT": str(SERVE.port)}
     files: dict[str, bytes | Path] = device_sources()
     files[f"model/{entry.file}"] = model
+    files["edge/VERSION"] = f"{ver}\n".encode()  # HA's sw_version on the Pi (edge.serve_mqtt)
     files[f"model/{MANIFEST_NAME}"] = (json.dumps(shipped.to_dict(), indent=2) + "\n").encode()
     # For `noodle-edge teach` (lite0): the backbone's features model and the shipped classes' features.
     files.update({f"model/{name}": path for name, path in embed.shipped_files(run.export).items()})

@@ -67,8 +67,12 @@ def test_contents(tarball, shippable_run):
     with tarfile.open(tarball) as tar:
         members = {m.name: m for m in tar.getmembers()}
         manifest = json.load(tar.extractfile(f"{top}/model/manifest.json"))
+        version = tar.extractfile(f"{top}/edge/VERSION").read().decode().strip()
     edge_sources = sorted(p.name for p in (ROOT / "edge").glob("*.py"))
-    assert sorted(n.split("/")[-1] for n in members if n.startswith(f"{top}/edge/")) == edge_sources
+    # Beside the sources, noodle's version, which the Pi has no package metadata for.
+    assert sorted(n.split("/")[-1] for n in members if n.startswith(f"{top}/edge/")) == sorted(
+        [*edge_sources, "VERSION"])
+    assert version == bundle.version()
     for name in ("model/int8.tflite", "requirements-pi.in", "requirements-camera.in", "install.sh",
                  "noodle-edge", "noodle-edge.service", "README-PI.md", "requirements-pi.txt",
                  "requirements-camera.txt", "SHA256SUMS"):

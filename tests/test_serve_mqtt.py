@@ -449,3 +449,21 @@ def test_origins_support_url_comes_from_the_packages_project_urls(monkeypatch):
     del meta["Project-URL"]
     meta["Project-URL"] = "Bad, javascript:alert(1)"
     assert serve_mqtt.noodle_package() == ("9.8.7", None)
+
+
+def test_a_bundle_without_the_package_reports_the_version_written_beside_edge(tmp_path):
+    """On the Pi edge/ is copied without noodle-kit's metadata: sw_version comes from edge/VERSION."""
+    import sys
+
+    edge = tmp_path / "edge"
+    edge.mkdir()
+    for source in Path(serve_mqtt.__file__).parent.glob("*.py"):
+        (edge / source.name).write_bytes(source.read_bytes())
+    ask = [sys.executable, "-S", "-c", "from edge.serve_mqtt import noodle_package; print(noodle_package())"]
+    # -S: no site-packages, so no installed noodle-kit, as on the Pi.
+    def asked() -> str:
+        return subprocess.run(ask, cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+
+    assert asked() == "(None, None)"
+    (edge / serve_mqtt.VERSION_FILE).write_text("9.9.9\n")
+    assert asked() == "('9.9.9', None)"
