@@ -39,6 +39,7 @@ from edge.errors import NoodleError, one_line_errors
 from edge.escape import escape_name, markdown
 from edge.manifest import MANIFEST_NAME, load_export, load_run, sha256_file
 from edge.runtime import package_version
+from export.gate import Outcome, export_outcome
 from export.wheelhouse import (
     TARGETS,
     Wheel,
@@ -194,7 +195,7 @@ def _render(name: str, values: dict[str, str]) -> bytes:
 
 
 def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | Path = "dist",
-                 wheel_cache: Path | None = None, download=pip_download) -> Path:
+                 wheel_cache: Path | None = None, download=pip_download, force: bool = False) -> Path:
     """Write OUT/noodle-edge-<run name>-<variant>.tar.gz (-online.tar.gz without wheels); return its path.
 
     With WHEEL_CACHE, the tarball carries every target release's wheels and
@@ -202,7 +203,7 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     """
     run = RunDir(run_dir)
     log.info(f"bundling {escape_name(str(run_dir))}: its {escape_name(variant)} model, {trained_on(run)}")
-    manifest, entry, model = _shippable(run, run_dir, variant)
+    manifest, entry, model = _shippable(run, run_dir, variant, force)
     # The device's manifest lists the one model it gets; the rest of the export stays home.
     shipped = dataclasses.replace(manifest, models={variant: entry}, failed=None)
 
@@ -251,15 +252,18 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     return dest
 
 
-def _shippable(run: RunDir, run_dir, variant: str):
+def _shippable(run: RunDir, run_dir, variant: str, force: bool = False):
     """(export manifest, the variant's entry, its file), refused in one line unless it may ship."""
     manifest = load_export(run.export_manifest)
-    # Only an export whose validation finished and passed ships: one killed
-    # during validation has files and a manifest but no proof they run.
-    if not (manifest.validation or {}).get("passed"):
-        state = "did not pass" if manifest.validation else "never finished"
-        raise BundleError(f"{run.export_manifest}: the export's validation {state}; "
-                          f"run `noodle export {run_dir}` and bundle when it succeeds")
+    # Only an export that passed ships (export.gate's one reading): one killed during validation
+    # has files but no proof they run; one the --max-drop gate failed or left undecided, only --force.
+    found = export_outcome(manifest.validation)
+    if found.outcome is not Outcome.passed and not (force and found.forcible):
+        hint = (" (to ship it anyway: `noodle bundle --force`, make bundle FORCE=1)" if found.forcible
+                else f"; run `noodle export {run_dir}` and bundle when it succeeds")
+        raise BundleError(f"{run.export_manifest}: nothing ships from this export: {found.line}{hint}")
+    if found.outcome is not Outcome.passed:
+        log.warning(f"--force: bundling an export that did not pass: {found.line}")
     entry = manifest.entry(variant)
     if entry is None:
         have = ", ".join(manifest.models) or "none"
@@ -378,6 +382,9 @@ def bundle_command(
         help="Ship the aarch64 wheels for an offline install (about 60 MB); --no-wheels installs "
              "from the index on the Pi.")] = True,
     wheel_cache: Annotated[Path, typer.Option(help="Where downloaded wheels are kept.")] = WHEEL_CACHE,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Ship an export whose --max-drop gate failed or was undecided (never one whose "
+                        "validation failed).")] = False,
 ) -> None:
     """Write dist/noodle-edge-<run>-<variant>.tar.gz: runner, model, wheels, install.sh, README-PI.md.
 
@@ -388,5 +395,5 @@ def bundle_command(
     from train.quiet import show_progress
 
     show_progress()
-    path = write_bundle(run_dir, model, out, wheel_cache=wheel_cache if wheels else None)
+    path = write_bundle(run_dir, model, out, wheel_cache=wheel_cache if wheels else None, force=force)
     typer.echo(path)

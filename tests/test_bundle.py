@@ -617,6 +617,28 @@ def test_bundle_command(shippable_run, tmp_path):
     assert bad.exit_code == 2 and "no manifest" in bad.stderr
 
 
+@pytest.mark.parametrize("outcome", ["failed", "undecided"])
+def test_an_export_the_gate_did_not_pass_ships_only_with_force(shippable_run, tmp_path, outcome):
+    """One meaning of "passed" (export.gate): a gate that failed or was undecided leaves nothing to ship."""
+    from export.gate import Decision, GateResult, Outcome, record_gate
+    from noodle import app
+
+    run = shutil.copytree(shippable_run, tmp_path / "run")
+    result = GateResult(0.5, 110)
+    result.decisions = [Decision("int8", Outcome(outcome), f"int8 {outcome}")]
+    record_gate(run, result)
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    assert manifest["validation"]["passed"] is False and manifest["validation"]["gate"]["outcome"] == outcome
+    args = ["bundle", str(run), "--model", "int8", "--out", str(tmp_path / "dist"), "--no-wheels"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and not (tmp_path / "dist").exists()
+    assert "nothing ships from this export" in refused.stderr and "--force" in refused.stderr
+    assert f"gate {'failed' if outcome == 'failed' else 'was undecided (too few photos)'} on 110 photos" \
+        in refused.stderr
+    forced = CliRunner().invoke(app, [*args, "--force"])
+    assert forced.exit_code == 0 and "--force: bundling an export that did not pass" in forced.output
+
+
 def test_pi_check_refuses_what_it_cannot_check(shippable_run, tmp_path):
     from bench.pi_check import app as pi_check
 

@@ -79,8 +79,9 @@ def test_diagnosis_names_the_layer_and_int8_mixed_recovers(hostile_run):
     out = hostile_run / "export"
     # The gate trips on int8 and only on int8.
     assert result.exit_code == 1, result.output
-    failures = [s for s in result.output.splitlines() if s.startswith("gate failed:")]
-    assert len(failures) == 1 and failures[0].startswith("gate failed: int8 loses"), result.output
+    failures = [s for s in result.output.splitlines() if s.startswith("gate: ")]
+    assert len(failures) == 1, result.output
+    assert failures[0].startswith("gate: int8 failed: loses more than 5 pp"), result.output
 
     diagnosis = json.loads((out / "diagnosis.json").read_text())
     worst = diagnosis["layers"][0]
