@@ -350,10 +350,6 @@ def capture(frames: Frames, folder: str | os.PathLike, every: float = 1.0, count
     is timed by `clock`; a video file, read far faster than it plays, is timed
     by its own timestamps: photo k is its first frame at or after k * `every`.
     """
-    from PIL import Image
-
-    from edge.atomic import atomic_output
-
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NoodleError(f"{folder}: exists and is not a folder; give OUT/LABEL, a folder per class")
@@ -387,23 +383,32 @@ def capture(frames: Frames, folder: str | os.PathLike, every: float = 1.0, count
                 except OSError as exc:
                     raise NoodleError(f"{folder}: cannot make the folder ({exc.strerror or exc}); "
                                       "give a folder you may write to") from None
-            square = crop_square(frame)
-            rgb = square if square.ndim == 2 else square[:, :, 2::-1]  # frames are B, G, R(, A)
-            path = _free_name(folder, f"{folder.name}-{stamp}-{len(result.saved) + 1:04d}")
-            try:
-                with atomic_output(path) as tmp:
-                    Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, "JPEG", quality=JPEG_QUALITY)
-            except OSError as exc:
-                raise NoodleError(f"{path}: cannot save the photo ({exc.strerror or exc}); free some "
-                                  f"space or give another folder ({len(result.saved)} saved)") from None
-            result.saved.append(str(path))
+            result.saved.append(str(_save(frame, folder, stamp, len(result.saved))))
             at = f", {now:.1f} s into the video" if in_video else ""
-            out(f"saved {escape_name(str(path))} ({len(result.saved)}/{count}{at})")
+            out(f"saved {escape_name(result.saved[-1])} ({len(result.saved)}/{count}{at})")
             if len(result.saved) >= count:
                 break
     except KeyboardInterrupt:
         result.interrupted = True
     return result
+
+
+def _save(frame: np.ndarray, folder: Path, stamp: str, saved: int) -> Path:
+    """The frame, cropped square, as the next JPEG of `folder` (`saved` are there already), atomically."""
+    from PIL import Image
+
+    from edge.atomic import atomic_output
+
+    square = crop_square(frame)
+    rgb = square if square.ndim == 2 else square[:, :, 2::-1]  # frames are B, G, R(, A)
+    path = _free_name(folder, f"{folder.name}-{stamp}-{saved + 1:04d}")
+    try:
+        with atomic_output(path) as tmp:
+            Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, "JPEG", quality=JPEG_QUALITY)
+    except OSError as exc:
+        raise NoodleError(f"{path}: cannot save the photo ({exc.strerror or exc}); free some "
+                          f"space or give another folder ({saved} saved)") from None
+    return path
 
 
 def _free_name(folder: Path, stem: str) -> Path:

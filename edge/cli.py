@@ -97,12 +97,11 @@ def classify(
 ) -> None:
     """Classify image files; unreadable ones are reported on stderr and the exit code is 1.
 
-    Names that are not UTF-8 print escaped as `ls` does in the table and CSV
-    (byte 0xFF as \\377, a backslash as \\\\); JSON keeps Python's \\udcff
-    form, which os.fsencode turns back into the exact bytes. Labels are
-    escaped alike (a control or bidi character as \\ooo), and the table cuts
-    long ones. A CSV cell that would start with = + - @ (a spreadsheet formula)
-    or ' gets a ' in front; edge.escape.csv_value undoes both.
+    Names that are not UTF-8 print escaped as `ls` does in the table and CSV (byte 0xFF
+    as \\377, a backslash as \\\\); JSON keeps Python's \\udcff form, which os.fsencode
+    turns back into the exact bytes. Labels are escaped alike (a control or bidi character
+    as \\ooo), and the table cuts long ones. A CSV cell that would start with = + - @ (a
+    spreadsheet formula) or ' gets a ' in front; edge.escape.csv_value undoes both.
     """
     if as_json and as_csv:
         raise NoodleError("--json and --csv: choose one output format")

@@ -172,7 +172,8 @@ def compare_command(
                     "disagreements.png.")] = DEFAULTS.top_shifts,
 ) -> None:
     """Compare the exported variants: size, accuracy with paired statistics, latency, memory."""
-    from export.compare import compare_run, to_markdown
+    from export.compare import compare_run
+    from export.report_md import to_markdown
 
     show_progress()
     report = compare_run(run_dir, data=data, edge=edge, latency_runs=latency_runs, test=test,

@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.atomic import write_bytes, write_json
 from edge.bench import loadavg
-from edge.escape import LISTED, TABLE_WIDTH, csv_cell, escape_name, listed, markdown
+from edge.escape import csv_cell
 from edge.manifest import ExportManifest, RunManifest, load_export
 from edge.postprocess import at_boundary, predicted_index
 from edge.runtime import Classifier
@@ -42,6 +42,7 @@ from export.convert import (
     read_run,
 )
 from export.gate import REFERENCE, export_outcome, gate
+from export.report_md import mapping_words, to_markdown
 from export.validate import (
     EDGE_RUNTIME,
     RUNTIME,
@@ -103,7 +104,7 @@ def evaluation_photos(run_dir: Path, train_manifest: RunManifest, data=None, tes
 
         items, skipped, mapping = read_labelled(Path(test), train_manifest.labels, test_map)
         if mapping:
-            log.info(f"{test}: classes read as the model's labels: {_mapping_words(mapping)}")
+            log.info(f"{test}: classes read as the model's labels: {mapping_words(mapping)}")
         return Photos(source=str(test), split="external", items=items, skipped=skipped, mapping=mapping)
     recorded = evaluation_data(run_dir, train_manifest, data)
     return Photos(source=str(recorded.root), split=recorded.evaluation, recorded=recorded)
@@ -276,9 +277,6 @@ PI_RUNTIMES = {EDGE_RUNTIME: "Raspberry Pi OS Bookworm (Python 3.11)",
 # optimized int8 depthwise path, so int8 looks slower than float32 there (figures in docs/export.md,
 # 'Speed under each runtime'); on the Pi's arm64 it has them.
 SLOW_INT8 = {(EDGE_RUNTIME, "x86_64"), (EDGE_RUNTIME, "AMD64")}
-# A load average above this share of the cores means other work shared them while timing: the
-# multi-thread figure is then this machine's contention, never the device's.
-BUSY_LOAD = 0.5
 
 
 def measure(out: Path, manifest: ExportManifest, edge, runs: int) -> tuple[dict, dict]:
@@ -312,40 +310,32 @@ def measure(out: Path, manifest: ExportManifest, edge, runs: int) -> tuple[dict,
     return results, info
 
 
-def speed_words(report: dict) -> list[str]:
-    """int8 against float32 under each runtime, which runtime each Pi OS uses, and what the figures are not.
+# How the report's figures are computed, recorded in it.
+STATISTICS = {"reference": REFERENCE, "delta": "variant accuracy - float32 accuracy, pp",
+              "ci95": "Newcombe hybrid score interval for paired proportions (method 10)",
+              "test": "McNemar exact, two-sided binomial on the discordant photos",
+              "alpha": stats.ALPHA, "predicted": "argmax; an exact tie goes to the lowest class index"}
 
-    Never a verdict on the Pi from a runtime flagged slow on this CPU, and never a multi-thread
-    figure timed under load as the device's.
-    """
-    b = report["benchmark"]
-    rows = {r["variant"]: r for r in report["rows"]}
-    words = [f"Speed on this machine ({b['cpus']} {b['machine']} CPUs), not on the Pi: `noodle-edge bench` "
-             "on the Pi times its own. The Pi runs "
-             + " and ".join(f"{r['name']} on {r['pi']}" for r in b.get("runtimes", []) if r.get("pi")) + "."]
-    load = (b.get("loadavg") or [0])[0]
-    busy = load > BUSY_LOAD * (b.get("cpus") or 1)
-    for rt in b.get("runtimes", []):
-        name = rt["name"]
-        one = {v: ((r.get("latency") or {}).get(name) or {}).get("1") for v, r in rows.items()}
-        if one.get("int8") and one.get(REFERENCE):
-            ratio = one[REFERENCE]["p50_ms"] / one["int8"]["p50_ms"]
-            said = (f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower")
-            line = (f"{name} {rt['version']}: int8 {one['int8']['p50_ms']:.1f} ms against float32 "
-                    f"{one[REFERENCE]['p50_ms']:.1f} ms at 1 thread, int8 {said}")
-        else:
-            line = f"{name} {rt['version']}: no int8 and float32 pair to compare"
-        if rt.get("slow_int8"):
-            line += (f" (FLAGGED: {name}'s int8 kernels are known slow on {b['machine']}; this says nothing "
-                     "of int8 on the Pi's arm64, where they are optimized)")
-        words.append(line + ".")
-    if len(b["threads"]) > 1:
-        n = b["threads"][-1]
-        words.append(f"{n}-thread figures were timed at load average {load:.2f} on {b['cpus']} cores"
-                     + (": other work shared the cores, so they are this machine's contention, not any "
-                        "device's; re-run `noodle compare` when idle" if busy else
-                        "; a Pi 4/5 has 4 cores of its own"))
-    return words
+
+def _rows(manifest: ExportManifest, validation: dict, figures: dict, bench: dict, runtime: str) -> list[dict]:
+    """A row per variant: its file, size, accuracy figures, latency, memory and the runtimes it ran on."""
+    base = manifest.entry(REFERENCE)
+    base_bytes = base.bytes if base else None
+    rows = []
+    for variant, entry in manifest.models.items():
+        v, timed = validation["variants"].get(variant, {}), bench[variant]
+        b = timed[runtime]  # the row's own figures: the first runtime timed (export.compare.measure)
+        rows.append({
+            "variant": variant, "file": entry.file, "bytes": entry.bytes,
+            "size_vs_float32": entry.bytes / base_bytes if base_bytes else None,
+            **figures[variant],
+            "latency_ms": b.get("latency_ms"), "peak_rss_mb": b.get("peak_rss_mb"),
+            "latency": {rt: t.get("latency_ms") for rt, t in timed.items()},
+            "fully_integer": b.get("fully_integer", entry.fully_integer),
+            "input": entry.input.to_dict(), "output": entry.output.to_dict(),
+            "runtimes": {**v.get("runtimes", {}), **{rt: {"ok": t["ok"]} for rt, t in timed.items()}},
+        })
+    return rows
 
 
 def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
@@ -370,22 +360,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     photos = scores.photos
     log.info(f"scored every variant on {len(scores.y)} photos from {photos.source} ({photos.split})")
     bench, bench_info = measure(out, manifest, edge, latency_runs)
-    base = manifest.entry(REFERENCE)
-    base_bytes = base.bytes if base else None
-    rows = []
-    for variant, entry in manifest.models.items():
-        v, timed = validation["variants"].get(variant, {}), bench[variant]
-        b = timed[bench_info["runtime"]]
-        rows.append({
-            "variant": variant, "file": entry.file, "bytes": entry.bytes,
-            "size_vs_float32": entry.bytes / base_bytes if base_bytes else None,
-            **figures[variant],
-            "latency_ms": b.get("latency_ms"), "peak_rss_mb": b.get("peak_rss_mb"),
-            "latency": {rt: t.get("latency_ms") for rt, t in timed.items()},
-            "fully_integer": b.get("fully_integer", entry.fully_integer),
-            "input": entry.input.to_dict(), "output": entry.output.to_dict(),
-            "runtimes": {**v.get("runtimes", {}), **{rt: {"ok": t["ok"]} for rt, t in timed.items()}},
-        })
+    rows = _rows(manifest, validation, figures, bench, bench_info["runtime"])
     labels = manifest.labels
     shipping = export_outcome(manifest.validation)
     asked = (manifest.validation or {}).get("gate") or {}
@@ -408,11 +383,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
         "labels": labels,
         "validation": {"split": validation["split"], "count": validation["count"]},
         "parity": validation["parity"], "runtimes": validation["runtimes"],
-        "statistics": {"reference": REFERENCE, "delta": "variant accuracy - float32 accuracy, pp",
-                       "ci95": "Newcombe hybrid score interval for paired proportions (method 10)",
-                       "test": "McNemar exact, two-sided binomial on the discordant photos",
-                       "alpha": stats.ALPHA,
-                       "predicted": "argmax; an exact tie goes to the lowest class index"},
+        "statistics": STATISTICS,
         "calibration": {v: e.calibration for v, e in manifest.models.items() if e.calibration},
         "benchmark": {**bench_info, "runs": latency_runs, "budget_s": LATENCY_BUDGET_S,
                       "machine": platform.machine(),
@@ -429,171 +400,3 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     write_bytes(files.md, to_markdown(report).encode())
     draw.chart(report, files.png)
     return report
-
-
-def to_markdown(report: dict) -> str:
-    """report.md (also printed by `noodle compare`). Labels, variants, paths and reasons go
-    through edge.escape.markdown: no control character, `|`, newline or HTML reaches it raw."""
-    test = report["test"]
-    # Two tables, each within 120 columns: accuracy, then speed; per-class accuracy below them.
-    head = ["variant", "KiB", "vs float32", "accuracy", "delta vs float32, pp (95 % CI)",
-            "float32 only / variant only", "McNemar p", "agreement"]
-    lines = _table_head(head)
-    for r in report["rows"]:
-        paired = "delta_pp" in r and r["variant"] != REFERENCE
-        lo, hi = r.get("delta_ci95") or (0, 0)
-        lines.append(_table_row([
-            markdown(r["variant"], TABLE_WIDTH), f"{r['bytes'] / 1024:,.0f}", _pct(r["size_vs_float32"], 1),
-            _pct(r["accuracy"], 2), f"{r['delta_pp']:+.2f} ({lo:+.2f}..{hi:+.2f})" if paired else "",
-            f"{r['discordant']['float_only']} / {r['discordant']['variant_only']}" if paired else "",
-            f"{r['mcnemar_p']:.3g}" if paired else "", _pct(r.get("agreement"), 2)]))
-    lines += ["", *_speed_table(report), ""]
-    lines += [f"- per-class accuracy, {markdown(r['variant'], TABLE_WIDTH)}: "
-              f"{_per_class_cell(r['per_class'])}" for r in report["rows"]]
-    verdicts = [markdown(r["verdict"]) for r in report["rows"]
-                if r["variant"] != REFERENCE and r.get("verdict")]
-    b, p = report["benchmark"], report["parity"]
-    skipped = len(test["skipped"])
-    notes = [
-        f"{test['count']} photos from {markdown(test['source'])} ({_split_words(test['split'])})"
-        + (f"; {skipped} unreadable or missing file(s) skipped" if skipped else "")
-        + (f"; its classes read as the model's labels: {markdown(_mapping_words(test['mapping']))}"
-           if test.get("mapping") else "")
-        + f". Keras model accuracy on the training data's {report['validation']['count']} "
-        f"{report['validation']['split']} photos"
-        + (", another set than this report's" if test["split"] == "external" else "")
-        + f", as training scored it: {_pct(report['keras_accuracy'], 2)}.",
-        *(_calibration_words(v, c) for v, c in report["calibration"].items()),
-        *_device_words(report["rows"]),
-        _boundary_words(report["rows"]),
-        f"Statistics: each variant paired with float32 on the same photos; 95 % CI by "
-        f"{report['statistics']['ci95']}; {report['statistics']['test']}; a difference counts as "
-        f"detectable when p < {report['statistics']['alpha']}.",
-        (f"float32 parity with Keras: labels agree on {_pct(p['agreement'], 2)}, max |prob diff| "
-         f"{p['max_prob_diff']:.2g} ({'ok' if p['ok'] else 'FAILED'})." if p
-         else "No float32 file: parity with Keras not checked."),
-        f"Every file in the table ran under "
-        f"{', '.join(f'{k} {v}' for k, v in report['runtimes'].items() if v)}"
-        + ("" if report["runtimes"].get("tflite-runtime") else " (tflite-runtime 2.14 NOT checked)") + ".",
-        f"Latency: interpreter.invoke() alone, batch 1, {b['runs']} runs (fewer, at least 10, where "
-        f"they took over {b.get('budget_s', LATENCY_BUDGET_S):g} s), under each installed runtime "
-        f"(load average {' '.join(map(str, b['loadavg'] or ['?']))}); peak RSS of a fresh process that "
-        f"loads and runs one model under {b['runtime']} (the bare process: {b['baseline_rss_mb']:.1f} MB).",
-        *(speed_words(report) if b.get("runtimes") else []),
-    ]
-    if report["failed"]:
-        notes.append("FAILED: " + "; ".join(f"{markdown(k)}: {markdown(v)}"
-                                            for k, v in report["failed"].items()))
-    sheet = report["disagreements"]
-    pictures = ["Confusion matrices: ![confusion](confusion.png) ([confusion.png](confusion.png))"
-                if report["figures"]["confusion"] else "No confusion matrix: no variant was scored."]
-    pictures.append(f"Photos whose label changed: [disagreements.png]({sheet['file']})\n\n"
-                    f"![disagreements]({sheet['file']})" if sheet["file"] else sheet["summary"])
-    return ("\n".join(lines) + "\n\n"
-            + ("## Verdicts\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n\n" if verdicts else "")
-            + _gate_words(report)
-            + "\n".join(f"- {n}" for n in notes) + "\n\n" + "\n\n".join(pictures) + "\n")
-
-
-def _gate_words(report: dict) -> str:
-    """The gate as export.gate decides it on these photos, and what the export may do (export_outcome)."""
-    decided, outcome = report.get("gate"), report.get("outcome")
-    if not outcome:
-        return ""
-    lines = []
-    if decided:
-        lines = [f"- {markdown(decided['rule'])}",
-                 *(f"- {markdown(v['line'])}" for v in decided["variants"].values()),
-                 f"- On these {decided['count']} photos: **{decided['outcome']}**."]
-    lines.append(f"- The export: **{outcome['outcome']}**, {markdown(outcome['line'])}"
-                 + ("" if outcome["outcome"] == "passed" else
-                    "; `make bundle` ships it only with FORCE=1 (`noodle bundle --force`)") + ".")
-    return "## Gate\n\n" + "\n".join(lines) + "\n\n"
-
-
-def _table_head(head: list[str]) -> list[str]:
-    return [_table_row(head), "|" + "---|" * len(head)]
-
-
-def _table_row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _speed_table(report: dict) -> list[str]:
-    """p50 invoke ms per runtime ("1 / N" threads), peak RSS and integer-only, one row per variant."""
-    b = report["benchmark"]
-    threads = b["threads"]
-    runtimes = b.get("runtimes") or [{"name": b["runtime"], "version": b["version"]}]
-    head = ["variant"] + [f"{rt['name']}{' (flagged)' if rt.get('slow_int8') else ''}: p50 ms, "
-                          + " / ".join(map(str, threads)) + f" thread{'s' if len(threads) > 1 else ''}"
-                          for rt in runtimes] + ["peak RSS MB", "integer only"]
-    lines = _table_head(head)
-    for r in report["rows"]:
-        latency = r.get("latency") or {runtimes[0]["name"]: r.get("latency_ms")}
-        cells = [markdown(r["variant"], TABLE_WIDTH)]
-        for rt in runtimes:
-            lat = latency.get(rt["name"]) or {}
-            cells.append(" / ".join(f"{lat[str(n)]['p50_ms']:.1f}" if lat.get(str(n)) else "n/a"
-                                    for n in threads))
-        cells += [f"{r['peak_rss_mb']:.1f}" if r["peak_rss_mb"] else "n/a",
-                  "yes" if r["fully_integer"] else "no"]
-        lines.append(_table_row(cells))
-    return lines
-
-
-def _mapping_words(mapping: dict[str, str]) -> str:
-    return ", ".join(f"{escape_name(c)} as {escape_name(label)}" for c, label in mapping.items())
-
-
-def _boundary_words(rows: list[dict]) -> str:
-    """How many photos each variant scored exactly at the boundary, where the tie rule decides."""
-    counts = ", ".join(f"{markdown(r['variant'])} {r.get('boundary', 0)}"
-                       + (f" ({r['boundary_flips']} of them labelled otherwise than by float32)"
-                          if r.get("boundary_flips") else "") for r in rows)
-    return ("At the decision boundary (the top two scores exactly equal, so the tie rule gives the label "
-            f"to the lower class index): {counts}.")
-
-
-def _split_words(split: str) -> str:
-    return "a separate labelled set, --test" if split == "external" else f"the training data's {split} split"
-
-
-def _calibration_words(variant: str, info: dict) -> str:
-    source = f"the {info['split']} split" if info.get("split") else info.get("from", "unknown photos")
-    warn = (f" (fewer than {DEFAULTS.calibration_warn_below}: ranges may be too narrow)"
-            if info.get("samples", 0) < DEFAULTS.calibration_warn_below else "")
-    return f"{variant} calibrated on {info.get('samples')} photos from {source}{warn}."
-
-
-def _pct(x, digits: int) -> str:
-    return "" if x is None else f"{x * 100:.{digits}f} %"
-
-
-def _per_class_cell(per_class: dict) -> str:
-    """Each class's accuracy; past LISTED classes the worst first, cut (report.json has them all)."""
-    items = list(per_class.items())
-    worst = len(items) > LISTED
-    if worst:
-        items.sort(key=lambda kc: 2 if kc[1]["accuracy"] is None else kc[1]["accuracy"])  # unscored last
-    return ("worst: " if worst else "") + listed(
-        [f"{markdown(k, TABLE_WIDTH)} {_pct(c['accuracy'], 1)} ({c['correct']}/{c['count']})"
-         for k, c in items])
-
-
-def _device_words(rows: list[dict]) -> list[str]:
-    """What the Pi's runtime gives on the same photos, where it differs from the table's."""
-    device = [r for r in rows if r.get("device_runtime")]
-    if not device:
-        return ["tflite-runtime 2.14 did not score these photos (no device environment: `make edge-env`)."]
-    runtime = device[0]["device_runtime"]["runtime"]
-    differ = [r for r in device if r["device_runtime"]["labels_differ"]]
-    photos = device[0]["device_runtime"].get("photos")
-    sample = f" on a sample of {photos} of these photos"
-    if not differ:
-        return [f"Under {runtime}{sample} every variant gives the same label as in the table."]
-    return [f"Under {runtime}{sample}: " + "; ".join(
-        f"{r['variant']} {_pct(r['device_runtime']['accuracy'], 2)} (ai-edge-litert on the same photos "
-        f"{_pct(r['device_runtime']['accuracy_litert_same_photos'], 2)}; "
-        f"{r['device_runtime']['labels_differ']} photo(s) labelled differently: its integer kernels "
-        "round differently)" for r in differ)
-        + ". `predictions.csv` has both runtimes' labels per photo (the device's on the sample only)."]

@@ -346,11 +346,7 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     failed: dict[str, str] = {}
     graph = _saved_model(model, run, failed)
     _write_variants(run, trained, convert_all(graph, variants, pixels, io), calibration_info, models, failed)
-    for stale in VARIANTS:
-        if stale not in models and run.tflite(stale).is_file():
-            run.tflite(stale).unlink()
-            if stale not in variants:
-                log.info(f"removed  {run.tflite(stale)} (not asked for this time)")
+    _remove_stale(run, models, variants)
     manifest = ExportManifest(
         labels=trained.labels,
         # The .tflite files take pixels as the device gives them, whatever Keras saw.
@@ -367,6 +363,15 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     )
     write_json(run.export_manifest, manifest.to_dict())
     return manifest
+
+
+def _remove_stale(run: RunDir, models: dict, variants: list[str]) -> None:
+    """The .tflite files this export did not write: an earlier export's, never listed as if made now."""
+    for stale in VARIANTS:
+        if stale not in models and run.tflite(stale).is_file():
+            run.tflite(stale).unlink()
+            if stale not in variants:
+                log.info(f"removed  {run.tflite(stale)} (not asked for this time)")
 
 
 def _clear(out: Path) -> None:

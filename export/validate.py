@@ -139,6 +139,37 @@ def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], reference: np.n
     return out
 
 
+def _scored(out: Path, manifest: ExportManifest, x: np.ndarray) -> tuple[dict, dict]:
+    """(variant -> probabilities under RUNTIME, variant -> why it could not run)."""
+    probs, failed = {}, {}
+    for variant, entry in manifest.models.items():
+        try:
+            # Every core: this scores photos, it does not time them.
+            clf = Classifier(out / entry.file, manifest=manifest, runtime=RUNTIME, threads=CORES)
+            probs[variant] = clf.probabilities(x).astype(np.float64)
+        except RuntimeMissing:
+            raise
+        except Exception as exc:  # any load or run error of one file is that file's failure
+            failed[variant] = f"{RUNTIME} cannot run it: {first_line(exc)}"
+    return probs, failed
+
+
+def _variants(manifest: ExportManifest, probs: dict, y: np.ndarray, rows: np.ndarray,
+              keras_probs: np.ndarray) -> dict:
+    """Each variant's figures: against the labels, float32 and (on the sample `rows`) Keras."""
+    labels, reference, variants = manifest.labels, probs.get("float32"), {}
+    for variant, p in probs.items():
+        entry = manifest.models[variant]
+        variants[variant] = {"file": entry.file, "bytes": entry.bytes, "fully_integer": entry.fully_integer,
+                             **metrics(y, p, labels, reference),
+                             "vs_keras": metrics(y[rows], p[rows], labels, keras_probs)}
+        if reference is not None:
+            delta = variants[variant]["accuracy"] - variants["float32"]["accuracy"]
+            variants[variant]["accuracy_delta"] = delta
+        variants[variant]["runtimes"] = {RUNTIME: {"ok": True}}
+    return variants
+
+
 def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
                     edge: str | os.PathLike | None = None) -> dict:
     """Validate RUN/export/, write validation.json, return it.
@@ -165,27 +196,8 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
     # Keras: parity is a property of the graph, and Keras is the slow one.
     rows = edge_sample(y)
     keras_probs = predict_probabilities(load_model(run_dir, train_manifest), x[rows])
-    probs, variants, failed = {}, {}, {}
-    for variant, entry in manifest.models.items():
-        try:
-            # Every core: this scores photos, it does not time them.
-            clf = Classifier(out / entry.file, manifest=manifest, runtime=RUNTIME, threads=CORES)
-            probs[variant] = clf.probabilities(x).astype(np.float64)
-        except RuntimeMissing:
-            raise
-        except Exception as exc:  # any load or run error of one file is that file's failure
-            failed[variant] = f"{RUNTIME} cannot run it: {first_line(exc)}"
-    reference = probs.get("float32")
-    for variant, p in probs.items():
-        entry = manifest.models[variant]
-        variants[variant] = {"file": entry.file, "bytes": entry.bytes, "fully_integer": entry.fully_integer,
-                             **metrics(y, p, labels, reference),
-                             "vs_keras": metrics(y[rows], p[rows], labels, keras_probs)}
-        if reference is not None:
-            delta = variants[variant]["accuracy"] - variants["float32"]["accuracy"]
-            variants[variant]["accuracy_delta"] = delta
-        variants[variant]["runtimes"] = {RUNTIME: {"ok": True}}
-
+    probs, failed = _scored(out, manifest, x)
+    variants = _variants(manifest, probs, y, rows, keras_probs)
     device = {}
     edge_report = _check_on_device_runtime(out, manifest, x, probs, variants, failed, edge, rows, device)
     for variant in failed:  # the report lists as run only what ran under every runtime

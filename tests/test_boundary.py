@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from edge.postprocess import at_boundary
-from export.compare import Scores, _boundary_words, accuracy_figures
+from export.compare import Scores, accuracy_figures
+from export.report_md import boundary_words
 
 
 def test_equal_top_scores_are_at_the_boundary_whatever_the_third():
@@ -22,6 +23,6 @@ def test_the_report_counts_boundary_photos_and_the_flips_among_them():
     figures = accuracy_figures(scores, ["cat", "dog"])
     assert figures["float32"]["boundary"] == 0 and figures["int8"]["boundary"] == 2
     assert figures["int8"]["boundary_flips"] == 2
-    words = _boundary_words([{"variant": v, **f} for v, f in figures.items()])
+    words = boundary_words([{"variant": v, **f} for v, f in figures.items()])
     assert "float32 0, int8 2 (2 of them labelled otherwise than by float32)" in words
 

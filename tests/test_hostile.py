@@ -254,7 +254,7 @@ def table_cells(line: str) -> int:
 
 
 def test_report_md_escapes_labels_and_keeps_its_table():
-    from export.compare import to_markdown
+    from export.report_md import to_markdown
 
     per_class = {label: {"accuracy": 0.5, "correct": 1, "count": 2} for label in HOSTILE}
     row = {"variant": "float32", "bytes": 1000, "size_vs_float32": 1.0, "accuracy": 0.5,
@@ -264,7 +264,7 @@ def test_report_md_escapes_labels_and_keeps_its_table():
     report = {"test": {"count": 2, "source": "photos|\n<i>", "split": "test", "skipped": []},
               "validation": {"count": 2, "split": "val"}, "keras_accuracy": 0.5, "calibration": {},
               "rows": [row, hostile_row], "parity": None, "runtimes": {"ai-edge-litert": True},
-              "statistics": {"ci95": "x", "test": "y", "alpha": 0.05},
+              "statistics": {"reference": "float32", "ci95": "x", "test": "y", "alpha": 0.05},
               "benchmark": {"threads": [1], "runs": 1, "runtime": "r", "version": "v", "cpus": 1,
                             "machine": "m", "loadavg": None, "baseline_rss_mb": 1.0},
               "failed": {"int8": "<script>alert(1)</script>\x1b[2J"},

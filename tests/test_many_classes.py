@@ -11,8 +11,8 @@ from PIL import Image
 
 from edge.escape import LISTED
 from edge.manifest import RunManifest
-from export.compare import _per_class_cell
 from export.figures import CONFUSION_CLASSES, confusion_figure
+from export.report_md import per_class_cell
 from train.cli import summary
 
 CLASSES = [f"breed_{i:03d}" for i in range(117)]
@@ -39,11 +39,11 @@ def test_a_few_classes_are_listed_whole_in_their_order(trained_run):
 
 
 def test_the_reports_per_class_cell_is_cut_worst_first():
-    cell = _per_class_cell({c: {"accuracy": (i % 10) / 10, "correct": i % 10, "count": 10}
+    cell = per_class_cell({c: {"accuracy": (i % 10) / 10, "correct": i % 10, "count": 10}
                             for i, c in enumerate(CLASSES)})
     assert cell.startswith("worst: breed\\_000 0.0 % (0/10)")
     assert cell.endswith(f"... and {117 - LISTED} more")
-    few = _per_class_cell({"cats": {"accuracy": 1.0, "correct": 2, "count": 2},
+    few = per_class_cell({"cats": {"accuracy": 1.0, "correct": 2, "count": 2},
                            "dogs": {"accuracy": 0.5, "correct": 1, "count": 2}})
     assert few == "cats 100.0 % (2/2), dogs 50.0 % (1/2)"
 
@@ -101,12 +101,13 @@ def chart_report(two_threads_ms: float = 0.6, load: float = 1.37) -> dict:
                 {"name": "ai-edge-litert", "version": "2.1.0", "pi": "Raspberry Pi OS Trixie",
                  "slow_int8": False}]
     return {"test": {"count": 110}, "rows": rows,
+            "statistics": {"reference": "float32"},
             "benchmark": {"threads": [1, 2], "loadavg": [load, 1.5, 1.2], "cpus": 2, "machine": "x86_64",
                           "runtime": "tflite-runtime", "runtimes": runtimes}}
 
 
 def test_the_speed_words_time_each_runtime_and_never_judge_the_pi_from_a_flagged_one():
-    from export.compare import speed_words
+    from export.report_md import speed_words
 
     words = speed_words(chart_report(load=1.37))
     pis = "tflite-runtime on Raspberry Pi OS Bookworm and ai-edge-litert on Raspberry Pi OS Trixie"

@@ -14,7 +14,7 @@ import typer
 
 from edge.errors import NoodleError, one_line_errors
 from edge.escape import LISTED, escape_name, listed
-from edge.manifest import RunManifest
+from edge.manifest import RunManifest, load_run
 from edge.usage import OneLineUsage
 from train.cluster import Cluster
 from train.config import ARCHITECTURES, RENAMED, TrainConfig, unused_settings
@@ -194,32 +194,19 @@ def train_command(
                                 "(reads no pixels; the Makefile names RUN with it).")] = False,
 ) -> None:
     """Train a classifier on DATA and write model.keras with its manifest."""
-    from edge.atomic import OutputError
-    from edge.manifest import load_run
     from train.fit import train
     from train.quiet import show_progress
-    from train.runs import check_run_dir
 
     cfg, dataset, ident = _config_and_data(
         data, out, runs, arch, _columns(file_column, label_column, split_column), epochs=epochs,
         image_size=image_size, weights=weights, fine_tune=fine_tune, batch_size=batch_size,
-        learning_rate=learning_rate, patience=patience,
-        seed=seed, train_on_val=train_on_val, mixed_precision=mixed_precision, cluster=cluster.value,
-        min_photos=min_photos,
-        cpu_replicas=cpu_replicas,
-        verbose=0 if quiet else (1 if sys.stdout.isatty() else 2))
+        learning_rate=learning_rate, patience=patience, seed=seed, train_on_val=train_on_val,
+        mixed_precision=mixed_precision, cluster=cluster.value, min_photos=min_photos,
+        cpu_replicas=cpu_replicas, verbose=0 if quiet else (1 if sys.stdout.isatty() else 2))
     if print_run_dir:
         typer.echo(cfg.out)
         return
-    unused = unused_settings(cfg)
-    if unused:
-        typer.echo(f"warning: {', '.join(unused)}: ignored, and not part of the run's identity: a pretrained "
-                   "head alone is solved to convergence (no epochs, rate, batch or seed, float32 features); "
-                   "--fine-tune N also trains the backbone's top N blocks, by gradient")
-    if cfg.out.exists() and not cfg.out.is_dir():  # one line now, not a traceback once training starts
-        raise OutputError(f"{cfg.out}: a file is where a folder should be; move it away, or write "
-                          "somewhere else (--out)")
-    state = check_run_dir(cfg.out, ident, force=force)
+    state = _before_training(cfg, ident, force)
     if state == "complete" and reuse:
         typer.echo(f"reusing {cfg.out}: its model was trained on this data with these settings "
                    "(`noodle train` without --reuse trains again)")
@@ -229,6 +216,22 @@ def train_command(
     if train(cfg, dataset=dataset, identity=ident) is not None:
         # None: a cluster worker other than the chief, which writes the manifest
         typer.echo(summary(load_run(cfg.out), cfg.out))
+
+
+def _before_training(cfg: TrainConfig, ident: dict, force: bool) -> str:
+    """Say which settings change nothing; refuse a file in the run folder's place; the folder's state."""
+    from edge.atomic import OutputError
+    from train.runs import check_run_dir
+
+    unused = unused_settings(cfg)
+    if unused:
+        typer.echo(f"warning: {', '.join(unused)}: ignored, and not part of the run's identity: a pretrained "
+                   "head alone is solved to convergence (no epochs, rate, batch or seed, float32 features); "
+                   "--fine-tune N also trains the backbone's top N blocks, by gradient")
+    if cfg.out.exists() and not cfg.out.is_dir():  # one line now, not a traceback once training starts
+        raise OutputError(f"{cfg.out}: a file is where a folder should be; move it away, or write "
+                          "somewhere else (--out)")
+    return check_run_dir(cfg.out, ident, force=force)
 
 
 def summary(manifest: RunManifest, run_dir: Path) -> str:

@@ -38,28 +38,11 @@ Raw = dict[str, list[tuple[Path, str]]]
 def read_csv(path: Path, file_column: str | None = None, label_column: str | None = None,
               split_column: str | None = None) -> tuple[Raw, list[tuple]]:
     """The CSV's splits, and its rows whose file is missing: (file, label, split, line)."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, _dialect(f.read(1 << 16)))
-            f.seek(0)
-            rows, start = [], 1
-            for r in reader:  # each row with the line it starts on (a quoted cell may span lines)
-                if r and any(c.strip() for c in r):
-                    rows.append((start, r))
-                start = reader.line_num + 1
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: unreadable CSV ({exc}); save it as UTF-8 file,label rows") from None
-    if not rows:
-        raise DataError(f"{path}: empty CSV; write one file,label row per photo")
+    rows = _rows(path)
     base = path.parent
     given = {_norm(c) for c in (file_column, label_column, split_column) if c and not c.isdigit()}
     first = [_norm(c) for c in rows[0][1]]
-    # A header names known columns (or the ones asked for), or names no photo
-    # where the next row does ("photo,kind" over "cat.1.jpg,cat"); and no existing file.
-    named = any(c in FILE_COLUMNS + LABEL_COLUMNS + SPLIT_COLUMNS or c in given for c in first)
-    names_photo = [any(_photo_like(base, c) for c in row) for _, row in rows[:2]]
-    has_header = ((named or names_photo == [False, True])
-                  and not any(c.strip() and (base / c.strip()).is_file() for c in rows[0][1]))
+    has_header = _has_header(base, rows, first, given)
     body = rows[1:] if has_header else rows
     sample = [row for _, row in body[:200]]
 
@@ -106,6 +89,33 @@ def read_csv(path: Path, file_column: str | None = None, label_column: str | Non
         seen[file] = (label, line, split)
         raw.setdefault(split, []).append((file, label))
     return raw, missing
+
+
+def _rows(path: Path) -> list[tuple[int, list[str]]]:
+    """The CSV's non-empty rows, each with the line it starts on (a quoted cell may span lines)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, _dialect(f.read(1 << 16)))
+            f.seek(0)
+            rows, start = [], 1
+            for r in reader:
+                if r and any(c.strip() for c in r):
+                    rows.append((start, r))
+                start = reader.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: unreadable CSV ({exc}); save it as UTF-8 file,label rows") from None
+    if not rows:
+        raise DataError(f"{path}: empty CSV; write one file,label row per photo")
+    return rows
+
+
+def _has_header(base: Path, rows: list, first: list[str], given: set[str]) -> bool:
+    """Whether the first row is a header: it names known columns (or the ones asked for), or
+    names no photo where the next row does ("photo,kind" over "cat.1.jpg,cat"); and no existing file."""
+    named = any(c in FILE_COLUMNS + LABEL_COLUMNS + SPLIT_COLUMNS or c in given for c in first)
+    names_photo = [any(_photo_like(base, c) for c in row) for _, row in rows[:2]]
+    return ((named or names_photo == [False, True])
+            and not any(c.strip() and (base / c.strip()).is_file() for c in rows[0][1]))
 
 
 def _marked(path: Path, line: int, name: str, row: list[str], columns: tuple[int, ...],
@@ -159,19 +169,7 @@ def _columns(path: Path, header: list[str] | None, width: int, file_column, labe
         return header.index(_norm(value))
 
     if header is None:  # positional: file,label[,split]
-        fi = given("file-column", file_column) if file_column else 0
-        li = given("label-column", label_column) if label_column else 1
-        si = given("split-column", split_column) if split_column else (2 if width > 2 else None)
-        if width < 2 or fi is None or li is None:
-            raise DataError(f"{path}: needs a file column and a label column; write file,label rows")
-        # One-hot columns name their classes only in a header; without one the
-        # second of them would be read as a split column and refused for its 1s.
-        hot = [i for i in range(width) if i != fi and one_hot(i)]
-        if len(hot) >= 2 and len(hot) == width - 1 and not (label_column or split_column):
-            raise DataError(f"{path}: columns other than the file's hold only 0 and 1, as one-hot labels do, "
-                            f"but no header row names the classes; add one, e.g. "
-                            f"file,{','.join(f'class{n}' for n in range(1, width))}")
-        return fi, li, si
+        return _positional(path, width, given, file_column, label_column, split_column, one_hot)
 
     # Columns named by an option first, then the first known name among the others.
     explicit = {k: given(f"{k}-column", v) for k, v in
@@ -200,6 +198,23 @@ def _columns(path: Path, header: list[str] | None, width: int, file_column, labe
             what = "photos" if option == "file-column" else "labels"
             raise DataError(f"{path}: cannot tell which column holds the {what} "
                             f"(columns: {', '.join(header)}); pass --{option} NAME")
+    return fi, li, si
+
+
+def _positional(path: Path, width: int, given, file_column, label_column, split_column, one_hot):
+    """Indices of the file, label and split columns of a CSV without a header: file,label[,split]."""
+    fi = given("file-column", file_column) if file_column else 0
+    li = given("label-column", label_column) if label_column else 1
+    si = given("split-column", split_column) if split_column else (2 if width > 2 else None)
+    if width < 2 or fi is None or li is None:
+        raise DataError(f"{path}: needs a file column and a label column; write file,label rows")
+    # One-hot columns name their classes only in a header; without one the
+    # second of them would be read as a split column and refused for its 1s.
+    hot = [i for i in range(width) if i != fi and one_hot(i)]
+    if len(hot) >= 2 and len(hot) == width - 1 and not (label_column or split_column):
+        raise DataError(f"{path}: columns other than the file's hold only 0 and 1, as one-hot labels do, "
+                        f"but no header row names the classes; add one, e.g. "
+                        f"file,{','.join(f'class{n}' for n in range(1, width))}")
     return fi, li, si
 
 
