@@ -265,7 +265,8 @@ def test_report_md_escapes_labels_and_keeps_its_table():
               "validation": {"count": 2, "split": "val"}, "keras_accuracy": 0.5, "calibration": {},
               "rows": [row, hostile_row], "parity": None, "runtimes": {"ai-edge-litert": True},
               "statistics": {"reference": "float32", "ci95": "x", "test": "y", "alpha": 0.05},
-              "benchmark": {"threads": [1], "runs": 1, "runtime": "r", "version": "v", "cpus": 1,
+              "benchmark": {"threads": [1], "runs": 1, "budget_s": 1.5, "runtime": "r", "version": "v",
+                            "cpus": 1,
                             "machine": "m", "loadavg": None, "baseline_rss_mb": 1.0},
               "failed": {"int8": "<script>alert(1)</script>\x1b[2J"},
               "disagreements": {"file": None, "summary": "none"}, "figures": {"confusion": None}}
