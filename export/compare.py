@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.atomic import write_bytes, write_json
 from edge.bench import loadavg
-from edge.escape import csv_cell
+from edge.escape import csv_cell, escape_name
 from edge.manifest import ExportManifest, RunManifest, load_export
 from edge.postprocess import at_boundary, predicted_index
 from edge.runtime import Classifier
@@ -107,6 +107,13 @@ def evaluation_photos(run_dir: Path, train_manifest: RunManifest, data=None, tes
             log.info(f"{test}: classes read as the model's labels: {mapping_words(mapping)}")
         return Photos(source=str(test), split="external", items=items, skipped=skipped, mapping=mapping)
     recorded = evaluation_data(run_dir, train_manifest, data)
+    shared = ((train_manifest.data or {}).get("shared_bursts") or {}).get(recorded.evaluation)
+    if shared:
+        raise ExportError(f"{escape_name(str(recorded.root))}: {shared} of its {recorded.evaluation} split's "
+                          f"{len(recorded.splits[recorded.evaluation])} photos share a burst with training "
+                          "photos (frames of one capture, shots seconds apart or near-identical views), so "
+                          "no figure of them is reported: it would score memory; score on photos the model "
+                          "never saw: make export TEST=folder (--test folder)")
     return Photos(source=str(recorded.root), split=recorded.evaluation, recorded=recorded)
 
 
