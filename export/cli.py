@@ -134,7 +134,7 @@ def _gate(run_dir: Path, max_drop: float, test, mapping, data, diagnosed: bool, 
     for decision in result.decisions:
         typer.echo(f"gate     {decision.line}")
     outcome = result.outcome
-    typer.echo(f"gate     {result.summary()}")
+    typer.echo(f"gate     {result.summary().removeprefix('gate ')}")
     if outcome is Outcome.passed:
         return
     # The diagnosis ranks int8's layers by quantization error: it is about a variant that tripped

@@ -275,7 +275,7 @@ def test_max_drop_gate_exit_codes(shifted_run, capsys):
     assert "int8 undecided: too few photos" in line and "95 % CI" in line
     assert "1 photo(s) only float32" in line
     assert "not shippable" in said.err and "FORCE=1" in said.err
-    assert "gate     gate undecided on 80 photos; --max-drop 1.25: a variant passes" in said.out
+    assert "gate     undecided on 80 photos; --max-drop 1.25: a variant passes" in said.out
     found = run_outcome(shifted_run)
     assert found.outcome.value == "undecided" and found.forcible
     assert json.loads(manifest.read_text())["validation"]["passed"] is False
@@ -284,7 +284,7 @@ def test_max_drop_gate_exit_codes(shifted_run, capsys):
     assert json.loads((shifted_run / "export" / "diagnosis.json").read_text())["reason"].startswith(
         "the gate tripped")
 
-    assert "gate     gate passed on 80 photos" in gate(7).out  # the whole CI above -7 pp
+    assert "gate     passed on 80 photos" in gate(7).out  # the whole CI above -7 pp
     assert run_outcome(shifted_run).outcome.value == "passed"
 
 
