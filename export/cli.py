@@ -77,6 +77,9 @@ def export_command(
     float_layers: Annotated[str | None, typer.Option(
         help="Also write int8-mixed.tflite with these layers kept float: auto (the suspect ones), "
              "N (the N worst), or layer names, comma-separated.")] = None,
+    drop_extras: Annotated[bool, typer.Option(
+        "--drop-extras", help="Remove the last export's int8-mixed, int8-litert and diagnosis instead of "
+                              "keeping them (kept when made from this same model).")] = False,
     test: TestOption = None,
     test_map_: TestMapOption = None,
     data: DataOption = None,
@@ -84,18 +87,19 @@ def export_command(
 ) -> None:
     """Convert RUN_DIR/model.keras to TFLite files in RUN_DIR/export/ and validate each."""
     from export.convert import ExportFailed, export_run, record_validation
-    from export.extra_variants import make_extras
+    from export.extra_variants import make_extras, previous_extras
     from export.validate import raise_for, validate_export
 
     show_progress()
     check_max_drop(max_drop)
     mapping = parse_test_map(test_map_)  # a malformed one now, not after the conversions
     io = io.value
+    previous = (None, {}) if drop_extras else previous_extras(run_dir)
     export_run(run_dir, variants=variants, calibration_samples=calibration_samples,
                calibration_split=calibration_split.value, io=io, data=data)
     diagnosis = make_extras(run_dir, litert=quantizer is Quantizer.litert, float_layers=float_layers,
                             diagnose=diagnose, samples=calibration_samples, split=calibration_split.value,
-                            io=io, data=data)
+                            io=io, data=data, previous=previous)
     report = validate_export(run_dir, data=data, edge=edge)
     manifest = record_validation(run_dir, report, max_drop)
     raise_for(report)

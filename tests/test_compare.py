@@ -479,3 +479,25 @@ def test_litert_quantizer_variant_side_by_side(tmp_path, monkeypatch):
     assert noodle("export", run, "--variants", "float32").exit_code == 0
     assert not (run / "export" / "int8-litert.tflite").exists()
     assert "int8-litert" not in read_manifest(run / "export")["models"]
+
+
+@pytest.mark.slow
+def test_an_export_keeps_the_last_ones_extras_of_the_same_model(shifted_run, tmp_path):
+    """diagnosis.md and int8-litert.tflite survive an export that does not redo them; --drop-extras not."""
+    import shutil
+
+    from export.convert import export_run
+    from export.extra_variants import add_variant, make_extras, previous_extras
+
+    run = shutil.copytree(shifted_run, tmp_path / "run")
+    out = run / "export"
+    add_variant(run, "int8-litert", (out / "int8.tflite").read_bytes())
+    (out / "diagnosis.md").write_text("# int8 quantization diagnosis\n")
+    for drop in (False, True):
+        previous = (None, {}) if drop else previous_extras(run)
+        export_run(run, variants=["float32"])
+        make_extras(run, litert=False, float_layers=None, diagnose=False, samples=10, split="train",
+                    previous=previous)
+        listed = json.loads((out / "manifest.json").read_text())["models"]
+        assert ("int8-litert" in listed) is not drop and (out / "int8-litert.tflite").is_file() is not drop
+        assert (out / "diagnosis.md").is_file() is not drop
