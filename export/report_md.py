@@ -30,8 +30,8 @@ def _table(report: dict) -> list[str]:
     """Two tables, each within 120 columns: accuracy with the paired statistics, then speed and memory
     under each runtime; per-class accuracy below them, a line per variant."""
     reference = report["statistics"]["reference"]
-    head = ["variant", "KiB", "vs float32", "accuracy", "delta vs float32, pp (95 % CI)",
-            "float32 only / variant only", "McNemar p", "agreement"]
+    head = ["variant", "KiB", "vs float32", "accuracy", "delta, pp (95 % CI)", "only float32 / only it",
+            "McNemar p", "agreement"]
     lines = _table_head(head)
     for r in report["rows"]:
         paired = "delta_pp" in r and r["variant"] != reference
@@ -60,10 +60,10 @@ def _speed_table(report: dict) -> list[str]:
     b = report["benchmark"]
     threads = b["threads"]
     runtimes = b.get("runtimes") or [{"name": b["runtime"], "version": b["version"]}]
-    head = ["variant"] + [f"{rt['name']}{' (flagged)' if rt.get('slow_int8') else ''}: p50 ms, "
-                          + " / ".join(map(str, threads)) + f" thread{'s' if len(threads) > 1 else ''}"
-                          for rt in runtimes] + ["peak RSS MB", "integer only"]
-    lines = _table_head(head)
+    head = ["variant"] + [f"{rt['name']}{' (flagged)' if rt.get('slow_int8') else ''}" for rt in runtimes]
+    head += ["peak RSS MB", "integer only"]
+    lines = [f"invoke p50 ms at {' / '.join(map(str, threads))} thread{'s' if len(threads) > 1 else ''}, "
+             "under each runtime on this machine (notes below):", "", *_table_head(head)]
     for r in report["rows"]:
         latency = r.get("latency") or {runtimes[0]["name"]: r.get("latency_ms")}
         cells = [markdown(r["variant"], TABLE_WIDTH)]
