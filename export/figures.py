@@ -164,7 +164,8 @@ def confusion_figure(rows: list[dict], labels: list[str], dest: Path) -> str | N
         ax.imshow(diff, cmap="RdBu", vmin=-limit, vmax=limit)
         for (t, p), n in np.ndenumerate(diff):
             if n:
-                ax.text(p, t, f"{n:+d}", ha="center", va="center", fontsize=fontsize)
+                ax.text(p, t, f"{n:+d}", ha="center", va="center", fontsize=fontsize,
+                        color="white" if abs(n) > limit / 2 else "black")
         changed = int(np.abs(diff).sum()) // 2
         frame(ax, f"{plain(r['variant'])} minus {plain(base['variant'])}: "
                   + (f"{changed} moved" if changed else "no change"))
