@@ -191,7 +191,12 @@ def test_readme_has_the_commands_and_says_32_bit_is_unsupported(unpacked, tarbal
         assert command in readme
     # Without wheels/ OpenCV comes from the index, resolved with the runner's numpy.
     assert "adds opencv-python-headless>=4.9 from the package index" in " ".join(readme.split())
-    assert "@" not in readme.replace("pi@raspberrypi", "")  # every placeholder filled
+    assert "@" not in readme.replace("<user>@raspberrypi", "")  # every placeholder filled
+    # Raspberry Pi OS has had no default `pi` user since 2022, and a fresh Pi has no photos: the first
+    # classify reads the photos the same scp copied.
+    assert "pi@" not in readme and "~/photos" not in readme
+    assert "some-photos/ <user>@raspberrypi.local:" in " ".join(readme.split())
+    assert "classify model/int8.tflite ~/some-photos" in readme
 
 
 # install.sh on this machine. Each test installs into its own copy of the bundle.
