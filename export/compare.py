@@ -388,6 +388,9 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
         "keras_accuracy": (trained.metrics or {}).get(validation["split"], {}).get(
             "accuracy", validation["keras"]["accuracy"]),
         "labels": labels,
+        # What training warned of its data (too few test photos, shared bursts): said again in report.md
+        # when these are its photos.
+        "data_warnings": [] if photos.split == "external" else list((trained.data or {}).get("warnings", [])),
         "validation": {"split": validation["split"], "count": validation["count"]},
         "parity": validation["parity"], "runtimes": validation["runtimes"],
         "statistics": STATISTICS,

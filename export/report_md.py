@@ -146,7 +146,11 @@ def _notes(report: dict) -> list[str]:
         + f". Keras model accuracy on the training data's {report['validation']['count']} "
         f"{report['validation']['split']} photos"
         + (", another set than this report's" if test["split"] == "external" else "")
-        + f", as training scored it: {_pct(report['keras_accuracy'], 2)}.",
+        + f", as training scored it: {_pct(report['keras_accuracy'], 2)}."
+        + ("" if test["split"] == "external" else
+           " These photos were carved from the data the model learned from; photos it never saw, taken "
+           "another day, place or camera (make export TEST=folder, --test), are what really tells."),
+        *(f"WARNING: {markdown(w)}" for w in report.get("data_warnings", [])),
         *(_calibration_words(v, c) for v, c in report["calibration"].items()),
         *_device_words(report["rows"]),
         boundary_words(report["rows"]),

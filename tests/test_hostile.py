@@ -269,6 +269,7 @@ def test_report_md_escapes_labels_and_keeps_its_table():
                             "cpus": 1,
                             "machine": "m", "loadavg": None, "baseline_rss_mb": 1.0},
               "failed": {"int8": "<script>alert(1)</script>\x1b[2J"},
+              "data_warnings": ["photos|<i>: too few photos for a trustworthy figure"],
               "disagreements": {"file": None, "summary": "none"}, "figures": {"confusion": None}}
     md = to_markdown(report)
     assert clean(md) and "<script>" not in md and "<b>" not in md and "<i>" not in md
@@ -279,6 +280,9 @@ def test_report_md_escapes_labels_and_keeps_its_table():
         assert len(table) == 4 and len({table_cells(line) for line in table}) == 1  # no row broken
         assert max(map(len, table)) <= 120  # a terminal's width
     assert "\\|" in md and "&lt;script&gt;" in md
+    # Training's warning about its data is in report.md too, and the report says what really tells.
+    assert "WARNING: photos\\|&lt;i&gt;: too few photos for a trustworthy figure" in md
+    assert "make export TEST=folder" in md
 
 
 def test_figures_draw_hostile_labels(tmp_path):
