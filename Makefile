@@ -81,13 +81,15 @@ BUNDLE_DATA := $(if $(RECORDED),$(shell sed -n 2p $(LAST_EXPORT)),$(DATA_DIR))
 help:
 	@sed -n '1,11p' Makefile
 
-# The virtual environment, rebuilt when pyproject.toml changes.
+# The virtual environment, rebuilt when pyproject.toml changes. setuptools' 8-line note on every
+# editable install (folders named like the package may shadow it: they are the package here) is silenced.
+QUIET_BUILD = PYTHONWARNINGS=ignore::UserWarning:setuptools.command.editable_wheel
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@$(CHECK_PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[train,litert,litert-quantizer,camera,serve,dev]'
+	$(QUIET_BUILD) $(BIN)/pip install --quiet -e '.[train,litert,litert-quantizer,camera,serve,dev]'
 	touch $@
 
 # The device's environment: the edge package and its interpreter only, no
@@ -101,7 +103,7 @@ edge-env: $(EDGE_VENV)/.installed
 $(EDGE_VENV)/.installed: pyproject.toml
 	$(EDGE_PYTHON) -m venv $(EDGE_VENV)
 	$(EDGE_VENV)/bin/pip install --quiet --upgrade pip
-	$(EDGE_VENV)/bin/pip install --quiet -e '.[edge]'
+	$(QUIET_BUILD) $(EDGE_VENV)/bin/pip install --quiet -e '.[edge]'
 	touch $@
 
 # The embedded default dataset (only made when DATA is not given).
