@@ -15,6 +15,11 @@ import sys
 import typer
 import typer.core
 
+try:  # typer vendors click from 0.2x on; before, its errors are click's own
+    from typer import TyperException as ClickException
+except ImportError:
+    from click import ClickException
+
 
 class OneLineUsage(typer.core.TyperGroup):
     """A Typer app's group whose usage errors, its subcommands' included, are one line."""
@@ -22,17 +27,17 @@ class OneLineUsage(typer.core.TyperGroup):
     def make_context(self, *args, **kwargs):
         try:
             return super().make_context(*args, **kwargs)
-        except typer.TyperException as exc:
+        except ClickException as exc:
             _one_line(exc)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except typer.TyperException as exc:
+        except ClickException as exc:
             _one_line(exc)
 
 
-def _one_line(exc: typer.TyperException):
+def _one_line(exc: ClickException):
     """Print a usage error as one line and exit 2; anything else (help on no arguments) goes on."""
     if getattr(exc, "exit_code", None) != 2 or type(exc).__name__ == "NoArgsIsHelpError":
         raise exc

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.hostile import blobs, fuzz_model, three_photos  # noqa: F401 (fixtures of hostile inputs)
 from train.quiet import quiet_tensorflow
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,6 +24,7 @@ from edge.atomic import write_json
 from edge.manifest import InputSpec, Preprocessing, RunManifest, read_manifest
 from edge.preprocess import PREPROCESSING
 from export import stats
+from export.report_md import boundary_words
 from tests.device_env import device_env, skip_the_tflite_runtime_half
 from train.rundir import RunDir
 
@@ -501,3 +502,19 @@ def test_an_export_keeps_the_last_ones_extras_of_the_same_model(shifted_run, tmp
         listed = json.loads((out / "manifest.json").read_text())["models"]
         assert ("int8-litert" in listed) is not drop and (out / "int8-litert.tflite").is_file() is not drop
         assert (out / "diagnosis.md").is_file() is not drop
+
+
+# Photos at the decision boundary: counted per variant, with the label flips among them.
+def test_the_report_counts_boundary_photos_and_the_flips_among_them():
+    from export.compare import Scores, accuracy_figures
+
+    y = np.array([1, 1, 0, 1])
+    float32 = np.array([[0.45, 0.55], [0.49, 0.51], [0.9, 0.1], [0.2, 0.8]])
+    int8 = np.array([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])  # 128/256 twice: both to class 0
+    scores = Scores(photos=None, files=[], x=np.zeros((4, 1, 1, 3), np.uint8), y=y,
+                    probs={"float32": float32, "int8": int8})
+    figures = accuracy_figures(scores, ["cat", "dog"])
+    assert figures["float32"]["boundary"] == 0 and figures["int8"]["boundary"] == 2
+    assert figures["int8"]["boundary_flips"] == 2
+    words = boundary_words([{"variant": v, **f} for v, f in figures.items()])
+    assert "float32 0, int8 2 (2 of them labelled otherwise than by float32)" in words

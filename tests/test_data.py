@@ -15,7 +15,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from edge.escape import label_problem
+from edge.preprocess import PREPROCESSING
 from noodle import app
+from tests.hostile import (
+    HOSTILE,
+    clean,
+)
 from train.data import DataError, decode, find_dataset, read_labelled
 
 _photos = itertools.count(1)
@@ -431,7 +437,6 @@ def test_min_photos_drops_the_small_classes_from_every_split_and_says_which(tmp_
 def trained_on(dataset):
     """The run manifest of a model trained on `dataset`, as export reads it: labels and data record."""
     from edge.manifest import InputSpec, Preprocessing, RunManifest
-    from edge.preprocess import PREPROCESSING
 
     return RunManifest(labels=dataset.labels, input=InputSpec(32, 32), output="softmax",
                        preprocessing=Preprocessing.from_dict(PREPROCESSING), arch="classic", params=0,
@@ -842,3 +847,43 @@ def test_a_malformed_test_map_is_one_line_before_any_work(tmp_path):
     result = CliRunner().invoke(app, ["compare", str(tmp_path), "--test", str(tmp_path),
                                       "--test-map", "cats"])
     assert result.exit_code == 2 and "cats: give CLASS=LABEL pairs" in result.output
+
+
+def test_training_refuses_hostile_class_folders_naming_the_folder(tmp_path):
+    from train.data import DataError, find_dataset
+
+    for i, label in enumerate(HOSTILE):
+        if "/" in label or "\0" in label or len(label.encode()) > 255:
+            continue  # no folder can have that name
+        root = tmp_path / f"d{i}"
+        for k, name in enumerate((label, "other")):
+            (root / name).mkdir(parents=True)
+            for j in range(4):  # other pixels per class: the same bytes under two labels is an error
+                Image.new("RGB", (8, 8), (j * 60, k * 100, 0)).save(root / name / f"{j}.png")
+        if label_problem(label) is None:
+            assert label in find_dataset(root).labels
+            continue
+        with pytest.raises(DataError) as caught:
+            find_dataset(root)
+        message = str(caught.value)
+        assert clean(message) and "\n" not in message, repr(message)
+        assert message.startswith(str(root)) and "class name" in message
+
+
+def test_training_refuses_hostile_csv_labels_naming_the_line(tmp_path):
+    from train.data import DataError, find_dataset
+
+    for j in range(3):
+        Image.new("RGB", (8, 8), (0, j * 80, 0)).save(tmp_path / f"{j}.png")
+    for label in HOSTILE:
+        path = tmp_path / "labels.csv"
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows([["file", "label"], ["0.png", "other"], ["1.png", "other"],
+                                     ["2.png", label]])
+        if label_problem(label.strip()) is None:  # cells are stripped ("\tx" is x)
+            continue  # accepted by the rule; too few photos to split, which is not the point here
+        with pytest.raises(DataError) as caught:
+            find_dataset(path)
+        message = str(caught.value)
+        assert clean(message) and "\n" not in message, repr(message)
+        assert message.startswith(f"{path}:4: class name"), message

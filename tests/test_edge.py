@@ -24,10 +24,16 @@ from typer.testing import CliRunner
 
 from edge.atomic import write_json
 from edge.cli import app
+from edge.escape import csv_value
 from edge.files import expand
 from edge.manifest import read_manifest
 from edge.runtime import Classifier
 from tests.device_env import device_env
+from tests.hostile import (
+    HOSTILE,
+    clean,
+    error_line,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGE_PYTHON = ROOT / ".venv-edge" / "bin" / "python"
@@ -258,3 +264,46 @@ def test_runtime_env_var_pins_the_interpreter(export, monkeypatch):
     result = classify(export / "int8.tflite", "x.jpg")
     no_traceback(result)
     assert result.exit_code == 2 and "unknown runtime" in result.stderr
+
+
+def test_classify_table_csv_and_json_escape_every_label(fuzz_model, three_photos):
+    k = str(len(HOSTILE))
+    table = runner.invoke(app, ["classify", str(fuzz_model), str(three_photos), "--top-k", k])
+    assert table.exit_code == 0, table.stderr
+    text = table.stdout_bytes.decode()
+    assert clean(text) and clean(table.stderr)
+    assert len(text.splitlines()) == 1 + 3  # a newline in a label splits no row
+    assert "L" * 100 not in text  # a 10 KB label is cut
+    assert "c\\033x" in text and "e0\\033[2J" in text and "c\\342\\200\\256x" in text  # ESC, RLO
+
+    as_csv = runner.invoke(app, ["classify", str(fuzz_model), str(three_photos), "--top-k", k, "--csv"])
+    assert as_csv.exit_code == 0, as_csv.stderr
+    assert clean(as_csv.stdout_bytes.decode())
+    rows = list(csv.reader(io.StringIO(as_csv.stdout)))[1:]
+    assert len(rows) == 3
+    for row in rows:
+        cells = row[1::2]
+        assert not any(c.startswith(("=", "+", "-", "@", "\t", "\r")) for c in cells)
+        assert sorted(csv_value(c) for c in cells) == sorted(HOSTILE)  # round trip, every label
+
+    as_json = runner.invoke(app, ["classify", str(fuzz_model), str(three_photos), "--top-k", k, "--json"])
+    assert as_json.exit_code == 0, as_json.stderr
+    assert clean(as_json.stdout_bytes.decode())
+    for line in as_json.stdout.splitlines():
+        assert sorted(t["label"] for t in json.loads(line)["top"]) == sorted(HOSTILE)
+
+
+def test_classify_verbose_escapes_the_labels(fuzz_model, three_photos):
+    result = runner.invoke(app, ["classify", str(fuzz_model), str(three_photos / "p0.png"), "-v"])
+    assert result.exit_code == 0 and clean(result.stderr)
+    assert "e0\\033[2J" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--workers", "-1"], ["--workers", "0"], ["--threads", "-1"],
+                                  ["--threads", "0"], ["--threads", "32768"]])
+def test_classify_threads_and_workers_out_of_range_are_one_line(args, tmp_path):
+    # The model does not exist: the option is refused before anything is loaded.
+    result = runner.invoke(app, ["classify", str(tmp_path / "m.tflite"), str(tmp_path), *args])
+    line = error_line(result)
+    assert line.startswith(f"error: {args[0]} {args[1]}: out of range; use 1 to ")
+    assert "re-export" not in line

@@ -18,6 +18,9 @@ from typer.testing import CliRunner
 from edge import camera
 from edge.cli import app
 from edge.manifest import read_manifest
+from tests.hostile import (
+    error_line,
+)
 
 runner = CliRunner()
 FRAME = (240, 320)  # 4:3, so the centre crop matters
@@ -397,3 +400,18 @@ def test_capture_into_a_file_is_one_line(video, tmp_path):
     (tmp_path / "taken").write_text("")
     result = capture_cli(tmp_path / "taken", "--source", video[0])
     assert result.exit_code == 2 and "is not a folder" in result.stderr
+
+
+@pytest.mark.parametrize("source", ["2147483648", "9" * 20, "\u00b2", "\u0663"])
+def test_camera_source_that_is_no_index_is_one_line(source, tmp_path):
+    result = runner.invoke(app, ["camera", str(tmp_path / "m.tflite"), "--source", source])
+    assert "not a camera index" in error_line(result)
+
+
+def test_camera_indexes_and_files(tmp_path, monkeypatch):
+    from edge.camera import device_index
+
+    assert device_index("0") == 0 and device_index("200") == 200 and device_index("video.mp4") is None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "2147483648").write_bytes(b"")
+    assert device_index("2147483648") is None  # a file of that name

@@ -7,6 +7,7 @@ perfectly, so a calibration mistake shows as a drop from 100 % to chance.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -39,6 +40,11 @@ from edge.runtime import Classifier
 from export.convert import VARIANTS, calibration_pixels, export_run
 from export.validate import ParityError, raise_for, validate_export
 from tests.device_env import device_env, tflite_runtime_python
+from tests.hostile import (
+    SIZE,
+    error_line,
+    keras_model,
+)
 from tests.test_compare import brightness_model, run_manifest, write_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -361,3 +367,38 @@ def test_a_device_environment_without_tflite_runtime_is_named_not_failed():
         version = subprocess.run([str(python), "-c", "import sys; print(sys.version_info[:2] < (3, 12))"],
                                  capture_output=True, text=True).stdout.strip()
         assert (runtime_missing(python) is None) == (version == "True")
+
+runner = CliRunner()
+
+
+def test_export_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    from noodle import app
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = keras_model("softmax", 2)
+    model.save(run / "model.keras")
+    write_json(run / "manifest.json", {
+        "format": "noodle", "schema": 1, "kind": "model", "labels": ["a", "b"],
+        "input": {"height": SIZE, "width": SIZE, "channels": 3}, "output": "softmax",
+        "preprocessing": PREPROCESSING, "arch": "tiny", "params": int(model.count_params())})
+    real = Path.write_bytes
+
+    def full(self, data):
+        if "export" in self.parts:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    result = runner.invoke(app, ["export", str(run), "--variants", "float32"])
+    assert "No space left on device" in error_line(result)
+    assert not (run / "export" / "manifest.json").exists()
+    assert not [p for p in (run / "export").iterdir() if p.name.startswith(".") or p.suffix == ".tflite"]
+
+
+def test_export_max_drop_must_be_a_number_of_points(tmp_path):
+    from noodle import app
+
+    for value in ("nan", "-1", "inf"):
+        result = runner.invoke(app, ["export", str(tmp_path / "nowhere"), "--max-drop", value])
+        assert "--max-drop" in error_line(result) and "0 or more" in result.stderr

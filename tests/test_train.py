@@ -18,7 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from tests.hostile import (
+    clean,
+    error_line,
+)
 from tests.test_data import bad_files
 
 RUN_FILES = ("model.keras", "manifest.json", "splits.csv", "history.csv", "curves.png", "metrics.json")
@@ -657,3 +662,17 @@ def test_a_file_where_the_run_folder_should_be_is_one_line(sample_data, tmp_path
     assert result.output.strip().splitlines() == [
         f"error: {tmp_path / 'run'}: a file is where a folder should be; move it away, or write somewhere "
         "else (--out)"]
+
+runner = CliRunner()
+
+
+def test_train_cli_refuses_a_hostile_folder_in_one_line(tmp_path):
+    from noodle import app
+
+    for name in ("cat\x1b[2J", "dog"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for j in range(4):
+            Image.new("RGB", (8, 8), (j * 60, 9, 9)).save(tmp_path / "data" / name / f"{j}.png")
+    result = runner.invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    line = error_line(result)
+    assert "cat\\033[2J: class name" in line and clean(line)

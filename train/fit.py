@@ -23,7 +23,7 @@ from train import pretrained, results, runs, scratch
 from train.config import TrainConfig, resolved, trains_on_val
 from train.quiet import quiet_tensorflow
 from train.rundir import RunDir
-from train.stage import Splits, device
+from train.stage import DecodedSplits, device
 
 # TensorFlow's C++ start-up chatter (CPU features, CUDA probing) hides the
 # progress bars; warnings and errors still show.
@@ -109,7 +109,7 @@ def _train(cfg: TrainConfig, dataset: datasets.Dataset | None, cluster_resolver,
     return manifest
 
 
-def decode_splits(cfg: TrainConfig, dataset: datasets.Dataset, work: RunDir) -> Splits:
+def decode_splits(cfg: TrainConfig, dataset: datasets.Dataset, work: RunDir) -> DecodedSplits:
     """Every split's pixels at the run's input side, the validation photos folded in when trained on."""
     on_val = trains_on_val(cfg, dataset)
     splits = dict(dataset.splits)
@@ -142,7 +142,7 @@ def decode_splits(cfg: TrainConfig, dataset: datasets.Dataset, work: RunDir) -> 
         log.info(f"pixels of {', '.join(mapped)} memory-mapped from {work.cache}, "
                  f"being over {datasets.IN_MEMORY_LIMIT:,} bytes (NOODLE_IN_MEMORY_LIMIT)")
     # Missing listed files, then unreadable ones.
-    return Splits(decoded, on_val, dataset.skipped + unreadable, seconds)
+    return DecodedSplits(decoded, on_val, dataset.skipped + unreadable, seconds)
 
 
 def pick_strategy(cpu_replicas: int = 0, cluster_resolver=None):

@@ -15,7 +15,7 @@ import numpy as np
 from edge.atomic import write_bytes
 from train.config import HEAD_ITERATIONS, HEAD_L2, TrainConfig
 from train.rundir import RunDir
-from train.stage import Splits, Stage, compiled, device, pipeline
+from train.stage import DecodedSplits, Stage, compiled, device, pipeline
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ FEATURE_BATCH = 64
 FINE_TUNE_RATE = 0.1
 
 
-def make_stage(cfg: TrainConfig, splits: Splits, num_classes: int) -> Stage:
+def make_stage(cfg: TrainConfig, splits: DecodedSplits, num_classes: int) -> Stage:
     """A pretrained backbone, frozen, with its features of each photo for a new head (`solve_head`).
 
     The backbone stays in inference mode, so a photo's features never change:
@@ -58,7 +58,7 @@ def make_stage(cfg: TrainConfig, splits: Splits, num_classes: int) -> Stage:
     return Stage(model, features=features, **({"maps": maps, "top": top} if top is not None else {}))
 
 
-def solve_head(stage: Stage, splits: Splits, work: RunDir, num_classes: int) -> tuple[float, dict]:
+def solve_head(stage: Stage, splits: DecodedSplits, work: RunDir, num_classes: int) -> tuple[float, dict]:
     """Solve the classifier's head on the features (train.head), set it, and return (seconds, the solve).
 
     Its iterations are the run's history.csv rows: each is a full pass over
@@ -139,7 +139,7 @@ def outputs(model, x: np.ndarray, batch: int = FEATURE_BATCH) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, *model.output_shape[1:]), np.float32)
 
 
-def fine_tune(cfg: TrainConfig, model, stage: Stage, splits: Splits) -> float:
+def fine_tune(cfg: TrainConfig, model, stage: Stage, splits: DecodedSplits) -> float:
     """Train the backbone's top `cfg.fine_tune` blocks with the trained head; return the seconds.
 
     On what the frozen blocks below them made of each photo (computed once, so

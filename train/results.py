@@ -20,7 +20,7 @@ from train import runs
 from train.config import TrainConfig
 from train.rundir import RunDir
 from train.splits import write_splits
-from train.stage import Splits, Stage, device, units
+from train.stage import DecodedSplits, Stage, device, units
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
     }
 
 
-def evaluate(model, splits: Splits, classes: list[str], stage: Stage, history: list[dict],
+def evaluate(model, splits: DecodedSplits, classes: list[str], stage: Stage, history: list[dict],
              train_seconds: float, bn_photos: int, head: dict | None = None) -> dict:
     """The run's figures: timing, the epoch kept, and accuracy on the validation and test splits."""
     # The epochs early stopping watched, hence the one whose weights were kept; without validation
@@ -75,7 +75,7 @@ def evaluate(model, splits: Splits, classes: list[str], stage: Stage, history: l
     return metrics
 
 
-def run_manifest(cfg: TrainConfig, dataset: datasets.Dataset, model, splits: Splits, metrics: dict,
+def run_manifest(cfg: TrainConfig, dataset: datasets.Dataset, model, splits: DecodedSplits, metrics: dict,
                  strategy) -> dict:
     import keras
     import tensorflow as tf

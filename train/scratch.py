@@ -20,7 +20,7 @@ from edge.atomic import write_json
 from edge.errors import NoodleError
 from train.config import BATCH_NORM_PHOTOS, TrainConfig
 from train.rundir import RunDir
-from train.stage import Splits, Stage, compiled, device, pipeline
+from train.stage import DecodedSplits, Stage, compiled, device, pipeline
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _rate(cfg: TrainConfig, n_train: int, global_batch: int):
     return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps)
 
 
-def _sharded_pipelines(x_train, y_train, splits: Splits, val_x, cfg: TrainConfig, global_batch: int,
+def _sharded_pipelines(x_train, y_train, splits: DecodedSplits, val_x, cfg: TrainConfig, global_batch: int,
                        replicas: int):
     """The training and validation tf.data pipelines, sharded alike over replicas.
 
@@ -89,7 +89,7 @@ def _sharded_pipelines(x_train, y_train, splits: Splits, val_x, cfg: TrainConfig
     return train_ds.with_options(options), val_ds
 
 
-def make_stage(cfg: TrainConfig, splits: Splits, num_classes: int, strategy) -> Stage:
+def make_stage(cfg: TrainConfig, splits: DecodedSplits, num_classes: int, strategy) -> Stage:
     """A net trained end to end from random weights, augmentation inside the training step."""
     from train.models import build
 
@@ -114,7 +114,8 @@ def make_stage(cfg: TrainConfig, splits: Splits, num_classes: int, strategy) -> 
     return Stage(model, trainer, train_ds, val_ds, watch_from)
 
 
-def fit(cfg: TrainConfig, stage: Stage, splits: Splits, work: RunDir, strategy, cluster_resolver) -> float:
+def fit(cfg: TrainConfig, stage: Stage, splits: DecodedSplits, work: RunDir, strategy,
+        cluster_resolver) -> float:
     """Run the stage's epochs, resumable; return the seconds they took (across resumes)."""
     import keras
 

@@ -1,7 +1,7 @@
 """What both trainers work on and hand back: the decoded splits, the Stage, tf.data pipelines.
 
 The from-scratch trainer (train.scratch) and the pretrained one
-(train.pretrained) each make a `Stage` from the run's `Splits`; train.fit
+(train.pretrained) each make a `Stage` from the run's `DecodedSplits`; train.fit
 runs it and train.results scores and writes what it made.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from train import data as datasets
 
 
 @dataclass
-class Splits:
+class DecodedSplits:
     """The decoded splits a run trains and scores on (the validation photos folded in when trained on)."""
 
     decoded: dict[str, datasets.Decoded]
