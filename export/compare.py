@@ -345,6 +345,15 @@ def _rows(manifest: ExportManifest, validation: dict, figures: dict, bench: dict
     return rows
 
 
+def _gate_record(manifest: ExportManifest, figures: dict, count: int) -> dict:
+    """The gate export recorded, decided again on this report's photos (the same when they are export's),
+    and what the export may do (export.gate.export_outcome)."""
+    shipping = export_outcome(manifest.validation)
+    asked = (manifest.validation or {}).get("gate") or {}
+    decided = gate(figures, asked["max_drop"], count).to_dict() if asked.get("max_drop") is not None else None
+    return {"gate": decided, "outcome": {"outcome": shipping.outcome.value, "line": shipping.line}}
+
+
 def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
                 edge: str | os.PathLike | None = None, latency_runs: int = DEFAULTS.latency_runs,
                 test: str | os.PathLike | None = None,
@@ -369,11 +378,6 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     bench, bench_info = measure(out, manifest, edge, latency_runs)
     rows = _rows(manifest, validation, figures, bench, bench_info["runtime"])
     labels = manifest.labels
-    shipping = export_outcome(manifest.validation)
-    asked = (manifest.validation or {}).get("gate") or {}
-    # The gate export recorded, decided again on this report's photos (the same when they are export's).
-    decided = (gate(figures, asked["max_drop"], len(scores.y)).to_dict()
-               if asked.get("max_drop") is not None else None)
     files = run.reports(test)  # each set of photos its own report: --test never overwrites another's
     files.folder.mkdir(parents=True, exist_ok=True)
     write_predictions(scores, labels, files.predictions)
@@ -399,7 +403,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
                       "machine": platform.machine(),
                       "cpus": os.cpu_count(), "loadavg": loadavg()},
         "rows": rows, "failed": manifest.failed or {},
-        "gate": decided, "outcome": {"outcome": shipping.outcome.value, "line": shipping.line},
+        **_gate_record(manifest, figures, len(scores.y)),
         "predictions": files.predictions.name,
         "report": str(files.md),
         "disagreements": sheet,

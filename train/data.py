@@ -239,15 +239,7 @@ def _finish(root: Path, layout: str, raw: Raw, missing: list[tuple], options: di
     else:
         held = {"test": TEST_FRACTION} if "val" in splits else {"val": TEST_FRACTION, "test": TEST_FRACTION}
     _enough(root, classes, splits["train"], missing, held)
-    sources = {split: "given" for split in splits}
-    burst = _bursts(splits)
-    if held:
-        carved = _carve(splits["train"], held, SPLIT_SEED, burst)
-        splits.update(carved)
-        for split, fraction in held.items():
-            sources[split] = (f"carved {fraction:.0%} of each class from train by burst (seed {SPLIT_SEED})")
-    splits = {s: splits.get(s, []) for s in ("train", "val", "test")}
-    shared = _shared(splits, burst)
+    splits, sources, shared = _held_out(splits, held)
     sizes = _sizes(splits)
     listing = _listing(root, classes, splits)
     digests = {s: hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
@@ -259,6 +251,18 @@ def _finish(root: Path, layout: str, raw: Raw, missing: list[tuple], options: di
                    skipped=[skipped(m) for m in missing], warnings=warnings,
                    fingerprint=fingerprint(listing, splits, sizes), split_digests=digests, options=options,
                    dropped=dropped, shared=shared)
+
+
+def _held_out(splits, held: dict[str, float]) -> tuple[dict, dict[str, str], dict[str, int]]:
+    """The splits with `held` carved from train by burst, where each came from, and what still shares."""
+    sources = {split: "given" for split in splits}
+    burst = _bursts(splits)
+    if held:
+        splits = {**splits, **_carve(splits["train"], held, SPLIT_SEED, burst)}
+        for split, fraction in held.items():
+            sources[split] = f"carved {fraction:.0%} of each class from train by burst (seed {SPLIT_SEED})"
+    splits = {s: splits.get(s, []) for s in ("train", "val", "test")}
+    return splits, sources, _shared(splits, burst)
 
 
 def _enough(root: Path, classes: list[str], train, missing, held: dict) -> None:
