@@ -345,6 +345,16 @@ def _rows(manifest: ExportManifest, validation: dict, figures: dict, bench: dict
     return rows
 
 
+def _keras_accuracy(trained: RunManifest, validation: dict) -> float | None:
+    """The Keras model on the whole split, as training scored it (validation checks float32 against
+    Keras on a sample only: export.validate.EDGE_SAMPLE); None when that split shares bursts with
+    training (train.groups): a figure of memory, not accuracy."""
+    split = validation["split"]
+    if ((trained.data or {}).get("shared_bursts") or {}).get(split):
+        return None
+    return (trained.metrics or {}).get(split, {}).get("accuracy", validation["keras"]["accuracy"])
+
+
 def _gate_record(manifest: ExportManifest, figures: dict, count: int) -> dict:
     """The gate export recorded, decided again on this report's photos (the same when they are export's),
     and what the export may do (export.gate.export_outcome)."""
@@ -387,10 +397,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
         "run": str(run_dir),
         "test": {"source": photos.source, "split": photos.split, "count": int(len(scores.y)),
                  "skipped": photos.skipped, "mapping": photos.mapping},
-        # The Keras model on the whole split, as training scored it (validation checks
-        # float32 against Keras on a sample only: export.validate.EDGE_SAMPLE).
-        "keras_accuracy": (trained.metrics or {}).get(validation["split"], {}).get(
-            "accuracy", validation["keras"]["accuracy"]),
+        "keras_accuracy": _keras_accuracy(trained, validation),
         "labels": labels,
         # What training warned of its data (too few test photos, shared bursts): said again in report.md
         # when these are its photos.

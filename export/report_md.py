@@ -146,7 +146,8 @@ def _notes(report: dict) -> list[str]:
         + f". Keras model accuracy on the training data's {report['validation']['count']} "
         f"{report['validation']['split']} photos"
         + (", another set than this report's" if test["split"] == "external" else "")
-        + f", as training scored it: {_pct(report['keras_accuracy'], 2)}."
+        + (": not reported, they share bursts with training photos." if report["keras_accuracy"] is None
+           else f", as training scored it: {_pct(report['keras_accuracy'], 2)}.")
         + ("" if test["split"] == "external" else
            " These photos were carved from the data the model learned from; photos it never saw, taken "
            "another day, place or camera (make export TEST=folder, --test), are what really tells."),

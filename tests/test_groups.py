@@ -118,3 +118,15 @@ def test_too_few_bursts_still_needs_photos(tmp_path):
     save(tmp_path / "dog", "b.jpg", frames(2, 1)[0])
     with pytest.raises(DataError, match="too few training photos"):
         find_dataset(tmp_path)
+
+
+def test_report_md_gives_no_keras_figure_of_a_split_that_shares_bursts():
+    from export.compare import _keras_accuracy
+
+    class Trained:
+        data, metrics = {"shared_bursts": {"test": 16}}, {"test": {"accuracy": 1.0}}
+
+    validation = {"split": "test", "keras": {"accuracy": 1.0}}
+    assert _keras_accuracy(Trained(), validation) is None  # was: 100.00 %, of frames training saw twins of
+    Trained.data = {}
+    assert _keras_accuracy(Trained(), validation) == 1.0
