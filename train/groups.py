@@ -10,9 +10,11 @@ grouped, within a class, by any of:
   (edge/camera.py), one time stamp per capture run: a run is one group;
 - EXIF times: photos whose DateTimeOriginal lies within BURST_SECONDS of
   another's are a burst;
-- content: a difference hash (dHash: 9x8 grey pixels, one bit per left-right
-  step) within NEAR_BITS of another's is a near-duplicate; bytes alone would
-  miss a re-encoded or slightly moved frame.
+- content: a difference hash (dHash: 9x8 pixels, one bit per left-right step,
+  per colour channel: 192 bits) within NEAR_BITS of another's is a
+  near-duplicate; bytes alone would miss a re-encoded or slightly moved frame.
+  Per channel, because a grey 64-bit hash cannot tell apart simple pictures of
+  one shape in other colours (the embedded sample's discs and stripes).
 
 Groups are the connected sets of those links (union-find). Pillow and numpy only.
 """
@@ -29,10 +31,10 @@ import numpy as np
 CAPTURE_NAME = re.compile(r"^(?P<run>.+-\d{8}-\d{6})-\d{4,}(?:-\d+)?$")
 # Photos of one class taken this close together (EXIF DateTimeOriginal) are one burst.
 BURST_SECONDS = 2.0
-# dHash bits that may differ between near-duplicates: frames of a still subject with sensor noise and
-# small shifts differ by a few bits; unrelated photos by about half of the 64 (docs/data.md has the
-# distances measured on cats-vs-dogs and on captured frames).
-NEAR_BITS = 6
+# dHash bits (of 192) that may differ between near-duplicates: frames of a still subject with sensor
+# noise and small shifts differ by a few; unrelated photos by far more (docs/data.md has the distances
+# measured on cats-vs-dogs, the embedded sample and captured frames).
+NEAR_BITS = 15
 HASH_SIDE = 8
 # EXIF tags: DateTimeOriginal (in the Exif IFD), then DateTime (IFD0).
 EXIF_IFD, DATETIME_ORIGINAL, DATETIME = 0x8769, 36867, 306
@@ -41,19 +43,19 @@ WORKERS = 8
 POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1).astype(np.uint8)
 
 
-def dhash(path: Path) -> int | None:
-    """The photo's 64-bit difference hash, or None when it cannot be read."""
+def dhash(path: Path) -> bytes | None:
+    """The photo's difference hash, 24 bytes (64 bits a channel), or None when it cannot be read."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im.draft("L", (HASH_SIDE * 4, HASH_SIDE * 4))  # JPEG: decode at a fraction of the size
-            grey = np.asarray(im.convert("L").resize((HASH_SIDE + 1, HASH_SIDE), Image.Resampling.BOX),
-                              dtype=np.int16)
+            im.draft("RGB", (HASH_SIDE * 4, HASH_SIDE * 4))  # JPEG: decode at a fraction of the size
+            pixels = np.asarray(im.convert("RGB").resize((HASH_SIDE + 1, HASH_SIDE), Image.Resampling.BOX),
+                                dtype=np.int16)
     except Exception:  # an unreadable photo is decode's to report, not grouping's
         return None
-    bits = (grey[:, 1:] > grey[:, :-1]).ravel()
-    return int(np.packbits(bits).view(">u8")[0])
+    bits = pixels[:, 1:] > pixels[:, :-1]  # (8, 8, 3)
+    return np.packbits(np.moveaxis(bits, -1, 0).ravel()).tobytes()
 
 
 def exif_time(path: Path) -> float | None:
@@ -100,10 +102,10 @@ def groups(files: list[Path]) -> list[int]:
         if t1 - t0 <= BURST_SECONDS:
             union.join(i, j)
     known = [i for i, h in enumerate(hashes) if h is not None]
-    codes = np.array([hashes[i] for i in known], np.uint64)
+    codes = np.frombuffer(b"".join(hashes[i] for i in known), np.uint8).reshape(len(known), -1)
     for start in range(0, len(codes), 256):  # a block of rows against all: memory stays bounded
-        xor = (codes[start:start + 256, None] ^ codes[None, :]).view(np.uint8)
-        distance = POPCOUNT[xor].reshape(len(xor), len(codes), 8).sum(-1)
+        xor = codes[start:start + 256, None, :] ^ codes[None, :, :]
+        distance = POPCOUNT[xor].sum(-1, dtype=np.int32)
         for a, b in zip(*np.nonzero(distance <= NEAR_BITS), strict=True):
             if start + a < b:
                 union.join(known[start + a], known[b])
