@@ -476,8 +476,10 @@ def test_litert_quantizer_variant_side_by_side(tmp_path, monkeypatch):
     rows = {r["variant"]: r for r in report["rows"]}
     assert rows["int8-litert"]["accuracy"] == rows["float32"]["accuracy"] == 1.0
     assert "| int8-litert |" in (run / "export" / "report.md").read_text()
-    # An export that does not ask for it again removes it.
+    # An export that does not ask for it again keeps it (the same model made it); --drop-extras removes it.
     assert noodle("export", run, "--variants", "float32").exit_code == 0
+    assert "int8-litert" in read_manifest(run / "export")["models"]
+    assert noodle("export", run, "--variants", "float32", "--drop-extras").exit_code == 0
     assert not (run / "export" / "int8-litert.tflite").exists()
     assert "int8-litert" not in read_manifest(run / "export")["models"]
 

@@ -77,9 +77,9 @@ def hostile_run(tmp_path_factory) -> Path:
 def test_diagnosis_names_the_layer_and_int8_mixed_recovers(hostile_run):
     result = noodle("export", hostile_run, "--float-layers", "auto", "--max-drop", "5")
     out = hostile_run / "export"
-    # The gate trips on int8 and only on int8.
+    # The gate fails int8 and only int8 (the others, equal to float32 on 40 photos, are undecided at 5 pp).
     assert result.exit_code == 1, result.output
-    failures = [s for s in result.output.splitlines() if s.startswith("gate: ")]
+    failures = [s for s in result.output.splitlines() if s.startswith("gate: ") and " failed: " in s]
     assert len(failures) == 1, result.output
     assert failures[0].startswith("gate: int8 failed: loses more than 5 pp"), result.output
 
