@@ -697,7 +697,7 @@ def test_an_export_killed_during_validation_is_not_bundled(trained_run, tmp_path
 
     run = tmp_path / "run"
     run.mkdir()
-    for name in ("model.keras", "manifest.json"):
+    for name in ("model.keras", "manifest.json", "splits.csv"):  # export reads the photos from splits.csv
         shutil.copy2(trained_run / name, run / name)
     export = [sys.executable, "-m", "noodle", "export", str(run), "--variants", "float32,int8"]
     proc = subprocess.Popen(export, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -731,6 +731,12 @@ def make(tmp_path: Path, *args: str, export_rc: int = 0) -> subprocess.Completed
     for venv in ("venv", "venv-edge"):
         (tmp_path / venv).mkdir(exist_ok=True)
         (tmp_path / venv / ".installed").touch()  # newer than pyproject.toml: no install
+    # `python -m export.gate RUN`, which says whether the export may ship: passed once exported.
+    (tmp_path / "venv" / "bin").mkdir(exist_ok=True)
+    gate = tmp_path / "venv" / "bin" / "python"
+    gate.write_text(f'#!/bin/sh\ngrep -qs "^export $3" {calls} || {{ echo "$3: unfinished"; exit 4; }}\n'
+                    'echo "$3: passed: its validation passed"\n')
+    gate.chmod(0o755)
     return subprocess.run(["make", "-s", "-C", str(ROOT), *args, f"NOODLE={fake}", f"VENV={tmp_path}/venv",
                            f"EDGE_VENV={tmp_path}/venv-edge", f"OUT={tmp_path}/runs",
                            f"SAMPLE={tmp_path}/sample"], capture_output=True, text=True, timeout=120)
