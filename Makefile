@@ -3,9 +3,9 @@
 #
 #   make export                      sample data -> train -> export -> compare
 #   make export DATA=path/to/photos  the same on your photos
-#   make export MAX_DROP=1 [TEST=dir] [QUANTIZER=litert]  fail when a variant loses > 1 pp
+#   make export MAX_DROP=1 [TEST=dir] [QUANTIZER=litert]  gate: fail when a variant surely loses > 1 pp
 #   make test                        ruff + the test suite
-#   make bundle [MODEL=int8]         the last export's run, for a Raspberry Pi: dist/noodle-edge-*.tar.gz
+#   make bundle [MODEL=int8] [FORCE=1]  the last export's run, for a Raspberry Pi: dist/noodle-edge-*.tar.gz
 #   make pi-check                    install it offline on Pi OS Bookworm and Trixie (qemu), labels vs x86
 #   make bench [REPEATS=3]           BENCHMARKS.md: the noodle clock, edge vs Keras (minutes)
 #   make host-check                  make export + make test on a fresh Debian 13 host (chroot)
@@ -32,15 +32,19 @@ ARCH   ?=
 # the end, the seed stops early when validation stops improving; lite0's head is solved, with no
 # epochs, so they are ignored there unless --fine-tune trains blocks of its backbone).
 EPOCHS ?=
+# Leave out classes with fewer training photos than this (`noodle train --min-photos`); empty: keep all.
+MIN_PHOTOS ?=
 # Where run folders go: $(OUT)/<data name>-<arch>-<8 hex>/, the hex from the
 # data's file list and the settings, so other data never reuses a model.
 OUT    ?= runs
 # The variant `make bundle` ships: int8 is a quarter of float32's size and
 # runs on the Pi's integer kernels.
 MODEL  ?= int8
-# Fail `make export` (exit 1, and diagnose int8) when a variant's accuracy is
-# more than this many points below float32's; empty: report only.
+# The gate (export/gate.py): `make export` exits 1 when a variant's accuracy is surely (95 % CI) more
+# than this many points below float32's, 3 when too few photos decide; either leaves an export that
+# `make bundle` refuses without FORCE=1. Empty: report only.
 MAX_DROP ?=
+FORCE ?=
 # A labelled folder or CSV nobody trained on, to score the variants on
 # instead of the data's test split.
 TEST   ?=
@@ -57,7 +61,8 @@ SAMPLE   := data/sample
 DATA_DIR := $(if $(DATA),$(DATA),$(SAMPLE))
 NOODLE   := $(BIN)/noodle
 # The settings that name the run folder, given alike to every `noodle train` below.
-MODEL_FLAGS = $(if $(ARCH),--arch $(ARCH)) $(if $(EPOCHS),--epochs $(EPOCHS))
+MODEL_FLAGS = $(if $(ARCH),--arch $(ARCH)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+	$(if $(MIN_PHOTOS),--min-photos $(MIN_PHOTOS))
 # The run folder, named by noodle itself (`noodle train --print-run-dir`). Recursively
 # expanded and memoized: only the recipes that use it pay for the look-up,
 # once, after `data` has made the sample; `make help` and `make test` never do.
@@ -66,7 +71,7 @@ RUN = $(eval RUN := $$(shell $(NOODLE) train $(DATA_DIR) $(MODEL_FLAGS) --runs $
 # which it records in LAST_EXPORT (the run folder, then its DATA), unless DATA, ARCH,
 # EPOCHS or RUN is given; then, or with no record, the run of those settings.
 LAST_EXPORT := $(OUT)/last-export
-TOLD        := $(or $(DATA),$(ARCH),$(EPOCHS),$(filter command line,$(origin RUN)))
+TOLD        := $(or $(DATA),$(ARCH),$(EPOCHS),$(MIN_PHOTOS),$(filter command line,$(origin RUN)))
 RECORDED    := $(if $(TOLD),,$(shell sed -n 1p $(LAST_EXPORT) 2>/dev/null))
 BUNDLE_RUN   = $(or $(RECORDED),$(RUN))
 BUNDLE_DATA := $(if $(RECORDED),$(shell sed -n 2p $(LAST_EXPORT)),$(DATA_DIR))
@@ -76,13 +81,15 @@ BUNDLE_DATA := $(if $(RECORDED),$(shell sed -n 2p $(LAST_EXPORT)),$(DATA_DIR))
 help:
 	@sed -n '1,11p' Makefile
 
-# The virtual environment, rebuilt when pyproject.toml changes.
+# The virtual environment, rebuilt when pyproject.toml changes. setuptools' 8-line note on every
+# editable install (folders named like the package may shadow it: they are the package here) is silenced.
+QUIET_BUILD = PYTHONWARNINGS=ignore::UserWarning:setuptools.command.editable_wheel
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@$(CHECK_PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[train,litert,litert-quantizer,camera,serve,dev]'
+	$(QUIET_BUILD) $(BIN)/pip install --quiet -e '.[train,litert,litert-quantizer,camera,serve,dev]'
 	touch $@
 
 # The device's environment: the edge package, its interpreter and serve's extra
@@ -97,7 +104,7 @@ edge-env: $(EDGE_VENV)/.installed
 $(EDGE_VENV)/.installed: pyproject.toml
 	$(EDGE_PYTHON) -m venv $(EDGE_VENV)
 	$(EDGE_VENV)/bin/pip install --quiet --upgrade pip
-	$(EDGE_VENV)/bin/pip install --quiet -e '.[edge,serve]'
+	$(QUIET_BUILD) $(EDGE_VENV)/bin/pip install --quiet -e '.[edge,serve]'
 	touch $@
 
 # The embedded default dataset (only made when DATA is not given).
@@ -123,10 +130,11 @@ trained: setup data
 # Convert and validate (ai-edge-litert here, tflite-runtime 2.14 in the device
 # environment), then compare, which ends by printing the table. When only some
 # variant failed (exit 1) the table is still printed, then make fails.
-# An export that wrote models (exit 0 or 1) is recorded in LAST_EXPORT, atomically, for `make bundle`.
+# An export that wrote models (exit 0, 1, or 3: the gate undecided) is recorded in LAST_EXPORT,
+# atomically, for `make bundle`, which ships it only when it passed (export/gate.py).
 export: setup data edge-env trained
 	status=0; $(NOODLE) export $(RUN) $(EXPORT_FLAGS) || status=$$?; \
-	if [ $$status -le 1 ]; then $(RECORD_EXPORT) && \
+	if [ $$status -le 1 ] || [ $$status -eq 3 ]; then $(RECORD_EXPORT) && \
 	  $(NOODLE) compare $(RUN) $(if $(TEST),--test $(TEST)) $(if $(TEST_MAP),--test-map $(TEST_MAP)) \
 	    || exit $$?; fi; \
 	$(BOOKWORM_NOTE); exit $$status
@@ -136,13 +144,15 @@ BOOKWORM_NOTE = v=$$($(EDGE_VENV)/bin/python $(PY_VERSION) 2>/dev/null) && case 
 	wheels for; to check it, put a python3.11 on PATH and run rm -rf $(EDGE_VENV) && make export, or make \
 	pi-check (Bookworm under qemu)";; esac
 RECORD_EXPORT = mkdir -p $(OUT) && printf '%s\n' '$(RUN)' '$(DATA_DIR)' >$(LAST_EXPORT).$$$$ && mv -f $(LAST_EXPORT).$$$$ $(LAST_EXPORT) && \
-	echo 'recorded in $(LAST_EXPORT): `make bundle` ships $(RUN)'
+	{ said=$$($(BIN)/python -m export.gate $(RUN)) && echo 'recorded in $(LAST_EXPORT): `make bundle` ships $(RUN)' || \
+	  echo "recorded in $(LAST_EXPORT), and NOT shippable: $$said; \`make bundle\` refuses it unless FORCE=1"; }
 
 # An exported run, made once for `make bundle`; `make export` redoes it, and so
-# does this when an earlier export never finished validating (killed) or failed
-# it. Exit 1 means some variant failed: bundling the chosen one says whether it exists.
+# does this when an earlier export never finished validating (killed): export/gate.py's
+# outcome 4. One that failed or left undecided its gate stays as it is, for bundle to refuse.
+# Exit 1 means some variant failed: bundling the chosen one says whether it exists.
 exported: trained edge-env
-	@grep -qs '"passed": true' $(RUN)/export/manifest.json || $(NOODLE) export $(RUN) || [ $$? -eq 1 ]
+	@$(BIN)/python -m export.gate $(RUN) >/dev/null || [ $$? -ne 4 ] || $(NOODLE) export $(RUN) || [ $$? -eq 1 ]
 
 # WHEELS=1 puts the exact aarch64 wheels for Bookworm and Trixie in the
 # tarball (tens of MB, downloaded once into WHEEL_CACHE), so the Pi installs
@@ -152,7 +162,7 @@ exported: trained edge-env
 WHEELS ?= 1
 WHEEL_CACHE ?= .cache/wheels
 bundle: bundle-which setup $(if $(RECORDED),,exported)
-	$(NOODLE) bundle $(BUNDLE_RUN) --model $(MODEL) --out dist --wheel-cache $(WHEEL_CACHE) \
+	$(NOODLE) bundle $(BUNDLE_RUN) --model $(MODEL) --out dist --wheel-cache $(WHEEL_CACHE) $(if $(FORCE),--force) \
 	  $(if $(filter 0,$(WHEELS)),--no-wheels)
 
 # Which run and data, said before any work (training the run of DATA, when nothing is recorded).

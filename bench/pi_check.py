@@ -61,6 +61,7 @@ from edge.logs import logger
 from edge.serve_config import DEFAULTS as SERVE
 from export.bundle import DEFAULT_MODEL, BundleError, bundle_path
 from export.bundle import unpack as unpack_bundle
+from export.gate import export_outcome
 from export.wheelhouse import TARGETS, Target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -504,7 +505,8 @@ def check(bundle: Path, photos: Path, releases: list[Target], cache: Path, edge_
         if not wheels:
             raise CheckFailed(f"{bundle}: no wheels/ in the bundle, so the offline install cannot be proven; "
                               "make it with `make bundle` (not WHEELS=0)")
-        log(f"{bundle.name}: {bundle.stat().st_size / 2**20:.1f} MiB, {len(wheels)} wheels")
+        found = export_outcome(json.loads((host_dir / "model/manifest.json").read_text()).get("validation"))
+        log(f"{bundle.name}: {bundle.stat().st_size / 2**20:.1f} MiB, {len(wheels)} wheels; {found.line}")
         model = next(host_dir.glob("model/*.tflite")).relative_to(host_dir)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "NOODLE_RUNTIME"))}
         ran = run([str(edge_python), "-m", "edge", "classify", str(model), str(photos), "--json", "-v"],

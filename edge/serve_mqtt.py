@@ -297,14 +297,16 @@ class Publisher:
                     else "")
             self.why = f"it refuses the connection ({reason}){hint}"
             return
-        self.up, self.down_since = True, None
+        self.down_since = None
         log.info("connected to %s:%s as %s", self.host, self.port, self.client_id)
         client.publish(self.topics["status"], "online", qos=1, retain=True)
         client.publish(f"{DISCOVERY}/sensor/{self.id}/config", to_json(self.discovery()), qos=1, retain=True)
+        # Up and the last state published under one lock with result(): a result that lands
+        # meanwhile is published once, by whichever of the two comes second.
         with self.lock:
-            last = self.last
-        if last is not None:
-            client.publish(self.topics["state"], to_json(last), qos=1, retain=True)
+            self.up = True
+            if self.last is not None:
+                client.publish(self.topics["state"], to_json(self.last), qos=1, retain=True)
 
     def _disconnected(self, client, userdata, flags, reason, properties) -> None:
         if self.stop.is_set():
@@ -347,9 +349,8 @@ class Publisher:
             self.last = {**result, "at": time.time()}
             changed = result["label"] != self.label
             self.label = result["label"]
-            last = self.last
-        if changed and self.up:
-            self.client.publish(self.topics["state"], to_json(last), qos=1, retain=True)
+            if changed and self.up:  # paho's publish only queues: cheap under the lock
+                self.client.publish(self.topics["state"], to_json(self.last), qos=1, retain=True)
 
     def _beat(self) -> None:
         while not self.stop.wait(self.heartbeat):

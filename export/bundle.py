@@ -49,6 +49,7 @@ from edge.manifest import MANIFEST_NAME, load_export, load_run, sha256_file
 from edge.runtime import package_version
 from edge.serve_config import DEFAULTS as SERVE
 from export import embed, wheelhouse
+from export.gate import Outcome, export_outcome
 from export.wheelhouse import TARGETS, Wheel, pinned_requirements, target_environment, wheels_for
 from train.rundir import RunDir
 
@@ -197,7 +198,8 @@ def _render(name: str, values: dict[str, str]) -> bytes:
 
 
 def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | Path = "dist",
-                 wheels: bool = False, wheel_cache: Path | None = None, download=None) -> Path:
+                 wheels: bool = False, wheel_cache: Path | None = None, download=None,
+                 force: bool = False) -> Path:
     """Write OUT/noodle-edge-<run name>-<variant>.tar.gz (-online.tar.gz without wheels); return its path.
 
     requirements-pi.txt pins every target release's wheels by sha256, from
@@ -209,7 +211,7 @@ def write_bundle(run_dir: str | Path, variant: str = DEFAULT_MODEL, out: str | P
     download = download or wheelhouse.pip_download
     run = RunDir(run_dir)
     log.info(f"bundling {escape_name(str(run_dir))}: its {escape_name(variant)} model, {trained_on(run)}")
-    manifest, entry, model = _shippable(run, run_dir, variant)
+    manifest, entry, model = _shippable(run, run_dir, variant, force)
     # The device's manifest lists the one model it gets; the rest of the export stays home.
     shipped = dataclasses.replace(manifest, models={variant: entry}, failed=None)
 
@@ -281,15 +283,18 @@ def checksum_list(files: dict[str, bytes | Path]) -> bytes:
     return format_sums(digests).encode()
 
 
-def _shippable(run: RunDir, run_dir, variant: str):
+def _shippable(run: RunDir, run_dir, variant: str, force: bool = False):
     """(export manifest, the variant's entry, its file), refused in one line unless it may ship."""
     manifest = load_export(run.export_manifest)
-    # Only an export whose validation finished and passed ships: one killed
-    # during validation has files and a manifest but no proof they run.
-    if not (manifest.validation or {}).get("passed"):
-        state = "did not pass" if manifest.validation else "never finished"
-        raise BundleError(f"{run.export_manifest}: the export's validation {state}; "
-                          f"run `noodle export {run_dir}` and bundle when it succeeds")
+    # Only an export that passed ships (export.gate's one reading): one killed during validation
+    # has files but no proof they run; one the --max-drop gate failed or left undecided, only --force.
+    found = export_outcome(manifest.validation)
+    if found.outcome is not Outcome.passed and not (force and found.forcible):
+        hint = (" (to ship it anyway: `noodle bundle --force`, make bundle FORCE=1)" if found.forcible
+                else f"; run `noodle export {run_dir}` and bundle when it succeeds")
+        raise BundleError(f"{run.export_manifest}: nothing ships from this export: {found.line}{hint}")
+    if found.outcome is not Outcome.passed:
+        log.warning(f"--force: bundling an export that did not pass: {found.line}")
     entry = manifest.entry(variant)
     if entry is None:
         have = ", ".join(manifest.models) or "none"
@@ -410,6 +415,9 @@ def bundle_command(
     wheel_cache: Annotated[Path | None, typer.Option(
         help=f"Where downloaded wheels are kept (default {WHEEL_CACHE}); --no-wheels uses them too, "
              "to pin each by sha256.", show_default=False)] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Ship an export whose --max-drop gate failed or was undecided (never one whose "
+                        "validation failed).")] = False,
 ) -> None:
     """Write dist/noodle-edge-<run>-<variant>.tar.gz: runner, model, wheels, install.sh, README-PI.md.
 
@@ -420,5 +428,5 @@ def bundle_command(
     from train.quiet import show_progress
 
     show_progress()
-    path = write_bundle(run_dir, model, out, wheels=wheels, wheel_cache=wheel_cache)
+    path = write_bundle(run_dir, model, out, wheels=wheels, wheel_cache=wheel_cache, force=force)
     typer.echo(path)

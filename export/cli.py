@@ -69,13 +69,17 @@ def export_command(
              "on the same calibration photos, to compare with the converter's int8.")]
     = Quantizer(DEFAULTS.quantizer),
     max_drop: Annotated[float | None, typer.Option(
-        help="Exit 1 when a variant's accuracy is more than this many points below float32's "
-             "(and diagnose int8); 0 or more.")] = None,
+        help="Gate each variant against float32 on the CI of their paired accuracy delta (export.gate): "
+             "exit 1 when it surely loses more than this many points, 3 when too few photos decide; "
+             "either leaves an export `noodle bundle` refuses without --force. 0 or more.")] = None,
     diagnose: Annotated[bool, typer.Option(
         "--diagnose", help="Rank int8's layers by quantization error: export/diagnosis.md.")] = False,
     float_layers: Annotated[str | None, typer.Option(
         help="Also write int8-mixed.tflite with these layers kept float: auto (the suspect ones), "
              "N (the N worst), or layer names, comma-separated.")] = None,
+    drop_extras: Annotated[bool, typer.Option(
+        "--drop-extras", help="Remove the last export's int8-mixed, int8-litert and diagnosis instead of "
+                              "keeping them (kept when made from this same model).")] = False,
     test: TestOption = None,
     test_map_: TestMapOption = None,
     data: DataOption = None,
@@ -83,20 +87,21 @@ def export_command(
 ) -> None:
     """Convert RUN_DIR/model.keras to TFLite files in RUN_DIR/export/ and validate each."""
     from export.convert import ExportFailed, export_run, record_validation
-    from export.extra_variants import make_extras
+    from export.extra_variants import make_extras, previous_extras
     from export.validate import raise_for, validate_export
 
     show_progress()
     check_max_drop(max_drop)
     mapping = parse_test_map(test_map_)  # a malformed one now, not after the conversions
     io = io.value
+    previous = (None, {}) if drop_extras else previous_extras(run_dir)
     export_run(run_dir, variants=variants, calibration_samples=calibration_samples,
                calibration_split=calibration_split.value, io=io, data=data)
     diagnosis = make_extras(run_dir, litert=quantizer is Quantizer.litert, float_layers=float_layers,
                             diagnose=diagnose, samples=calibration_samples, split=calibration_split.value,
-                            io=io, data=data)
+                            io=io, data=data, previous=previous)
     report = validate_export(run_dir, data=data, edge=edge)
-    manifest = record_validation(run_dir, report)
+    manifest = record_validation(run_dir, report, max_drop)
     raise_for(report)
     if max_drop is not None:
         _gate(run_dir, max_drop, test, mapping, data, diagnosis is not None, calibration_samples,
@@ -116,37 +121,44 @@ def check_max_drop(max_drop: float | None) -> None:
 
 def _gate(run_dir: Path, max_drop: float, test, mapping, data, diagnosed: bool, samples: int, split: str,
           io: str) -> None:
-    """Exit 1, one line per variant, when one loses more than `max_drop` points; diagnose first."""
-    from export.compare import REFERENCE, gate, paired_figures
+    """Decide every variant against float32 (export.gate), record the outcome in the manifest, and exit
+    with its status: 1 failed, 3 undecided (too few photos). An int8 that did not pass is diagnosed."""
+    from export.compare import paired_figures
     from export.convert import ExportError
     from export.extra_variants import calibration, diagnose_run
+    from export.gate import EXIT, REFERENCE, Outcome, gate, record_gate
 
     check_max_drop(max_drop)
     scores, figures = paired_figures(run_dir, data, test, test_map=mapping)
     if REFERENCE not in figures:
         raise ExportError(f"--max-drop compares with {REFERENCE}.tflite, which this export lacks; "
                           f"export {REFERENCE} too")
-    failures = gate(figures, max_drop)
-    for variant, f in figures.items():
-        if variant != REFERENCE:
-            typer.echo(f"gate     {f['verdict']}")
-    if not failures:
-        typer.echo(f"gate     passed: no variant loses more than {max_drop:g} pp on "
-                   f"{len(scores.y)} photos")
+    result = gate(figures, max_drop, len(scores.y))
+    record_gate(run_dir, result)
+    for decision in result.decisions:
+        typer.echo(f"gate     {decision.line}")
+    outcome = result.outcome
+    typer.echo(f"gate     {result.summary().removeprefix('gate ')}")
+    if outcome is Outcome.passed:
         return
     # The diagnosis ranks int8's layers by quantization error: it is about a variant that tripped
     # only when an int8 one did (float16 and dynamic-range have no activation ranges to blame).
-    tripped_int8 = [line for line in failures if line.startswith("int8")]
+    tripped = [d for d in result.decisions if d.outcome is not Outcome.passed]
+    tripped_int8 = [d.line for d in tripped if d.variant == "int8"]
     if not diagnosed and "int8" in figures and tripped_int8:
         pixels, info = calibration(run_dir, samples, split, data)
         diagnose_run(run_dir, pixels, info, f"the gate tripped: {tripped_int8[0]}", io)
     elif not tripped_int8:
-        tripped = ", ".join(line.split(" ", 1)[0] for line in failures)
-        typer.echo(f"gate     no int8 diagnosis: {tripped} tripped, and the diagnosis ranks int8's layers; "
-                   "float16 and dynamic-range keep activations float, so their loss is the weights' rounding")
-    for line in failures:
-        typer.echo(f"gate failed: {line}", err=True)
-    raise typer.Exit(1)
+        typer.echo(f"gate     no int8 diagnosis: {', '.join(d.variant for d in tripped)} tripped, and the "
+                   "diagnosis ranks int8's layers; float16 and dynamic-range keep activations float, so "
+                   "their loss is the weights' rounding")
+    for d in tripped:
+        typer.echo(f"gate: {d.line}", err=True)
+    typer.echo(f"gate {outcome.value}: this export is not shippable: `make bundle` refuses it unless "
+               f"FORCE=1 (`noodle bundle --force`)"
+               + ("; more test photos (TEST=...) narrow the CI" if outcome is Outcome.undecided else ""),
+               err=True)
+    raise typer.Exit(EXIT[outcome])
 
 
 @app.command("compare")

@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.atomic import write_bytes, write_json
 from edge.bench import loadavg
-from edge.escape import csv_cell
+from edge.escape import csv_cell, escape_name
 from edge.manifest import ExportManifest, RunManifest, load_export
 from edge.postprocess import at_boundary, predicted_index
 from edge.runtime import Classifier
@@ -41,6 +41,7 @@ from export.convert import (
     evaluation_data,
     read_run,
 )
+from export.gate import REFERENCE, export_outcome, gate
 from export.report_md import mapping_words, to_markdown
 from export.validate import (
     EDGE_RUNTIME,
@@ -61,7 +62,6 @@ from train.splits import Recorded
 LATENCY_BUDGET_S = 1.5
 # The variant the contact sheet is about: the one `make bundle` ships.
 SHEET_VARIANT = "int8"
-REFERENCE = "float32"
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,13 @@ def evaluation_photos(run_dir: Path, train_manifest: RunManifest, data=None, tes
             log.info(f"{test}: classes read as the model's labels: {mapping_words(mapping)}")
         return Photos(source=str(test), split="external", items=items, skipped=skipped, mapping=mapping)
     recorded = evaluation_data(run_dir, train_manifest, data)
+    shared = ((train_manifest.data or {}).get("shared_bursts") or {}).get(recorded.evaluation)
+    if shared:
+        raise ExportError(f"{escape_name(str(recorded.root))}: {shared} of its {recorded.evaluation} split's "
+                          f"{len(recorded.splits[recorded.evaluation])} photos share a burst with training "
+                          "photos (frames of one capture, shots seconds apart or near-identical views), so "
+                          "no figure of them is reported: it would score memory; score on photos the model "
+                          "never saw: make export TEST=folder (--test folder)")
     return Photos(source=str(recorded.root), split=recorded.evaluation, recorded=recorded)
 
 
@@ -248,26 +255,6 @@ def write_predictions(scores: Scores, labels: list[str], dest: Path) -> None:
     write_bytes(dest, buffer.getvalue().encode())
 
 
-def gate(figures: dict[str, dict], max_drop: float) -> list[str]:
-    """One line per variant whose accuracy is more than `max_drop` points below float32's.
-
-    The point delta decides, as "loses more than PP points" reads; the interval
-    is printed beside it so a user can judge whether the loss is noise.
-    """
-    lines = []
-    for variant, f in figures.items():
-        if variant == REFERENCE or "delta_pp" not in f:
-            continue
-        # A hair of slack: -0.25 computed as 100 * -1 / 400 must not fail --max-drop 0.25.
-        if -f["delta_pp"] > max_drop + 1e-9:
-            lo, hi = f["delta_ci95"]
-            d = f["discordant"]
-            lines.append(f"{variant} loses {-f['delta_pp']:.2f} pp against {REFERENCE} (95 % CI "
-                         f"{lo:+.2f}..{hi:+.2f} pp; {d['float_only']} photo(s) only {REFERENCE} got "
-                         f"right, {d['variant_only']} only {variant}), more than --max-drop {max_drop:g}")
-    return lines
-
-
 def _export_manifest(run_dir: Path) -> ExportManifest:
     run = RunDir(run_dir)
     if not run.export.is_dir():
@@ -290,24 +277,43 @@ def _validation(run_dir: Path, manifest: ExportManifest, data, edge) -> dict:
     return validate_export(run_dir, data=data, edge=edge)
 
 
+# Which runtime each Raspberry Pi OS release runs a bundle under (export.wheelhouse's targets).
+PI_RUNTIMES = {EDGE_RUNTIME: "Raspberry Pi OS Bookworm (Python 3.11)",
+               RUNTIME: "Raspberry Pi OS Trixie (Python 3.13)"}
+# Runtimes whose int8 kernels are known slow on a CPU: tflite-runtime 2.14's x86 wheel has no
+# optimized int8 depthwise path, so int8 looks slower than float32 there (figures in docs/export.md,
+# 'Speed under each runtime'); on the Pi's arm64 it has them.
+SLOW_INT8 = {(EDGE_RUNTIME, "x86_64"), (EDGE_RUNTIME, "AMD64")}
+
+
 def measure(out: Path, manifest: ExportManifest, edge, runs: int) -> tuple[dict, dict]:
-    """Latency and peak memory per variant, each in its own process."""
+    """Latency and peak memory per variant under EVERY installed runtime, each in its own process.
+
+    tflite-runtime 2.14 in the device environment (Bookworm's) when it has it; ai-edge-litert in
+    this environment (Trixie's). Returns, per variant, {runtime: figures}, and what was timed.
+    """
     python = edge_python(edge)
-    if python is not None and runtime_missing(python):  # a 3.12+ device environment: ai-edge-litert
-        python = None
-    runtime = "tflite-runtime" if python else RUNTIME
-    python = python or Path(sys.executable)
+    timed = [(EDGE_RUNTIME, python)] if python is not None and not runtime_missing(python) else []
+    timed.append((RUNTIME, Path(sys.executable)))
     threads = sorted({1, os.cpu_count() or 1})
-    results, info = {}, {"runtime": runtime, "threads": threads}
+    results = {v: {} for v in manifest.models}
+    info = {"threads": threads, "runtimes": []}
     with tempfile.TemporaryDirectory(prefix="noodle-bench-") as tmp:
-        for variant, entry in manifest.models.items():
-            path = out / entry.file
-            report = run_edge_check(python, [path], None, Path(tmp), runtime=runtime, latency=runs,
-                                    threads=",".join(map(str, threads)), latency_budget=LATENCY_BUDGET_S)
-            results[variant] = report["models"][str(path)]
-            info.update(version=report["version"], python=report["python"],
-                        baseline_rss_mb=report["baseline_rss_mb"])
-            log.info(f"measured {entry.file}")
+        for runtime, py in timed:
+            version = None
+            for variant, entry in manifest.models.items():
+                path = out / entry.file
+                report = run_edge_check(py, [path], None, Path(tmp), runtime=runtime, latency=runs,
+                                        threads=",".join(map(str, threads)), latency_budget=LATENCY_BUDGET_S)
+                results[variant][runtime] = report["models"][str(path)]
+                version = report["version"]
+                info.setdefault("baseline_rss_mb", report["baseline_rss_mb"])
+                log.info(f"measured {entry.file} under {runtime}")
+            info["runtimes"].append({
+                "name": runtime, "version": version, "python": str(py), "pi": PI_RUNTIMES.get(runtime),
+                "slow_int8": (runtime, platform.machine()) in SLOW_INT8})
+    # The first runtime's figures stay the row's own (latency_ms, peak RSS): the device environment's.
+    info.update(runtime=timed[0][0], version=info["runtimes"][0]["version"])
     return results, info
 
 
@@ -324,17 +330,38 @@ def _rows(manifest: ExportManifest, validation: dict, figures: dict, bench: dict
     base_bytes = base.bytes if base else None
     rows = []
     for variant, entry in manifest.models.items():
-        v, b = validation["variants"].get(variant, {}), bench[variant]
+        v, timed = validation["variants"].get(variant, {}), bench[variant]
+        b = timed[runtime]  # the row's own figures: the first runtime timed (export.compare.measure)
         rows.append({
             "variant": variant, "file": entry.file, "bytes": entry.bytes,
             "size_vs_float32": entry.bytes / base_bytes if base_bytes else None,
             **figures[variant],
             "latency_ms": b.get("latency_ms"), "peak_rss_mb": b.get("peak_rss_mb"),
+            "latency": {rt: t.get("latency_ms") for rt, t in timed.items()},
             "fully_integer": b.get("fully_integer", entry.fully_integer),
             "input": entry.input.to_dict(), "output": entry.output.to_dict(),
-            "runtimes": {**v.get("runtimes", {}), runtime: {"ok": b["ok"]}},
+            "runtimes": {**v.get("runtimes", {}), **{rt: {"ok": t["ok"]} for rt, t in timed.items()}},
         })
     return rows
+
+
+def _keras_accuracy(trained: RunManifest, validation: dict) -> float | None:
+    """The Keras model on the whole split, as training scored it (validation checks float32 against
+    Keras on a sample only: export.validate.EDGE_SAMPLE); None when that split shares bursts with
+    training (train.groups): a figure of memory, not accuracy."""
+    split = validation["split"]
+    if ((trained.data or {}).get("shared_bursts") or {}).get(split):
+        return None
+    return (trained.metrics or {}).get(split, {}).get("accuracy", validation["keras"]["accuracy"])
+
+
+def _gate_record(manifest: ExportManifest, figures: dict, count: int) -> dict:
+    """The gate export recorded, decided again on this report's photos (the same when they are export's),
+    and what the export may do (export.gate.export_outcome)."""
+    shipping = export_outcome(manifest.validation)
+    asked = (manifest.validation or {}).get("gate") or {}
+    decided = gate(figures, asked["max_drop"], count).to_dict() if asked.get("max_drop") is not None else None
+    return {"gate": decided, "outcome": {"outcome": shipping.outcome.value, "line": shipping.line}}
 
 
 def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
@@ -370,11 +397,11 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
         "run": str(run_dir),
         "test": {"source": photos.source, "split": photos.split, "count": int(len(scores.y)),
                  "skipped": photos.skipped, "mapping": photos.mapping},
-        # The Keras model on the whole split, as training scored it (validation checks
-        # float32 against Keras on a sample only: export.validate.EDGE_SAMPLE).
-        "keras_accuracy": (trained.metrics or {}).get(validation["split"], {}).get(
-            "accuracy", validation["keras"]["accuracy"]),
+        "keras_accuracy": _keras_accuracy(trained, validation),
         "labels": labels,
+        # What training warned of its data (too few test photos, shared bursts): said again in report.md
+        # when these are its photos.
+        "data_warnings": [] if photos.split == "external" else list((trained.data or {}).get("warnings", [])),
         "validation": {"split": validation["split"], "count": validation["count"]},
         "parity": validation["parity"], "runtimes": validation["runtimes"],
         "statistics": STATISTICS,
@@ -383,6 +410,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
                       "machine": platform.machine(),
                       "cpus": os.cpu_count(), "loadavg": loadavg()},
         "rows": rows, "failed": manifest.failed or {},
+        **_gate_record(manifest, figures, len(scores.y)),
         "predictions": files.predictions.name,
         "report": str(files.md),
         "disagreements": sheet,

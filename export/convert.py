@@ -34,6 +34,7 @@ from edge.manifest import (
 )
 from export import embed
 from export.config import CALIBRATION_SPLITS, DEFAULTS, IO_TYPES, VARIANTS
+from export.gate import validation_record
 from export.runtime_check import describe
 from train.quiet import quiet_tensorflow
 from train.rundir import RunDir
@@ -459,13 +460,15 @@ def _write_variants(run: RunDir, trained: RunManifest, blobs: dict, calibration_
         log.info(f"wrote    {dest}  ({models[variant].bytes:,} bytes)")
 
 
-def record_validation(run_dir: str | os.PathLike, report: dict) -> ExportManifest:
+def record_validation(run_dir: str | os.PathLike, report: dict,
+                      max_drop: float | None = None) -> ExportManifest:
     """Export's verdict on its own files, from validation's report; returns the new manifest.
 
     A file some runtime could not load or run leaves the manifest and the
     disk (it would fail on a device), and is named with the reason. The
     manifest then records that validation finished and whether it passed;
-    `noodle bundle` ships only an export whose validation passed.
+    `noodle bundle` ships only an export whose validation passed. With `max_drop`
+    it has not passed until the gate says so (export.gate.record_gate).
     """
     run = RunDir(run_dir)
     out = run.export
@@ -478,7 +481,7 @@ def record_validation(run_dir: str | os.PathLike, report: dict) -> ExportManifes
             log.info(f"removed  {out / entry.file}: {reason}")
     parity_ok = report["parity"] is None or report["parity"]["ok"]
     manifest.validation = {
-        "passed": bool(manifest.models) and parity_ok and not report["failed"],
+        **validation_record(bool(manifest.models) and parity_ok and not report["failed"], max_drop),
         "report": run.validation.name, "report_sha256": sha256_file(run.validation),
         "split": report["split"], "count": report["count"],
         "runtimes": report["runtimes"],

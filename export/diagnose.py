@@ -65,7 +65,7 @@ def diagnose(model, calibration: np.ndarray, io: str = "uint8") -> dict:
         debugger.run()
     dump = text_io.StringIO()
     debugger.layer_statistics_dump(dump)
-    names = {layer.name for layer in model.layers}
+    names = keras_layer_names(model)
     last = model.layers[-1].name  # the output's activation (LOGISTIC, SOFTMAX) is its op
     layers = [_layer_row(row, names, last) for row in csv.DictReader(text_io.StringIO(dump.getvalue()))]
     layers.sort(key=lambda r: -r["rmse_scale"] if math.isfinite(r["rmse_scale"]) else -math.inf)
@@ -80,27 +80,44 @@ def _layer_row(row: dict, keras_names: set[str], output_layer: str | None = None
     mse = float(row["mean_squared_error"])
     rmse = math.sqrt(mse)
     tensor = row["tensor_name"]
-    return {"tensor": tensor, "layer": layer_name(tensor, keras_names, output_layer), "op": row["op_name"],
+    fused = list(dict.fromkeys(layer_name(piece, keras_names, output_layer) for piece in tensor.split(";")))
+    return {"tensor": tensor, "layer": fused[0], "fused": fused[1:], "op": row["op_name"],
             "rmse_scale": rmse / scale if scale else math.inf, "rmse": rmse,
             "max_abs_error": float(row["max_abs_error"]), "mean_error": float(row["mean_error"]),
             "scale": scale, "zero_point": int(float(row["zero_point"])),
             "elements": int(float(row["num_elements"]))}
 
 
+def keras_layer_names(model) -> set[str]:
+    """Every layer's name, inside nested models too (lite0's backbone is one model in the model)."""
+    names = set()
+    for layer in model.layers:
+        names.add(layer.name)
+        if hasattr(layer, "layers"):
+            names |= keras_layer_names(layer)
+    return names
+
+
 def layer_name(tensor: str, keras_names: set[str], output_layer: str | None = None) -> str:
-    """The Keras layer a tensor came from: `model_1/<layer>_1/op;...` -> `<layer>`.
+    """The innermost Keras layer a tensor came from: `model_1/<nested>_1/<layer>_1/op` -> `<layer>`.
 
     Tracing the model for conversion adds one numeric suffix to every scope
     (`re_lu` becomes `re_lu_1`, `re_lu_1` becomes `re_lu_1_2`), so one suffix
-    is dropped when that leaves a layer of the model. A tensor of no scope
-    is the model's output: it is named by `output_layer` (the last Keras
-    layer, whose activation it is), else kept as it is.
+    is dropped when that leaves a layer of the model. The deepest scope that
+    names a layer wins, so a layer of a nested model (lite0's backbone) is
+    named, not the model holding it. A tensor of no scope is the model's
+    output: it is named by `output_layer` (the last Keras layer, whose
+    activation it is), else kept as it is.
     """
     parts = tensor.split(";")[0].split("/")
     if len(parts) < 3:
         return f"{output_layer} (output)" if output_layer else parts[0]
-    stripped = re.sub(r"_\d+$", "", parts[1])
-    return stripped if stripped in keras_names else parts[1]
+    for part in reversed(parts[1:-1]):
+        stripped = re.sub(r"_\d+$", "", part)
+        for name in (stripped, part):
+            if name in keras_names:
+                return name
+    return parts[1]
 
 
 def choose_layers(layers: list[dict], spec: str) -> list[str]:
@@ -117,7 +134,7 @@ def choose_layers(layers: list[dict], spec: str) -> list[str]:
     else:
         chosen = []
         for name in (n.strip() for n in spec.split(",")):
-            match = [r for r in layers if name in (r["tensor"], r["layer"])]
+            match = [r for r in layers if name in (r["tensor"], r["layer"], *r.get("fused", []))]
             if not match:
                 known = ", ".join(dict.fromkeys(r["layer"] for r in layers))
                 raise DiagnosisError(f"--float-layers {name}: no such layer; choose from {known} "

@@ -4,9 +4,11 @@
 `int8-litert` (export.litert_quant: the LiteRT Quantizer's static int8) are
 listed in the export manifest like the others, so validation, the
 tflite-runtime 2.14 check and compare treat them alike. `export_run` writes a
-manifest of its own variants only, so an export that does not ask for an
-extra again removes its file (and a diagnosis it did not redo): the folder
-never holds a model the manifest does not vouch for.
+manifest of its own variants only; an export that does not ask for an extra
+again keeps the last export's (and its diagnosis) when they were made from
+the same model.keras and their file is as listed, re-listing them so that
+validation checks them again; otherwise, or with --drop-extras, it removes
+them: the folder never holds a model the manifest does not vouch for.
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ import logging
 from pathlib import Path
 
 from edge.atomic import write_json
-from edge.errors import first_line
-from edge.manifest import ModelEntry, load_export
+from edge.errors import NoodleError, first_line
+from edge.manifest import ModelEntry, load_export, sha256_file
 from export.config import DEFAULTS
 from export.convert import write_model
 from train.rundir import RunDir
@@ -25,6 +27,38 @@ log = logging.getLogger(__name__)
 MIXED = "int8-mixed"
 LITERT = "int8-litert"
 EXTRAS = (MIXED, LITERT)
+
+
+def previous_extras(run_dir: Path) -> tuple[str | None, dict[str, ModelEntry]]:
+    """The last export's model sha256 and extra entries, read before export_run rewrites its manifest."""
+    try:
+        manifest = load_export(RunDir(run_dir).export_manifest)
+    except (NoodleError, OSError):
+        return None, {}
+    return (manifest.source or {}).get("sha256"), {v: e for v, e in manifest.models.items() if v in EXTRAS}
+
+
+def keep_previous(run_dir: Path, previous: tuple[str | None, dict[str, ModelEntry]],
+                  requested: set[str]) -> set:
+    """Re-list the last export's extras that this one does not redo, when made from the same model and
+    unchanged on disk; returns what was kept (variant names, and "diagnosis")."""
+    run = RunDir(run_dir)
+    manifest = load_export(run.export_manifest)
+    source, entries = previous
+    if source is None or source != (manifest.source or {}).get("sha256"):
+        return set()
+    kept = {v for v, e in entries.items() if v not in requested and run.tflite(v).is_file()
+            and sha256_file(run.tflite(v)) == e.sha256}
+    why = "(the last export's, of this model; --drop-extras removes it)"
+    for variant in kept:
+        manifest.models[variant] = entries[variant]
+        log.info(f"kept     {run.tflite(variant)} {why}")
+    if kept:
+        write_json(run.export_manifest, manifest.to_dict())
+    if "diagnosis" not in requested and run.diagnosis_md.is_file():
+        kept.add("diagnosis")
+        log.info(f"kept     {run.diagnosis_md} {why}")
+    return kept
 
 
 def remove_unrequested(run_dir: Path, requested: set[str]) -> None:
@@ -71,11 +105,16 @@ def calibration(run_dir: Path, samples: int, split: str, data=None) -> tuple:
 
 
 def make_extras(run_dir: Path, *, litert: bool, float_layers: str | None, diagnose: bool,
-                samples: int, split: str, io: str = DEFAULTS.io, data=None) -> dict | None:
-    """int8-litert and/or a diagnosis with int8-mixed, as asked; returns the diagnosis report."""
+                samples: int, split: str, io: str = DEFAULTS.io, data=None,
+                previous: tuple[str | None, dict] = (None, {})) -> dict | None:
+    """int8-litert and/or a diagnosis with int8-mixed, as asked; returns the diagnosis report.
+
+    `previous` (previous_extras, before export_run): the last export's extras, kept when not redone.
+    """
     run_dir = Path(run_dir)
     requested = ({LITERT} if litert else set()) | ({MIXED} if float_layers else set())
-    remove_unrequested(run_dir, requested | ({"diagnosis"} if float_layers or diagnose else set()))
+    requested |= {"diagnosis"} if float_layers or diagnose else set()
+    remove_unrequested(run_dir, requested | keep_previous(run_dir, previous, requested))
     if not (requested or diagnose):
         return None
     pixels, info = calibration(run_dir, samples, split, data)

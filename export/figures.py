@@ -30,6 +30,8 @@ CONFUSION_COLUMNS = 4
 # Classes a confusion matrix shows; past this, those with the most errors (report.json has the
 # whole matrix): at 117 classes the full one was 21,620 x 5,445 px, a "bomb" to Pillow and viewers.
 CONFUSION_CLASSES = 16
+# The matrix drawn whole; the other variants are drawn as their difference from it.
+REFERENCE = "float32"
 
 
 def _pyplot():
@@ -115,7 +117,9 @@ def sheet_figure(scores, labels, shown, changed, p_ref, p_var, pred_ref, pred_va
 
 
 def confusion_figure(rows: list[dict], labels: list[str], dest: Path) -> str | None:
-    """One confusion matrix per variant, counts in the cells; None (and no file) without rows."""
+    """float32's confusion matrix, then each other variant's difference from it (only its non-zero
+    cells written): the variants' matrices are near-identical, so the differences are what tells.
+    None (and no file) without rows."""
     if not rows:
         dest.unlink(missing_ok=True)
         return None
@@ -127,23 +131,44 @@ def confusion_figure(rows: list[dict], labels: list[str], dest: Path) -> str | N
         shown = sorted(np.argsort(-errors, kind="stable")[:CONFUSION_CLASSES].tolist())
     names = [plain(labels[i]) for i in shown]
     k = len(names)
+    base = next((r for r in rows if r["variant"] == REFERENCE), rows[0])
+    counts = np.asarray(base["confusion"]["counts"])[np.ix_(shown, shown)]
+    others = [r for r in rows if r is not base]
+    panels = 1 + len(others)
     side = max(2.6, 0.45 * k + 1.4)
-    cols = min(CONFUSION_COLUMNS, len(rows))
-    lines = math.ceil(len(rows) / cols)
-    fig, axes = plt.subplots(lines, cols, figsize=(side * cols, (side + 0.4) * lines), squeeze=False)
-    for ax in axes.flat[len(rows):]:
+    cols = min(CONFUSION_COLUMNS, panels)
+    lines = math.ceil(panels / cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(side * cols, (side + 0.5) * lines), squeeze=False)
+    for ax in axes.flat[panels:]:
         ax.axis("off")
-    for ax, r in zip(axes.flat, rows, strict=False):
-        counts = np.asarray(r["confusion"]["counts"])[np.ix_(shown, shown)]
-        ax.imshow(counts, cmap="Blues")
-        for (t, p), n in np.ndenumerate(counts):
-            ax.text(p, t, str(n), ha="center", va="center", fontsize=8,
-                    color="white" if n > counts.max() / 2 else "black")
-        ax.set_xticks(range(k), names, rotation=45 if k > 2 else 0, fontsize=7)
+    fontsize = 8 if k <= 8 else 6
+
+    def frame(ax, title):
+        ax.set_xticks(range(k), names, rotation=45 if k > 2 else 0, ha="right" if k > 2 else "center",
+                      fontsize=7)
         ax.set_yticks(range(k), names, fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
-        ax.set_title(f"{plain(r['variant'])} ({r['accuracy'] * 100:.1f} %)", fontsize=9)
+        ax.set_title(title, fontsize=9)
+
+    ax = axes.flat[0]
+    ax.imshow(counts, cmap="Blues")
+    for (t, p), n in np.ndenumerate(counts):
+        if n:
+            ax.text(p, t, str(n), ha="center", va="center", fontsize=fontsize,
+                    color="white" if n > counts.max() / 2 else "black")
+    frame(ax, f"{plain(base['variant'])} ({base['accuracy'] * 100:.1f} %)")
+    for ax, r in zip(axes.flat[1:], others, strict=False):
+        diff = np.asarray(r["confusion"]["counts"])[np.ix_(shown, shown)] - counts
+        limit = max(1, int(np.abs(diff).max()))
+        ax.imshow(diff, cmap="RdBu", vmin=-limit, vmax=limit)
+        for (t, p), n in np.ndenumerate(diff):
+            if n:
+                ax.text(p, t, f"{n:+d}", ha="center", va="center", fontsize=fontsize,
+                        color="white" if abs(n) > limit / 2 else "black")
+        changed = int(np.abs(diff).sum()) // 2
+        frame(ax, f"{plain(r['variant'])} minus {plain(base['variant'])}: "
+                  + (f"{changed} moved" if changed else "no change"))
     if k < len(labels):
         fig.suptitle(f"the {k} of {len(labels)} classes with the most errors (report.json has every class)",
                      fontsize=9)
@@ -152,48 +177,42 @@ def confusion_figure(rows: list[dict], labels: list[str], dest: Path) -> str | N
     return dest.name
 
 
-def latency_title(report: dict) -> str:
-    """The latency plot's title, with the load it was measured under and any thread count that lost.
-
-    More threads slower than one is the machine's other work (or a model too
-    small to split), not the model's speed: the title says so beside the bars.
-    """
-    bench = report["benchmark"]
-    threads, load = bench["threads"], bench.get("loadavg")
-    title = "invoke latency p50 (ms)" + (f", load average {load[0]:.2f}" if load else "")
-    slower = []
-    for r in report["rows"]:
-        lat = r.get("latency_ms") or {}
-        one, most = lat.get(str(threads[0])), lat.get(str(threads[-1]))
-        if len(threads) > 1 and one and most and most["p50_ms"] > 1.2 * one["p50_ms"]:
-            slower.append(r["variant"])
-    if slower:
-        title += (f"\n{threads[-1]} threads slower than {threads[0]} for {', '.join(map(plain, slower))}: "
-                  "other load; re-measure when idle")
-    return title
-
-
 def chart(report: dict, dest: Path) -> None:
-    """Size, accuracy and latency side by side, one bar per variant."""
+    """Size, accuracy with its 95 % interval, and 1-thread latency under each runtime, one group per variant.
+
+    Each panel's title is one short line (the caveats are report.md's words, not a clipped title).
+    """
+    from export.stats import wilson
+
     plt = _pyplot()
-    rows, threads = report["rows"], report["benchmark"]["threads"]
-    names = [r["variant"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    rows = report["rows"]
+    names = [plain(r["variant"], 12) for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
     axes[0].bar(names, [r["bytes"] / 1024 for r in rows], color="tab:blue")
-    axes[0].set_title("file size (KiB)")
-    accuracy = [(r["accuracy"] or 0) * 100 for r in rows]
-    axes[1].bar(names, accuracy, color="tab:green")
-    axes[1].set_ylim(max(0, min(accuracy) - 5), 100)
-    axes[1].set_title(f"accuracy on {report['test']['count']} photos (%)")
-    width = 0.8 / len(threads)
-    for i, n in enumerate(threads):
-        p50 = [((r["latency_ms"] or {}).get(str(n)) or {}).get("p50_ms", 0) for r in rows]
-        axes[2].bar([j + i * width for j in range(len(rows))], p50, width, label=f"{n} thread(s)")
-    axes[2].set_xticks([j + width * (len(threads) - 1) / 2 for j in range(len(rows))], names)
-    axes[2].set_title(latency_title(report), fontsize=9)
-    axes[2].legend()
+    axes[0].set_title("file size (KiB)", fontsize=10)
+    n = report["test"]["count"]
+    accuracy = np.array([(r["accuracy"] or 0) * 100 for r in rows])
+    bounds = (np.array([wilson(round(a * n / 100), n) for a in accuracy]) * 100 if n
+              else np.zeros((len(rows), 2)))
+    errors = np.abs(bounds.T - accuracy) if len(rows) else None
+    axes[1].errorbar(names, accuracy, yerr=errors, fmt="o", color="tab:green", capsize=6)
+    # From a round ten below the lowest interval to 100: the bars' overlap shows what is noise.
+    low = max(0.0, math.floor((bounds[:, 0].min() if len(rows) else 0) / 10) * 10 - 5) if n else 0
+    axes[1].set_ylim(low, 100.5)
+    axes[1].set_title(f"accuracy, 95 % CI, on {n} photos (%)", fontsize=10)
+    runtimes = report["benchmark"].get("runtimes") or [{"name": report["benchmark"].get("runtime", "?")}]
+    width = 0.8 / len(runtimes)
+    for i, rt in enumerate(runtimes):
+        p50 = [(((r.get("latency") or {rt["name"]: r.get("latency_ms")}).get(rt["name"]) or {}).get("1")
+                or {}).get("p50_ms", 0) for r in rows]
+        label = rt["name"] + (" (int8 slow on this CPU)" if rt.get("slow_int8") else "")
+        axes[2].bar([j + i * width for j in range(len(rows))], p50, width, label=label,
+                    hatch="//" if rt.get("slow_int8") else None)
+    axes[2].set_xticks([j + width * (len(runtimes) - 1) / 2 for j in range(len(rows))], names)
+    axes[2].set_title("invoke p50 at 1 thread, this machine (ms)", fontsize=10)
+    axes[2].legend(fontsize=7)
     for ax in axes:
         ax.grid(axis="y", alpha=0.3)
         ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
+    fig.tight_layout(w_pad=2.0)
     _save(fig, dest)

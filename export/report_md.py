@@ -22,35 +22,116 @@ def to_markdown(report: dict) -> str:
                     f"![disagreements]({sheet['file']})" if sheet["file"] else sheet["summary"])
     return ("\n".join(_table(report)) + "\n\n"
             + ("## Verdicts\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n\n" if verdicts else "")
+            + _gate_words(report)
             + "\n".join(f"- {n}" for n in _notes(report)) + "\n\n" + "\n\n".join(pictures) + "\n")
 
 
 def _table(report: dict) -> list[str]:
-    """The variants' table: size, accuracy with the paired statistics, latency, memory."""
+    """Two tables, each within 120 columns: accuracy with the paired statistics, then speed and memory
+    under each runtime; per-class accuracy below them, a line per variant."""
     reference = report["statistics"]["reference"]
-    threads = report["benchmark"]["threads"]
-    head = ["variant", "bytes", "size vs float32", "accuracy", "delta vs float32 (95 % CI)",
-            "discordant (float32 only / variant only)", "McNemar p", "agreement", "per-class accuracy"]
-    head += [f"p50 / p99 ms, {n} thread{'s' if n > 1 else ''}" for n in threads]
-    head += ["peak RSS MB", "fully integer"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = ["variant", "KiB", "vs float32", "accuracy", "delta, pp (95 % CI)", "only float32 / only it",
+            "McNemar p", "agreement"]
+    lines = _table_head(head)
     for r in report["rows"]:
         paired = "delta_pp" in r and r["variant"] != reference
         lo, hi = r.get("delta_ci95") or (0, 0)
-        cells = [markdown(r["variant"]), f"{r['bytes']:,}", _pct(r["size_vs_float32"], 1),
-                 _pct(r["accuracy"], 2),
-                 f"{r['delta_pp']:+.2f} pp ({lo:+.2f}..{hi:+.2f})" if paired else "",
-                 f"{r['discordant']['float_only']} / {r['discordant']['variant_only']}" if paired else "",
-                 f"{r['mcnemar_p']:.3g}" if paired else "",
-                 _pct(r.get("agreement"), 2),
-                 per_class_cell(r["per_class"])]
-        for n in threads:
-            lat = (r["latency_ms"] or {}).get(str(n))
-            cells.append(f"{lat['p50_ms']:.3f} / {lat['p99_ms']:.3f}" if lat else "n/a")
+        lines.append(_table_row([
+            markdown(r["variant"], TABLE_WIDTH), f"{r['bytes'] / 1024:,.0f}", _pct(r["size_vs_float32"], 1),
+            _pct(r["accuracy"], 2), f"{r['delta_pp']:+.2f} ({lo:+.2f}..{hi:+.2f})" if paired else "",
+            f"{r['discordant']['float_only']} / {r['discordant']['variant_only']}" if paired else "",
+            f"{r['mcnemar_p']:.3g}" if paired else "", _pct(r.get("agreement"), 2)]))
+    lines += ["", *_speed_table(report), ""]
+    lines += [f"- per-class accuracy, {markdown(r['variant'], TABLE_WIDTH)}: "
+              f"{per_class_cell(r['per_class'])}" for r in report["rows"]]
+    return lines
+
+
+def _table_head(head: list[str]) -> list[str]:
+    return [_table_row(head), "|" + "---|" * len(head)]
+
+
+def _table_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _speed_table(report: dict) -> list[str]:
+    """p50 invoke ms per runtime ("1 / N" threads), peak RSS and integer-only, one row per variant."""
+    b = report["benchmark"]
+    threads = b["threads"]
+    runtimes = b.get("runtimes") or [{"name": b["runtime"], "version": b["version"]}]
+    head = ["variant"] + [f"{rt['name']}{' (flagged)' if rt.get('slow_int8') else ''}" for rt in runtimes]
+    head += ["peak RSS MB", "integer only"]
+    lines = [f"invoke p50 ms at {' / '.join(map(str, threads))} thread{'s' if len(threads) > 1 else ''}, "
+             "under each runtime on this machine (notes below):", "", *_table_head(head)]
+    for r in report["rows"]:
+        latency = r.get("latency") or {runtimes[0]["name"]: r.get("latency_ms")}
+        cells = [markdown(r["variant"], TABLE_WIDTH)]
+        for rt in runtimes:
+            lat = latency.get(rt["name"]) or {}
+            cells.append(" / ".join(f"{lat[str(n)]['p50_ms']:.1f}" if lat.get(str(n)) else "n/a"
+                                    for n in threads))
         cells += [f"{r['peak_rss_mb']:.1f}" if r["peak_rss_mb"] else "n/a",
                   "yes" if r["fully_integer"] else "no"]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_table_row(cells))
     return lines
+
+
+# A load average above this share of the cores means other work shared them while timing: the
+# multi-thread figure is then this machine's contention, never the device's.
+BUSY_LOAD = 0.5
+
+
+def speed_words(report: dict) -> list[str]:
+    """int8 against float32 under each runtime, which runtime each Pi OS uses, and what the figures are not.
+
+    Never a verdict on the Pi from a runtime flagged slow on this CPU, and never a multi-thread
+    figure timed under load as the device's.
+    """
+    b, reference = report["benchmark"], report["statistics"]["reference"]
+    rows = {r["variant"]: r for r in report["rows"]}
+    words = [f"Speed on this machine ({b['cpus']} {b['machine']} CPUs), not on the Pi: `noodle-edge bench` "
+             "on the Pi times its own. The Pi runs "
+             + " and ".join(f"{r['name']} on {r['pi']}" for r in b.get("runtimes", []) if r.get("pi")) + "."]
+    load = (b.get("loadavg") or [0])[0]
+    busy = load > BUSY_LOAD * (b.get("cpus") or 1)
+    for rt in b.get("runtimes", []):
+        name = rt["name"]
+        one = {v: ((r.get("latency") or {}).get(name) or {}).get("1") for v, r in rows.items()}
+        if one.get("int8") and one.get(reference):
+            ratio = one[reference]["p50_ms"] / one["int8"]["p50_ms"]
+            said = (f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower")
+            line = (f"{name} {rt['version']}: int8 {one['int8']['p50_ms']:.1f} ms against float32 "
+                    f"{one[reference]['p50_ms']:.1f} ms at 1 thread, int8 {said}")
+        else:
+            line = f"{name} {rt['version']}: no int8 and float32 pair to compare"
+        if rt.get("slow_int8"):
+            line += (f" (FLAGGED: {name}'s int8 kernels are known slow on {b['machine']}; this says nothing "
+                     "of int8 on the Pi's arm64, where they are optimized)")
+        words.append(line + ".")
+    if len(b["threads"]) > 1:
+        n = b["threads"][-1]
+        words.append(f"{n}-thread figures were timed at load average {load:.2f} on {b['cpus']} cores"
+                     + (": other work shared the cores, so they are this machine's contention, not any "
+                        "device's; re-run `noodle compare` when idle" if busy else
+                        "; a Pi 4/5 has 4 cores of its own"))
+    return words
+
+
+def _gate_words(report: dict) -> str:
+    """The gate as export.gate decides it on these photos, and what the export may do (export_outcome)."""
+    decided, outcome = report.get("gate"), report.get("outcome")
+    if not outcome:
+        return ""
+    lines = []
+    if decided:
+        lines = [f"- {markdown(decided['rule'])}",
+                 *(f"- {markdown(v['line'])}" for v in decided["variants"].values()),
+                 f"- On these {decided['count']} photos: **{decided['outcome']}**."]
+    lines.append(f"- The export: **{outcome['outcome']}**, {markdown(outcome['line'])}"
+                 + ("" if outcome["outcome"] == "passed" else
+                    "; `make bundle` ships it only with FORCE=1 (`noodle bundle --force`)") + ".")
+    return "## Gate\n\n" + "\n".join(lines) + "\n\n"
 
 
 def _notes(report: dict) -> list[str]:
@@ -65,7 +146,12 @@ def _notes(report: dict) -> list[str]:
         + f". Keras model accuracy on the training data's {report['validation']['count']} "
         f"{report['validation']['split']} photos"
         + (", another set than this report's" if test["split"] == "external" else "")
-        + f", as training scored it: {_pct(report['keras_accuracy'], 2)}.",
+        + (": not reported, they share bursts with training photos." if report["keras_accuracy"] is None
+           else f", as training scored it: {_pct(report['keras_accuracy'], 2)}.")
+        + ("" if test["split"] == "external" else
+           " These photos were carved from the data the model learned from; photos it never saw, taken "
+           "another day, place or camera (make export TEST=folder, --test), are what really tells."),
+        *(f"WARNING: {markdown(w)}" for w in report.get("data_warnings", [])),
         *(_calibration_words(v, c) for v, c in report["calibration"].items()),
         *_device_words(report["rows"]),
         boundary_words(report["rows"]),
@@ -79,10 +165,10 @@ def _notes(report: dict) -> list[str]:
         f"{', '.join(f'{k} {v}' for k, v in report['runtimes'].items() if v)}"
         + ("" if report["runtimes"].get("tflite-runtime") else " (tflite-runtime 2.14 NOT checked)") + ".",
         f"Latency: interpreter.invoke() alone, batch 1, {b['runs']} runs (fewer, at least 10, where "
-        f"they took over {b['budget_s']:g} s), {b['runtime']} {b['version']} "
-        f"on {b['cpus']} {b['machine']} CPUs (load average {' '.join(map(str, b['loadavg'] or ['?']))}); "
-        "peak RSS of a fresh "
-        f"process that loads and runs one model (the bare process: {b['baseline_rss_mb']:.1f} MB).",
+        f"they took over {b['budget_s']:g} s), under each installed runtime "
+        f"(load average {' '.join(map(str, b['loadavg'] or ['?']))}); peak RSS of a fresh process that "
+        f"loads and runs one model under {b['runtime']} (the bare process: {b['baseline_rss_mb']:.1f} MB).",
+        *(speed_words(report) if b.get("runtimes") else []),
     ]
     if report["failed"]:
         notes.append("FAILED: " + "; ".join(f"{markdown(k)}: {markdown(v)}"

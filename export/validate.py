@@ -218,6 +218,9 @@ def validate_export(run_dir: str | os.PathLike, data: str | os.PathLike | None =
     }
     write_json(run.validation, report)
     save_scores(run, decoded.files, y, {v: probs[v] for v in variants}, device, report)
+    if ((train_manifest.data or {}).get("shared_bursts") or {}).get(split):  # memory, not accuracy
+        log.info(f"accuracy not reported: the {split} split shares bursts with training (train.groups)")
+        return report
     for variant, v in variants.items():
         log.info(f"{variant:<8} accuracy {v['accuracy']:.2%}"
                  + (f"  delta {v['accuracy_delta'] * 100:+.2f} pp  agreement {v['agreement']:.2%}"

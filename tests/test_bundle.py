@@ -198,7 +198,12 @@ def test_readme_has_the_commands_and_says_32_bit_is_unsupported(unpacked, tarbal
     # Without wheels/ OpenCV comes from the index, pinned as resolved with the runner's numpy.
     assert ("adds opencv-python-headless 1.0 on Bookworm, opencv-python-headless 1.0 on Trixie, from the "
             "package index") in " ".join(readme.split())
-    assert "@" not in readme.replace("pi@raspberrypi", "")  # every placeholder filled
+    assert "@" not in readme.replace("<user>@raspberrypi", "")  # every placeholder filled
+    # Raspberry Pi OS has had no default `pi` user since 2022, and a fresh Pi has no photos: the first
+    # classify reads the photos the same scp copied.
+    assert "pi@" not in readme and "~/photos" not in readme
+    assert "some-photos/ <user>@raspberrypi.local:" in " ".join(readme.split())
+    assert "classify model/int8.tflite ~/some-photos" in readme
 
 
 # install.sh on this machine. Each test installs into its own copy of the bundle.
@@ -661,6 +666,28 @@ def test_bundle_command(shippable_run, tmp_path):
     assert bad.exit_code == 2 and "no manifest" in bad.stderr
 
 
+@pytest.mark.parametrize("outcome", ["failed", "undecided"])
+def test_an_export_the_gate_did_not_pass_ships_only_with_force(shippable_run, tmp_path, outcome):
+    """One meaning of "passed" (export.gate): a gate that failed or was undecided leaves nothing to ship."""
+    from export.gate import Decision, GateResult, Outcome, record_gate
+    from noodle import app
+
+    run = shutil.copytree(shippable_run, tmp_path / "run")
+    result = GateResult(0.5, 110)
+    result.decisions = [Decision("int8", Outcome(outcome), f"int8 {outcome}")]
+    record_gate(run, result)
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    assert manifest["validation"]["passed"] is False and manifest["validation"]["gate"]["outcome"] == outcome
+    args = ["bundle", str(run), "--model", "int8", "--out", str(tmp_path / "dist"), "--no-wheels"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and not (tmp_path / "dist").exists()
+    assert "nothing ships from this export" in refused.stderr and "--force" in refused.stderr
+    assert f"gate {'failed' if outcome == 'failed' else 'was undecided (too few photos)'} on 110 photos" \
+        in refused.stderr
+    forced = CliRunner().invoke(app, [*args, "--force"])
+    assert forced.exit_code == 0 and "--force: bundling an export that did not pass" in forced.output
+
+
 def test_pi_check_refuses_what_it_cannot_check(shippable_run, tmp_path):
     from bench.pi_check import app as pi_check
 
@@ -714,7 +741,7 @@ def test_an_export_killed_during_validation_is_not_bundled(trained_run, tmp_path
 
     run = tmp_path / "run"
     run.mkdir()
-    for name in ("model.keras", "manifest.json", "splits.csv"):
+    for name in ("model.keras", "manifest.json", "splits.csv"):  # export reads the photos from splits.csv
         shutil.copy2(trained_run / name, run / name)
     export = [sys.executable, "-m", "noodle", "export", str(run), "--variants", "float32,int8"]
     proc = subprocess.Popen(export, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -748,6 +775,12 @@ def make(tmp_path: Path, *args: str, export_rc: int = 0) -> subprocess.Completed
     for venv in ("venv", "venv-edge"):
         (tmp_path / venv).mkdir(exist_ok=True)
         (tmp_path / venv / ".installed").touch()  # newer than pyproject.toml: no install
+    # `python -m export.gate RUN`, which says whether the export may ship: passed once exported.
+    (tmp_path / "venv" / "bin").mkdir(exist_ok=True)
+    gate = tmp_path / "venv" / "bin" / "python"
+    gate.write_text(f'#!/bin/sh\ngrep -qs "^export $3" {calls} || {{ echo "$3: unfinished"; exit 4; }}\n'
+                    'echo "$3: passed: its validation passed"\n')
+    gate.chmod(0o755)
     return subprocess.run(["make", "-s", "-C", str(ROOT), *args, f"NOODLE={fake}", f"VENV={tmp_path}/venv",
                            f"EDGE_VENV={tmp_path}/venv-edge", f"OUT={tmp_path}/runs",
                            f"SAMPLE={tmp_path}/sample"], capture_output=True, text=True, timeout=120)

@@ -96,15 +96,42 @@ def test_confusion_and_per_class_counts():
     assert per["d"] == {"accuracy": None, "correct": 0, "count": 0}
 
 
-def test_gate_uses_the_point_delta():
-    from export.compare import gate
+def test_gate_decides_on_the_interval_not_the_point_delta():
+    """Non-inferiority on the 95 % CI: passed above -PP, failed wholly below, undecided across it."""
+    from export.gate import Outcome, decide, gate
 
-    figures = {"float32": {"delta_pp": 0.0},
-               "int8": {"delta_pp": -1.25, "delta_ci95": [-3.9, 1.1],
-                        "discordant": {"float_only": 1, "variant_only": 0}}}
-    assert gate(figures, 1.25) == [] and gate(figures, 5) == []
-    (line,) = gate(figures, 0)
-    assert line.startswith("int8 loses 1.25 pp") and "-3.90..+1.10" in line
+    def figure(delta, lo, hi):
+        return {"delta_pp": delta, "delta_ci95": [lo, hi], "discordant": {"float_only": 1, "variant_only": 0}}
+
+    # 110 carved photos: a point gain, and a CI far too wide to tell a 0.5 pp loss from none.
+    wide = decide("int8", figure(+1.8, -2.12, 5.74), 0.5)
+    assert wide.outcome is Outcome.undecided and "too few photos" in wide.line and "-2.12..+5.74" in wide.line
+    # A point loss over --max-drop whose CI holds 0: not "failed" (McNemar would call it undetectable).
+    assert decide("int8", figure(-1.21, -3.9, 1.1), 0.5).outcome is Outcome.undecided
+    assert decide("int8", figure(-0.2, -0.4, 0.3), 0.5).outcome is Outcome.passed
+    assert decide("int8", figure(-0.25, -0.25, 0.0), 0.25).outcome is Outcome.passed  # exactly PP passes
+    failed = decide("int8", figure(-6.0, -9.0, -3.0), 1)
+    assert failed.outcome is Outcome.failed and failed.line.startswith("int8 failed: loses more than 1 pp")
+    both = gate({"float32": {"delta_pp": 0.0, "delta_ci95": [0, 0]}, "int8": figure(-6.0, -9.0, -3.0),
+                 "float16": figure(0, -1, 1)}, 1, 80)
+    assert [d.variant for d in both.decisions] == ["int8", "float16"] and both.outcome is Outcome.failed
+    assert both.summary().startswith("gate failed on 80 photos; --max-drop 1: a variant passes when")
+
+
+def test_export_outcome_is_the_one_reading_of_passed():
+    from export.gate import Outcome, export_outcome, validation_record
+
+    assert export_outcome(None).outcome is Outcome.unfinished
+    assert export_outcome({"passed": True}).outcome is Outcome.passed  # a manifest from before the gate
+    assert export_outcome({"passed": False}).outcome is Outcome.failed
+    pending = validation_record(True, 0.5)
+    assert pending["passed"] is False and export_outcome(pending).outcome is Outcome.unfinished
+    for outcome in ("failed", "undecided"):
+        found = export_outcome({"passed": False, "checks_passed": True,
+                                "gate": {"max_drop": 0.5, "outcome": outcome, "count": 110}})
+        assert found.outcome is Outcome(outcome) and found.forcible and "110 photos" in found.line
+    broken = export_outcome({"passed": False, "checks_passed": False, "gate": {"outcome": "passed"}})
+    assert broken.outcome is Outcome.failed and not broken.forcible
 
 
 # ---------------------------------------------------------------- the contact sheet
@@ -228,6 +255,7 @@ def test_max_drop_gate_exit_codes(shifted_run, capsys):
 
     from export.cli import _gate
     from export.config import ExportConfig
+    from export.gate import run_outcome
 
     cfg = ExportConfig()
 
@@ -236,19 +264,29 @@ def test_max_drop_gate_exit_codes(shifted_run, capsys):
               cfg.io)
         return capsys.readouterr()
 
+    manifest = shifted_run / "export" / "manifest.json"  # as validation leaves it: its checks passed
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()),
+                                    "validation": {"passed": True, "checks_passed": True}}))
+    # One photo of 80 lost: a CI of about -6.7..+3.4 pp cannot tell a 1.25 pp loss from none.
     with pytest.raises(typer.Exit) as exit_:
-        gate(0)
-    assert exit_.value.exit_code == 1
+        gate(1.25)
+    assert exit_.value.exit_code == 3
     said = capsys.readouterr()
-    (line,) = [s for s in (said.out + said.err).splitlines() if s.startswith("gate failed:")]
-    assert "int8 loses 1.25 pp" in line and "95 % CI" in line and "1 photo(s) only float32" in line
-    # The gate tripped, so int8 was diagnosed without being asked.
+    (line,) = [s for s in said.err.splitlines() if s.startswith("gate: ")]
+    assert "int8 undecided: too few photos" in line and "95 % CI" in line
+    assert "1 photo(s) only float32" in line
+    assert "not shippable" in said.err and "FORCE=1" in said.err
+    assert "gate     undecided on 80 photos; --max-drop 1.25: a variant passes" in said.out
+    found = run_outcome(shifted_run)
+    assert found.outcome.value == "undecided" and found.forcible
+    assert json.loads(manifest.read_text())["validation"]["passed"] is False
+    # The gate did not pass on int8, so int8 was diagnosed without being asked.
     assert (shifted_run / "export" / "diagnosis.md").is_file()
     assert json.loads((shifted_run / "export" / "diagnosis.json").read_text())["reason"].startswith(
         "the gate tripped")
 
-    for allowed in (5, 1.25):  # "loses more than PP points": exactly PP passes
-        assert "gate     passed" in gate(allowed).out
+    assert "gate     passed on 80 photos" in gate(7).out  # the whole CI above -7 pp
+    assert run_outcome(shifted_run).outcome.value == "passed"
 
 
 @pytest.mark.slow
@@ -269,11 +307,12 @@ def test_a_gate_tripped_by_float16_alone_says_why_int8_is_not_diagnosed(shifted_
     add_variant(run, "int8", (run / "export" / "float32.tflite").read_bytes())  # int8 loses nothing
     cfg = ExportConfig()
     with pytest.raises(typer.Exit) as exit_:
-        _gate(run, 1, None, None, None, False, cfg.calibration_samples, cfg.calibration_split, cfg.io)
-    assert exit_.value.exit_code == 1
+        # int8 (float32's file: CI -4.58..+4.58 on 80 photos) passes 5 pp; float16's CI straddles -5.
+        _gate(run, 5, None, None, None, False, cfg.calibration_samples, cfg.calibration_split, cfg.io)
+    assert exit_.value.exit_code == 3
     said = capsys.readouterr()
-    failed = [line for line in said.err.splitlines() if line.startswith("gate failed:")]
-    assert len(failed) == 1 and failed[0].startswith("gate failed: float16")
+    failed = [line for line in said.err.splitlines() if line.startswith("gate: ")]
+    assert len(failed) == 1 and failed[0].startswith("gate: float16 undecided")
     assert ("gate     no int8 diagnosis: float16 tripped, and the diagnosis ranks int8's layers; float16 and "
             "dynamic-range keep activations float") in said.out
     assert not (run / "export" / "diagnosis.md").exists() and not (run / "export" / "diagnosis.json").exists()
@@ -437,10 +476,34 @@ def test_litert_quantizer_variant_side_by_side(tmp_path, monkeypatch):
     rows = {r["variant"]: r for r in report["rows"]}
     assert rows["int8-litert"]["accuracy"] == rows["float32"]["accuracy"] == 1.0
     assert "| int8-litert |" in (run / "export" / "report.md").read_text()
-    # An export that does not ask for it again removes it.
+    # An export that does not ask for it again keeps it (the same model made it); --drop-extras removes it.
     assert noodle("export", run, "--variants", "float32").exit_code == 0
+    assert "int8-litert" in read_manifest(run / "export")["models"]
+    assert noodle("export", run, "--variants", "float32", "--drop-extras").exit_code == 0
     assert not (run / "export" / "int8-litert.tflite").exists()
     assert "int8-litert" not in read_manifest(run / "export")["models"]
+
+
+@pytest.mark.slow
+def test_an_export_keeps_the_last_ones_extras_of_the_same_model(shifted_run, tmp_path):
+    """diagnosis.md and int8-litert.tflite survive an export that does not redo them; --drop-extras not."""
+    import shutil
+
+    from export.convert import export_run
+    from export.extra_variants import add_variant, make_extras, previous_extras
+
+    run = shutil.copytree(shifted_run, tmp_path / "run")
+    out = run / "export"
+    add_variant(run, "int8-litert", (out / "int8.tflite").read_bytes())
+    (out / "diagnosis.md").write_text("# int8 quantization diagnosis\n")
+    for drop in (False, True):
+        previous = (None, {}) if drop else previous_extras(run)
+        export_run(run, variants=["float32"])
+        make_extras(run, litert=False, float_layers=None, diagnose=False, samples=10, split="train",
+                    previous=previous)
+        listed = json.loads((out / "manifest.json").read_text())["models"]
+        assert ("int8-litert" in listed) is not drop and (out / "int8-litert.tflite").is_file() is not drop
+        assert (out / "diagnosis.md").is_file() is not drop
 
 
 # Photos at the decision boundary: counted per variant, with the label flips among them.

@@ -77,10 +77,11 @@ def hostile_run(tmp_path_factory) -> Path:
 def test_diagnosis_names_the_layer_and_int8_mixed_recovers(hostile_run):
     result = noodle("export", hostile_run, "--float-layers", "auto", "--max-drop", "5")
     out = hostile_run / "export"
-    # The gate trips on int8 and only on int8.
+    # The gate fails int8 and only int8 (the others, equal to float32 on 40 photos, are undecided at 5 pp).
     assert result.exit_code == 1, result.output
-    failures = [s for s in result.output.splitlines() if s.startswith("gate failed:")]
-    assert len(failures) == 1 and failures[0].startswith("gate failed: int8 loses"), result.output
+    failures = [s for s in result.output.splitlines() if s.startswith("gate: ") and " failed: " in s]
+    assert len(failures) == 1, result.output
+    assert failures[0].startswith("gate: int8 failed: loses more than 5 pp"), result.output
 
     diagnosis = json.loads((out / "diagnosis.json").read_text())
     worst = diagnosis["layers"][0]
@@ -112,3 +113,28 @@ def test_float_layers_by_name_and_a_wrong_name(hostile_run):
     wrong = noodle("export", hostile_run, "--variants", "float32", "--float-layers", "hostil")
     assert wrong.exit_code == 2
     assert wrong.output.strip().splitlines()[-1].startswith("error: --float-layers hostil: no such layer")
+
+
+def test_a_nested_backbone_is_named_by_its_own_layers():
+    """lite0's backbone is a model inside the model: its rows name block0_dw_relu6, not efficientnet_lite0."""
+    import keras
+
+    from export.diagnose import _layer_row, choose_layers, keras_layer_names, layer_name
+
+    inner_in = keras.Input((8, 8, 3))
+    inner = keras.Model(inner_in, keras.layers.ReLU(6.0, name="block0_dw_relu6")(
+        keras.layers.DepthwiseConv2D(3, name="block0_dw_conv")(inner_in)), name="efficientnet_lite0")
+    outer_in = keras.Input((8, 8, 3))
+    model = keras.Model(outer_in, keras.layers.Dense(2, name="head")(inner(outer_in)), name="lite0")
+    names = keras_layer_names(model)
+    assert {"efficientnet_lite0", "block0_dw_relu6", "block0_dw_conv", "head"} <= names
+    tensor = ("lite0_1/efficientnet_lite0_1/block0_dw_relu6_1/Relu6;"
+              "lite0_1/efficientnet_lite0_1/block0_dw_conv_1/depthwise")
+    assert layer_name(tensor, names) == "block0_dw_relu6"
+    row = _layer_row({"tensor_name": tensor, "op_name": "DEPTHWISE_CONV_2D", "scale": "0.1",
+                      "mean_squared_error": "0.01", "max_abs_error": "1", "mean_error": "0",
+                      "zero_point": "0", "num_elements": "10"}, names)
+    assert row["layer"] == "block0_dw_relu6" and row["fused"] == ["block0_dw_conv"]
+    # --float-layers with a layer name now finds it, by either name of the fused op.
+    for name in ("block0_dw_relu6", "block0_dw_conv"):
+        assert choose_layers([{**row, "rank": 1, "suspect": True}], name) == [tensor]

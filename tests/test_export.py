@@ -244,7 +244,7 @@ def test_wrong_calibration_scale_collapses_int8_in_the_report(brightness_run, tm
     assert rows["wrong"]["int8"]["accuracy_delta"] == -0.5
     assert rows["wrong"]["int8"]["input"]["scale"] == pytest.approx(1 / 255, rel=0.05)
     table = (tmp_path / "wrong" / "export" / "report.md").read_text()
-    assert "| int8 |" in table and "50.00 %" in table and "-50.00 pp" in table
+    assert "| int8 |" in table and "50.00 %" in table and "| -50.00 (" in table
     assert (tmp_path / "wrong" / "export" / "report.png").stat().st_size > 0
 
 

@@ -79,3 +79,27 @@ def test_make_help_prints_the_header_whole_and_each_target_it_names_exists():
     named = {line.split()[2] for line in lines if line.startswith("#   make ")}
     phony = next(line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith(".PHONY:"))
     assert "host-check" in named and named <= set(phony.split()[1:])
+
+
+def test_make_passes_min_photos_and_force(tmp_path):
+    """The small-class error says --min-photos: `make ... MIN_PHOTOS=N` passes it; FORCE=1 reaches bundle."""
+    env = pythons(tmp_path, python3="3.11")
+    args = ["train", "bundle", "MIN_PHOTOS=3", "FORCE=1", "DATA=photos", "RUN=runs/x",
+            f"VENV={tmp_path}/venv", f"EDGE_VENV={tmp_path}/edge"]
+    done = subprocess.run(["make", "-n", "-s", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert " ".join("train photos --min-photos 3 --runs runs".split()) in " ".join(done.stdout.split())
+    assert "bundle runs/x --model int8 --out dist --force" in done.stdout
+    # An export left undecided or failed by its gate is not exported again without the gate (export.gate's 4).
+    assert "-m export.gate runs/x" in done.stdout
+
+
+def test_every_folder_of_package_data_is_a_listed_package():
+    """setuptools printed a 45-line warning per install for export/pi reached as `pi/*` from export."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package, patterns in setuptools["package-data"].items():
+        assert package in setuptools["packages"] and not any("/" in p for p in patterns), package
+        assert (ROOT / package.replace(".", "/")).is_dir()

@@ -89,13 +89,70 @@ def test_the_contact_sheets_captions_clear_the_photos_above_them():
         assert title.width < pitch, (i, title.width, pitch)  # clear of the captions beside it
 
 
-def test_the_latency_chart_shows_the_load_and_says_when_more_threads_were_slower():
-    from export.figures import latency_title
+def chart_report(two_threads_ms: float = 0.6, load: float = 1.37) -> dict:
+    rows = []
+    for variant, accuracy, ms in (("float32", 0.98, 10.7), ("int8", 0.97, 92.0)):
+        latency = {"tflite-runtime": {"1": {"p50_ms": ms}, "2": {"p50_ms": two_threads_ms}},
+                   "ai-edge-litert": {"1": {"p50_ms": ms / 8}, "2": {"p50_ms": ms / 10}}}
+        rows.append({"variant": variant, "bytes": 4_000_000, "accuracy": accuracy, "latency": latency,
+                     "latency_ms": latency["tflite-runtime"]})
+    runtimes = [{"name": "tflite-runtime", "version": "2.14.0", "pi": "Raspberry Pi OS Bookworm",
+                 "slow_int8": True},
+                {"name": "ai-edge-litert", "version": "2.1.0", "pi": "Raspberry Pi OS Trixie",
+                 "slow_int8": False}]
+    return {"test": {"count": 110}, "rows": rows,
+            "statistics": {"reference": "float32"},
+            "benchmark": {"threads": [1, 2], "loadavg": [load, 1.5, 1.2], "cpus": 2, "machine": "x86_64",
+                          "runtime": "tflite-runtime", "runtimes": runtimes}}
 
-    def report(two_threads_ms):
-        return {"benchmark": {"threads": [1, 2], "loadavg": [1.37, 1.5, 1.2]},
-                "rows": [{"variant": "int8",
-                          "latency_ms": {"1": {"p50_ms": 1.0}, "2": {"p50_ms": two_threads_ms}}}]}
 
-    assert latency_title(report(0.6)) == "invoke latency p50 (ms), load average 1.37"
-    assert "2 threads slower than 1 for int8: other load" in latency_title(report(23.0))
+def test_the_speed_words_time_each_runtime_and_never_judge_the_pi_from_a_flagged_one():
+    from export.report_md import speed_words
+
+    words = speed_words(chart_report(load=1.37))
+    pis = "tflite-runtime on Raspberry Pi OS Bookworm and ai-edge-litert on Raspberry Pi OS Trixie"
+    assert pis in words[0]
+    (old,) = [w for w in words if w.startswith("tflite-runtime 2.14.0")]
+    assert "int8 8.6x slower" in old and "FLAGGED" in old and "says nothing of int8 on the Pi" in old
+    (new,) = [w for w in words if w.startswith("ai-edge-litert 2.1.0")]
+    assert "int8 8.6x slower" in new and "FLAGGED" not in new
+    assert "this machine's contention, not any device's" in words[-1]  # load 1.37 on 2 cores
+    assert "contention" not in speed_words(chart_report(load=0.2))[-1]
+
+
+def test_report_png_titles_do_not_overlap_and_the_accuracy_axis_has_intervals(tmp_path, monkeypatch):
+    import export.figures as figures
+
+    saved = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, dest, dpi=100: saved.setdefault("fig", fig))
+    figures.chart(chart_report(), tmp_path / "report.png")
+    fig = saved["fig"]
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes[:3]
+    titles = [ax.title.get_window_extent(renderer) for ax in axes]
+    for left, right in zip(titles, titles[1:], strict=False):
+        assert left.x1 <= right.x0, (left, right)  # side by side, never over each other
+    for ax, box in zip(axes, titles, strict=True):
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.width and "\n" not in ax.get_title()  # one line, not cut
+    (bars,) = [c for c in axes[1].collections if len(c.get_segments()) == 2]  # the CI bars
+    lowest = min(seg[:, 1].min() for seg in bars.get_segments())
+    low, high = axes[1].get_ylim()
+    assert lowest < 93 and low < lowest - 2 and high >= 100  # 110 photos: the whole interval shows
+
+
+def test_confusion_png_is_one_matrix_and_the_differences_from_float32(tmp_path, monkeypatch):
+    import export.figures as figures
+
+    saved = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, dest, dpi=100: saved.setdefault("fig", fig))
+    base = [[50, 2], [3, 45]]
+    rows = [{"variant": "float32", "accuracy": 0.95, "confusion": {"counts": base}},
+            {"variant": "int8", "accuracy": 0.94, "confusion": {"counts": [[49, 3], [3, 45]]}},
+            {"variant": "float16", "accuracy": 0.95, "confusion": {"counts": base}}]
+    figures.confusion_figure(rows, ["cat", "dog"], tmp_path / "confusion.png")
+    drawn = [ax for ax in saved["fig"].axes if ax.get_title()]
+    assert [ax.get_title() for ax in drawn] == ["float32 (95.0 %)", "int8 minus float32: 1 moved",
+                                                "float16 minus float32: no change"]
+    assert sorted(t.get_text() for t in drawn[0].texts) == ["2", "3", "45", "50"]
+    assert sorted(t.get_text() for t in drawn[1].texts) == ["+1", "-1"]  # the differences only
+    assert len(drawn[2].texts) == 0

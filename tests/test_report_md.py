@@ -29,9 +29,17 @@ def test_report_md_escapes_labels_and_keeps_its_table():
               "benchmark": {"threads": [1], "runs": 1, "budget_s": 1.5, "runtime": "r", "version": "v",
                             "cpus": 1, "machine": "m", "loadavg": None, "baseline_rss_mb": 1.0},
               "failed": {"int8": "<script>alert(1)</script>\x1b[2J"},
+              "data_warnings": ["photos|<i>: too few photos for a trustworthy figure"],
               "disagreements": {"file": None, "summary": "none"}, "figures": {"confusion": None}}
     md = to_markdown(report)
     assert clean(md) and "<script>" not in md and "<b>" not in md and "<i>" not in md
-    table = [line for line in md.splitlines() if line.startswith("|")]
-    assert len(table) == 4 and len({table_cells(line) for line in table}) == 1  # no row broken
+    tables = [[line for line in t.splitlines() if line.startswith("|")] for t in md.split("\n\n")]
+    tables = [t for t in tables if t]
+    assert len(tables) == 2  # accuracy, then speed
+    for table in tables:
+        assert len(table) == 4 and len({table_cells(line) for line in table}) == 1  # no row broken
+        assert max(map(len, table)) <= 120  # a terminal's width
     assert "\\|" in md and "&lt;script&gt;" in md
+    # Training's warning about its data is in report.md too, and the report says what really tells.
+    assert "WARNING: photos\\|&lt;i&gt;: too few photos for a trustworthy figure" in md
+    assert "make export TEST=folder" in md

@@ -29,8 +29,9 @@ def test_wheel_cache_is_checked_against_the_hashes_recorded_at_download(tmp_path
     made, cache, run = [], tmp_path / "cache", fake_run(tmp_path / "run")
     write_bundle(run, "int8", tmp_path / "dist", wheel_cache=cache, download=download)
     # The runner's lock (the camera's, beside it, pins OpenCV against the same numpy).
-    lock = next(p for p in sorted(cache.glob("bookworm-*.lock")) if "tflite_runtime" in p.read_text())
-    name, digest = lock.read_text().splitlines()[0].split()
+    lock = next(p for p in sorted(cache.glob("bookworm-*.lock")) if "opencv" not in p.read_text())
+    # tflite-runtime's wheel: the runner's alone (the camera's lock pins the packages both share).
+    name, digest = next(line for line in lock.read_text().splitlines() if "tflite_runtime" in line).split()
     assert digest == hashlib.sha256((cache / name).read_bytes()).hexdigest()
     (cache / name).write_bytes(b"a modified wheel")
     with pytest.raises(WheelhouseError, match=f"{name}: sha256 .* differs .* the cache was altered"):

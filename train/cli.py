@@ -259,6 +259,11 @@ def summary(manifest: RunManifest, run_dir: Path) -> str:
             per_class = ("worst: " if worst else "") + listed(
                 [f"{escape_name(k)} {v:.1%}" for k, v in scored])
             source = f"; {sources[split]}" if sources.get(split, "given") != "given" else ""
+            shared = (data.get("shared_bursts") or {}).get(split)
+            if shared:  # a figure of frames training saw the twins of is memory, not accuracy
+                lines.append(f"{title:<12} not reported: {shared} of its {m[split]['count']} photos share "
+                             "a burst with training photos (warning below); TEST=folder scores new photos")
+                continue
             lines.append(f"{title:<12} {m[split]['accuracy']:.1%} of {m[split]['count']} "
                          f"({per_class}{source})")
     skipped = manifest.skipped or []

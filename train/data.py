@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,6 @@ import numpy as np
 
 from edge.escape import escape_name, listed
 from edge.preprocess import ImageError, load_image
-from train.config import ARCHITECTURES, DEFAULT_ARCH
 from train.csv_reader import Raw, skipped
 from train.layouts import LAYOUTS, read_layout
 from train.names import DataError
@@ -72,6 +71,9 @@ class Dataset:
     options: dict[str, str | int] = field(default_factory=dict)
     # Classes left out by min_photos -> the training photos each had.
     dropped: dict[str, int] = field(default_factory=dict)
+    # split -> its photos whose burst (train.groups) has training photos too: a figure on them scores
+    # memory, so none is reported from a split with any (train's summary, export's compare and gate).
+    shared: dict[str, int] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -92,6 +94,7 @@ class Dataset:
             "warnings": self.warnings,
             "options": self.options,
             "dropped": self.dropped,
+            "shared_bursts": self.shared,
         }
 
 
@@ -236,23 +239,30 @@ def _finish(root: Path, layout: str, raw: Raw, missing: list[tuple], options: di
     else:
         held = {"test": TEST_FRACTION} if "val" in splits else {"val": TEST_FRACTION, "test": TEST_FRACTION}
     _enough(root, classes, splits["train"], missing, held)
-    sources = {split: "given" for split in splits}
-    if held:
-        carved = _carve(splits["train"], held, SPLIT_SEED)
-        splits.update(carved)
-        for split, fraction in held.items():
-            sources[split] = f"carved {fraction:.0%} of each class from train (seed {SPLIT_SEED})"
-    splits = {s: splits.get(s, []) for s in ("train", "val", "test")}
+    splits, sources, shared = _held_out(splits, held)
     sizes = _sizes(splits)
     listing = _listing(root, classes, splits)
     digests = {s: hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
                for s, lines in listing.items()}
-    warnings = _few_test_photos(root, classes, splits["test"]) + _duplicates(root, classes, splits, sizes)
+    warnings = (_shared_words(root, splits, shared) + _few_test_photos(root, classes, splits["test"])
+                + _duplicates(root, classes, splits, sizes))
     return Dataset(root=root, layout=layout, labels=classes, splits=splits,
                    sources={s: sources.get(s, "none") for s in splits},
                    skipped=[skipped(m) for m in missing], warnings=warnings,
                    fingerprint=fingerprint(listing, splits, sizes), split_digests=digests, options=options,
-                   dropped=dropped)
+                   dropped=dropped, shared=shared)
+
+
+def _held_out(splits, held: dict[str, float]) -> tuple[dict, dict[str, str], dict[str, int]]:
+    """The splits with `held` carved from train by burst, where each came from, and what still shares."""
+    sources = {split: "given" for split in splits}
+    burst = _bursts(splits)
+    if held:
+        splits = {**splits, **_carve(splits["train"], held, SPLIT_SEED, burst)}
+        for split, fraction in held.items():
+            sources[split] = f"carved {fraction:.0%} of each class from train by burst (seed {SPLIT_SEED})"
+    splits = {s: splits.get(s, []) for s in ("train", "val", "test")}
+    return splits, sources, _shared(splits, burst)
 
 
 def _enough(root: Path, classes: list[str], train, missing, held: dict) -> None:
@@ -285,28 +295,69 @@ def _few_test_photos(root: Path, classes: list[str], test) -> list[str]:
     per_class = f"{low}" if low == high else f"{low} to {high}"
     named = ("" if low == high else f"median {median}; ") + listed([f"'{escape_name(name)}' {n}"
                                                                     for n, name in counts])
-    pretrained = next(a.name for a in ARCHITECTURES.values() if a.pretrained)
-    default = ", the default" if pretrained == DEFAULT_ARCH else ""
+    # No architecture advice: a figure on few photos is noise whatever model it scores.
     return [f"{root}: too few photos for a trustworthy figure: the test split has {per_class} photo(s) per "
             f"class ({named}; all in manifest.json, data.counts), and below {FEW_TEST_PHOTOS} one photo is "
-            "over a tenth of a class's accuracy; more photos per class, fewer classes (--min-photos N drops "
-            f"those below N) or the pretrained backbone (--arch {pretrained}{default}) help"]
+            "over a tenth of a class's accuracy; more test photos per class (make export TEST=folder), or "
+            "fewer classes (--min-photos N, make MIN_PHOTOS=N, drops those below N) help"]
 
 
-def _carve(items, held: dict[str, float], seed: int) -> dict[str, list]:
-    """Move `fraction` of each class (at least one photo) into each held split, repeatably."""
+def _bursts(splits) -> dict[Path, tuple[int, int]]:
+    """Each photo's (class, burst number) over every split (train.groups), a class at a time."""
+    from train.groups import groups
+
+    burst = {}
+    for label in sorted({y for items in splits.values() for _, y in items}):
+        files = sorted({f for items in splits.values() for f, y in items if y == label}, key=str)
+        burst.update({f: (label, g) for f, g in zip(files, groups(files), strict=True)})
+    return burst
+
+
+def _carve(items, held: dict[str, float], seed: int, burst: dict | None = None) -> dict[str, list]:
+    """Move `fraction` of each class (at least one photo) into each held split, repeatably, whole bursts
+    at a time (train.groups) so that no held photo has a near-copy in train.
+
+    A class of fewer bursts than splits cannot be held out independently: it is carved by photo, as
+    before, and `_shared` counts what that leaves on both sides.
+    """
     rng = random.Random(seed)
+    burst = burst or {}
     out = {"train": [], **{split: [] for split in held}}
     for label in sorted({y for _, y in items}):
         members = sorted((f for f, y in items if y == label), key=str)
-        rng.shuffle(members)
-        start = 0
-        for split, fraction in held.items():
+        bunches: dict = defaultdict(list)
+        for f in members:
+            bunches[burst.get(f, (label, str(f)))].append(f)
+        if len(bunches) <= len(held):  # too few bursts: by photo
+            bunches = {f: [f] for f in members}
+        shuffled = list(bunches.values())
+        rng.shuffle(shuffled)
+        order = deque(shuffled)
+        for k, (split, fraction) in enumerate(held.items()):
             n = max(1, round(len(members) * fraction))
-            out[split] += [(f, label) for f in members[start:start + n]]
-            start += n
-        out["train"] += [(f, label) for f in members[start:]]
+            later = len(held) - k - 1  # the splits after this one, and train, keep a burst each
+            taken: list = []
+            while len(order) > later + 1 and (not taken or len(taken) < n):  # whole bursts, to the share
+                taken += order.popleft()  # from the front: with no bursts, the very photos carved before
+            out[split] += [(f, label) for f in taken]
+        out["train"] += [(f, label) for bunch in order for f in bunch]
     return out
+
+
+def _shared(splits, burst: dict) -> dict[str, int]:
+    """Per held split, its photos whose burst also has training photos."""
+    in_train = {burst[f] for f, _ in splits["train"] if f in burst}
+    return {split: n for split in ("val", "test")
+            if (n := sum(burst.get(f) in in_train for f, _ in splits[split]))}
+
+
+def _shared_words(root: Path, splits, shared: dict[str, int]) -> list[str]:
+    """One warning per split that shares bursts with training: its figure is not reported."""
+    return [f"{root}: {n} of the {len(splits[split])} {'validation' if split == 'val' else split} photos "
+            "share a burst with training photos (frames of one capture, shots seconds apart or "
+            "near-identical views: train.groups), so no figure of that split is reported; capture each class "
+            "in several sessions, and score on photos the model never saw: make export TEST=folder (--test)"
+            for split, n in shared.items()]
 
 
 def _sizes(splits) -> dict[Path, os.stat_result | None]:
