@@ -331,15 +331,9 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
         raise ExportError(f"--io {io}: choose uint8 (raw camera pixels) or int8")
     if calibration_samples < 1:
         raise ExportError(f"--calibration-samples {calibration_samples}: must be at least 1")
-    trained = read_run(run_dir)
-    model = load_model(run_dir, trained)
+    trained, model = _trained_model(run_dir)
     import keras
     import tensorflow as tf
-
-    from train.models import preprocessing
-
-    # The normalization the model computes, read from it: a run trained before noodle read it says otherwise.
-    trained.preprocessing = Preprocessing.from_dict(preprocessing(model, trained.preprocessing.to_dict()))
 
     run = RunDir(run_dir)
     run.export.mkdir(parents=True, exist_ok=True)
@@ -374,6 +368,17 @@ def export_run(run_dir: str | os.PathLike, variants: list[str] | None = None,
     )
     write_json(run.export_manifest, manifest.to_dict())
     return manifest
+
+
+def _trained_model(run_dir: Path):
+    """The run's manifest and Keras model; the normalization recorded as the model computes it."""
+    from train.models import preprocessing
+
+    trained = read_run(run_dir)
+    model = load_model(run_dir, trained)
+    # Read from the model: a run trained before noodle read it says otherwise.
+    trained.preprocessing = Preprocessing.from_dict(preprocessing(model, trained.preprocessing.to_dict()))
+    return trained, model
 
 
 def _remove_stale(run: RunDir, models: dict, variants: list[str]) -> None:
