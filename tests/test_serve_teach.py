@@ -1,0 +1,220 @@
+"""serve's Teach routes against a real server (issue 34): captures, a teach, the swap, rollback.
+
+The model is lite0 trained on the sample data and exported (test_teach.py's fixture); the
+captures are the sample's photos under new class names, posted as a client would. The answers
+of /v1/classify after a teach are compared with `noodle-edge classify DIR` on the same photos.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from test_serve import Served
+from test_teach import taught_export  # noqa: F401 (the fixture: lite0 exported with embed.tflite)
+from typer.testing import CliRunner
+
+# Seconds a teach of a few dozen photos may take here (2 cores shared): a bound, never a figure.
+TEACH_WAIT = 120
+PER_CLASS = 10
+# The sample's two classes, posted under names the shipped model does not know.
+NEW = {"discs": "round", "stripes": "lined"}
+
+
+def quote(label: str) -> str:
+    return urllib.parse.quote(label, safe="")
+
+
+def post_captures(served: Served, sample_data: Path, per_class: int = PER_CLASS) -> dict[str, int]:
+    made = {}
+    for old, new in NEW.items():
+        for photo in sorted((sample_data / "train" / old).glob("*.jpg"))[:per_class]:
+            status, answer = served.json("POST", f"/v1/captures/{new}", photo.read_bytes())
+            assert status == 201, answer
+            assert answer["label"] == new
+        made[new] = answer["count"]
+    return made
+
+
+def teach_and_wait(served: Served, replace: bool = True) -> dict:
+    status, job = served.json("POST", "/v1/teach", json.dumps({"replace": replace}).encode(),
+                              **{"Content-Type": "application/json"})
+    assert status == 202 and job["state"] == "running", job
+    deadline = time.monotonic() + TEACH_WAIT
+    while job["state"] == "running":
+        assert time.monotonic() < deadline, f"the teach did not finish: {served.text()}"
+        time.sleep(0.2)
+        status, job = served.json("GET", "/v1/teach")
+        assert status == 200, job
+    return job
+
+
+@pytest.fixture
+def served(taught_export, tmp_path):  # noqa: F811
+    # --rate 0: the swap test's clients send as fast as they can, from one address.
+    server = Served([taught_export / "int8.tflite", "--captures", tmp_path / "captures", "--rate", "0"],
+                    tmp_path / "serve.log")
+    yield server
+    log = server.stop()
+    assert "Traceback" not in log, log
+
+
+def test_captures_teach_swap_classify_and_rollback(served, taught_export, sample_data, tmp_path):  # noqa: F811
+    before = served.json("GET", "/v1/model")[1]
+    assert before["labels"] == ["discs", "stripes"] and before["origin"]["kind"] == "shipped"
+    assert post_captures(served, sample_data) == {"round": PER_CLASS, "lined": PER_CLASS}
+    listing = served.json("GET", "/v1/captures")[1]
+    assert {k: v["count"] for k, v in listing["classes"].items()} == {"lined": PER_CLASS, "round": PER_CLASS}
+    assert listing["bytes"] > 0 and listing["limit_bytes"] == 200_000_000
+    # On disk: the layout `noodle train` reads, with the server's names.
+    root = tmp_path / "captures"
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["lined", "round"]
+    assert len(list((root / "round").glob("*.jpg"))) == PER_CLASS
+
+    job = teach_and_wait(served)
+    assert job["state"] == "done", job
+    assert job["labels"] == ["lined", "round"] and job["photos"] == {"lined": PER_CLASS, "round": PER_CLASS}
+    model = served.json("GET", "/v1/model")[1]
+    assert model["labels"] == ["lined", "round"] and model["origin"]["kind"] == "taught"
+    assert model["previous"]["kind"] == "shipped" and model["sha256"] != before["sha256"]
+    folder = Path(model["origin"]["path"])
+    from edge.taught import TEACH_MANIFEST, file_sha256
+
+    assert model["sha256"] == file_sha256(folder / TEACH_MANIFEST)
+
+    # /v1/classify agrees with `noodle-edge classify DIR` on photos neither saw.
+    from edge.cli import app
+
+    photos = sorted((sample_data / "test").rglob("*.jpg"))[::3]
+    result = CliRunner().invoke(app, ["classify", str(folder), *map(str, photos), "--json"])
+    assert result.exit_code == 0, result.output
+    cli = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert len(cli) == len(photos)
+    agree = 0
+    for photo, line in zip(photos, cli, strict=True):
+        status, answer = served.json("POST", "/v1/classify", photo.read_bytes())
+        assert status == 200 and answer["sha256"] == model["sha256"], answer
+        agree += answer["label"] == line["label"]
+        assert answer["label"] in ("lined", "round")
+    assert agree == len(photos), (agree, len(photos))
+
+    # Rollback: the shipped model, its sha256, and the taught folder gone (nothing comes back to it).
+    status, back = served.json("POST", "/v1/model/rollback")
+    assert status == 200 and back["sha256"] == before["sha256"] and back["labels"] == ["discs", "stripes"]
+    assert served.json("GET", "/v1/model")[1]["sha256"] == before["sha256"]
+    status, answer = served.json("POST", "/v1/model/rollback")
+    assert status == 409 and "no earlier model" in answer["error"]
+
+
+def test_requests_during_a_swap_all_get_an_answer(served, sample_data):
+    post_captures(served, sample_data, 6)
+    photo = sorted((sample_data / "test").rglob("*.jpg"))[0].read_bytes()
+    answers, errors, stop = [], [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                status, answer = served.json("POST", "/v1/classify", photo)
+                (answers if status == 200 else errors).append((status, answer))
+            except Exception as exc:  # noqa: BLE001 (a dropped connection is what this test looks for)
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        assert teach_and_wait(served)["state"] == "done"
+        assert served.json("POST", "/v1/model/rollback")[0] == 200
+        assert teach_and_wait(served)["state"] == "done"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
+    labels = {a["label"] for _, a in answers}
+    # Both models answered: the shipped one's labels and the taught one's.
+    assert labels & {"discs", "stripes"} and labels & {"lined", "round"}, labels
+
+
+@pytest.mark.parametrize("label, words", [
+    ("..", "starts with a dot"),
+    ("a/b", "holds a slash"),
+    ("_unsure", "unsure"),
+    ("evil\u202eexe", "bidi"),
+    ("x" * 101, "at most 100"),
+    (".hidden", "starts with a dot"),
+])
+def test_a_hostile_class_name_is_refused_in_words(served, sample_data, tmp_path, label, words):
+    photo = sorted((sample_data / "train" / "discs").glob("*.jpg"))[0].read_bytes()
+    status, answer = served.json("POST", f"/v1/captures/{quote(label)}", photo)
+    assert status == 400 and words in answer["error"], answer
+    assert "\n" not in answer["error"]
+    root = tmp_path / "captures"
+    assert not root.exists() or not any(root.rglob("*.jpg"))
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_full_store_loses_nothing_and_the_model_keeps_serving(taught_export, sample_data, tmp_path):  # noqa: F811
+    root = tmp_path / "captures"
+    server = Served([taught_export / "int8.tflite", "--captures", root, "--captures-max-mb", "0.05"],
+                    tmp_path / "serve.log")
+    try:
+        kept, refused = [], None
+        for photo in sorted((sample_data / "train" / "discs").glob("*.jpg"))[:30]:
+            status, answer = server.json("POST", "/v1/captures/round", photo.read_bytes())
+            if status != 201:
+                refused = (status, answer)
+                break
+            kept.append(answer["name"])
+        assert refused is not None and refused[0] == 413, refused
+        assert "--captures-max-mb" in refused[1]["error"], refused
+        assert kept  # some fitted before the limit
+        # Every capture answered 201 is there, whole; nothing half-written is left behind.
+        from PIL import Image
+
+        on_disk = sorted(p.name for p in (root / "round").iterdir())
+        assert on_disk == sorted(kept)
+        for name in on_disk:
+            with Image.open(root / "round" / name) as img:
+                img.load()
+        assert not [p for p in root.rglob("*") if p.name.startswith(".") and p.is_file()]
+        photo = sorted((sample_data / "test").rglob("*.jpg"))[0].read_bytes()
+        status, answer = server.json("POST", "/v1/classify", photo)
+        assert status == 200 and answer["label"] in ("discs", "stripes")
+        # A teach that fails (one class only) says so and leaves the shipped model serving.
+        job = teach_and_wait(server)
+        assert job["state"] == "failed" and "2 or more" in job["error"], job
+        assert server.json("GET", "/v1/model")[1]["labels"] == ["discs", "stripes"]
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log, log
+
+
+def test_delete_and_move_from_unsure(served, sample_data, tmp_path):
+    post_captures(served, sample_data, 3)
+    listing = served.json("GET", "/v1/captures")[1]
+    first = listing["classes"]["round"]["recent"][0]
+    status, head, data = served.get(f"/v1/captures/round/{first}")
+    assert status == 200 and head["Content-Type"] == "image/jpeg" and data.startswith(b"\xff\xd8")
+    assert served.json("DELETE", f"/v1/captures/round/{first}")[0] == 200
+    assert served.json("GET", "/v1/captures")[1]["classes"]["round"]["count"] == 2
+    # An unsure frame (put there as the camera loop does) moves into a class with one request.
+    from edge.captures import CaptureStore
+
+    frame = next(iter(sorted((sample_data / "train" / "discs").glob("*.jpg"))))
+    import numpy as np
+    from PIL import Image
+
+    name = CaptureStore(tmp_path / "captures").add_unsure(np.asarray(Image.open(frame).convert("RGB"))).name
+    status, answer = served.json("POST", f"/v1/captures/round/{name}?from=_unsure")
+    assert status == 200 and answer["label"] == "round", answer
+    listing = served.json("GET", "/v1/captures")[1]
+    assert listing["classes"]["round"]["count"] == 3 and listing["unsure"]["count"] == 0
+    status, answer = served.json("POST", "/v1/captures/round/../x")
+    assert status in (400, 404)
+    status, answer = served.json("DELETE", "/v1/captures/lined")
+    assert status == 200 and answer["deleted"] == 3
+    assert "lined" not in served.json("GET", "/v1/captures")[1]["classes"]
