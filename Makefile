@@ -85,9 +85,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[train,litert,litert-quantizer,camera,serve,dev]'
 	touch $@
 
-# The device's environment: the edge package and its interpreter only, no
-# TensorFlow. On Python <= 3.11 that is tflite-runtime 2.14 with numpy < 2,
-# what Raspberry Pi OS Bookworm runs; the exporter validates every model in it.
+# The device's environment: the edge package, its interpreter and serve's extra
+# (aiohttp, paho-mqtt), as the Pi bundle installs them; no TensorFlow. On Python
+# <= 3.11 the interpreter is tflite-runtime 2.14 with numpy < 2, what Raspberry Pi
+# OS Bookworm runs; the exporter validates every model in it.
 # So it is made by a python3.11 when one runs here, else by PYTHON; on 3.12+
 # `make export` says that Bookworm's runtime was not checked, and how to check it.
 EDGE_VENV ?= .venv-edge

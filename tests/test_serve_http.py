@@ -1,4 +1,4 @@
-"""`noodle-edge serve` under attack: the hostile round's defects, one test each (edge/serve_conn.py,
+"""`noodle-edge serve` under attack: each way a hostile round broke it, one test each (edge/serve_conn.py,
 edge/serve_http.py, edge/logs.py, edge/preprocess.py's decode budget).
 
 Each server is the real command in its own process on a free loopback port (test_serve's
@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from test_serve import TOKEN, Served, auth, make_clip, one_line_error, response_json
 
-# Bytes a header-flood connection sends: the defect's 99 lines of 65 KB each.
+# Bytes a header-flood connection sends: 99 lines of 65 KB each, as the hostile round's.
 FLOOD_LINES, FLOOD_LINE = 99, 65_000
 
 
@@ -71,7 +71,7 @@ def webp(side: int, frames: int = 1) -> bytes:
     return out.getvalue()
 
 
-# --- defect 1: WebP's real memory is counted before decoding ----------------------------------
+# --- WebP's real memory is counted before decoding -------------------------------------------------
 
 def test_a_tiny_huge_webp_is_refused_undecoded_by_classify_and_serve(server, tmp_path):
     from edge.preprocess import ImageError, load_image
@@ -89,7 +89,7 @@ def test_a_tiny_huge_webp_is_refused_undecoded_by_classify_and_serve(server, tmp
     assert load_image(small, (56, 56)).shape == (56, 56, 3)
 
 
-# --- defect 2: the headers' size is capped before the token is looked at ------------------------
+# --- the headers' size is capped before the token is looked at -------------------------------------
 
 HEAD = b"GET /v1/model HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
@@ -128,7 +128,7 @@ def test_64_header_flood_connections_move_memory_little(model, tmp_path):
         assert "Traceback" not in served.stop()
 
 
-# --- defect 3: multipart is capped in parts and nesting -----------------------------------------
+# --- multipart is capped in parts and nesting ------------------------------------------------------
 
 def multipart(parts: bytes, boundary: str = "b") -> tuple[bytes, dict]:
     head = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
@@ -149,7 +149,7 @@ def test_many_parts_and_deep_nesting_are_400_at_once(server):
     assert status == 400 and "nested" in one_line_error(status, payload)
 
 
-# --- defect 4: a burst of clients is queued, and answered ---------------------------------------
+# --- a burst of clients is queued, and answered ----------------------------------------------------
 
 def test_200_concurrent_clients_are_all_answered_200_or_429(server):
     statuses, times, gate = [], [], threading.Barrier(200)
@@ -179,7 +179,7 @@ def test_200_concurrent_clients_are_all_answered_200_or_429(server):
     assert max(times) < 2.0
 
 
-# --- defect 5: an upload waits for the bodies' budget only so long --------------------------------
+# --- an upload waits for the bodies' budget only so long -------------------------------------------
 
 def test_slow_uploads_do_not_starve_an_honest_one(model, photos, tmp_path):
     served = Served([model, "--rate", 0], tmp_path / "serve.log")
@@ -214,7 +214,7 @@ def test_slow_uploads_do_not_starve_an_honest_one(model, photos, tmp_path):
         assert "Traceback" not in served.stop()
 
 
-# --- defects 6 and 7: a 4xx with one JSON line, never a 5xx or silence; no desync ----------------
+# --- a 4xx with one JSON line, never a 5xx or silence; no desync -----------------------------------
 
 BAD = [
     ("Content-Length: \xb2 (a digit to Python)", b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -262,7 +262,7 @@ def test_nested_multipart_and_an_empty_line_first(server):
     one_line_error(status, payload)
 
 
-# --- defect 8: the token never reaches the log ----------------------------------------------------
+# --- the token never reaches the log ---------------------------------------------------------------
 
 def test_the_token_is_never_logged(model, tmp_path):
     served = Served([model, "--token", TOKEN], tmp_path / "serve.log")
@@ -276,7 +276,7 @@ def test_the_token_is_never_logged(model, tmp_path):
     assert TOKEN not in log and "/nowhere" in log, log
 
 
-# --- defect 9: a flood of refusals is counted, not written; lines never merge --------------------
+# --- a flood of refusals is counted, not written; lines never merge --------------------------------
 
 def test_a_flood_of_429s_writes_a_few_lines(guarded):
     for _ in range(300):
@@ -331,7 +331,7 @@ def test_secrets_are_hidden_in_every_line():
     assert out.getvalue() == "GET /?token=***&x=1 Authorization: Bearer *** ***\n"
 
 
-# --- defect 11: a stalled stream frees its slot; no go-ahead before the token ------------------
+# --- a stalled stream frees its slot; no go-ahead before the token ---------------------------------
 
 def test_a_stream_that_never_reads_loses_its_slot(model, photos, tmp_path):
     clip = make_clip(tmp_path / "clip.avi", photos[:20])  # 10 frames a second of a few kB each
@@ -369,7 +369,7 @@ def test_expect_100_continue_comes_only_after_the_token(guarded):
     assert raw.startswith(b"HTTP/1.1 100 Continue\r\n")
 
 
-# --- the minor one, and issue 36's two -----------------------------------------------------------
+# --- decoder warnings, the icon and the Server header ----------------------------------------------
 
 def test_pillows_warnings_reach_the_log_prefixed_in_one_line(server):
     out = io.BytesIO()
