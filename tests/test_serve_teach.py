@@ -218,3 +218,119 @@ def test_delete_and_move_from_unsure(served, sample_data, tmp_path):
     status, answer = served.json("DELETE", "/v1/captures/lined")
     assert status == 200 and answer["deleted"] == 3
     assert "lined" not in served.json("GET", "/v1/captures")[1]["classes"]
+
+
+# ------------------------------------------------------------------ the page, in Chromium
+
+READ_PAGE = """JSON.stringify({
+  label: document.getElementById("label").textContent,
+  frame: Number(document.getElementById("frame").textContent),
+  error: document.getElementById("error").textContent,
+  progress: document.getElementById("progress").textContent,
+  model: document.getElementById("model").textContent,
+  thumbs: document.querySelectorAll("#classes .thumb img").length,
+})"""
+# The clip: this many photos a class, at this many frames a second (a half lasts 5 s: time to
+# press, hold and let go inside it).
+CLIP_PER_CLASS = 10
+CLIP_FPS = 2
+# The record button pressed or let go, as a finger or a mouse would.
+PRESS = 'document.getElementById("record").dispatchEvent(new PointerEvent("pointer{}")); true'
+
+
+def taught_labels_of_frames(model: Path, clip: Path) -> list[str]:
+    """What serve's camera loop makes of each frame of `clip` with `model` (a .tflite or a teach DIR)."""
+    import cv2
+
+    from edge.preprocess import from_frame
+    from edge.runtime import load_classifier
+
+    clf = load_classifier(model)
+    cap, labels = cv2.VideoCapture(str(clip)), []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        labels.append(clf.top_k(clf.probabilities(from_frame(frame, clf.size, bgr=True)[None]), 1)[0][0][0])
+    cap.release()
+    return labels
+
+
+def test_the_page_records_two_classes_trains_here_and_follows_the_clip(taught_export, sample_data,  # noqa: F811
+                                                                        tmp_path):
+    from test_serve import make_clip
+    from test_serve_browser import Browser
+
+    photos = [sorted((sample_data / "test" / old).glob("*.jpg"))[:CLIP_PER_CLASS] for old in NEW]
+    clip = make_clip(tmp_path / "clip.avi", photos[0] + photos[1], fps=CLIP_FPS)
+    root = tmp_path / "captures"
+    served = Served([taught_export / "int8.tflite", "--source", clip, "--loop", "--captures", root],
+                    tmp_path / "serve.log")
+    browser = Browser(tmp_path / "profile")
+    wait = 60
+
+    def page() -> dict:
+        return json.loads(browser.evaluate(READ_PAGE))
+
+    def at() -> int:  # the clip's frame the page shows now
+        return (page()["frame"] - 1) % (2 * CLIP_PER_CLASS)
+
+    try:
+        browser.page("Page.navigate", url=f"http://127.0.0.1:{served.port}/")
+        deadline = time.monotonic() + wait
+        while not (browser.evaluate('!!document.getElementById("record")') and page()["frame"]):
+            assert time.monotonic() < deadline, "the page did not load"
+            time.sleep(0.05)
+        # A hostile class name, typed into the page, is refused in words.
+        browser.evaluate('document.getElementById("class").value = "../etc"; ' + PRESS.format("down"))
+        while "starts with a dot" not in page()["error"]:
+            assert time.monotonic() < deadline, page()
+            time.sleep(0.05)
+        browser.evaluate(PRESS.format("up"))
+        # Hold to record each class while the clip shows it: from its half's first frames, 2.5 s.
+        for half, new in enumerate(NEW.values()):
+            while not half * CLIP_PER_CLASS + 1 <= at() <= half * CLIP_PER_CLASS + 2:
+                assert time.monotonic() < deadline + 30, "the clip never came to the half"
+                time.sleep(0.05)
+            browser.evaluate(f'document.getElementById("class").value = {json.dumps(new)}; '
+                             + PRESS.format("down"))
+            time.sleep(2.5)
+            browser.evaluate(PRESS.format("up"))
+        time.sleep(0.5)
+        counts = {k: v["count"] for k, v in served.json("GET", "/v1/captures")[1]["classes"].items()}
+        assert sorted(counts) == ["lined", "round"] and min(counts.values()) >= 4, counts
+        # Train here, only these two classes; the page says when it is done.
+        browser.evaluate('document.getElementById("replace").checked = true; '
+                         'document.getElementById("train").click(); true')
+        deadline = time.monotonic() + TEACH_WAIT
+        while not page()["progress"].startswith(("done", "failed")):
+            assert time.monotonic() < deadline, page()
+            time.sleep(0.1)
+        shown = page()
+        assert shown["progress"].startswith("done"), shown
+        assert "round" in shown["model"] and "lined" in shown["model"] and shown["thumbs"] >= 8
+        folder = Path(served.json("GET", "/v1/model")[1]["origin"]["path"])
+        expected = taught_labels_of_frames(folder, clip)
+        assert expected[:CLIP_PER_CLASS].count("round") >= CLIP_PER_CLASS * 3 // 4, expected
+        assert expected[CLIP_PER_CLASS:].count("lined") >= CLIP_PER_CLASS * 3 // 4, expected
+        # The label follows the clip with the new model: round in the first half, lined in the second.
+        seen, deadline = [], time.monotonic() + wait
+        for wanted, half in (("round", 0), ("lined", 1)):
+            while time.monotonic() < deadline:
+                now = page()
+                if now["frame"] and (not seen or seen[-1]["frame"] != now["frame"]):
+                    seen.append(now)
+                    index = (now["frame"] - 1) % len(expected)
+                    if now["label"] in ("discs", "stripes"):
+                        continue  # a frame classified before the swap, still on the page
+                    assert now["label"] == expected[index], (now, expected)
+                    if now["label"] == wanted and index // CLIP_PER_CLASS == half:
+                        break
+                time.sleep(0.05)
+            else:
+                pytest.fail(f"the page never showed {wanted!r} in half {half}: "
+                            f"{[(s['frame'], s['label']) for s in seen]}")
+    finally:
+        browser.close()
+        log = served.stop()
+    assert "Traceback" not in log, log
