@@ -22,7 +22,6 @@ aiohttp (the `serve` extra), numpy and Pillow: this file ships to the device.
 from __future__ import annotations
 
 import asyncio
-import errno
 import io
 import json
 import shutil
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 from urllib.parse import unquote
 
+from edge.atomic import DISK_FULL, OutputError
 from edge.captures import UNSURE, CaptureError, CaptureFull, CaptureStore, check_label, check_name
 from edge.errors import NoodleError, first_line
 from edge.escape import escape_name, shown
@@ -242,7 +242,7 @@ class TeachApp(App):
         except CaptureError as exc:
             raise Problem(400 if "no such capture" not in str(exc) else 404, str(exc)) from None
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if exc.errno in DISK_FULL or isinstance(exc, OutputError):  # atomic_output's full disk
                 raise Problem(413, "the device's disk is full; nothing was half-written: delete captures "
                                    "(DELETE /v1/captures/LABEL) or free some space") from None
             raise Problem(400, f"the captures folder cannot be written ({exc.strerror or exc})") from None

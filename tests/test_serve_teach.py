@@ -334,3 +334,52 @@ def test_the_page_records_two_classes_trains_here_and_follows_the_clip(taught_ex
         browser.close()
         log = served.stop()
     assert "Traceback" not in log, log
+
+
+def test_a_full_disk_during_captures_and_teach_loses_nothing(taught_export, sample_data, tmp_path):  # noqa: F811
+    """Captures on a real 1 MB tmpfs (root only): the teach's model folder cannot fit, then the
+    photos fill it."""
+    import os
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    server, log = None, ""
+    try:
+        root = disk / "captures"
+        server = Served([taught_export / "int8.tflite", "--captures", root, "--rate", "0"],
+                        tmp_path / "serve.log")
+        post_captures(server, sample_data, 4)
+        shipped = server.json("GET", "/v1/model")[1]["sha256"]
+        # embed.tflite alone is 4 MB: the teach fails in words and the shipped model serves on.
+        job = teach_and_wait(server)
+        assert job["state"] == "failed" and "free some space" in job["error"], job
+        assert server.json("GET", "/v1/model")[1]["sha256"] == shipped
+        assert not [p for p in (root / ".models").rglob("*") if p.is_file()]
+        # Then photos until the disk is full: refused in words, and every photo answered 201 is whole.
+        kept, refused = [], None
+        for photo in sorted((sample_data / "train" / "discs").glob("*.jpg")) * 20:
+            status, answer = server.json("POST", "/v1/captures/round", photo.read_bytes())
+            if status != 201:
+                refused = (status, answer)
+                break
+            kept.append(answer["name"])
+        assert refused is not None and refused[0] == 413 and "disk is full" in refused[1]["error"], refused
+        from PIL import Image
+
+        on_disk = sorted(p.name for p in (root / "round").iterdir())
+        assert len(on_disk) == 4 + len(kept) and set(kept) <= set(on_disk)
+        for name in on_disk:
+            with Image.open(root / "round" / name) as img:
+                img.load()
+        photo = sorted((sample_data / "test").rglob("*.jpg"))[0].read_bytes()
+        status, answer = server.json("POST", "/v1/classify", photo)
+        assert status == 200 and answer["sha256"] == shipped
+    finally:
+        if server is not None:
+            log = server.stop()
+        subprocess.run(["umount", str(disk)], check=False)
+    assert "Traceback" not in log, log
