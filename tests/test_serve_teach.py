@@ -383,3 +383,38 @@ def test_a_full_disk_during_captures_and_teach_loses_nothing(taught_export, samp
             log = server.stop()
         subprocess.run(["umount", str(disk)], check=False)
     assert "Traceback" not in log, log
+
+
+def test_mqtt_republishes_discovery_and_state_with_the_new_labels(taught_export, sample_data,  # noqa: F811
+                                                                   tmp_path):
+    pytest.importorskip("paho.mqtt.client")
+    from test_serve import free_port, make_clip
+    from test_serve_mqtt import PREFIX, Broker, Subscriber, is_status
+
+    clip = make_clip(tmp_path / "clip.avi", sorted((sample_data / "test").rglob("*.jpg"))[10:30])
+    broker = Broker(tmp_path, free_port())
+    sub = Subscriber(broker.port)
+    served = Served([taught_export / "int8.tflite", "--source", clip, "--loop", "--captures", tmp_path / "c",
+                     "--mqtt", f"mqtt://127.0.0.1:{broker.port}/{PREFIX}"], tmp_path / "serve.log")
+
+    def config(t, p):
+        return t.startswith("homeassistant/sensor/") and t.endswith("/config")
+
+    try:
+        sub.wait_for(is_status(b"online"))
+        assert "(int8, sha256" in json.loads(sub.wait_for(config)[1])["device"]["model"]
+        post_captures(served, sample_data, 6)
+        swapped = time.monotonic()
+        assert teach_and_wait(served)["state"] == "done"
+        sha = served.json("GET", "/v1/model")[1]["sha256"]
+        device = json.loads(sub.wait_for(config, since=swapped)[1])["device"]
+        assert device["model"].endswith(f"(taught, sha256 {sha[:12]})"), device
+        # The next state carries a label of the new model.
+        new_state = lambda t, p: t == f"{PREFIX}/state" and json.loads(p)["label"] in NEW.values()  # noqa: E731
+        _, state = sub.wait_for(new_state, since=swapped)
+        assert json.loads(state)["top"][0]["label"] in ("round", "lined")
+    finally:
+        log = served.stop()
+        sub.close()
+        broker.kill()
+    assert "Traceback" not in log, log
