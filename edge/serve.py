@@ -11,6 +11,7 @@ The parts, each in its own file:
     edge/serve_http.py     the routes, the bodies' budget, the streams
     edge/serve_page.py     the live page
     edge/serve_mqtt.py     --mqtt: the label into home automation
+    edge/serve_teach.py    --captures: the Teach routes, the teach job, the hot swap, rollback
 
 HTTP is aiohttp's (Home Assistant serves its UI and API from it on the same Pis): its
 llhttp parser refuses the malformed and ambiguous requests that a hand-written server
