@@ -418,3 +418,35 @@ def test_mqtt_republishes_discovery_and_state_with_the_new_labels(taught_export,
         sub.close()
         broker.kill()
     assert "Traceback" not in log, log
+
+
+def test_the_token_guards_the_teach_routes_and_unsure_frames_fill_the_ring(taught_export, sample_data,  # noqa: F811
+                                                                           tmp_path):
+    from test_serve import TOKEN, auth, make_clip
+
+    clip = make_clip(tmp_path / "clip.avi", sorted((sample_data / "test").rglob("*.jpg"))[10:30])
+    root = tmp_path / "captures"
+    # --unsure 1: every frame is "unsure", so the ring fills at its pace of one a second.
+    served = Served([taught_export / "int8.tflite", "--source", clip, "--loop", "--captures", root,
+                     "--unsure", "1", "--token", TOKEN], tmp_path / "serve.log")
+    try:
+        start = time.monotonic()
+        photo = sorted((sample_data / "train" / "discs").glob("*.jpg"))[0].read_bytes()
+        for method, path, body in (("GET", "/v1/captures", None), ("POST", "/v1/captures/round", photo),
+                                   ("POST", "/v1/teach", None), ("POST", "/v1/model/rollback", None),
+                                   ("DELETE", "/v1/captures/round", None)):
+            status, answer = served.json(method, path, body)
+            assert status == 401 and "token" in answer["error"], (method, path, answer)
+        assert not (root / "round").exists()  # (the camera's unsure frames are there already)
+        status, answer = served.json("POST", "/v1/captures/round", None, **auth())
+        assert status == 201, answer  # the camera's current frame, with the token
+        time.sleep(3.5)
+        unsure = served.json("GET", "/v1/captures", **auth())[1]["unsure"]
+        elapsed = time.monotonic() - start
+        assert 2 <= unsure["count"] <= elapsed + 1, (unsure, elapsed)
+        name = unsure["recent"][-1]
+        status, head, data = served.request("GET", f"/v1/captures/_unsure/{name}", headers=auth())
+        assert status == 200 and data.startswith(b"\xff\xd8")
+    finally:
+        log = served.stop()
+    assert "Traceback" not in log, log
