@@ -138,8 +138,11 @@ async function counts() {
   text("used", (c.bytes / 1e6).toFixed(1) + " of " + (c.limit_bytes / 1e6).toFixed(0) + " MB");
   text("unsure-count", String(c.unsure.count));
   $("unsure").replaceChildren(...(c.unsure.recent || []).map((name) => thumb("_unsure", name,
-    button("\u2192 class", () => call("POST", path($("class").value.trim(), name) + "?from=_unsure")
-      .then(counts).catch((e) => say(e.message))))));
+    button("\u2192 class", () => {
+      const label = $("class").value.trim();
+      if (!label) { say("type the class name to move it into first"); return; }
+      call("POST", path(label, name) + "?from=_unsure").then(counts).catch((e) => say(e.message));
+    }))));
 }
 function startRecording(e) {
   e.preventDefault();

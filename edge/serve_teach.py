@@ -28,7 +28,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from edge.atomic import DISK_FULL, OutputError
 from edge.captures import UNSURE, CaptureError, CaptureFull, CaptureStore, check_label, check_name
@@ -48,6 +48,8 @@ KEEP = 3
 UNSURE_EVERY = 1.0
 # Names of the last captures per class GET /v1/captures lists (the page's thumbnails).
 RECENT = 8
+# Bytes of POST /v1/teach's JSON options: {"replace": false} and room to spare.
+TEACH_BODY = 1024
 MODELS = ".models"
 
 TEACH_ROUTES = {
@@ -227,6 +229,15 @@ class TeachApp(App):
             return "/v1/captures/{label}" if len(parts) == 4 else "/v1/captures/{label}/{name}"
         return "other"
 
+    def same_site(self, request) -> None:
+        """A change (a capture, a delete, a teach, a rollback) only from this server's own page or a
+        client that is no page: a browser names the page's origin, and another site's page could
+        otherwise POST to a loopback server without a token (the token's cookie is SameSite=Strict)."""
+        origin = request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != request.host:
+            raise Problem(403, "a page from another site may not change the captures or the model; use "
+                               "this server's own page")
+
     def need_store(self) -> CaptureStore:
         if self.teaching.store is None:
             raise Problem(404, "this server keeps no captures (started without --captures DIR); start "
@@ -260,6 +271,7 @@ class TeachApp(App):
 
     async def on_capture(self, request):
         store = self.need_store()
+        self.same_site(request)
         label = segments(request)[3]
         if request.method == "DELETE":
             removed = await self.in_thread(store.delete, label if label == UNSURE else check_label_(label))
@@ -287,6 +299,8 @@ class TeachApp(App):
             check_name(name)
         except CaptureError as exc:
             raise Problem(400, str(exc)) from None
+        if request.method != "GET":
+            self.same_site(request)
         if request.method == "DELETE":
             await self.in_thread(store.delete, label, name)
             return json_response(200, {"deleted": 1, "label": label, "name": name})
@@ -307,7 +321,10 @@ class TeachApp(App):
         if request.method == "GET":
             return json_response(200, self.teaching.progress())
         self.need_store()
+        self.same_site(request)
         replace = False
+        if request.content_length and request.content_length > TEACH_BODY:
+            raise Problem(413, 'the body is a small JSON object such as {"replace": false}, or nothing')
         if request.content_length:
             try:
                 body = json.loads(await self.within(read_body(request, self.body_size(request)), 1024))
@@ -319,6 +336,7 @@ class TeachApp(App):
         return json_response(202, self.teaching.start(replace))
 
     async def on_rollback(self, request):
+        self.same_site(request)
         info = await asyncio.get_running_loop().run_in_executor(self.workers, self.teaching.rollback)
         return json_response(200, info)
 

@@ -215,7 +215,13 @@ def test_delete_and_move_from_unsure(served, sample_data, tmp_path):
     assert listing["classes"]["round"]["count"] == 3 and listing["unsure"]["count"] == 0
     status, answer = served.json("POST", "/v1/captures/round/../x")
     assert status in (400, 404)
-    status, answer = served.json("DELETE", "/v1/captures/lined")
+    # Another site's page may not change anything (a loopback server without a token would take it).
+    for method, path in (("DELETE", "/v1/captures/lined"), ("POST", "/v1/teach"),
+                         ("POST", "/v1/model/rollback")):
+        status, answer = served.json(method, path, Origin="http://evil.example")
+        assert status == 403 and "another site" in answer["error"], answer
+    origin = f"http://127.0.0.1:{served.port}"  # this server's own page
+    status, answer = served.json("DELETE", "/v1/captures/lined", Origin=origin)
     assert status == 200 and answer["deleted"] == 3
     assert "lined" not in served.json("GET", "/v1/captures")[1]["classes"]
 
