@@ -314,7 +314,8 @@ def test_the_page_records_two_classes_trains_here_and_follows_the_clip(taught_ex
             time.sleep(0.1)
         shown = page()
         assert shown["progress"].startswith("done"), shown
-        assert "round" in shown["model"] and "lined" in shown["model"] and shown["thumbs"] >= 8
+        # (Thumbnails as the page last listed them: a capture still in flight at the let-go may be missing.)
+        assert "round" in shown["model"] and "lined" in shown["model"] and shown["thumbs"] >= 2 * 3
         folder = Path(served.json("GET", "/v1/model")[1]["origin"]["path"])
         expected = taught_labels_of_frames(folder, clip)
         assert expected[:CLIP_PER_CLASS].count("round") >= CLIP_PER_CLASS * 3 // 4, expected
