@@ -381,6 +381,15 @@ def serve(
     mqtt_name: Annotated[str | None, typer.Option(
         help="The device's name in Home Assistant (default: the topic prefix's last level, by default "
              "the hostname).")] = None,
+    captures: Annotated[Path | None, typer.Option(
+        file_okay=False, help="Keep captures here (DIR/<label>/*.jpg) and teach from them: the page's Teach "
+                              "panel, /v1/captures, /v1/teach, /v1/model/rollback.")] = None,
+    captures_max_mb: Annotated[float, typer.Option(
+        min=0.01, help="Megabytes the captures may use; a capture past it is refused in "
+                       "words.")] = SERVE.captures_max_mb,
+    unsure: Annotated[float, typer.Option(
+        min=0, max=1, help="A camera frame whose top score is under this is kept in "
+                           "captures/_unsure/ (the last 100).")] = SERVE.unsure,
     verbose: Verbose = False,
     threads: Threads = None,
     runtime: Runtime = None,
@@ -413,7 +422,8 @@ def serve(
         publisher = Publisher(mqtt, mqtt_user, mqtt_password, mqtt_ca, mqtt_heartbeat, mqtt_name)
     clf = _load(model, threads or default_workers(), runtime, verbose, no_verify, strict)
     srv.serve(clf, make_frames, host=host, port=port, token=token, top_k=top_k, repeat=loop,
-              max_body=int(max_body_mb * 1e6), max_streams=max_streams, rate=rate, mqtt=publisher)
+              max_body=int(max_body_mb * 1e6), max_streams=max_streams, rate=rate, mqtt=publisher,
+              captures=captures, captures_max_mb=captures_max_mb, unsure=unsure, threads=threads)
 
 
 def main() -> None:

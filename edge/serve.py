@@ -11,6 +11,7 @@ The parts, each in its own file:
     edge/serve_http.py     the routes, the bodies' budget, the streams
     edge/serve_page.py     the live page
     edge/serve_mqtt.py     --mqtt: the label into home automation
+    edge/serve_teach.py    --captures: the Teach routes, the teach job, the hot swap, rollback
 
 HTTP is aiohttp's (Home Assistant serves its UI and API from it on the same Pis): its
 llhttp parser refuses the malformed and ambiguous requests that a hand-written server
@@ -101,15 +102,18 @@ async def run(app, host: str, port: int, ready: str) -> bool:
 def serve(clf, make_frames=None, host: str = DEFAULTS.host, port: int = DEFAULTS.port,
           token: str | None = None, top_k: int = DEFAULTS.top_k, repeat: bool = False,
           max_body: int = int(DEFAULTS.max_body_mb * 1e6), max_streams: int = DEFAULTS.max_streams,
-          rate: float = DEFAULTS.rate, mqtt=None) -> None:
+          rate: float = DEFAULTS.rate, mqtt=None, captures=None,
+          captures_max_mb: float = DEFAULTS.captures_max_mb, unsure: float = DEFAULTS.unsure,
+          threads: int | None = None) -> None:
     """Serve until Ctrl-C or SIGTERM; `make_frames()` gives a fresh edge.camera.Frames (None: API only).
 
     `mqtt`: an edge.serve_mqtt.Publisher, or None. serve calls its start(model_info, live, metrics)
     before listening, result(result) from the camera thread for each frame's result, and close()
-    at the end.
+    at the end. `captures`: the folder of captures to teach from (edge/serve_teach.py's routes),
+    or None; `threads` are a teach's.
     """
     try:
-        from edge.serve_http import App
+        from edge.serve_teach import TeachApp, Teaching
     except ImportError:
         raise ServeError(f"serve needs aiohttp, which is not installed; {AIOHTTP_FIX}") from None
     logs.hide(token)
@@ -120,12 +124,22 @@ def serve(clf, make_frames=None, host: str = DEFAULTS.host, port: int = DEFAULTS
     if first is not None and not first.picamera:
         need_opencv(first.source)
     live = Live(first.name.removeprefix("source ") if first else None)
-    app = App(model, live, token, max_body, max_streams, rate)
+    store = None
+    if captures is not None:
+        from edge.captures import CaptureStore
+
+        store = CaptureStore(captures, captures_max_mb)
+    teaching = Teaching(model, store, top_k, unsure, threads, getattr(clf, "runtime", None), mqtt)
+    app = TeachApp(model, live, token, max_body, max_streams, rate, teaching=teaching)
     stop = threading.Event()
-    on_result = None
+
+    def on_result(result: dict) -> None:
+        teaching.on_result(live, result)
+        if mqtt is not None:
+            mqtt.result(result)
+
     if mqtt is not None:
         mqtt.start(model.info, live, app.metrics)
-        on_result = mqtt.result
     if make_frames is not None:
         threading.Thread(target=guarded_camera_loop, name="camera", daemon=True,
                          args=(make_frames, model, live, app.metrics, stop, repeat, on_result)).start()

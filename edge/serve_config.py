@@ -29,6 +29,12 @@ class ServeConfig:
     # Reopen attempts after a failed camera read before a pause: a glitch or a USB camera
     # re-enumerating (edge.camera.BACKOFF's pauses) passes within five.
     retries: int = 5
+    # Captures take 200 MB at most: about 2,000 photos of a camera's 640x480 centre square, far
+    # more than a class needs, and a small share of a Pi's SD card (edge.captures.MAX_MB).
+    captures_max_mb: float = 200.0
+    # A camera frame whose top score is under this is kept in captures/_unsure/ (a ring): the
+    # runner-up was close, so it is a frame worth a look and perhaps a label.
+    unsure: float = 0.6
     # Seconds between MQTT heartbeats: Home Assistant notices a dead device within a minute.
     mqtt_heartbeat: float = 30.0
 

@@ -76,7 +76,7 @@ ROUTES = {
 }
 # Routes open without the token: a health check and an empty icon carry no secret and tell nothing.
 OPEN_ROUTES = {"/healthz", "/favicon.ico"}
-METHODS = ("GET", "POST")
+METHODS = ("GET", "POST", "DELETE")  # DELETE: the Teach routes (edge/serve_teach.py)
 
 log = logger("serve.http")
 
@@ -116,6 +116,12 @@ class BodyBudget:
 class App:
     """Everything a request reads: the model, the camera's results, the limits, the counters."""
 
+    routes = ROUTES  # edge.serve_teach.TeachApp adds its own
+
+    def route_of(self, request: web.BaseRequest) -> str:
+        """The route a request's path is (its metrics label), or "other"."""
+        return request.path if request.path in self.routes else "other"
+
     def __init__(self, model, live, token: str | None, max_body: int, max_streams: int, rate: float):
         self.model, self.live, self.token, self.max_body = model, live, token, max_body
         self.metrics = Metrics()
@@ -130,7 +136,7 @@ class App:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """aiohttp's one request handler: dispatch, refusals as JSON, a metric for each."""
         start, status = time.perf_counter(), 500
-        route = request.path if request.path in ROUTES else "other"
+        route = self.route_of(request)
         request.protocol.disarm()
         try:
             response = await self.dispatch(request, route)
@@ -163,12 +169,12 @@ class App:
                                "(127.0.0.1, localhost, [::1]); open it by one of those, or start it "
                                "with --token")
         if request.method not in METHODS:
-            raise Problem(405, "method not allowed; the routes take GET, /v1/classify POST",
-                          {"Allow": "GET, POST"})
+            raise Problem(405, "method not allowed; the routes take GET, POST or DELETE",
+                          {"Allow": ", ".join(METHODS)})
         if route == "other":
-            raise Problem(404, f"no such route; the routes are {', '.join(ROUTES)}")
-        methods, name = ROUTES[route]
-        if request.method not in methods:
+            raise Problem(404, f"no such route; the routes are {', '.join(self.routes)}")
+        methods, name = self.routes[route]
+        if request.method not in methods.split(", "):
             raise Problem(405, f"{route} takes {methods}", {"Allow": methods})
         if not self.limit.allow(request.remote or ""):
             raise Problem(429, f"over {self.limit.rate:g} requests a second from this address (--rate); "

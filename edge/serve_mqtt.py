@@ -352,6 +352,15 @@ class Publisher:
             if changed and self.up:  # paho's publish only queues: cheap under the lock
                 self.client.publish(self.topics["state"], to_json(self.last), qos=1, retain=True)
 
+    def model_changed(self, model: dict) -> None:
+        """serve swapped its model (a teach, a rollback): discovery again with the new model, and the
+        next result published whatever its label."""
+        with self.lock:
+            self.model, self.label = model, None
+        if self.up:
+            self.client.publish(f"{DISCOVERY}/sensor/{self.id}/config", to_json(self.discovery()), qos=1,
+                                retain=True)
+
     def _beat(self) -> None:
         while not self.stop.wait(self.heartbeat):
             if not self.up:
