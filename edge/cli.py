@@ -15,6 +15,29 @@ import typer
 
 from edge.errors import NoodleError, one_line_errors
 from edge.serve_config import DEFAULTS as SERVE
+from edge.serve_options import (
+    Captures,
+    CapturesMaxMb,
+    Host,
+    Loop,
+    MaxBodyMb,
+    MaxStreams,
+    Mqtt,
+    MqttCa,
+    MqttHeartbeat,
+    MqttName,
+    MqttPassword,
+    MqttUser,
+    Picamera,
+    Port,
+    Rate,
+    Retries,
+    Source,
+    Token,
+    TokenFile,
+    TopK,
+    Unsure,
+)
 from edge.usage import OneLineUsage
 
 app = typer.Typer(
@@ -337,59 +360,27 @@ def bench(
 @one_line_errors
 def serve(
     model: Model,
-    source: Annotated[str | None, typer.Option(
-        help="OpenCV source: 0 for /dev/video0, a video file or a stream URL. Without it (or "
-             "--picamera) only the API is served.")] = None,
-    picamera: Annotated[bool, typer.Option(
-        "--picamera", help="Read the Raspberry Pi camera via picamera2.")] = False,
-    host: Annotated[str, typer.Option(
-        help="Address to listen on: this machine only by default; 0.0.0.0 for every network "
-             "(then a token is required).")] = SERVE.host,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = SERVE.port,
-    token: Annotated[str | None, typer.Option(
-        envvar="NOODLE_TOKEN", show_envvar=True,
-        help="Required of every request but /healthz (Authorization: Bearer, or open /?token= once). "
-             "Beyond loopback it is required.")] = None,
-    token_file: Annotated[Path | None, typer.Option(
-        readable=False, help="A file whose first line is the token (kept out of `ps` and the unit).")] = None,
-    top_k: Annotated[int, typer.Option(
-        "--top-k", "-k", min=1, help="Labels with scores per answer.")] = SERVE.top_k,
-    loop: Annotated[bool, typer.Option(
-        "--loop", help="Play a video file again when it ends (without: its last result stays).")] = False,
-    max_body_mb: Annotated[float, typer.Option(
-        min=0.01, max=1024, help="Largest upload in MB: a phone photo is 2 to 6.")] = SERVE.max_body_mb,
-    max_streams: Annotated[int, typer.Option(
-        min=1, max=64,
-        help="Streams and event feeds open at once; a page holds one of each.")] = SERVE.max_streams,
-    rate: Annotated[float, typer.Option(
-        min=0, help="Requests a second per client address, in bursts of two seconds' worth; 0: "
-                    "no limit.")] = SERVE.rate,
-    retries: Annotated[int, typer.Option(
-        min=0, help="Reopen attempts after a failed read; then a pause, and again: serve never "
-                    "gives up.")] = SERVE.retries,
-    mqtt: Annotated[str | None, typer.Option(
-        help="mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC-PREFIX (mqtts:// for TLS): publish each label "
-             "change, a heartbeat and Home Assistant discovery.")] = None,
-    mqtt_user: Annotated[str | None, typer.Option(help="MQTT user name.")] = None,
-    mqtt_password: Annotated[str | None, typer.Option(
-        envvar="NOODLE_MQTT_PASSWORD", show_envvar=True, help="MQTT password.")] = None,
-    mqtt_ca: Annotated[Path | None, typer.Option(
-        readable=False, help="The broker's CA certificate (PEM) for mqtts:// (default: the "
-                             "system's).")] = None,
-    mqtt_heartbeat: Annotated[float, typer.Option(
-        min=0.1, help="Seconds between heartbeats.")] = SERVE.mqtt_heartbeat,
-    mqtt_name: Annotated[str | None, typer.Option(
-        help="The device's name in Home Assistant (default: the topic prefix's last level, by default "
-             "the hostname).")] = None,
-    captures: Annotated[Path | None, typer.Option(
-        file_okay=False, help="Keep captures here (DIR/<label>/*.jpg) and teach from them: the page's Teach "
-                              "panel, /v1/captures, /v1/teach, /v1/model/rollback.")] = None,
-    captures_max_mb: Annotated[float, typer.Option(
-        min=0.01, help="Megabytes the captures may use; a capture past it is refused in "
-                       "words.")] = SERVE.captures_max_mb,
-    unsure: Annotated[float, typer.Option(
-        min=0, max=1, help="A camera frame whose top score is under this is kept in "
-                           "captures/_unsure/ (the last 100).")] = SERVE.unsure,
+    source: Source = None,
+    picamera: Picamera = False,
+    host: Host = SERVE.host,
+    port: Port = SERVE.port,
+    token: Token = None,
+    token_file: TokenFile = None,
+    top_k: TopK = SERVE.top_k,
+    loop: Loop = False,
+    max_body_mb: MaxBodyMb = SERVE.max_body_mb,
+    max_streams: MaxStreams = SERVE.max_streams,
+    rate: Rate = SERVE.rate,
+    retries: Retries = SERVE.retries,
+    mqtt: Mqtt = None,
+    mqtt_user: MqttUser = None,
+    mqtt_password: MqttPassword = None,
+    mqtt_ca: MqttCa = None,
+    mqtt_heartbeat: MqttHeartbeat = SERVE.mqtt_heartbeat,
+    mqtt_name: MqttName = None,
+    captures: Captures = None,
+    captures_max_mb: CapturesMaxMb = SERVE.captures_max_mb,
+    unsure: Unsure = SERVE.unsure,
     verbose: Verbose = False,
     threads: Threads = None,
     runtime: Runtime = None,
