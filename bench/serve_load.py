@@ -1,6 +1,6 @@
 """`python -m bench.serve_load MODEL PHOTOS`: `noodle-edge serve` under load, beside `noodle-edge bench`.
 
-A bounded loop on loopback (issue 22): `noodle-edge serve MODEL --source CLIP --loop` in the
+A bounded loop on loopback: `noodle-edge serve MODEL --source CLIP --loop` in the
 given environment's Python (so its runtime), then CLIENTS threads each POST REQUESTS of the
 photos to /v1/classify over one kept-alive connection while VIEWERS read /stream.mjpg. That
 first round is the timed one: requests/s, p50 and p99 latency. More rounds follow until
@@ -8,7 +8,7 @@ TOTAL requests have been served, the server's resident memory read from /proc ev
 requests: it must stay flat (no leak per request). Errors (any answer but 200, any broken
 connection) must be 0. Then `noodle-edge bench` on the same model, photos and interpreter
 threads, in the same Python: the server's requests/s against its files/s is the server's
-overhead (issue 22 wants at least 80 %).
+overhead (at least 80 % is the aim).
 
 The camera loop runs all along (a clip of the photos at CLIP_FPS), classifying its frames
 through the same interpreter, as a real server's would; --rate 0, since every client here

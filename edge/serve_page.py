@@ -81,7 +81,7 @@ fetch("v1/latest").then((r) => r.ok ? r.json() : Promise.reject(r)).then((r) => 
   }
 }).catch(() => { text("state", "no camera: this server answers the API only"); $("view").hidden = true; });
 
-// --- Teach: captures per class, hold-to-record, "Train here" (issue 34). Text from the server
+// --- Teach: captures per class, hold-to-record, "Train here". Text from the server
 // (labels, names, errors) goes in with textContent only.
 const RECORD_EVERY_MS = 300;  // a few frames a second...
 const RECORD_MAX = 60;        // ...and at most this many per press

@@ -1,4 +1,4 @@
-"""The bundle's integrity (issue 33, defects 12 and 13): SHA256SUMS, hashed online pins, honest errors.
+"""The bundle's integrity: SHA256SUMS, hashed online pins, honest errors.
 
 Was: README-PI said "an altered bundle is refused", but the -online bundle
 installed requirements-pi.in from the index (an appended `./evilpkg` ran its

@@ -1,4 +1,4 @@
-"""`noodle-edge serve`: the HTTP API, the live page's routes and the safe defaults (issue 22).
+"""`noodle-edge serve`: the HTTP API, the live page's routes and the safe defaults.
 
 Every server here is the real command in a process of its own on a free loopback port,
 fed the test model (conftest's exported_run) and, for the camera routes, a video made

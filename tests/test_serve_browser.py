@@ -1,4 +1,4 @@
-"""The live page in a real browser: headless Chromium against `serve --source clip.avi` (issue 22).
+"""The live page in a real browser: headless Chromium against `serve --source clip.avi`.
 
 Chromium is driven over the DevTools protocol on a pipe (--remote-debugging-pipe: JSON
 messages ended by NUL on file descriptors 3 and 4), so no driver or client library is

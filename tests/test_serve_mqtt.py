@@ -1,4 +1,4 @@
-"""`noodle-edge serve --mqtt` against a real broker: Debian's mosquitto, started here (issue 22).
+"""`noodle-edge serve --mqtt` against a real broker: Debian's mosquitto, started here.
 
 The broker runs on a free loopback port with no persistence, so after it is killed and
 started again nothing retained survives: whatever a subscriber sees then, serve published
@@ -231,7 +231,7 @@ def wait_for_line(served: Served, text: str, timeout: float) -> str:
     raise AssertionError(f"no line with {text!r} in {timeout} s: {served.text()}")
 
 
-# --- issue 33's defect 10 and issue 36's Home Assistant findings --------------------------------
+# --- the broker speaks up, one client id a process, Home Assistant's device -----------------------------
 
 @pytest.mark.parametrize(("url", "said"), [
     ("mqtt://127.0.0.1/$SYS/noodle", "starts with $"),

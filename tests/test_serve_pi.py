@@ -1,4 +1,4 @@
-"""`./install.sh --service 'serve ...'` in a real bundle (issue 22): the unit, the token, the URL.
+"""`./install.sh --service 'serve ...'` in a real bundle: the unit, the token, the URL.
 
 Beyond loopback `serve` refuses to start without a token, and a unit that cannot start only
 restarts for ever; so install.sh gives such a service `--token-file serve.token`, a file it

@@ -1,4 +1,4 @@
-"""serve's Teach routes against a real server (issue 34): captures, a teach, the swap, rollback.
+"""serve's Teach routes against a real server: captures, a teach, the swap, rollback.
 
 The model is lite0 trained on the sample data and exported (test_teach.py's fixture); the
 captures are the sample's photos under new class names, posted as a client would. The answers
