@@ -388,6 +388,11 @@ def _rel(f: Path, base: Path) -> str:
 
 # ------------------------------------------------------------------------ pixels
 
+def cores() -> int:
+    """The cores this process may use: a container or taskset may allow fewer than the machine has."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def decode(
     items: list[tuple[Path, int]],
     size: tuple[int, int],
@@ -400,7 +405,7 @@ def decode(
     Pillow releases the GIL while decoding, so threads scale with cores.
     """
     height, width = size
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or cores()
     shape = (len(items), height, width, 3)
     if cache_dir is not None and np.prod(shape) > IN_MEMORY_LIMIT:
         cache_dir.mkdir(parents=True, exist_ok=True)
