@@ -95,3 +95,72 @@ def test_embed_skips_unreadable_photos_and_keeps_full_batches(sample_data, tmp_p
     want = decode([i for i in items if i[0] != bad], (16, 16))
     assert np.allclose(got.x, want.x.astype(np.float32).mean((1, 2)), atol=1e-4)
     assert got.y.tolist() == want.y.tolist() and json.dumps(got.y.tolist())
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.slow
+def test_two_workers_embed_a_shard_each_and_the_chief_solves_the_same_head(streamed, sample_data, tmp_path):
+    """A chief and a worker on the loopback: half the photos each, gathered by collectives, one head."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import keras
+
+    ports = _free_ports(2)
+    cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{ports[1]}"]}
+    # gRPC would send even loopback traffic through a proxy named in the environment.
+    proxies = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")
+    plain = {k: v for k, v in os.environ.items() if k.lower() not in proxies}
+    procs, logs, outs = {}, {}, {t: tmp_path / f"{t}-run" for t in ("chief", "worker")}
+    try:
+        for task in ("chief", "worker"):
+            env = {**plain, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task, "index": 0}})}
+            logs[task] = tmp_path / f"{task}.log"
+            with open(logs[task], "w") as log:
+                procs[task] = subprocess.Popen(
+                    [sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(outs[task]),
+                     "--cluster", "tf-config"],
+                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + 300
+        for task, proc in procs.items():
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{task} still running after 300 s:\n{logs[task].read_text()[-3000:]}")
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    for task, proc in procs.items():
+        assert proc.returncode == 0, f"{task}:\n{logs[task].read_text()[-3000:]}"
+    chief_log, worker_log = logs["chief"].read_text(), logs["worker"].read_text()
+    # Each embedded its own half of each split (train, with validation folded in: 120; test: 40).
+    assert "train: 60 of 120 photos embedded by worker 0 of 2" in chief_log, chief_log[-3000:]
+    assert "train: 60 of 120 photos embedded by worker 1 of 2" in worker_log, worker_log[-3000:]
+    assert "test: 20 of 40 photos embedded by worker 1 of 2" in worker_log
+    assert "the chief solves the head and writes the run folder" in worker_log
+    assert not outs["worker"].exists()
+    one, _, _ = streamed
+    alone = keras.saving.load_model(one / "model.keras").layers[-1].layers[-1].get_weights()
+    together = keras.saving.load_model(outs["chief"] / "model.keras").layers[-1].layers[-1].get_weights()
+    for a, b in zip(alone, together, strict=True):
+        assert np.abs(a - b).max() < 1e-5
+    metrics = [json.loads((run / "manifest.json").read_text())["metrics"] for run in (one, outs["chief"])]
+    assert metrics[0]["test"] == metrics[1]["test"]
+    assert metrics[0]["train_images"] == metrics[1]["train_images"]

@@ -103,6 +103,7 @@ class Decoded:
     y: np.ndarray  # (n,) int32
     files: list[Path]
     skipped: list[dict] = field(default_factory=list)
+    rows: np.ndarray | None = None  # which of the items decoded are these (train.stream sets it)
 
 
 

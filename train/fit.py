@@ -18,7 +18,7 @@ import numpy as np
 
 from train import cluster as clusters
 from train import data as datasets
-from train import pretrained, results, runs, scratch
+from train import pretrained, results, runs, scratch, shard
 from train.config import TrainConfig, resolved, trains_on_val
 from train.quiet import quiet_tensorflow
 from train.rundir import RunDir
@@ -77,8 +77,16 @@ def _train(cfg: TrainConfig, dataset: datasets.Dataset | None, cluster_resolver,
     # Before anything touches a GPU: the strategy sets their memory growth.
     strategy = pick_strategy(cfg.cpu_replicas, cluster_resolver)
     parts = pretrained.frozen(cfg, classes) if cfg.pretrained else None
-    # Pretrained: each photo's features (or maps) as it is decoded, never a split's pixels.
-    splits = decode_splits(cfg, dataset, work, parts and pretrained.embedder(cfg, parts[1], work.cache))
+    # Pretrained: each photo's features (or maps) as it is decoded, never a split's pixels;
+    # in a cluster each worker embeds its shard, and every worker gets them all (train.shard).
+    embed = parts and pretrained.embedder(cfg, parts[1], work.cache)
+    if embed and cluster_resolver is not None:
+        embed = shard.embedder(strategy, cluster_resolver, embed)
+    splits = decode_splits(cfg, dataset, work, embed)
+    if embed and not chief:
+        log.info(f"{clusters.task_name(cluster_resolver)} done: its shard embedded; the chief solves the "
+                 "head and writes the run folder")
+        return None
     if device() == "CPU":
         # The cores this process may use: a container or taskset may allow fewer than the machine has.
         log.info(f"no GPU found: training on {datasets.cores()} CPU cores")

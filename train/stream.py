@@ -85,7 +85,8 @@ def embed(items: list[tuple[Path, int]], size: tuple[int, int], model, *, cache_
     if pending:
         flush(pending)
     y = np.array([items[i][1] for i in kept], np.int32)
-    return Decoded(x=out[:written], y=y, files=[items[i][0] for i in kept], skipped=skipped)
+    return Decoded(x=out[:written], y=y, files=[items[i][0] for i in kept], skipped=skipped,
+                   rows=np.array(kept, np.int64))
 
 
 def _take(chunk_futures, kept: list, skipped: list, pending: list) -> list:
