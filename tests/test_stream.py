@@ -164,3 +164,24 @@ def test_two_workers_embed_a_shard_each_and_the_chief_solves_the_same_head(strea
     metrics = [json.loads((run / "manifest.json").read_text())["metrics"] for run in (one, outs["chief"])]
     assert metrics[0]["test"] == metrics[1]["test"]
     assert metrics[0]["train_images"] == metrics[1]["train_images"]
+
+
+@pytest.mark.slow
+def test_a_mirrored_strategy_splits_each_batch_over_its_replicas(streamed, sample_data, tmp_path):
+    """What several GPUs run, on two logical CPUs (--cpu-replicas 2): the one-device head to 1e-5."""
+    import subprocess
+    import sys
+
+    import keras
+
+    out = tmp_path / "mirrored"
+    result = subprocess.run([sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(out),
+                             "--cpu-replicas", "2", "-q"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["replicas"] == 2
+    one, alone, _ = streamed
+    for a, b in zip(*(keras.saving.load_model(run / "model.keras").layers[-1].layers[-1].get_weights()
+                      for run in (one, out)), strict=True):
+        assert np.abs(a - b).max() < 1e-5
+    assert manifest["metrics"]["test"] == alone["metrics"]["test"]

@@ -79,7 +79,7 @@ def _train(cfg: TrainConfig, dataset: datasets.Dataset | None, cluster_resolver,
     parts = pretrained.frozen(cfg, classes) if cfg.pretrained else None
     # Pretrained: each photo's features (or maps) as it is decoded, never a split's pixels;
     # in a cluster each worker embeds its shard, and every worker gets them all (train.shard).
-    embed = parts and pretrained.embedder(cfg, parts[1], work.cache)
+    embed = parts and pretrained.embedder(cfg, parts[1], work.cache, strategy)
     if embed and cluster_resolver is not None:
         embed = shard.embedder(strategy, cluster_resolver, embed)
     splits = decode_splits(cfg, dataset, work, embed)

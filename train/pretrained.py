@@ -39,15 +39,17 @@ def frozen(cfg: TrainConfig, num_classes: int):
     return (model, *split_backbone(backbone, cfg.fine_tune))
 
 
-def embedder(cfg: TrainConfig, bottom, cache: Path):
+def embedder(cfg: TrainConfig, bottom, cache: Path, strategy=None):
     """A split's photos -> what `bottom` makes of them (train.stream), for train.fit.decode_splits.
 
     With --fine-tune N those are the maps the top blocks train on, every
     epoch: kept in memory when they fit under FEATURES_IN_MEMORY_LIMIT, else
-    memory-mapped to the run's cache (the log says which).
+    memory-mapped to the run's cache (the log says which). Under a local
+    MirroredStrategy (several GPUs) each batch is split over its replicas.
     """
     size = (cfg.image_size, cfg.image_size)
-    return lambda items, name: stream.embed(items, size, bottom, cache_dir=cache, name=name)
+    return lambda items, name: stream.embed(items, size, bottom, cache_dir=cache, name=name,
+                                            strategy=strategy)
 
 
 def make_stage(cfg: TrainConfig, parts, splits: DecodedSplits) -> Stage:

@@ -36,15 +36,16 @@ FEATURES_IN_MEMORY_LIMIT = int(os.environ.get("NOODLE_FEATURES_IN_MEMORY_LIMIT",
 
 def embed(items: list[tuple[Path, int]], size: tuple[int, int], model, *, cache_dir: Path | None = None,
           name: str = "features", limit: int | None = None, workers: int | None = None,
-          batch: int = FEATURE_BATCH) -> Decoded:
+          batch: int = FEATURE_BATCH, strategy=None) -> Decoded:
     """`model` (frozen, inference mode) on every readable photo of `items`; unreadable ones skipped.
 
     `limit`: bytes of outputs kept in memory (FEATURES_IN_MEMORY_LIMIT by
     default); past it they are memory-mapped to `cache_dir`/`name`.npy.
+    `strategy`: a local MirroredStrategy splits each batch over its replicas
+    (every local GPU); `batch` is then the batch of each.
     """
-    import tensorflow as tf
-
-    call = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
+    call = _caller(model, strategy)
+    batch *= _replicas(strategy)
     shape = (len(items), *model.output_shape[1:])
     limit = FEATURES_IN_MEMORY_LIMIT if limit is None else limit
     if cache_dir is not None and np.prod(shape) * 4 > limit:
@@ -63,7 +64,7 @@ def embed(items: list[tuple[Path, int]], size: tuple[int, int], model, *, cache_
 
     def flush(pixels: list[np.ndarray]) -> None:
         nonlocal written
-        out[written : written + len(pixels)] = call(tf.constant(np.stack(pixels), tf.float32)).numpy()
+        out[written : written + len(pixels)] = call(np.stack(pixels))
         written += len(pixels)
 
     def drain(chunk_futures) -> None:
@@ -100,3 +101,32 @@ def _take(chunk_futures, kept: list, skipped: list, pending: list) -> list:
             kept.append(i)
             pending.append(result)
     return pending
+
+
+def _replicas(strategy) -> int:
+    """The replicas a batch is split over: those of a local MirroredStrategy, else one.
+
+    A multi-worker strategy's workers each embed their own photos (train.shard).
+    """
+    import tensorflow as tf
+
+    return strategy.num_replicas_in_sync if isinstance(strategy, tf.distribute.MirroredStrategy) else 1
+
+
+def _caller(model, strategy):
+    """pixels (n, h, w, 3) -> `model`'s outputs as float32 numpy, its batch split over the replicas."""
+    import tensorflow as tf
+
+    call = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
+    replicas = _replicas(strategy)
+    if replicas == 1:
+        return lambda pixels: call(tf.constant(pixels, tf.float32)).numpy()
+
+    def mirrored(pixels):
+        parts = np.array_split(pixels, replicas)  # the last batch may leave a replica none
+        values = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(parts[ctx.replica_id_in_sync_group], tf.float32))
+        outs = strategy.experimental_local_results(strategy.run(call, args=(values,)))
+        return np.concatenate([o.numpy() for o in outs])
+
+    return mirrored
