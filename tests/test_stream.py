@@ -185,3 +185,49 @@ def test_a_mirrored_strategy_splits_each_batch_over_its_replicas(streamed, sampl
                       for run in (one, out)), strict=True):
         assert np.abs(a - b).max() < 1e-5
     assert manifest["metrics"]["test"] == alone["metrics"]["test"]
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_fails_the_run_in_one_line_naming_it(tmp_path):
+    """The worker killed as its training shard is embedded: the chief stops, naming it, and writes nothing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from train.sample import write_sample
+
+    data = tmp_path / "data"
+    # Many test photos: the worker is still embedding them when it is killed, so the gather waits for it.
+    write_sample(data, seed=2, train_per_class=30, test_per_class=150)
+    ports = _free_ports(2)
+    cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{ports[1]}"]}
+    proxies = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")
+    plain = {k: v for k, v in os.environ.items() if k.lower() not in proxies}
+    procs, logs = {}, {}
+    try:
+        for task in ("chief", "worker"):
+            env = {**plain, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task, "index": 0}})}
+            logs[task] = tmp_path / f"{task}.log"
+            with open(logs[task], "w") as log:
+                procs[task] = subprocess.Popen(
+                    [sys.executable, "-m", "noodle", "train", str(data), "--out", str(tmp_path / task),
+                     "--cluster", "tf-config"], stdout=log, stderr=subprocess.PIPE, text=True, env=env,
+                    start_new_session=True)
+        deadline = time.monotonic() + 300
+        while "train: 30 of 60 photos embedded by worker 1" not in logs["worker"].read_text():
+            assert time.monotonic() < deadline and procs["worker"].poll() is None, logs["worker"].read_text()
+            time.sleep(0.05)
+        os.killpg(procs["worker"].pid, signal.SIGKILL)
+        _, stderr = procs["chief"].communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert procs["chief"].returncode == 2  # a NoodleError, as every one-line error
+    said = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert said == ["error: worker-0 stopped answering while the features were gathered; start every worker "
+                    "again"], stderr[-3000:]
+    assert not (tmp_path / "chief" / "manifest.json").exists()

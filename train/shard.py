@@ -10,10 +10,12 @@ single worker solves. Only the chief solves it and writes the run.
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 
 from edge.preprocess import ImageError, load_image
+from train.cluster import ClusterError
 from train.data import Decoded
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,14 @@ def _all_gather(strategy, workers: int, value: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 
     values = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(value))
-    got = strategy.gather(values, axis=0).numpy()
+    try:
+        got = strategy.gather(values, axis=0).numpy()
+    except tf.errors.OpError as exc:
+        # A worker that died: the strategy's health check aborts the collective, naming it.
+        peer = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", str(exc.message))
+        who = f"{peer[1]}-{peer[2]}" if peer else "a worker"
+        raise ClusterError(f"{who} stopped answering while the features were gathered; "
+                           "start every worker again") from None
     # Each of a worker's replicas (its GPUs) sent the same rows: keep its first's.
     per_worker = strategy.num_replicas_in_sync // workers
     step, first = len(value), [w * per_worker for w in range(workers)]
