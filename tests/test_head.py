@@ -56,3 +56,12 @@ def test_an_iteration_cap_is_reported_as_not_converged():
     x, y = _problem()
     s = head.solve(x, y, 3, 1e-6, 3)
     assert s.iterations == 3 and not s.converged
+
+
+def test_blocks_of_rows_give_the_one_block_solution(monkeypatch):
+    """The features are widened to float64 a block of rows at a time: the same head as all at once."""
+    x, y = _problem(n=2500)
+    blocked = head.solve(x.astype(np.float32), y, 3, 1e-2, 1000)
+    monkeypatch.setattr(head, "_blocks", lambda n: [slice(0, n)])
+    whole = head.solve(x.astype(np.float32), y, 3, 1e-2, 1000)
+    assert np.abs(blocked.kernel - whole.kernel).max() < 1e-6 and blocked.iterations == whole.iterations

@@ -75,8 +75,8 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
-def _blocks(n: int, rows: int = 4096):
-    """Slices of `rows` rows: 4,096 rows of 1,280 features widened to float64 are 42 MB."""
+def _blocks(n: int, rows: int = 1024):
+    """Slices of `rows` rows: 1,024 rows of 1,280 features widened to float64 are 10 MB."""
     return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
 
 
