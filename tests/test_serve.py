@@ -463,9 +463,8 @@ HOSTILE = ["<script>alert(1)</script>", 'say "hi" & \'bye\'', "multi\nline"]
 
 @pytest.fixture(scope="module")
 def hostile_model(tmp_path_factory) -> Path:
-    from test_hostile import keras_model, write_export
-
     from export.convert import convert
+    from tests.hostile import keras_model, write_export
 
     return write_export(tmp_path_factory.mktemp("hostile") / "export", HOSTILE,
                         convert(keras_model("softmax", len(HOSTILE)), "float32"))

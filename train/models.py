@@ -3,7 +3,7 @@
 Every model takes raw 0-255 RGB pixels and rescales them itself, so the
 preprocessing the device runs (edge.preprocess) is all that stands between a
 photo and the model. Augmentation is never inside a model: training wraps
-it around the model (train.fit.for_training) and saves the model alone, so
+it around the model (train.scratch.for_training) and saves the model alone, so
 exported graphs hold only inference ops.
 """
 from __future__ import annotations
