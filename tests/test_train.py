@@ -521,30 +521,40 @@ def test_mixed_precision_is_undone_when_training_fails(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_set_over_the_memory_limit_trains_from_a_memory_mapped_cache(sample_data, tmp_path):
-    """NOODLE_IN_MEMORY_LIMIT below the pixels' size: every split streams from disk."""
+@pytest.mark.parametrize("arch", ["lite0", "allconv"])
+def test_a_set_over_the_memory_limit_trains_from_a_memory_mapped_cache(sample_data, tmp_path, arch):
+    """The limit below the size of what is kept: every split streams from disk.
+
+    The default keeps features (NOODLE_FEATURES_IN_MEMORY_LIMIT), the nets from scratch pixels
+    (NOODLE_IN_MEMORY_LIMIT).
+    """
     data = tmp_path / "data"
     shutil.copytree(sample_data, data)
     bad = bad_files(data / "train" / "stripes")  # dropped from the mapped file in place
-    limit = 100_000  # bytes; the smallest split (24 validation photos at 64x64) holds 295 kB
+    limit = 100_000  # bytes; the smallest split kept (40 test photos at 56x56, or features) holds 200 kB
     out = tmp_path / "run"
+    pretrained = arch == "lite0"
+    setting = "NOODLE_FEATURES_IN_MEMORY_LIMIT" if pretrained else "NOODLE_IN_MEMORY_LIMIT"
     result = subprocess.run(
-        [sys.executable, "-m", "noodle", "train", str(data), "--out", str(out), "--epochs", "2", "-q"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "NOODLE_IN_MEMORY_LIMIT": str(limit)})
+        [sys.executable, "-m", "noodle", "train", str(data), "--out", str(out), "--arch", arch,
+         "--epochs", "2", "-q"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, setting: str(limit)})
     assert result.returncode == 0, result.stderr[-3000:]
-    # noodle trains on its validation photos too: they are in train's mapped file.
-    assert re.search(rf"^pixels of train, test memory-mapped from .*, being over {limit:,} bytes",
-                     result.stdout, re.M), result.stdout[-2000:]
-    # Every readable photo decoded (120 and bad_files' good one); the bad ones are
-    # listed, and cut out of the mapped file.
-    assert re.search(r"train 121, test 40, skipped 3 unreadable", result.stdout), result.stdout[-2000:]
-    assert re.search(r"^training on the \d+ validation photos too", result.stdout, re.M)
+    said = (rf"; train, test memory-mapped from the run's cache, over {limit:,} bytes \({setting}\)$"
+            if pretrained else rf"^pixels of train, test memory-mapped from .*, being over {limit:,} bytes")
+    assert re.search(said, result.stdout, re.M), result.stdout[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(s["file"] for s in manifest["skipped"]) == sorted(str(p) for p in bad)
-    # The pretrained default's head: solved, one history row per iteration.
-    assert manifest["metrics"]["epochs_run"] == manifest["metrics"]["head"]["iterations"] > 0
     assert manifest["metrics"]["test"]["count"] == 40
-    assert not (out / ".cache").exists()  # the mapped pixels go when the run is complete
+    # Every readable photo decoded (120 and bad_files' good one); the bad ones are
+    # listed, and cut out of the mapped file. noodle trains on its validation photos too.
+    assert re.search(r"train 121, test 40, skipped 3 unreadable", result.stdout), result.stdout[-2000:]
+    assert re.search(r"^training on the \d+ validation photos too", result.stdout, re.M)
+    assert manifest["metrics"]["train_images"] == 121
+    if pretrained:
+        # The pretrained default's head: solved, one history row per iteration.
+        assert manifest["metrics"]["epochs_run"] == manifest["metrics"]["head"]["iterations"] > 0
+    assert not (out / ".cache").exists()  # the mapped files go when the run is complete
 
 
 def test_memory_mapped_pixels_equal_in_memory_ones_with_bad_files_cut(sample_data, tmp_path, monkeypatch):

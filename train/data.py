@@ -106,6 +106,7 @@ class Decoded:
     y: np.ndarray  # (n,) int32
     files: list[Path]
     skipped: list[dict] = field(default_factory=list)
+    rows: np.ndarray | None = None  # which of the items decoded are these (train.stream sets it)
 
 
 
@@ -439,6 +440,11 @@ def _rel(f: Path, base: Path) -> str:
 
 # ------------------------------------------------------------------------ pixels
 
+def cores() -> int:
+    """The cores this process may use: a container or taskset may allow fewer than the machine has."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def decode(
     items: list[tuple[Path, int]],
     size: tuple[int, int],
@@ -451,7 +457,7 @@ def decode(
     Pillow releases the GIL while decoding, so threads scale with cores.
     """
     height, width = size
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or cores()
     shape = (len(items), height, width, 3)
     if cache_dir is not None and np.prod(shape) > IN_MEMORY_LIMIT:
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ CLI's import path.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -19,7 +18,7 @@ import numpy as np
 
 from train import cluster as clusters
 from train import data as datasets
-from train import pretrained, results, runs, scratch
+from train import pretrained, results, runs, scratch, shard
 from train.config import TrainConfig, resolved, trains_on_val
 from train.quiet import quiet_tensorflow
 from train.rundir import RunDir
@@ -73,20 +72,30 @@ def _train(cfg: TrainConfig, dataset: datasets.Dataset | None, cluster_resolver,
 
     dataset = dataset or datasets.find_dataset(cfg.data)
     cfg = resolved(cfg)
-    splits = decode_splits(cfg, dataset, work)
+    classes = len(dataset.labels)
     keras.utils.set_random_seed(cfg.seed)
+    # Before anything touches a GPU: the strategy sets their memory growth.
     strategy = pick_strategy(cfg.cpu_replicas, cluster_resolver)
+    parts = pretrained.frozen(cfg, classes) if cfg.pretrained else None
+    # Pretrained: each photo's features (or maps) as it is decoded, never a split's pixels;
+    # in a cluster each worker embeds its shard, and every worker gets them all (train.shard).
+    embed = parts and pretrained.embedder(cfg, parts[1], work.cache, strategy)
+    if embed and cluster_resolver is not None:
+        embed = shard.embedder(strategy, cluster_resolver, embed)
+    splits = decode_splits(cfg, dataset, work, embed)
+    if embed and not chief:
+        log.info(f"{clusters.task_name(cluster_resolver)} done: its shard embedded; the chief solves the "
+                 "head and writes the run folder")
+        return None
     if device() == "CPU":
         # The cores this process may use: a container or taskset may allow fewer than the machine has.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        log.info(f"no GPU found: training on {cores} CPU cores")
+        log.info(f"no GPU found: training on {datasets.cores()} CPU cores")
     if cfg.mixed_precision:
         # float16 compute with float32 variables; the head is pinned to float32.
         # `train` restores the previous policy.
         keras.mixed_precision.set_global_policy("mixed_float16")
-    classes = len(dataset.labels)
     if cfg.pretrained:
-        stage = pretrained.make_stage(cfg, splits, classes)
+        stage = pretrained.make_stage(cfg, parts, splits)
         train_seconds, head = pretrained.solve_head(stage, splits, work, classes)
     else:
         stage = scratch.make_stage(cfg, splits, classes, strategy)
@@ -109,8 +118,11 @@ def _train(cfg: TrainConfig, dataset: datasets.Dataset | None, cluster_resolver,
     return manifest
 
 
-def decode_splits(cfg: TrainConfig, dataset: datasets.Dataset, work: RunDir) -> DecodedSplits:
-    """Every split's pixels at the run's input side, the validation photos folded in when trained on."""
+def decode_splits(cfg: TrainConfig, dataset: datasets.Dataset, work: RunDir, embed=None) -> DecodedSplits:
+    """Every split's pixels at the run's input side, the validation photos folded in when trained on.
+
+    `embed(items, split)`: what a frozen model makes of the pixels, kept instead of them (train.stream).
+    """
     on_val = trains_on_val(cfg, dataset)
     splits = dict(dataset.splits)
     if on_val:
@@ -118,7 +130,8 @@ def decode_splits(cfg: TrainConfig, dataset: datasets.Dataset, work: RunDir) -> 
         splits = {"train": splits["train"] + splits["val"], "test": splits["test"]}
     started = time.perf_counter()
     size = (cfg.image_size, cfg.image_size)
-    decoded = {split: datasets.decode(items, size, cache_dir=work.cache, name=split)
+    decoded = {split: embed(items, split) if embed else datasets.decode(items, size, cache_dir=work.cache,
+                                                                         name=split)
                for split, items in splits.items()}
     seconds = time.perf_counter() - started
     unreadable = [s for d in decoded.values() for s in d.skipped]
@@ -130,7 +143,7 @@ def decode_splits(cfg: TrainConfig, dataset: datasets.Dataset, work: RunDir) -> 
              + ", ".join(f"{s} {len(d.y)}" for s, d in decoded.items())
              + (f", skipped {len(unreadable)} unreadable" if unreadable else "")
              + (f", {len(dataset.skipped)} listed but missing" if dataset.skipped else "")
-             + f" (decoded in {seconds:.1f}s)")
+             + f" ({'decoded and embedded' if embed else 'decoded'} in {seconds:.1f}s)")
     if on_val:
         log.info(f"training on the {len(dataset.splits['val'])} validation photos too: nothing is chosen "
                  "on them (--hold-out-val keeps them out, for validation curves); the test split scores the "
@@ -138,7 +151,7 @@ def decode_splits(cfg: TrainConfig, dataset: datasets.Dataset, work: RunDir) -> 
     for warning in dataset.warnings:
         log.warning(warning)
     mapped = [split for split, d in decoded.items() if isinstance(d.x, np.memmap)]
-    if mapped:
+    if mapped and not embed:
         log.info(f"pixels of {', '.join(mapped)} memory-mapped from {work.cache}, "
                  f"being over {datasets.IN_MEMORY_LIMIT:,} bytes (NOODLE_IN_MEMORY_LIMIT)")
     # Missing listed files, then unreadable ones.

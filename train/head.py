@@ -34,16 +34,23 @@ def solve(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, max_iterati
     """
     from scipy.optimize import minimize
 
-    x = np.asarray(x, np.float64)
+    # The features stay float32 (as computed); each block of rows is widened to
+    # float64 only while it is multiplied, so memory holds no float64 copy of them.
+    x = np.asarray(x, np.float32)
     n, d = x.shape
     onehot = np.eye(num_classes)[np.asarray(y)]
 
     def loss_and_grad(theta):
         kernel, bias = theta[: d * num_classes].reshape(d, num_classes), theta[d * num_classes :]
-        logp = _log_softmax(x @ kernel + bias)
-        loss = -(onehot * logp).sum() / n + 0.5 * l2 * (kernel * kernel).sum()
-        g = (np.exp(logp) - onehot) / n
-        return loss, np.concatenate([(x.T @ g + l2 * kernel).ravel(), g.sum(0)])
+        loss, g_kernel, g_bias = 0.5 * l2 * (kernel * kernel).sum(), l2 * kernel, np.zeros(num_classes)
+        for rows in _blocks(n):
+            xb = x[rows].astype(np.float64)
+            logp = _log_softmax(xb @ kernel + bias)
+            loss -= (onehot[rows] * logp).sum() / n
+            g = (np.exp(logp) - onehot[rows]) / n
+            g_kernel += xb.T @ g
+            g_bias += g.sum(0)
+        return loss, np.concatenate([g_kernel.ravel(), g_bias])
 
     history: list[dict] = []
 
@@ -51,7 +58,7 @@ def solve(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, max_iterati
         kernel, bias = theta[: d * num_classes].reshape(d, num_classes), theta[d * num_classes :]
         row = {"epoch": len(history), **_scores(x, onehot, kernel, bias)}
         if val is not None and len(val[1]):
-            scores = _scores(np.asarray(val[0], np.float64), np.eye(num_classes)[val[1]], kernel, bias)
+            scores = _scores(val[0], np.eye(num_classes)[val[1]], kernel, bias)
             row.update({f"val_{k}": v for k, v in scores.items()})
         history.append(row)
 
@@ -68,8 +75,16 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
+def _blocks(n: int, rows: int = 1024):
+    """Slices of `rows` rows: 1,024 rows of 1,280 features widened to float64 are 10 MB."""
+    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
+
+
 def _scores(x, onehot, kernel, bias) -> dict:
     """Unregularized mean cross-entropy and accuracy, as Keras logs them."""
-    logp = _log_softmax(x @ kernel + bias)
-    return {"loss": float(-(onehot * logp).sum() / len(x)),
-            "accuracy": float((logp.argmax(1) == onehot.argmax(1)).mean())}
+    loss, right = 0.0, 0
+    for rows in _blocks(len(x)):
+        logp = _log_softmax(np.asarray(x[rows], np.float64) @ kernel + bias)
+        loss -= (onehot[rows] * logp).sum()
+        right += int((logp.argmax(1) == onehot[rows].argmax(1)).sum())
+    return {"loss": float(loss / len(x)), "accuracy": float(right / len(x)) if len(x) else float("nan")}

@@ -13,16 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from edge.atomic import write_bytes
+from train import stream
 from train.config import HEAD_ITERATIONS, HEAD_L2, TrainConfig
 from train.rundir import RunDir
 from train.stage import DecodedSplits, Stage, compiled, device, pipeline
 
 log = logging.getLogger(__name__)
-
-# A pretrained backbone's features are computed this many photos a call:
-# 64 photos of 224x224 hold the widest map in 150 MB of float32.
-FEATURE_BATCH = 64
-
 
 # Fine-tuning (--fine-tune N) runs at this fraction of --learning-rate: a
 # tenth keeps the ImageNet features from being washed out by a few hundred
@@ -30,16 +26,8 @@ FEATURE_BATCH = 64
 FINE_TUNE_RATE = 0.1
 
 
-def make_stage(cfg: TrainConfig, splits: DecodedSplits, num_classes: int) -> Stage:
-    """A pretrained backbone, frozen, with its features of each photo for a new head (`solve_head`).
-
-    The backbone stays in inference mode, so a photo's features never change:
-    they are computed once, un-augmented (augmented copies did not pay for
-    their time, docs/experiments.md). With --fine-tune N the backbone is cut
-    before its top N blocks: what the photos bring there is computed once
-    too, and the top blocks make the head's features from it (`fine_tune`
-    then trains them).
-    """
+def frozen(cfg: TrainConfig, num_classes: int):
+    """(model, bottom, top): the classifier, its backbone frozen, cut for --fine-tune (`split_backbone`)."""
     import keras
 
     from train.models import build
@@ -48,14 +36,56 @@ def make_stage(cfg: TrainConfig, splits: DecodedSplits, num_classes: int) -> Sta
     model = build(cfg.arch, (cfg.image_size, cfg.image_size, 3), num_classes, cfg.weights)
     backbone = model.layers[1]
     backbone.trainable = False
-    bottom, top = split_backbone(backbone, cfg.fine_tune)
+    return (model, *split_backbone(backbone, cfg.fine_tune))
+
+
+def embedder(cfg: TrainConfig, bottom, cache: Path, strategy=None):
+    """A split's photos -> what `bottom` makes of them (train.stream), for train.fit.decode_splits.
+
+    With --fine-tune N those are the maps the top blocks train on, every
+    epoch: kept in memory when they fit under FEATURES_IN_MEMORY_LIMIT, else
+    memory-mapped to the run's cache (the log says which). Under a local
+    MirroredStrategy (several GPUs) each batch is split over its replicas.
+    """
+    size = (cfg.image_size, cfg.image_size)
+    return lambda items, name: stream.embed(items, size, bottom, cache_dir=cache, name=name,
+                                            strategy=strategy)
+
+
+def make_stage(cfg: TrainConfig, parts, splits: DecodedSplits) -> Stage:
+    """A pretrained backbone, frozen, with its features of each photo for a new head (`solve_head`).
+
+    The backbone stays in inference mode, so a photo's features never change:
+    they were computed once, as the photos were decoded (`embedder`),
+    un-augmented (augmented copies did not pay for their time,
+    docs/experiments.md). With --fine-tune N the backbone was cut before its
+    top N blocks: what the photos bring there was computed once, and the top
+    blocks make the head's features from it (`fine_tune` then trains them).
+    The stage's `scorer` takes a split's `x` (features or maps) to probabilities.
+    """
+    import keras
+
+    model, bottom, top = parts
+    backbone, head_model = model.layers[1], model.layers[-1]
     started = time.perf_counter()
-    maps = {split: outputs(bottom, d.x) for split, d in splits.decoded.items() if split != "test"}
-    features = maps if top is None else {split: outputs(top, m) for split, m in maps.items()}
+    computed = {split: d.x for split, d in splits.decoded.items() if split != "test"}
+    features = computed if top is None else {split: outputs(top, m) for split, m in computed.items()}
+    mapped = [split for split, d in splits.decoded.items() if isinstance(d.x, np.memmap)]
     log.info(f"{backbone.name} ({backbone.count_params():,} params, {cfg.weights} weights, frozen): "
-             f"features of {sum(map(len, features.values()))} photos at {cfg.image_size}x{cfg.image_size} in "
-             f"{time.perf_counter() - started:.1f}s on {device()}")
-    return Stage(model, features=features, **({"maps": maps, "top": top} if top is not None else {}))
+             f"{'maps of the frozen blocks' if top is not None else 'features'} of "
+             f"{sum(len(d.y) for d in splits.decoded.values())} photos at {cfg.image_size}x{cfg.image_size} "
+             f"computed as decoded, on {device()}"
+             + (f"; top blocks' features in {time.perf_counter() - started:.1f}s" if top is not None else "")
+             + (f"; {', '.join(mapped)} memory-mapped from the run's cache, over "
+                f"{stream.FEATURES_IN_MEMORY_LIMIT:,} bytes (NOODLE_FEATURES_IN_MEMORY_LIMIT)" if mapped
+                else "; kept in memory"))
+    if top is None:
+        scorer = head_model
+    else:
+        inputs = keras.Input(top.input_shape[1:], name="maps")
+        scorer = keras.Model(inputs, head_model(top(inputs)), name="scorer")
+    return Stage(model, features=features, scorer=scorer,
+                 **({"maps": computed, "top": top} if top is not None else {}))
 
 
 def solve_head(stage: Stage, splits: DecodedSplits, work: RunDir, num_classes: int) -> tuple[float, dict]:
@@ -126,7 +156,7 @@ def split_backbone(backbone, blocks: int):
     return keras.Model(backbone.input, cut.input), keras.Model(cut.input, backbone.output)
 
 
-def outputs(model, x: np.ndarray, batch: int = FEATURE_BATCH) -> np.ndarray:
+def outputs(model, x: np.ndarray, batch: int = stream.FEATURE_BATCH) -> np.ndarray:
     """`model` in inference mode on `x` (pixels or feature maps), a batch at a time, as float32.
 
     Batched so that a memory-mapped split streams; called, not predict_on_batch,

@@ -69,7 +69,8 @@ def evaluate(model, splits: DecodedSplits, classes: list[str], stage: Stage, his
                **({"head": head} if head else {})}
     for split in ("val", "test"):
         if split in splits.decoded and len(splits.decoded[split].y):
-            probs = predict_probabilities(model, splits.decoded[split].x)
+            # A pretrained run's splits hold features: its scorer is the model past the backbone.
+            probs = predict_probabilities(stage.scorer or model, splits.decoded[split].x)
             metrics[split] = classification_metrics(splits.decoded[split].y, probs, classes)
     return metrics
 

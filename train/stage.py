@@ -16,7 +16,11 @@ from train import data as datasets
 
 @dataclass
 class DecodedSplits:
-    """The decoded splits a run trains and scores on (the validation photos folded in when trained on)."""
+    """The decoded splits a run trains and scores on (the validation photos folded in when trained on).
+
+    Pixels from scratch; a pretrained backbone's features (or maps) of them
+    for the pretrained trainer, which never holds the pixels (train.stream).
+    """
 
     decoded: dict[str, datasets.Decoded]
     on_val: bool
@@ -40,6 +44,7 @@ class Stage:
     features: dict | None = None  # pretrained: the backbone's features of each photo, per split
     maps: dict | None = None  # fine-tuning: what the frozen blocks make of each photo, per split
     top: object = None  # fine-tuning: the backbone's top blocks, trained on `maps`
+    scorer: object = None  # pretrained: a split's `x` (features or maps) -> probabilities
 
     @property
     def restores_best(self) -> bool:
@@ -64,7 +69,7 @@ def pipeline(x: np.ndarray, y: np.ndarray, batch: int, shuffle: bool, seed: int,
                 idx = np.sort(order[i : i + batch])
                 yield x[idx], y[idx]
 
-        spec = (tf.TensorSpec((None, *x.shape[1:]), tf.uint8), tf.TensorSpec((None,), tf.int32))
+        spec = (tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype)), tf.TensorSpec((None,), tf.int32))
         ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
     else:
         ds = tf.data.Dataset.from_tensor_slices((x, y))

@@ -1,0 +1,233 @@
+"""The default trains on features streamed from the photos (train.stream), never on a split's pixels.
+
+The streamed run must be the run the pixels made: the same head, the same
+accuracy, the same manifest figures, memory-mapped features or not.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from train import stream
+from train.data import decode, find_dataset
+
+
+@pytest.fixture(scope="module")
+def streamed(sample_data, tmp_path_factory):
+    """A default (lite0) run on the sample data, its features spilled to the cache (limit set low)."""
+    from train.fit import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "streamed"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stream, "FEATURES_IN_MEMORY_LIMIT", 1)  # every split past it: the spill path
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logger = logging.getLogger("train")
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            manifest = train(TrainConfig(data=sample_data, out=out, verbose=0))
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+    return out, manifest, [r.getMessage() for r in records]
+
+
+def test_the_spilled_features_are_said_and_cleaned_up(streamed):
+    out, manifest, log = streamed
+    assert manifest["arch"] == "lite0"
+    assert any("memory-mapped from the run's cache" in line and "train" in line for line in log), log
+    assert not (out / ".cache").exists()  # the run folder keeps no features once written
+
+
+def test_the_streamed_head_is_the_one_the_pixels_make(streamed, sample_data):
+    """The head solved on features of pixels held in memory, as before streaming, to 1e-5."""
+    import keras
+
+    from train import head
+    from train.config import HEAD_ITERATIONS, HEAD_L2
+    from train.pretrained import outputs
+    from train.results import classification_metrics, predict_probabilities
+
+    out, manifest, _ = streamed
+    dataset = find_dataset(sample_data)
+    side = manifest["input"]["height"]
+    train_items = dataset.splits["train"] + (dataset.splits["val"] if manifest["training"]["train_on_val"]
+                                             else [])
+    pixels = decode(train_items, (side, side))
+    model = keras.saving.load_model(out / "model.keras")
+    backbone = model.layers[1]
+    solution = head.solve(outputs(backbone, pixels.x), pixels.y, len(dataset.labels), HEAD_L2,
+                          HEAD_ITERATIONS)
+    kernel, bias = model.layers[-1].layers[-1].get_weights()
+    assert np.abs(kernel - solution.kernel).max() < 1e-5
+    assert np.abs(bias - solution.bias).max() < 1e-5
+    assert manifest["metrics"]["head"]["iterations"] == solution.iterations
+    test = decode(dataset.splits["test"], (side, side))
+    scored = classification_metrics(test.y, predict_probabilities(model, test.x), dataset.labels)
+    assert manifest["metrics"]["test"]["accuracy"] == scored["accuracy"]
+    assert manifest["metrics"]["test"]["confusion_matrix"] == scored["confusion_matrix"]
+    assert manifest["metrics"]["train_images"] == len(pixels.y)
+
+
+def test_embed_skips_unreadable_photos_and_keeps_full_batches(sample_data, tmp_path):
+    """A bad file is skipped by name; the rest are embedded in order, as the pixels held would be."""
+    import keras
+
+    items = find_dataset(sample_data).splits["test"][:10]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a photo")
+    copied = tmp_path / "copy.png"
+    shutil.copy(items[0][0], copied)
+    items = [items[0], (bad, 1), *items[1:], (copied, items[0][1])]
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    got = stream.embed(items, (16, 16), model, batch=4, workers=2, cache_dir=tmp_path / "c", limit=1)
+    assert isinstance(got.x, np.memmap) and got.x.shape == (11, 3)
+    assert [s["file"] for s in got.skipped] == [str(bad)] or [s["file"] for s in got.skipped] == [bad]
+    assert got.files == [f for f, _ in items if f != bad]
+    want = decode([i for i in items if i[0] != bad], (16, 16))
+    assert np.allclose(got.x, want.x.astype(np.float32).mean((1, 2)), atol=1e-4)
+    assert got.y.tolist() == want.y.tolist() and json.dumps(got.y.tolist())
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.slow
+def test_two_workers_embed_a_shard_each_and_the_chief_solves_the_same_head(streamed, sample_data, tmp_path):
+    """A chief and a worker on the loopback: half the photos each, gathered by collectives, one head."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import keras
+
+    ports = _free_ports(2)
+    cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{ports[1]}"]}
+    # gRPC would send even loopback traffic through a proxy named in the environment.
+    proxies = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")
+    plain = {k: v for k, v in os.environ.items() if k.lower() not in proxies}
+    procs, logs, outs = {}, {}, {t: tmp_path / f"{t}-run" for t in ("chief", "worker")}
+    try:
+        for task in ("chief", "worker"):
+            env = {**plain, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task, "index": 0}})}
+            logs[task] = tmp_path / f"{task}.log"
+            with open(logs[task], "w") as log:
+                procs[task] = subprocess.Popen(
+                    [sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(outs[task]),
+                     "--cluster", "tf-config"],
+                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + 300
+        for task, proc in procs.items():
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{task} still running after 300 s:\n{logs[task].read_text()[-3000:]}")
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    for task, proc in procs.items():
+        assert proc.returncode == 0, f"{task}:\n{logs[task].read_text()[-3000:]}"
+    chief_log, worker_log = logs["chief"].read_text(), logs["worker"].read_text()
+    # Each embedded its own half of each split (train, with validation folded in: 120; test: 40).
+    assert "train: 60 of 120 photos embedded by worker 0 of 2" in chief_log, chief_log[-3000:]
+    assert "train: 60 of 120 photos embedded by worker 1 of 2" in worker_log, worker_log[-3000:]
+    assert "test: 20 of 40 photos embedded by worker 1 of 2" in worker_log
+    assert "the chief solves the head and writes the run folder" in worker_log
+    assert not outs["worker"].exists()
+    one, _, _ = streamed
+    alone = keras.saving.load_model(one / "model.keras").layers[-1].layers[-1].get_weights()
+    together = keras.saving.load_model(outs["chief"] / "model.keras").layers[-1].layers[-1].get_weights()
+    for a, b in zip(alone, together, strict=True):
+        assert np.abs(a - b).max() < 1e-5
+    metrics = [json.loads((run / "manifest.json").read_text())["metrics"] for run in (one, outs["chief"])]
+    assert metrics[0]["test"] == metrics[1]["test"]
+    assert metrics[0]["train_images"] == metrics[1]["train_images"]
+
+
+@pytest.mark.slow
+def test_a_mirrored_strategy_splits_each_batch_over_its_replicas(streamed, sample_data, tmp_path):
+    """What several GPUs run, on two logical CPUs (--cpu-replicas 2): the one-device head to 1e-5."""
+    import subprocess
+    import sys
+
+    import keras
+
+    out = tmp_path / "mirrored"
+    result = subprocess.run([sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(out),
+                             "--cpu-replicas", "2", "-q"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["replicas"] == 2
+    one, alone, _ = streamed
+    for a, b in zip(*(keras.saving.load_model(run / "model.keras").layers[-1].layers[-1].get_weights()
+                      for run in (one, out)), strict=True):
+        assert np.abs(a - b).max() < 1e-5
+    assert manifest["metrics"]["test"] == alone["metrics"]["test"]
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_fails_the_run_in_one_line_naming_it(tmp_path):
+    """The worker killed as its training shard is embedded: the chief stops, naming it, and writes nothing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from train.sample import write_sample
+
+    data = tmp_path / "data"
+    # Many test photos: the worker is still embedding them when it is killed, so the gather waits for it.
+    write_sample(data, seed=2, train_per_class=30, test_per_class=150)
+    ports = _free_ports(2)
+    cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{ports[1]}"]}
+    proxies = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")
+    plain = {k: v for k, v in os.environ.items() if k.lower() not in proxies}
+    procs, logs = {}, {}
+    try:
+        for task in ("chief", "worker"):
+            env = {**plain, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task, "index": 0}})}
+            logs[task] = tmp_path / f"{task}.log"
+            with open(logs[task], "w") as log:
+                procs[task] = subprocess.Popen(
+                    [sys.executable, "-m", "noodle", "train", str(data), "--out", str(tmp_path / task),
+                     "--cluster", "tf-config"], stdout=log, stderr=subprocess.PIPE, text=True, env=env,
+                    start_new_session=True)
+        deadline = time.monotonic() + 300
+        while "train: 30 of 60 photos embedded by worker 1" not in logs["worker"].read_text():
+            assert time.monotonic() < deadline and procs["worker"].poll() is None, logs["worker"].read_text()
+            time.sleep(0.05)
+        os.killpg(procs["worker"].pid, signal.SIGKILL)
+        _, stderr = procs["chief"].communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert procs["chief"].returncode == 2  # a NoodleError, as every one-line error
+    said = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert said == ["error: worker-0 stopped answering while the features were gathered; start every worker "
+                    "again"], stderr[-3000:]
+    assert not (tmp_path / "chief" / "manifest.json").exists()

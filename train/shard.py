@@ -1,0 +1,86 @@
+"""The pretrained trainer in a cluster: each worker embeds its own shard, the chief gets them all.
+
+Worker k of W (the chief first, as MultiWorkerMirroredStrategy numbers them)
+decodes and embeds photos k, k+W, k+2W... of each split (train.stream); the
+features, the rows they came from and the rows unreadable are then gathered
+to every worker by the strategy's collectives (no shared file system), and
+put back in the split's order, so the head solved on them is the one a
+single worker solves. Only the chief solves it and writes the run.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+
+from edge.preprocess import ImageError, load_image
+from train.cluster import ClusterError
+from train.data import Decoded
+
+log = logging.getLogger(__name__)
+
+
+def rank(cluster_resolver) -> tuple[int, int]:
+    """(this worker's number, the number of workers), the chief first."""
+    jobs = cluster_resolver.cluster_spec().as_dict()
+    tasks = [(job, i) for job in ("chief", "worker") for i in range(len(jobs.get(job, [])))]
+    return tasks.index((cluster_resolver.task_type, cluster_resolver.task_id)), len(tasks)
+
+
+def embedder(strategy, cluster_resolver, embed):
+    """`embed(items, name)` (train.stream) on this worker's shard, gathered from every worker."""
+    me, workers = rank(cluster_resolver)
+
+    def sharded(items, name):
+        mine = np.arange(me, len(items), workers, dtype=np.int64)
+        got = embed([items[i] for i in mine], name)
+        log.info(f"{name}: {len(mine)} of {len(items)} photos embedded by worker {me} of {workers}")
+        kept = gather(strategy, workers, mine[got.rows])
+        x = gather(strategy, workers, np.asarray(got.x, np.float32))
+        lost = np.sort(gather(strategy, workers, np.setdiff1d(mine, mine[got.rows])))
+        order = np.argsort(kept, kind="stable")
+        rows = kept[order]
+        return Decoded(x=x[order], y=np.array([items[i][1] for i in rows], np.int32),
+                       files=[items[i][0] for i in rows], skipped=[_reason(items[i][0]) for i in lost],
+                       rows=rows)
+
+    return sharded
+
+
+def gather(strategy, workers: int, rows: np.ndarray) -> np.ndarray:
+    """Every worker's `rows` (its own count of them), concatenated in worker order, on every worker."""
+    counts = _all_gather(strategy, workers, np.array([len(rows)], np.int64))
+    # The collective takes equal shapes, and never an empty one (TensorFlow 2.21 crashes on it).
+    most = max(1, int(counts.max()))
+    padded = np.zeros((most, *rows.shape[1:]), rows.dtype)
+    padded[: len(rows)] = rows
+    got = _all_gather(strategy, workers, padded)
+    return np.concatenate([got[w * most : w * most + int(c)] for w, c in enumerate(counts)])
+
+
+def _all_gather(strategy, workers: int, value: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    values = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(value))
+    try:
+        got = strategy.gather(values, axis=0).numpy()
+    except tf.errors.OpError as exc:
+        # A worker that died: the strategy's health check aborts the collective, naming it.
+        peer = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", str(exc.message))
+        who = f"{peer[1]}-{peer[2]}" if peer else "a worker"
+        raise ClusterError(f"{who} stopped answering while the features were gathered; "
+                           "start every worker again") from None
+    # Each of a worker's replicas (its GPUs) sent the same rows: keep its first's.
+    per_worker = strategy.num_replicas_in_sync // workers
+    step, first = len(value), [w * per_worker for w in range(workers)]
+    return np.concatenate([got[r * step : (r + 1) * step] for r in first])
+
+
+def _reason(path) -> dict:
+    """A file another worker could not read, as decode lists it: read again here for its reason."""
+    try:
+        load_image(path, (8, 8))
+    except ImageError as exc:
+        return {"file": exc.path, "reason": exc.reason}
+    return {"file": str(path), "reason": "unreadable on another worker"}
