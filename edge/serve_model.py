@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from edge.postprocess import UNKNOWN, answer
+from edge.postprocess import UNKNOWN, answer, check_threshold
 
 
 class SharedModel:
@@ -20,7 +20,6 @@ class SharedModel:
         """threshold: under it an answer is `unknown` (--threshold); a model, taught ones too, with a
         class of that name is refused here, so a teach that would make one fails in words."""
         from edge.escape import escape_name
-        from edge.postprocess import check_threshold
         from edge.runtime import embedded_metadata, package_version, read_checked
 
         check_threshold(threshold, clf.labels, escape_name(str(getattr(clf, "folder", None) or clf.path)))

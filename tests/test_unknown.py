@@ -215,6 +215,9 @@ def test_snapshot_needs_the_token_beyond_loopback_and_a_camera(model, tmp_path):
         latest(served, **auth())
         status, head, data = served.get("/snapshot.jpg", **auth())
         assert status == 200 and Image.open(io.BytesIO(data)).size == FRAME
+        # Home Assistant's generic camera sends no Bearer header: the token in its URL.
+        assert served.get(f"/snapshot.jpg?token={TOKEN}")[0] == 200
+        assert served.get("/snapshot.jpg?token=wrong-token-of-some-length")[0] == 401
         status, payload = api.json("GET", "/snapshot.jpg")
         assert status == 404 and "no camera" in one_line_error(status, payload)
     finally:
