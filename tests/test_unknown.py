@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_serve import TOKEN, Served, auth, free_port, one_line_error, serve_cli
+from test_serve_browser import Browser
 from test_serve_mqtt import PREFIX, Broker, Subscriber, topic
 from typer.testing import CliRunner
 
@@ -171,6 +172,26 @@ def test_serve_classify_latest_and_metrics_say_unknown(server, photos):
     metrics = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
     assert metrics['noodle_unknown_total{source="api"}'] == "1"
     assert int(metrics['noodle_unknown_total{source="camera"}']) >= 1
+
+
+def test_the_page_shows_unknown_dimmed_and_the_threshold(server, tmp_path):
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.page("Page.navigate", url=f"http://127.0.0.1:{server.port}/")
+        deadline = time.monotonic() + 30
+        read = ('document.getElementById("label") && JSON.stringify({label: '
+                'document.getElementById("label").textContent, dimmed: '
+                'document.getElementById("label").classList.contains("unknown"), '
+                'model: document.getElementById("model").textContent})')
+        while not ((shown := json.loads(browser.evaluate(read) or "{}")).get("label") == "unknown"
+                   and "unknown under" in shown["model"]):
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.05)
+        time.sleep(0.5)  # the next results, drawn once the page knows the threshold
+        shown = json.loads(browser.evaluate(read))
+    finally:
+        browser.close()
+    assert shown["label"] == "unknown" and shown["dimmed"] and "unknown under 75.0 %" in shown["model"], shown
 
 
 def test_the_mqtt_state_says_unknown(model, tmp_path):
