@@ -257,3 +257,18 @@ def test_snapshot_before_the_first_frame_is_503_json():
         app.workers.shutdown()
         app.waiters.shutdown()
     assert refused.value.status == 503 and "no camera frame yet" in refused.value.message
+
+
+def test_a_teach_that_makes_a_class_named_unknown_fails_the_swap_under_a_threshold(tmp_path):
+    """serve_teach.swap builds the new SharedModel with the served one's threshold: refused in words,
+    before anything is loaded or swapped, so the model served stays."""
+    from types import SimpleNamespace
+
+    from edge.errors import NoodleError
+    from edge.serve_teach import swap
+
+    served = SimpleNamespace(threshold=0.5, clf="the old model")
+    taught = SimpleNamespace(labels=["cat", "unknown"], folder=tmp_path / "taught", path=tmp_path / "x")
+    with pytest.raises(NoodleError, match="named 'unknown'"):
+        swap(served, taught, 1, {})
+    assert served.clf == "the old model"
