@@ -273,9 +273,13 @@ class Summary:
 
 
 def run(clf, frames: Frames, every: int = 30, max_frames: int | None = None, as_json: bool = False,
-        show: bool = False, out: Callable[[str], None] = print) -> Summary:
-    """Classify each frame; print a line every `every` frames and a summary at the end."""
+        show: bool = False, out: Callable[[str], None] = print, threshold: float = 0.0) -> Summary:
+    """Classify each frame; print a line every `every` frames and a summary at the end.
+
+    A frame whose top score is under `threshold` is `unknown` (edge.postprocess.answer)."""
     import json
+
+    from edge.postprocess import answer
 
     summary = Summary()
     window = _Window() if show else None
@@ -283,7 +287,8 @@ def run(clf, frames: Frames, every: int = 30, max_frames: int | None = None, as_
     try:
         for frame in frames:
             pixels = from_frame(frame, clf.size, bgr=True)
-            (label, score), = clf.top_k(clf.probabilities(pixels[None]), 1)[0]
+            said = answer(clf.top_k(clf.probabilities(pixels[None]), 1)[0], threshold)
+            label, score = said["label"], said["score"]
             summary.frames += 1
             summary.labels[label] += 1
             if summary.frames % every == 0 or summary.frames == 1:

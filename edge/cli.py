@@ -33,6 +33,7 @@ from edge.serve_options import (
     Rate,
     Retries,
     Source,
+    Threshold,
     Token,
     TokenFile,
     TopK,
@@ -82,11 +83,13 @@ def _check_numbers(threads: int | None, workers: int | None = None) -> None:
 
 
 def _load(model: Path, threads: int | None, runtime: str | None, verbose: bool, no_verify: bool = False,
-          strict: bool = False):
+          strict: bool = False, threshold: float = 0.0):
     from edge.escape import escape_name, shown
+    from edge.postprocess import check_threshold
     from edge.runtime import load_classifier, package_version
 
     clf = load_classifier(model, threads=threads, runtime=runtime, allow_unverified=no_verify)
+    check_threshold(threshold, clf.labels, escape_name(str(model)))
     if clf.validation != "passed":
         where = escape_name(str(model))
         why = (f"its export's validation {clf.validation} (as its manifest.json records)" if clf.validation
@@ -112,6 +115,7 @@ def classify(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels to show per file.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV with a header row.")] = False,
+    threshold: Threshold = SERVE.threshold,
     threads: Threads = None,
     workers: Workers = None,
     batch: Batch = None,
@@ -122,31 +126,30 @@ def classify(
 ) -> None:
     """Classify image files; unreadable ones are reported on stderr and the exit code is 1.
 
-    Names that are not UTF-8 print escaped as `ls` does in the table and CSV (byte 0xFF
-    as \\377, a backslash as \\\\); JSON keeps Python's \\udcff form, which os.fsencode
-    turns back into the exact bytes. Labels are escaped alike (a control or bidi character
-    as \\ooo), and the table cuts long ones. A CSV cell that would start with = + - @ (a
-    spreadsheet formula) or ' gets a ' in front; edge.escape.csv_value undoes both.
+    Names that are not UTF-8 print escaped as `ls` does in the table and CSV (byte 0xFF as \\377,
+    a backslash as \\\\); JSON keeps Python's \\udcff form, which os.fsencode turns back into the
+    exact bytes. Labels are escaped alike (a control or bidi character as \\ooo), and the table cuts
+    long ones. A CSV cell that would start with = + - @ (a spreadsheet formula) or ' gets a ' in
+    front; edge.escape.csv_value undoes both. The CSV and table get top_label with --threshold.
     """
     if as_json and as_csv:
         raise NoodleError("--json and --csv: choose one output format")
     _check_numbers(threads, workers)
+    from edge import files as found
     from edge.escape import escape_name
-    from edge.files import classify as run
-    from edge.files import expand
 
-    clf = _load(model, threads or 1, runtime, verbose, no_verify, strict)
+    clf = _load(model, threads or 1, runtime, verbose, no_verify, strict, threshold)
     top_k = min(top_k, len(clf.labels))
-    files, problems = expand(paths)
+    files, problems = found.expand(paths)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if not files:
         raise NoodleError(f"nothing to classify in {' '.join(map(escape_name, paths))}; "
                           "pass image files, folders or globs")
-    write = _writer(as_json, as_csv, top_k, files, clf.labels)
+    write = _writer(as_json, as_csv, top_k, files, clf.labels, threshold)
     start, failed = time.perf_counter(), 0
     try:
-        for result in run(clf, files, k=top_k, batch=batch, workers=workers):
+        for result in found.classify(clf, files, k=top_k, batch=batch, workers=workers):
             if result.error is None:
                 write(result)
             else:
@@ -166,7 +169,7 @@ def classify(
         raise typer.Exit(1)
 
 
-def _writer(as_json: bool, as_csv: bool, k: int, files: list[str], labels: list[str]):
+def _writer(as_json: bool, as_csv: bool, k: int, files: list[str], labels: list[str], threshold: float = 0.0):
     """A function printing one Result in the chosen format (a header first for table and CSV).
 
     File names: JSON gives the name as Python holds it, a byte that is not UTF-8 as
@@ -175,33 +178,40 @@ def _writer(as_json: bool, as_csv: bool, k: int, files: list[str], labels: list[
     (0xFF as \\377, a backslash doubled), which edge.escape.unescape_name reverses;
     labels likewise. CSV cells are edge.escape.csv_cell's (formulas neutralized),
     which edge.escape.csv_value reverses. JSON escapes every control character itself.
+    The label is edge.postprocess.answer's (`unknown` under --threshold); with a threshold
+    the CSV and table add top_label, the model's best class, which `unknown` would hide.
     """
     from edge.escape import csv_cell, escape_name, shown
+    from edge.postprocess import answer
 
     if as_json:
         import json
 
-        def write(r):
-            top = [{"label": label, "score": round(score, 6)} for label, score in r.top]
-            print(json.dumps({"file": r.path, "label": top[0]["label"], "score": top[0]["score"],
-                              "top": top}))
-        return write
+        return lambda r: print(json.dumps({"file": r.path, **answer(r.top, threshold)}))
     if as_csv:
         import csv
 
         out = csv.writer(sys.stdout, lineterminator="\n")
-        out.writerow(["file", "label", "score"]
+        out.writerow(["file", "label", "score"] + (["top_label"] if threshold else [])
                      + [f"{c}_{i}" for i in range(2, k + 1) for c in ("label", "score")])
-        return lambda r: out.writerow([csv_cell(r.path, None)] + [
-            v for label, s in r.top for v in (csv_cell(label, None), f"{s:.6f}")])
+
+        def csv_row(r):
+            said = answer(r.top, threshold)
+            out.writerow([csv_cell(r.path, None), csv_cell(said["label"], None), f"{r.top[0][1]:.6f}"]
+                         + ([csv_cell(r.top[0][0], None)] if threshold else [])
+                         + [v for label, s in r.top[1:] for v in (csv_cell(label, None), f"{s:.6f}")])
+        return csv_row
     # Widths from all paths up front, so rows stream out aligned.
     wide = min(max(len(escape_name(f)) for f in files), 80)
     lw = max(5, *(len(shown(label)) for label in labels))
-    print(f"{'file':<{wide}}  {'label':<{lw}}  score" + ("  next" if k > 1 else ""))
+    print(f"{'file':<{wide}}  {'label':<{lw}}  score" + (f"  {'top_label':<{lw}}" if threshold else "")
+          + ("  next" if k > 1 else ""))
 
     def row(r):
         (label, score), rest = r.top[0], r.top[1:]
-        line = f"{escape_name(r.path):<{wide}}  {shown(label):<{lw}}  {score:.3f}"
+        said = answer(r.top, threshold)["label"]
+        line = f"{escape_name(r.path):<{wide}}  {shown(said):<{lw}}  {score:.3f}"
+        line += f"  {shown(label):<{lw}}" if threshold else ""
         print(line + ("  " + ", ".join(f"{shown(n)} {s:.3f}" for n, s in rest) if rest else ""))
     return row
 
@@ -222,6 +232,7 @@ def camera(
         min=0, help="Reopen attempts after a failed read before giving up.")] = SERVE.retries,
     show: Annotated[bool, typer.Option(
         "--show", help="Draw the label on a window when there is a display.")] = False,
+    threshold: Threshold = SERVE.threshold,
     threads: Threads = None,
     runtime: Runtime = None,
     verbose: Verbose = False,
@@ -234,8 +245,9 @@ def camera(
     from edge.files import default_workers
 
     frames = cam.Frames(source, picamera=picamera, retries=retries)
-    clf = _load(model, threads or default_workers(), runtime, verbose, no_verify, strict)
-    summary = cam.run(clf, frames, every=every, max_frames=max_frames, as_json=as_json, show=show)
+    clf = _load(model, threads or default_workers(), runtime, verbose, no_verify, strict, threshold)
+    summary = cam.run(clf, frames, every=every, max_frames=max_frames, as_json=as_json, show=show,
+                      threshold=threshold)
     if summary.lost is not None:
         print(f"error: {summary.lost}", file=sys.stderr)
         raise typer.Exit(1)
@@ -367,6 +379,7 @@ def serve(
     token: Token = None,
     token_file: TokenFile = None,
     top_k: TopK = SERVE.top_k,
+    threshold: Threshold = SERVE.threshold,
     loop: Loop = False,
     max_body_mb: MaxBodyMb = SERVE.max_body_mb,
     max_streams: MaxStreams = SERVE.max_streams,
@@ -389,9 +402,8 @@ def serve(
 ) -> None:
     """Serve a live page, an HTTP API and MQTT: one camera loop, each frame classified once.
 
-    Open the printed URL in a browser. POST /v1/classify takes image bytes (curl --data-binary
-    @photo.jpg) or a form's file field and answers the top-k as JSON; GET /v1/model, /v1/latest,
-    /healthz, /metrics. docs/serve.md has the rest.
+    Open the printed URL in a browser. POST /v1/classify takes image bytes (curl --data-binary @photo.jpg)
+    and answers the top-k as JSON; GET /v1/latest, /snapshot.jpg, /metrics...: docs/serve.md.
     """
     _check_numbers(threads)
     from edge import camera as cam
@@ -411,10 +423,11 @@ def serve(
         from edge.serve_mqtt import Publisher
 
         publisher = Publisher(mqtt, mqtt_user, mqtt_password, mqtt_ca, mqtt_heartbeat, mqtt_name)
-    clf = _load(model, threads or default_workers(), runtime, verbose, no_verify, strict)
-    srv.serve(clf, make_frames, host=host, port=port, token=token, top_k=top_k, repeat=loop,
-              max_body=int(max_body_mb * 1e6), max_streams=max_streams, rate=rate, mqtt=publisher,
-              captures=captures, captures_max_mb=captures_max_mb, unsure=unsure, threads=threads)
+    clf = _load(model, threads or default_workers(), runtime, verbose, no_verify, strict, threshold)
+    srv.serve(clf, make_frames, host=host, port=port, token=token, top_k=top_k, threshold=threshold,
+              repeat=loop, max_body=int(max_body_mb * 1e6), max_streams=max_streams, rate=rate,
+              mqtt=publisher, captures=captures, captures_max_mb=captures_max_mb, unsure=unsure,
+              threads=threads)
 
 
 def main() -> None:

@@ -100,17 +100,17 @@ async def run(app, host: str, port: int, ready: str) -> bool:
 
 
 def serve(clf, make_frames=None, host: str = DEFAULTS.host, port: int = DEFAULTS.port,
-          token: str | None = None, top_k: int = DEFAULTS.top_k, repeat: bool = False,
-          max_body: int = int(DEFAULTS.max_body_mb * 1e6), max_streams: int = DEFAULTS.max_streams,
-          rate: float = DEFAULTS.rate, mqtt=None, captures=None,
+          token: str | None = None, top_k: int = DEFAULTS.top_k, threshold: float = DEFAULTS.threshold,
+          repeat: bool = False, max_body: int = int(DEFAULTS.max_body_mb * 1e6),
+          max_streams: int = DEFAULTS.max_streams, rate: float = DEFAULTS.rate, mqtt=None, captures=None,
           captures_max_mb: float = DEFAULTS.captures_max_mb, unsure: float = DEFAULTS.unsure,
           threads: int | None = None) -> None:
     """Serve until Ctrl-C or SIGTERM; `make_frames()` gives a fresh edge.camera.Frames (None: API only).
 
     `mqtt`: an edge.serve_mqtt.Publisher, or None. serve calls its start(model_info, live, metrics)
-    before listening, result(result) from the camera thread for each frame's result, and close()
-    at the end. `captures`: the folder of captures to teach from (edge/serve_teach.py's routes),
-    or None; `threads` are a teach's.
+    before listening, result(result) from the camera thread for each frame's result (its label
+    `unknown` under `threshold`), and close() at the end. `captures`: the folder of captures to
+    teach from (edge/serve_teach.py's routes), or None; `threads` are a teach's.
     """
     try:
         from edge.serve_teach import TeachApp, Teaching
@@ -119,7 +119,7 @@ def serve(clf, make_frames=None, host: str = DEFAULTS.host, port: int = DEFAULTS
     logs.hide(token)
     warnings.showwarning = decoder_warning
     return_freed_decodes()  # uploads decode in many threads: glibc must give their memory back
-    model = SharedModel(clf, top_k)
+    model = SharedModel(clf, top_k, threshold)
     first = make_frames() if make_frames else None
     if first is not None and not first.picamera:
         need_opencv(first.source)

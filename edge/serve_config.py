@@ -35,6 +35,10 @@ class ServeConfig:
     # A camera frame whose top score is under this is kept in captures/_unsure/ (a ring): the
     # runner-up was close, so it is a frame worth a look and perhaps a label.
     unsure: float = 0.6
+    # Under this top score the answer is "unknown" (edge.postprocess.UNKNOWN). 0, off: every
+    # answer is one of the model's classes, as before; a good value depends on the model and
+    # the scene (the scores of frames of an empty room), so none is guessed here.
+    threshold: float = 0.0
     # Seconds between MQTT heartbeats: Home Assistant notices a dead device within a minute.
     mqtt_heartbeat: float = 30.0
 

@@ -2,6 +2,7 @@
 
     GET  /              the live page: the stream, the label, top-k bars, FPS and invoke ms
     GET  /stream.mjpg   the camera's frames as JPEGs (multipart/x-mixed-replace)
+    GET  /snapshot.jpg  the camera's current frame, one JPEG (Home Assistant's generic camera, scripts)
     GET  /events        server-sent events: each new camera result as JSON (the page's feed)
     POST /v1/classify   image bytes, or a multipart/form-data file field -> the top-k as JSON
     GET  /v1/model      labels, input, variant, quantization and the metadata the file carries
@@ -66,6 +67,7 @@ STREAM_SEND_BUFFER = 128 * 2**10
 ROUTES = {
     "/": ("GET", "page"),
     "/stream.mjpg": ("GET", "stream"),
+    "/snapshot.jpg": ("GET", "snapshot"),
     "/events": ("GET", "events"),
     "/v1/classify": ("POST", "classify"),
     "/v1/model": ("GET", "model"),
@@ -223,6 +225,17 @@ class App:
                   "noodle_camera_fps": ("Frames a second the camera loop classifies.", self.live.fps)}
         return json_response(200, self.metrics.text(gauges), {"Content-Type": "text/plain; version=0.0.4"})
 
+    async def on_snapshot(self, request) -> web.Response:
+        """The camera's last frame as one JPEG, the stream's own (encoded once per frame)."""
+        self.need_source()
+        loop = asyncio.get_running_loop()
+        seq, jpeg = await loop.run_in_executor(self.workers, self.live.jpeg)
+        if not jpeg:
+            raise Problem(503, f"no camera frame yet (the camera is {self.live.state}); try again in a "
+                               "few seconds", {"Retry-After": "2"})
+        # COMMON_HEADERS' no-store: each request is the frame of now, never a cached one.
+        return json_response(200, jpeg, {"Content-Type": "image/jpeg", "X-Frame": str(seq)})
+
     def need_source(self) -> None:
         if self.live.source is None:
             raise Problem(404, "this server has no camera (started without --source or --picamera); "
@@ -242,7 +255,7 @@ class App:
             pixels = await loop.run_in_executor(self.workers, self.decode, body)
             del body
         result = await loop.run_in_executor(self.workers, self.model.classify, pixels)
-        self.metrics.inc("noodle_classified_total", source="api")
+        self.metrics.classified("api", self.model.said_unknown(result))
         return json_response(200, {**result, "sha256": self.model.sha256, "variant": self.model.clf.variant})
 
     def body_size(self, request: web.BaseRequest) -> int:

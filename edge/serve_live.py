@@ -161,7 +161,7 @@ def camera_loop(make_frames, model, live: Live, metrics, stop: threading.Event,
                     log.error(f"error: {live.source}: a frame could not be classified ({first_line(exc)})")
                     break
                 given += 1
-                metrics.inc("noodle_classified_total", source="camera")
+                metrics.classified("camera", model.said_unknown(result))
                 live.publish(frame, result)
                 if on_result is not None:
                     on_result(result)

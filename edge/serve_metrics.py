@@ -22,6 +22,8 @@ class Metrics:
     HELP = {
         "noodle_frames_total": ("counter", "Frames read from the source."),
         "noodle_classified_total": ("counter", "Images classified, by where they came from."),
+        "noodle_unknown_total": ("counter", "Answers labelled unknown (top score under --threshold), "
+                                            "by where they came from."),
         "noodle_errors_total": ("counter", "Failures: camera reads and frames, refused uploads."),
         "noodle_camera_reconnects_total": ("counter", "Times the source was opened again."),
         "noodle_requests_total": ("counter", "HTTP requests by route and status code."),
@@ -35,6 +37,12 @@ class Metrics:
     def inc(self, name: str, by: int = 1, **labels: str) -> None:
         with self.lock:
             self.counts[(name, tuple(sorted(labels.items())))] += by
+
+    def classified(self, source: str, unknown: bool) -> None:
+        """An image classified (a camera frame, an upload), and whether its answer was `unknown`."""
+        self.inc("noodle_classified_total", source=source)
+        if unknown:
+            self.inc("noodle_unknown_total", source=source)
 
     def request(self, route: str, status: int, seconds: float) -> None:
         with self.lock:

@@ -25,6 +25,9 @@ TokenFile = Annotated[Path | None, typer.Option(
     readable=False, help="A file whose first line is the token (kept out of `ps` and the unit).")]
 TopK = Annotated[int, typer.Option(
     "--top-k", "-k", min=1, help="Labels with scores per answer.")]
+Threshold = Annotated[float, typer.Option(
+    min=0, max=1, help="Under this top score the label is `unknown` (none of these); the score and "
+                       "top-k stay the model's. 0: off.")]
 Loop = Annotated[bool, typer.Option(
     "--loop", help="Play a video file again when it ends (without: its last result stays).")]
 MaxBodyMb = Annotated[float, typer.Option(

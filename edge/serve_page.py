@@ -21,6 +21,7 @@ main { max-width: 60rem; margin: auto; padding: 1rem; display: flex; flex-wrap: 
 #view img { width: 100%; display: block; }
 #side { flex: 1 1 14rem; }
 #label { font-size: 2.4rem; font-weight: 600; overflow-wrap: anywhere; margin: .2rem 0; }
+#label.unknown { color: #aaa; font-style: italic; }
 #top { list-style: none; padding: 0; }
 #top li { margin: .4rem 0; }
 .name { overflow-wrap: anywhere; }
@@ -42,8 +43,15 @@ SCRIPT = """
 "use strict";
 const $ = (id) => document.getElementById(id);
 function text(id, value) { $(id).textContent = value; }
+// --threshold, from /v1/model: under it the label is "unknown", shown dimmed (no class has that name then).
+let threshold = 0;
+function unknownUnder(m) {
+  threshold = m.threshold || 0;
+  return threshold ? "; unknown under " + (100 * threshold).toFixed(1) + " %" : "";
+}
 function show(r) {
   text("label", r.label === undefined ? "\\u2014" : r.label);
+  $("label").classList.toggle("unknown", threshold > 0 && r.label === "unknown");
   text("score", r.score === undefined ? "" : (100 * r.score).toFixed(1) + " %");
   text("fps", r.fps === undefined ? "" : r.fps.toFixed(1));
   text("invoke", r.invoke_ms === undefined ? "" : r.invoke_ms.toFixed(2));
@@ -67,7 +75,7 @@ function show(r) {
 }
 fetch("v1/model").then((r) => r.json()).then((m) => {
   text("model", m.file + " (" + m.variant + ", " + m.input.width + "x" + m.input.height + "), labels: "
-       + m.labels.join(", "));
+       + m.labels.join(", ") + unknownUnder(m));
 }).catch(() => text("model", "model: unavailable"));
 fetch("v1/latest").then((r) => r.ok ? r.json() : Promise.reject(r)).then((r) => {
   show(r);
@@ -184,7 +192,7 @@ async function follow() {
   if (job.state === "done") {
     const m = await call("GET", "v1/model");
     text("model", m.file + " (" + m.variant + ", " + m.input.width + "x" + m.input.height + "), labels: "
-         + m.labels.join(", "));
+         + m.labels.join(", ") + unknownUnder(m));
   }
 }
 $("train").addEventListener("click", () => {

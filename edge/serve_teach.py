@@ -81,7 +81,9 @@ def swap(model, clf, top_k: int, origin: dict) -> None:
     """Serve `clf` from now on: checked (one invoke) first, then switched under the model's lock."""
     from edge.serve_model import SharedModel
 
-    fresh = SharedModel(clf, top_k)  # builds the info and runs one invoke: a broken model fails here
+    # Builds the info and runs one invoke: a broken model fails here, as does a taught class named
+    # `unknown` under --threshold.
+    fresh = SharedModel(clf, top_k, model.threshold)
     # What identifies a taught folder is its manifest (which holds every other file's sha256).
     folder = getattr(clf, "folder", None)
     info = {**fresh.info, "origin": origin}
