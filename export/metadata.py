@@ -58,24 +58,32 @@ def embed(tflite: bytes, info: dict) -> bytes:
     "output" ("sigmoid"/"softmax") and "preprocessing", and "variant" (float32,
     int8, ...). Quantization and the weights' sha256 are read from `tflite`.
     """
+    document = json.dumps(metadata_for(tflite, info).to_dict(), separators=(",", ":")).encode()
+    out = with_entry(tflite, METADATA_NAME, document)
+    written = read_model(out, "the model with metadata")
+    if written.metadata_bytes() != document:
+        raise ModelError("the model with metadata: the embedded document did not read back; report it")
+    return out
+
+
+def with_entry(tflite: bytes, name: str, document: bytes) -> bytearray:
+    """`tflite` re-serialized, its metadata entry `name` holding `document` (replaced if it had one).
+
+    Through TensorFlow's own schema module, so every other buffer and table comes out as it went in.
+    """
     import numpy as np
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    document = json.dumps(metadata_for(tflite, info).to_dict(), separators=(",", ":")).encode()
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
-    entries = [m for m in (model.metadata or []) if m.name.decode() == METADATA_NAME]
+    entries = [m for m in (model.metadata or []) if m.name.decode() == name]
     if entries:
         buffer = model.buffers[entries[0].buffer]
     else:
         buffer = schema.BufferT()
         model.buffers.append(buffer)
         entry = schema.MetadataT()
-        entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
+        entry.name, entry.buffer = name, len(model.buffers) - 1
         model.metadata = [*(model.metadata or []), entry]
     buffer.data = np.frombuffer(document, np.uint8)
-    out = flatbuffer_utils.convert_object_to_bytearray(model)
-    written = read_model(out, "the model with metadata")
-    if written.metadata_bytes() != document:
-        raise ModelError("the model with metadata: the embedded document did not read back; report it")
-    return out
+    return flatbuffer_utils.convert_object_to_bytearray(model)

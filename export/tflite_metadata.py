@@ -179,24 +179,11 @@ def write(tflite: bytes, variant: str, described) -> bytes:
     returned: the metadata and labels read back, and the graph and weights are the
     ones that came in (the same weights_sha256).
     """
-    import numpy as np
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    from export.metadata import with_entry
 
     before = read_model(tflite, "the converted model").weights_sha256()
     document = model_metadata(tflite, variant, described)
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
-    entries = [m for m in (model.metadata or []) if m.name.decode() == METADATA_NAME]
-    if entries:
-        buffer = model.buffers[entries[0].buffer]
-    else:
-        buffer = schema.BufferT()
-        model.buffers.append(buffer)
-        entry = schema.MetadataT()
-        entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
-        model.metadata = [*(model.metadata or []), entry]
-    buffer.data = np.frombuffer(document, np.uint8)
-    out = io.BytesIO(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    out = io.BytesIO(bytes(with_entry(tflite, METADATA_NAME, document)))
     # Appended as the schema says: zipfile, opened to append to bytes that are not a zip,
     # writes the archive after them, as Google's MetadataPopulator does.
     labels = "".join(f"{line}\n" for line in labels_text(described.labels, described.output))
