@@ -286,21 +286,25 @@ class Classifier:
         self._check_shapes(model)
         if manifest is not None and embedded is not None:
             _agree(self.path, manifest, embedded)
+        self._start(model.data, threads, runtime)
+        # "probabilities" until a row says otherwise, then "logits" for good.
+        self.scores = "probabilities"
+
+    def _start(self, data: bytes, threads: int | None, runtime: str | None, output: int = 0) -> None:
+        """The interpreter of `data`, its input and its `output`-th output."""
         check_threads(threads)
         self.runtime, interpreter_class = find_runtime(runtime)
         with quiet_info(self.path, self.runtime):
             # The bytes just checked, not the path: the file cannot change in between.
-            self.interpreter = interpreter_class(model_content=model.data, num_threads=threads)
+            self.interpreter = interpreter_class(model_content=data, num_threads=threads)
             self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
+        self._output = self.interpreter.get_output_details()[output]
         self.batch = int(self._input["shape"][0])
         # A batch dimension of -1 in the signature lets invoke() resize it; a
         # model saved with a fixed one is run an image at a time.
         signature = self._input.get("shape_signature", self._input["shape"])
         self.batchable = len(signature) > 0 and int(signature[0]) == -1
-        # "probabilities" until a row says otherwise, then "logits" for good.
-        self.scores = "probabilities"
 
     def _check_entry(self, manifest: ExportManifest, model: ModelFile, allow_unverified: bool) -> str:
         """The variant of this file in `manifest`, its sha256 checked."""

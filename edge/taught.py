@@ -34,7 +34,7 @@ import numpy as np
 from edge.errors import NoodleError
 from edge.escape import escape_name, label_problem
 from edge.manifest import ManifestError, sha256_file
-from edge.runtime import Classifier, check_threads, find_runtime, quiet_info, read_checked
+from edge.runtime import Classifier, read_checked
 from edge.tflite_file import ModelError
 
 EMBED_NAME = "embed.tflite"
@@ -167,16 +167,7 @@ class Embedder(Classifier):
         self._which = widths.index(width)
         self.size, self.width = size, width
         self.variant, self.labels, self.described_by, self.validation = "embed", [], "features.npz", None
-        check_threads(threads)
-        self.runtime, interpreter_class = find_runtime(runtime)
-        with quiet_info(self.path, self.runtime):
-            self.interpreter = interpreter_class(model_content=model.data, num_threads=threads)
-            self.interpreter.allocate_tensors()
-        self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[self._which]
-        self.batch = int(self._input["shape"][0])
-        signature = self._input.get("shape_signature", self._input["shape"])
-        self.batchable = len(signature) > 0 and int(signature[0]) == -1
+        self._start(model.data, threads, runtime, self._which)
         self.scores = "features"
         self.invokes = 0  # interpreter invokes so far: what an enrolment costs
 
