@@ -11,9 +11,10 @@ ai-edge-litert). For each release in --releases:
    them with dpkg-deb, which is all the second stage would do for the files.
 2. emulation: binfmt_misc runs aarch64 programs under qemu-aarch64-static,
    registered for the duration of the check when it is not already (with the
-   F flag, so it works in a chroot). install.sh runs python, pip, uname and
-   friends as child processes, and only binfmt makes those children aarch64
-   as well; `qemu-aarch64-static -L ROOT` alone emulates one process.
+   F flag, so it works in a chroot). Every program runs on PI_CPU's emulated core
+   (QEMU_CPU), a Pi 5's, not qemu's default, which has features no Pi has.
+   install.sh runs python, pip, uname and friends as child processes, and only
+   binfmt makes those children aarch64 as well; `qemu-aarch64-static -L ROOT` alone emulates one process.
 3. install: the UNPACKED bundle is bind-mounted at /bundle in a private mount
    and network namespace (`unshare --mount --net`: loopback only, and down),
    then `chroot ROOT /bin/sh -c 'cd /bundle && ./install.sh --camera'` with
@@ -35,6 +36,15 @@ ai-edge-litert). For each release in --releases:
    model's) and POSTs SERVE_PHOTOS photos to /v1/classify over 127.0.0.1: each
    label must equal x86's `classify` label for that photo, and the camera loop
    must have classified frames of the clip (/v1/latest).
+8. enrol: `./noodle-edge serve MODEL --captures DIR` in the release; the client
+   POSTs ENROL_CAPTURES photos a class (of PHOTOS' class folders, none of them
+   among the photos classified next) to /v1/captures/{label}, POSTs /v1/teach
+   (replacing the shipped classes, so the captures alone make the head), waits
+   on GET /v1/teach, checks that /v1/model lists the taught labels, POSTs
+   ENROL_PHOTOS photos to /v1/classify and POSTs /v1/model/rollback, which
+   must bring back the shipped sha256. This machine's serve does the same
+   steps with the same photos first: the labels must equal its labels. A
+   model without embed.tflite (only lite0 exports one) skips it, saying so.
 
     python -m bench.pi_check RUN_OR_BUNDLE PHOTOS [--model int8] [--releases "bookworm trixie"]
 """
@@ -75,6 +85,10 @@ BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
 CLOSED_INDEX = "http://127.0.0.1:9/simple"
 # An emulated install is minutes on two cores; a stuck one is not.
 STEP_TIMEOUT = 1800
+# The CPU qemu emulates: a Raspberry Pi 5's Cortex-A76. qemu's default ("max") has SVE and SME,
+# which no Pi has, and there Trixie's numpy 2.5.5 (OpenBLAS) multiplied float64 matrices wrongly
+# under qemu 7.2 (a 4x1280 @ 1280x2 product off by 44), so the enrolment taught a wrong head.
+PI_CPU = "cortex-a76"
 
 
 RELEASES = {target.release: target for target in TARGETS}
@@ -237,7 +251,7 @@ def compare(name: str, pi: dict[str, dict], x86: dict[str, dict]) -> list[str]:
 
 
 def check_release(target: Target, bundle: Path, photos: Path, cache: Path, x86: dict[str, dict],
-                  work: Path, clip: Clip) -> bool:
+                  work: Path, clip: Clip, enrol: Enrol | None) -> bool:
     start = time.perf_counter()
     root = build_root(target, cache)
     log(f"{target.release} (Debian {target.debian}): root ready in {time.perf_counter() - start:.0f} s "
@@ -246,7 +260,7 @@ def check_release(target: Target, bundle: Path, photos: Path, cache: Path, x86: 
     home = work / f"{target.release}-tmp"
     home.mkdir()
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/tmp", "LANG": "C.UTF-8",
-           "PIP_INDEX_URL": CLOSED_INDEX}
+           "PIP_INDEX_URL": CLOSED_INDEX, "QEMU_CPU": PI_CPU}
     binds = {"bundle": bundle_dir, "photos": photos, "tmp": home}
     start = time.perf_counter()
     with system_picamera2(root, cache) if target.release == PICAMERA2_RELEASE else contextlib.nullcontext():
@@ -277,7 +291,8 @@ def check_release(target: Target, bundle: Path, photos: Path, cache: Path, x86: 
         f"under qemu)")
     camera = check_camera(target, root, binds, env, model, clip, home)
     served = check_serve(target, root, binds, env, model, clip, x86, home)
-    return bool(pi) and not differ and camera and served
+    enrolled = check_enrol(target, root, binds, env, model, enrol, home) if enrol is not None else True
+    return bool(pi) and not differ and camera and served and enrolled
 
 
 # The clip `camera --source` reads: photos as frames, 320x240 (4:3, so the centre
@@ -422,6 +437,204 @@ def check_serve(target: Target, root: Path, binds: dict, env: dict, model: Path,
     return True
 
 
+# Enrolment through serve's Teach routes: few captures, since each is an emulated invoke.
+ENROL_CAPTURES, ENROL_PHOTOS = 6, 10
+# Run by a python with the standard library only, in the release or on this machine: starts
+# `serve --captures`, POSTs the captures, teaches, classifies, rolls back; a JSON line per answer.
+ENROL_CLIENT = r"""
+import json, subprocess, sys, time, urllib.parse, urllib.request
+job = json.loads(sys.argv[1])
+port = str(job["port"])
+log = open(job["log"], "wb")
+server = subprocess.Popen(job["serve"] + ["--captures", job["captures_dir"], "--port", port, "--rate", "0"],
+                          stderr=log)
+def ask(path, body=None, kind="application/octet-stream"):
+    request = urllib.request.Request("http://127.0.0.1:" + port + path, data=body,
+                                     headers={"Content-Type": kind} if body is not None else {})
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        return json.load(answer)
+def show(**row):
+    print(json.dumps(row), flush=True)
+try:
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            ask("/healthz")
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                sys.exit("serve did not answer /healthz")
+            time.sleep(1)
+    show(shipped=ask("/v1/model"))
+    for label, paths in job["captures"].items():
+        for path in paths:
+            with open(path, "rb") as f:
+                path = "/v1/captures/" + urllib.parse.quote(label, safe="")
+                show(captured=ask(path, f.read(), "image/jpeg"))
+    started = time.monotonic()
+    ask("/v1/teach", json.dumps({"replace": True}).encode(), "application/json")
+    while True:
+        state = ask("/v1/teach")
+        if state["state"] != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    show(teach=state, waited=round(time.monotonic() - started, 1))
+    show(taught=ask("/v1/model"))
+    for photo in job["photos"]:
+        with open(photo, "rb") as f:
+            print(json.dumps({"file": photo, **ask("/v1/classify", f.read())}), flush=True)
+    show(rollback=ask("/v1/model/rollback", b""))
+    show(after=ask("/v1/model"))
+finally:
+    server.terminate()
+    server.wait(60)
+"""
+
+
+@dataclasses.dataclass
+class Enrol:
+    captures: dict[str, list[Path]]  # label: photos POSTed to /v1/captures/{label}
+    photos: list[str]  # classified after the teach, relative to PHOTOS (none of them captured)
+    x86: dict  # this machine's answers: "teach", "taught" and the label of each photo
+
+
+def enrol_client(folder: Path, job: dict) -> str:
+    """The client written into FOLDER; its argument, the job."""
+    (folder / "enrol_client.py").write_text(ENROL_CLIENT)
+    return json.dumps(job)
+
+
+def enrol_rows(stdout: str) -> dict:
+    """The client's answers: each key once, the classified photos under "files"."""
+    out: dict = {"files": {}}
+    for row in (json.loads(line) for line in stdout.splitlines() if line.startswith("{")):
+        if "file" in row:
+            out["files"][row["file"]] = row
+        else:
+            out.update(row)
+    return out
+
+
+def enrol_problems(rows: dict, shipped_sha: str, labels: list[str], photos: int) -> list[str]:
+    """What is wrong with one run of the enrolment client, in words (none: it enrolled)."""
+    teach, taught, after = rows.get("teach", {}), rows.get("taught", {}), rows.get("after", {})
+    if teach.get("state") != "done":
+        return [f"/v1/teach ended {teach.get('state', 'unanswered')}: {teach.get('error', '')}"]
+    problems = []
+    if sorted(taught.get("labels", [])) != sorted(labels) or taught.get("labels") != teach.get("labels"):
+        problems.append(f"/v1/model lists {taught.get('labels')}, not the taught labels {labels}")
+    if taught.get("sha256") in (None, shipped_sha):
+        problems.append("/v1/model's sha256 after the teach is still the shipped one")
+    if len(rows["files"]) != photos:
+        problems.append(f"{len(rows['files'])} of {photos} photos classified after the teach")
+    if after.get("sha256") != shipped_sha or rows.get("rollback", {}).get("sha256") != shipped_sha:
+        problems.append(f"after /v1/model/rollback the sha256 is {after.get('sha256')}, not the shipped "
+                        f"{shipped_sha}")
+    return problems
+
+
+def plan_enrol(source: Path, x86: dict[str, dict], host_dir: Path, model: Path, edge_python: Path,
+               work: Path) -> Enrol | None:
+    """The captures (per class folder of SOURCE, none classified next), and this machine's serve's answers.
+
+    None, said in one line, when the model cannot be taught or the photos have no classes."""
+    from edge.captures import CaptureError, check_label
+    from edge.preprocess import is_image_file
+    from edge.taught import EMBED_NAME
+
+    if not (host_dir / model.parent / EMBED_NAME).is_file():
+        log(f"enrolment skipped: {model.parent}/ has no {EMBED_NAME} (only lite0's export writes one, "
+            "and teach needs its backbone)")
+        return None
+    classified = {(source / f).resolve() for f in x86}
+    captures: dict[str, list[Path]] = {}
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+        spare = [p for p in files if p.resolve() not in classified] or files
+        try:
+            label = check_label(folder.name)
+        except CaptureError:
+            continue
+        if len(spare) >= 2:  # a class needs two photos (edge.teach.MIN_PHOTOS)
+            count = min(ENROL_CAPTURES, len(spare))
+            captures[label] = [spare[int(i * len(spare) / count)] for i in range(count)]
+    taken = {p.resolve() for paths in captures.values() for p in paths}
+    photos = [f for f in sorted(x86) if (source / f).resolve() not in taken]
+    photos = [photos[int(i * len(photos) / min(ENROL_PHOTOS, len(photos)))]
+              for i in range(min(ENROL_PHOTOS, len(photos)))]
+    if len(captures) < 2 or not photos:
+        log(f"enrolment skipped: {source} has {len(captures)} class folder(s) with photos to capture and "
+            f"{len(photos)} other photo(s) to classify; it needs 2 and 1")
+        return None
+    job = {"serve": [str(edge_python), "-m", "edge", "serve", str(model)], "port": SERVE_PORT,
+           "captures": {label: [str(p) for p in paths] for label, paths in captures.items()},
+           "photos": [str(source / f) for f in photos], "captures_dir": str(work / "x86-captures"),
+           "log": str(work / "x86-enrol.log")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "NOODLE_RUNTIME"))}
+    start = time.perf_counter()
+    # Its own network namespace: loopback only, so the port cannot meet another server's.
+    ran = run(["unshare", "--net", "--fork", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+               str(edge_python), str(work / "enrol_client.py"), enrol_client(work, job)],
+              cwd=host_dir, env=env)
+    rows = enrol_rows(ran.stdout)
+    manifest = json.loads((host_dir / model.parent / "manifest.json").read_text())
+    shipped_sha = manifest["models"][rows.get("shipped", {}).get("variant", "")]["sha256"] \
+        if rows.get("shipped", {}).get("variant") in manifest["models"] else ""
+    problems = enrol_problems(rows, shipped_sha, list(captures), len(photos))
+    if problems:
+        for line in (work / "x86-enrol.log").read_text(errors="replace").strip().splitlines()[-10:]:
+            log(f"x86:   | {line}")
+        raise CheckFailed("x86: enrolment through serve: " + "; ".join(problems))
+    labels = {os.path.relpath(f, source): r["label"] for f, r in rows["files"].items()}
+    log(f"x86: enrolment through serve --captures: {sum(map(len, captures.values()))} captures, teach "
+        f"{rows['teach']['seconds']} s, labels {', '.join(rows['teach']['labels'])} "
+        f"({time.perf_counter() - start:.0f} s)")
+    return Enrol(captures, photos, {"teach": rows["teach"], "labels": labels, "sha256": shipped_sha})
+
+
+def check_enrol(target: Target, root: Path, binds: dict, env: dict, model: Path, enrol: Enrol,
+                home: Path) -> bool:
+    """Enrol through `serve --captures` in the release: capture, teach, classify, roll back; vs x86."""
+    inside: dict[str, list[str]] = {}
+    for label, paths in enrol.captures.items():
+        folder = home / "enrol" / label
+        folder.mkdir(parents=True)
+        for i, path in enumerate(paths):
+            shutil.copy2(path, folder / f"{i}{path.suffix}")
+        inside[label] = [f"/tmp/enrol/{label}/{i}{path.suffix}" for i, path in enumerate(paths)]
+    job = {"serve": ["./noodle-edge", "serve", str(model)], "port": SERVE_PORT, "captures": inside,
+           "photos": [f"/photos/{f}" for f in enrol.photos], "captures_dir": "/tmp/captures",
+           "log": "/tmp/enrol.log"}
+    start = time.perf_counter()
+    ran = in_root(root, binds, "cd /bundle && .venv/bin/python /tmp/enrol_client.py "
+                  + shlex.quote(enrol_client(home, job)), env, loopback=True)
+    seconds = time.perf_counter() - start
+    rows = enrol_rows(ran.stdout)
+    logged = (home / "enrol.log").read_text(errors="replace") if (home / "enrol.log").is_file() else ""
+    problems = [f"the client exited {ran.returncode}"] if ran.returncode != 0 else []
+    problems += enrol_problems(rows, enrol.x86["sha256"], list(enrol.captures), len(enrol.photos))
+    labels = {os.path.relpath(f, "/photos"): r["label"] for f, r in rows["files"].items()}
+    differ = [f for f in enrol.photos if labels.get(f) != enrol.x86["labels"][f]]
+    if not problems and differ:
+        problems.append(f"labels differ from x86's taught model on {len(differ)} photo(s): "
+                        + ", ".join(f"{f} {labels.get(f)} vs {enrol.x86['labels'][f]}" for f in differ[:5]))
+    if "Traceback" in logged:
+        problems.append("serve's log holds a traceback")
+    if problems:
+        for line in (ran.stderr.strip().splitlines() + logged.strip().splitlines())[-10:]:
+            log(f"{target.release}:   | {line}")
+        log(f"{target.release}: FAILED: enrolment through serve --captures: " + "; ".join(problems))
+        return False
+    teach = rows["teach"]
+    log(f"{target.release}: enrolment through serve --captures: "
+        f"{' + '.join(str(len(p)) for p in enrol.captures.values())} captures POSTed, /v1/teach done in "
+        f"{teach['seconds']} s (invokes: {teach['invokes']}), /v1/model lists {', '.join(teach['labels'])}; "
+        f"/v1/classify labels equal to x86's taught model on {len(enrol.photos) - len(differ)} of "
+        f"{len(enrol.photos)} photos not captured; /v1/model/rollback restored the shipped sha256 "
+        f"{enrol.x86['sha256'][:12]} ({seconds:.0f} s under qemu)")
+    return True
+
+
 # picamera2 comes from Raspberry Pi's own apt archive (python3-picamera2), which
 # these Debian roots cannot reach; its Python files are on PyPI. Put where the
 # apt package puts them, they prove that the bundle's venv sees the system's
@@ -498,6 +711,7 @@ def check(bundle: Path, photos: Path, releases: list[Target], cache: Path, edge_
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pi-check-") as tmp:
         work = Path(tmp)
+        source = photos
         if sample:
             photos = sample_photos(photos, sample, work / "photos")
         host_dir = unpack(bundle, work / "x86")
@@ -515,10 +729,11 @@ def check(bundle: Path, photos: Path, releases: list[Target], cache: Path, edge_
         log(f"x86 ({edge_python.parent.parent.name}): {said(ran.stderr, r'runtime ([^;]+);')}, "
             f"{len(x86)} photos")
         clip = make_clip(photos, work, host_dir, model)
+        enrol = plan_enrol(source, x86, host_dir, model, edge_python, work)
         passed = []
         with aarch64_binfmt():
             for target in releases:
-                if check_release(target, bundle, photos, cache, x86, work, clip):
+                if check_release(target, bundle, photos, cache, x86, work, clip, enrol):
                     passed.append(target.release)
     failed = [r.release for r in releases if r.release not in passed]
     log(f"{'FAILED on ' + ', '.join(failed) if failed else 'passed on ' + ', '.join(passed)} "

@@ -729,6 +729,35 @@ def test_pi_check_camera_reads_the_clip_frame_by_frame(copy, sample_data, tmp_pa
     assert not pi_check.check_camera(target, tmp_path, {}, {}, model, short, home)
 
 
+def test_pi_check_enrolment_skips_a_model_without_its_backbone(copy, sample_data, tmp_path, capsys):
+    """allconv exports no embed.tflite: the enrolment step says so in one line and is skipped."""
+    from bench import pi_check
+
+    x86 = {"discs/disc.0.jpg": {"label": "discs"}}
+    assert pi_check.plan_enrol(sample_data / "test", x86, copy, Path("model/int8.tflite"),
+                               Path(sys.executable), tmp_path) is None
+    said = [line for line in capsys.readouterr().out.splitlines() if "enrolment" in line]
+    assert said == ["pi-check: enrolment skipped: model/ has no embed.tflite (only lite0's export writes "
+                    "one, and teach needs its backbone)"]
+
+
+def test_pi_check_enrolment_names_what_went_wrong():
+    """An enrolment whose rollback kept the taught model, or whose /v1/model lacks a label, fails in words."""
+    from bench.pi_check import enrol_problems
+
+    teach = {"state": "done", "labels": ["a", "b"]}
+    good = {"teach": teach, "taught": {"labels": ["a", "b"], "sha256": "new"}, "files": {"x.jpg": {}},
+            "rollback": {"sha256": "old"}, "after": {"sha256": "old"}}
+    assert enrol_problems(good, "old", ["a", "b"], 1) == []
+    kept = {**good, "after": {"sha256": "new"}}
+    assert enrol_problems(kept, "old", ["a", "b"], 1) == [
+        "after /v1/model/rollback the sha256 is new, not the shipped old"]
+    short = {**good, "taught": {"labels": ["a"], "sha256": "new"}}
+    assert "not the taught labels" in enrol_problems(short, "old", ["a", "b"], 1)[0]
+    failed = {**good, "teach": {"state": "failed", "error": "disk full"}}
+    assert enrol_problems(failed, "old", ["a", "b"], 1) == ["/v1/teach ended failed: disk full"]
+
+
 @pytest.mark.slow
 def test_an_export_killed_during_validation_is_not_bundled(trained_run, tmp_path):
     """D9: files and a manifest exist, but validation never finished: bundle refuses, naming the fix."""
