@@ -360,37 +360,59 @@ def check_camera(target: Target, root: Path, binds: dict, env: dict, model: Path
     return True
 
 
-# `serve` in the release: photos POSTed over loopback, labels against x86's `classify`.
-SERVE_PHOTOS, SERVE_PORT = 10, SERVE.port
-# Run by the bundle's .venv python in the root (standard library only): starts serve, asks it,
-# prints a JSON line per answer, stops it, and prints what serve logged.
-SERVE_CLIENT = r"""
-import json, subprocess, sys, time, urllib.request
-model, clip, port, photos = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-log = open("/tmp/serve.log", "wb")
-server = subprocess.Popen(["./noodle-edge", "serve", model, "--source", clip, "--loop", "--port", port,
-                           "--rate", "0"], stderr=log)
-def ask(path, body=None):
-    request = urllib.request.Request("http://127.0.0.1:" + port + path, data=body)
+# What pi-check's clients share, written beside each (standard library only: it runs under each
+# release's python as well as this machine's). A client starts serve itself, so it knows when serve ended.
+CLIENT_LIB = r"""
+import json, sys, time, urllib.request
+
+def ask(port, path, body=None, kind="application/octet-stream"):
+    headers = {"Content-Type": kind} if body is not None else {}
+    request = urllib.request.Request("http://127.0.0.1:" + str(port) + path, data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=600) as answer:
         return json.load(answer)
-try:
-    deadline = time.monotonic() + 600
+
+# Until serve (a Popen) answers /healthz; the client exits if serve ended or SECONDS passed.
+# The deadline it returns bounds what the client waits for afterwards.
+def wait_healthy(server, port, seconds):
+    deadline = time.monotonic() + seconds
     while True:
         try:
-            ask("/healthz")
-            break
+            ask(port, "/healthz")
+            return deadline
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 sys.exit("serve did not answer /healthz")
             time.sleep(1)
-    print(json.dumps({"model": ask("/v1/model")}))
+"""
+
+
+def write_client(folder: Path, name: str, source: str) -> Path:
+    """The client SOURCE written into FOLDER as NAME, with the module it imports (pi_client.py)."""
+    (folder / "pi_client.py").write_text(CLIENT_LIB)
+    (folder / name).write_text(source)
+    return folder / name
+
+
+# `serve` in the release: photos POSTed over loopback, labels against x86's `classify`.
+SERVE_PHOTOS, SERVE_PORT = 10, SERVE.port
+# Run by the bundle's .venv python in the root: starts serve, asks it, prints a JSON line per
+# answer, stops it, and prints what serve logged.
+SERVE_CLIENT = r"""
+import json, subprocess, sys, time
+from pi_client import ask, wait_healthy
+model, clip, port, photos = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+log = open("/tmp/serve.log", "wb")
+server = subprocess.Popen(["./noodle-edge", "serve", model, "--source", clip, "--loop", "--port", port,
+                           "--rate", "0"], stderr=log)
+try:
+    deadline = wait_healthy(server, port, 600)
+    print(json.dumps({"model": ask(port, "/v1/model")}))
     for photo in photos:
         with open(photo, "rb") as f:
-            print(json.dumps({"file": photo, **ask("/v1/classify", f.read())}))
-    while ask("/v1/latest").get("frame", 0) < 2 and time.monotonic() < deadline:
+            print(json.dumps({"file": photo, **ask(port, "/v1/classify", f.read())}))
+    while ask(port, "/v1/latest").get("frame", 0) < 2 and time.monotonic() < deadline:
         time.sleep(1)
-    print(json.dumps({"latest": ask("/v1/latest")}))
+    print(json.dumps({"latest": ask(port, "/v1/latest")}))
 finally:
     server.terminate()
     server.wait(60)
@@ -400,7 +422,7 @@ finally:
 def check_serve(target: Target, root: Path, binds: dict, env: dict, model: Path, clip: Clip,
                 x86: dict[str, dict], home: Path) -> bool:
     """`noodle-edge serve` in the release: /v1/model, /v1/classify and /v1/latest over its loopback."""
-    (home / "serve_client.py").write_text(SERVE_CLIENT)
+    write_client(home, "serve_client.py", SERVE_CLIENT)
     photos = sorted(x86)[:SERVE_PHOTOS]
     start = time.perf_counter()
     args = [str(model), f"/tmp/{clip.path.name}", str(SERVE_PORT)] + [f"/photos/{p}" for p in photos]
@@ -439,52 +461,40 @@ def check_serve(target: Target, root: Path, binds: dict, env: dict, model: Path,
 
 # Enrolment through serve's Teach routes: few captures, since each is an emulated invoke.
 ENROL_CAPTURES, ENROL_PHOTOS = 6, 10
-# Run by a python with the standard library only, in the release or on this machine: starts
-# `serve --captures`, POSTs the captures, teaches, classifies, rolls back; a JSON line per answer.
+# Run by a python in the release or on this machine: starts `serve --captures`, POSTs the
+# captures, teaches, classifies, rolls back; a JSON line per answer.
 ENROL_CLIENT = r"""
-import json, subprocess, sys, time, urllib.parse, urllib.request
+import json, subprocess, sys, time, urllib.parse
+from pi_client import ask, wait_healthy
 job = json.loads(sys.argv[1])
-port = str(job["port"])
+port = job["port"]
 log = open(job["log"], "wb")
-server = subprocess.Popen(job["serve"] + ["--captures", job["captures_dir"], "--port", port, "--rate", "0"],
-                          stderr=log)
-def ask(path, body=None, kind="application/octet-stream"):
-    request = urllib.request.Request("http://127.0.0.1:" + port + path, data=body,
-                                     headers={"Content-Type": kind} if body is not None else {})
-    with urllib.request.urlopen(request, timeout=600) as answer:
-        return json.load(answer)
+server = subprocess.Popen(job["serve"] + ["--captures", job["captures_dir"], "--port", str(port),
+                                          "--rate", "0"], stderr=log)
 def show(**row):
     print(json.dumps(row), flush=True)
 try:
-    deadline = time.monotonic() + 900
-    while True:
-        try:
-            ask("/healthz")
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit("serve did not answer /healthz")
-            time.sleep(1)
-    show(shipped=ask("/v1/model"))
+    deadline = wait_healthy(server, port, 900)
+    show(shipped=ask(port, "/v1/model"))
     for label, paths in job["captures"].items():
         for path in paths:
             with open(path, "rb") as f:
-                path = "/v1/captures/" + urllib.parse.quote(label, safe="")
-                show(captured=ask(path, f.read(), "image/jpeg"))
+                show(captured=ask(port, "/v1/captures/" + urllib.parse.quote(label, safe=""), f.read(),
+                                  "image/jpeg"))
     started = time.monotonic()
-    ask("/v1/teach", json.dumps({"replace": True}).encode(), "application/json")
+    ask(port, "/v1/teach", json.dumps({"replace": True}).encode(), "application/json")
     while True:
-        state = ask("/v1/teach")
+        state = ask(port, "/v1/teach")
         if state["state"] != "running" or time.monotonic() > deadline:
             break
         time.sleep(1)
     show(teach=state, waited=round(time.monotonic() - started, 1))
-    show(taught=ask("/v1/model"))
+    show(taught=ask(port, "/v1/model"))
     for photo in job["photos"]:
         with open(photo, "rb") as f:
-            print(json.dumps({"file": photo, **ask("/v1/classify", f.read())}), flush=True)
-    show(rollback=ask("/v1/model/rollback", b""))
-    show(after=ask("/v1/model"))
+            print(json.dumps({"file": photo, **ask(port, "/v1/classify", f.read())}), flush=True)
+    show(rollback=ask(port, "/v1/model/rollback", b""))
+    show(after=ask(port, "/v1/model"))
 finally:
     server.terminate()
     server.wait(60)
@@ -500,7 +510,7 @@ class Enrol:
 
 def enrol_client(folder: Path, job: dict) -> str:
     """The client written into FOLDER; its argument, the job."""
-    (folder / "enrol_client.py").write_text(ENROL_CLIENT)
+    write_client(folder, "enrol_client.py", ENROL_CLIENT)
     return json.dumps(job)
 
 
