@@ -102,3 +102,15 @@ def no_wheel_downloads(tmp_path_factory):
         patch.setattr(wheelhouse, "pip_download", stand_in_download)
         patch.setattr(bundle, "WHEEL_CACHE", tmp_path_factory.mktemp("wheel-cache"))
         yield
+
+
+@pytest.fixture(scope="module")
+def model(exported_run) -> Path:
+    """The exported run's int8 model, as serve and the device run it (a module may define its own)."""
+    return exported_run / "export" / "int8.tflite"
+
+
+@pytest.fixture(scope="module")
+def photos(sample_data) -> list[Path]:
+    """The sample's test photos, sorted (a module may define its own)."""
+    return sorted((sample_data / "test").rglob("*.jpg"))

@@ -125,6 +125,17 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
+@contextlib.contextmanager
+def serving(args: list, log: Path, **kwargs):
+    """Served(ARGS) for the block (a fixture's or a test's), stopped after; its log must hold no traceback."""
+    served = Served(args, log, **kwargs)
+    try:
+        yield served
+    finally:
+        text = served.stop()
+    assert "Traceback" not in text, text
+
+
 class _suppress_timeout:
     def __enter__(self):
         return self
@@ -172,16 +183,6 @@ def make_clip(path: Path, photos: list[Path], fps: float = 10.0, side: int = 160
 # --- fixtures ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def model(exported_run) -> Path:
-    return exported_run / "export" / "int8.tflite"
-
-
-@pytest.fixture(scope="module")
-def photos(sample_data) -> list[Path]:
-    return sorted((sample_data / "test").rglob("*.jpg"))
-
-
-@pytest.fixture(scope="module")
 def clip(photos, tmp_path_factory) -> Path:
     return make_clip(tmp_path_factory.mktemp("clip") / "photos.avi", photos[:30])
 
@@ -189,20 +190,17 @@ def clip(photos, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(model, clip, tmp_path_factory):
     """The camera routes and the API, rate limit high enough for this module's requests."""
-    served = Served([model, "--source", clip, "--loop", "--rate", 500, "--max-body-mb", 1],
-                    tmp_path_factory.mktemp("serve") / "serve.log")
-    yield served
-    log = served.stop()
-    assert "Traceback" not in log, log
+    with serving([model, "--source", clip, "--loop", "--rate", 500, "--max-body-mb", 1],
+                 tmp_path_factory.mktemp("serve") / "serve.log") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def api_only(model, tmp_path_factory):
     """Without --source, with a token, a low rate and one stream."""
-    served = Served([model, "--token", TOKEN, "--rate", 2], tmp_path_factory.mktemp("api") / "serve.log")
-    yield served
-    log = served.stop()
-    assert "Traceback" not in log, log
+    with serving([model, "--token", TOKEN, "--rate", 2],
+                 tmp_path_factory.mktemp("api") / "serve.log") as served:
+        yield served
 
 
 def auth(token: str = TOKEN) -> dict:

@@ -23,15 +23,19 @@ from test_serve import ROOT, Served, installed, make_clip
 ARTIFACTS = Path(os.environ.get("NOODLE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 # Seconds the page has to show both classes of the clip.
 WAIT = 30
-# What the page shows, read in the page itself.
-READ_PAGE = """JSON.stringify({
-  label: document.getElementById("label").textContent,
-  frame: Number(document.getElementById("frame").textContent),
-  state: document.getElementById("state").textContent,
-  bars: document.querySelectorAll("#top li .fill").length,
-  model: document.getElementById("model").textContent,
-  stream: document.getElementById("stream").naturalWidth,
-})"""
+
+
+def page_reader(*texts: str, **expressions: str) -> str:
+    """A script giving, as one JSON string read in the page itself, the frame number shown, the text
+    of each element named in TEXTS (by id) and each of EXPRESSIONS (name: JavaScript)."""
+    fields = {"frame": 'Number(document.getElementById("frame").textContent)',
+              **{name: f'document.getElementById("{name}").textContent' for name in texts}, **expressions}
+    return "JSON.stringify({" + ", ".join(f"{name}: {js}" for name, js in fields.items()) + "})"
+
+
+# What the page shows.
+READ_PAGE = page_reader("label", "state", "model", bars='document.querySelectorAll("#top li .fill").length',
+                        stream='document.getElementById("stream").naturalWidth')
 
 
 class Browser:
@@ -115,14 +119,14 @@ def save_atomically(path: Path, data: bytes) -> Path:
 
 def labels_of_frames(model: Path, clip: Path) -> list[tuple[str, float]]:
     """The label and score of each frame of `clip` as serve's camera loop sees it: OpenCV's
-    decode, then edge.preprocess.from_frame and the model, in this process."""
+    decode, then edge.preprocess.from_frame and the model (a .tflite or a teach DIR), in this process."""
     import cv2
 
     from edge.files import default_workers
     from edge.preprocess import from_frame
-    from edge.runtime import Classifier
+    from edge.runtime import load_classifier
 
-    clf = Classifier(model, threads=default_workers(), allow_unverified=True)
+    clf = load_classifier(model, threads=default_workers(), allow_unverified=True)
     cap, labels = cv2.VideoCapture(str(clip)), []
     while True:
         ok, frame = cap.read()
@@ -131,6 +135,31 @@ def labels_of_frames(model: Path, clip: Path) -> list[tuple[str, float]]:
         labels.append(clf.top_k(clf.probabilities(from_frame(frame, clf.size, bgr=True)[None]), 1)[0][0])
     cap.release()
     return labels
+
+
+def follow_clip(read, expected: list[str], per_class: int, wanted: tuple[str, str], wait: float,
+                stale: tuple[str, ...] = ()) -> list[dict]:
+    """What the page showed (READ) at each change of frame, until it showed wanted[0] in the clip's
+    first half, then wanted[1] in its second, on one page without reloading it. Each label must be its
+    frame's (EXPECTED), whichever frame that is; one in STALE (a frame classified before a swap, still
+    on the page) is passed over."""
+    seen, deadline = [], time.monotonic() + wait
+    for half, label in enumerate(wanted):
+        while time.monotonic() < deadline:
+            shown = read()
+            if shown["frame"] and (not seen or seen[-1]["frame"] != shown["frame"]):
+                seen.append(shown)
+                at = (shown["frame"] - 1) % len(expected)
+                if shown["label"] in stale:
+                    continue
+                assert shown["label"] == expected[at], (shown, expected)
+                if shown["label"] == label and at // per_class == half:
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the page never showed {label!r} in the clip's half {half}; it showed "
+                        f"{[(s['frame'], s['label']) for s in seen]}")
+    return seen
 
 
 def test_the_page_follows_the_clip_from_one_class_to_the_other(exported_run, sample_data, tmp_path):
@@ -161,24 +190,8 @@ def test_the_page_follows_the_clip_from_one_class_to_the_other(exported_run, sam
         while not browser.evaluate('document.readyState !== "loading" && !!document.getElementById("label")'):
             assert time.monotonic() < deadline, "the page did not load"
             time.sleep(0.05)
-        seen = []  # what the page showed, at each change of frame
-        deadline = time.monotonic() + WAIT
-        # On one page, without reloading it: the first class in the clip's first half, then the second
-        # in its second half.
-        for wanted, half in ((first, 0), (second, 1)):
-            while time.monotonic() < deadline:
-                shown = json.loads(browser.evaluate(READ_PAGE))
-                if shown["frame"] and (not seen or seen[-1]["frame"] != shown["frame"]):
-                    seen.append(shown)
-                    at = (shown["frame"] - 1) % len(expected)
-                    # The label the page shows is its frame's, whichever frame that is.
-                    assert shown["label"] == expected[at], (shown, expected)
-                    if shown["label"] == wanted and at // per_class == half:
-                        break
-                time.sleep(0.05)
-            else:
-                pytest.fail(f"the page never showed {wanted!r} in the clip's half {half}; it showed "
-                            f"{[(s['frame'], s['label']) for s in seen]}")
+        seen = follow_clip(lambda: json.loads(browser.evaluate(READ_PAGE)), expected, per_class,
+                           (first, second), WAIT)
         time.sleep(0.4)  # the stream's image catches up with the label: a frame of the second class
         shot = browser.page("Page.captureScreenshot", format="png")["data"]
     finally:

@@ -17,38 +17,25 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_serve import TOKEN, Served, auth, make_clip, one_line_error, response_json
+from test_serve import TOKEN, Served, auth, make_clip, one_line_error, response_json, serving
 
 # Bytes a header-flood connection sends: 99 lines of 65 KB each, as the hostile round's.
 FLOOD_LINES, FLOOD_LINE = 99, 65_000
 
 
 @pytest.fixture(scope="module")
-def model(exported_run) -> Path:
-    return exported_run / "export" / "int8.tflite"
-
-
-@pytest.fixture(scope="module")
-def photos(sample_data) -> list[Path]:
-    return sorted((sample_data / "test").rglob("*.jpg"))
-
-
-@pytest.fixture(scope="module")
 def server(model, tmp_path_factory):
     """The API on loopback, with the defaults' rate limit and body size."""
-    served = Served([model], tmp_path_factory.mktemp("http") / "serve.log")
-    yield served
-    log = served.stop()
-    assert "Traceback" not in log, log
+    with serving([model], tmp_path_factory.mktemp("http") / "serve.log") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def guarded(model, tmp_path_factory):
     """With a token and a low rate."""
-    served = Served([model, "--token", TOKEN, "--rate", 2], tmp_path_factory.mktemp("guarded") / "serve.log")
-    yield served
-    log = served.stop()
-    assert "Traceback" not in log, log
+    with serving([model, "--token", TOKEN, "--rate", 2],
+                 tmp_path_factory.mktemp("guarded") / "serve.log") as served:
+        yield served
 
 
 def rss_mb(pid: int) -> float:

@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from test_serve import Served
+from test_serve import Served, serving
 from test_teach import taught_export  # noqa: F401 (the fixture: lite0 exported with embed.tflite)
 from typer.testing import CliRunner
 
@@ -55,11 +55,9 @@ def teach_and_wait(served: Served, replace: bool = True) -> dict:
 @pytest.fixture
 def served(taught_export, tmp_path):  # noqa: F811
     # --rate 0: the swap test's clients send as fast as they can, from one address.
-    server = Served([taught_export / "int8.tflite", "--captures", tmp_path / "captures", "--rate", "0"],
-                    tmp_path / "serve.log")
-    yield server
-    log = server.stop()
-    assert "Traceback" not in log, log
+    with serving([taught_export / "int8.tflite", "--captures", tmp_path / "captures", "--rate", "0"],
+                 tmp_path / "serve.log") as server:
+        yield server
 
 
 def test_captures_teach_swap_classify_and_rollback(served, taught_export, sample_data, tmp_path):  # noqa: F811
@@ -228,14 +226,6 @@ def test_delete_and_move_from_unsure(served, sample_data, tmp_path):
 
 # ------------------------------------------------------------------ the page, in Chromium
 
-READ_PAGE = """JSON.stringify({
-  label: document.getElementById("label").textContent,
-  frame: Number(document.getElementById("frame").textContent),
-  error: document.getElementById("error").textContent,
-  progress: document.getElementById("progress").textContent,
-  model: document.getElementById("model").textContent,
-  thumbs: document.querySelectorAll("#classes .thumb img").length,
-})"""
 # The clip: this many photos a class, at this many frames a second (a half lasts 5 s: time to
 # press, hold and let go inside it).
 CLIP_PER_CLASS = 10
@@ -244,28 +234,13 @@ CLIP_FPS = 2
 PRESS = 'document.getElementById("record").dispatchEvent(new PointerEvent("pointer{}")); true'
 
 
-def taught_labels_of_frames(model: Path, clip: Path) -> list[str]:
-    """What serve's camera loop makes of each frame of `clip` with `model` (a .tflite or a teach DIR)."""
-    import cv2
-
-    from edge.preprocess import from_frame
-    from edge.runtime import load_classifier
-
-    clf = load_classifier(model)
-    cap, labels = cv2.VideoCapture(str(clip)), []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        labels.append(clf.top_k(clf.probabilities(from_frame(frame, clf.size, bgr=True)[None]), 1)[0][0][0])
-    cap.release()
-    return labels
-
-
 def test_the_page_records_two_classes_trains_here_and_follows_the_clip(taught_export, sample_data,  # noqa: F811
                                                                         tmp_path):
     from test_serve import make_clip
-    from test_serve_browser import Browser
+    from test_serve_browser import Browser, follow_clip, labels_of_frames, page_reader
+
+    read_page = page_reader("label", "error", "progress", "model",
+                            thumbs='document.querySelectorAll("#classes .thumb img").length')
 
     photos = [sorted((sample_data / "test" / old).glob("*.jpg"))[:CLIP_PER_CLASS] for old in NEW]
     clip = make_clip(tmp_path / "clip.avi", photos[0] + photos[1], fps=CLIP_FPS)
@@ -276,7 +251,7 @@ def test_the_page_records_two_classes_trains_here_and_follows_the_clip(taught_ex
     wait = 60
 
     def page() -> dict:
-        return json.loads(browser.evaluate(READ_PAGE))
+        return json.loads(browser.evaluate(read_page))
 
     def at() -> int:  # the clip's frame the page shows now
         return (page()["frame"] - 1) % (2 * CLIP_PER_CLASS)
@@ -317,26 +292,11 @@ def test_the_page_records_two_classes_trains_here_and_follows_the_clip(taught_ex
         # (Thumbnails as the page last listed them: a capture still in flight at the let-go may be missing.)
         assert "round" in shown["model"] and "lined" in shown["model"] and shown["thumbs"] >= 2 * 3
         folder = Path(served.json("GET", "/v1/model")[1]["origin"]["path"])
-        expected = taught_labels_of_frames(folder, clip)
+        expected = [label for label, _ in labels_of_frames(folder, clip)]
         assert expected[:CLIP_PER_CLASS].count("round") >= CLIP_PER_CLASS * 3 // 4, expected
         assert expected[CLIP_PER_CLASS:].count("lined") >= CLIP_PER_CLASS * 3 // 4, expected
         # The label follows the clip with the new model: round in the first half, lined in the second.
-        seen, deadline = [], time.monotonic() + wait
-        for wanted, half in (("round", 0), ("lined", 1)):
-            while time.monotonic() < deadline:
-                now = page()
-                if now["frame"] and (not seen or seen[-1]["frame"] != now["frame"]):
-                    seen.append(now)
-                    index = (now["frame"] - 1) % len(expected)
-                    if now["label"] in ("discs", "stripes"):
-                        continue  # a frame classified before the swap, still on the page
-                    assert now["label"] == expected[index], (now, expected)
-                    if now["label"] == wanted and index // CLIP_PER_CLASS == half:
-                        break
-                time.sleep(0.05)
-            else:
-                pytest.fail(f"the page never showed {wanted!r} in half {half}: "
-                            f"{[(s['frame'], s['label']) for s in seen]}")
+        follow_clip(page, expected, CLIP_PER_CLASS, ("round", "lined"), wait, stale=tuple(NEW))
     finally:
         browser.close()
         log = served.stop()

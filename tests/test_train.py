@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from tests.hostile import (
     clean,
     error_line,
 )
+from tests.ports import free_ports
 from tests.test_data import bad_files
 
 RUN_FILES = ("model.keras", "manifest.json", "splits.csv", "history.csv", "curves.png", "metrics.json")
@@ -293,18 +293,6 @@ def test_a_killed_run_resumes_where_it_stopped(sample_data, tmp_path):
 
 
 # ------------------------------------------------------------------ several machines
-
-def free_ports(n: int) -> list[int]:
-    """n distinct ports free on the loopback now (all held open while choosing)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
 
 @pytest.mark.slow
 def test_two_workers_on_the_loopback_train_one_model_that_only_the_chief_writes(sample_data, tmp_path):
