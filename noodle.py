@@ -13,6 +13,7 @@ from edge.cli import app as edge_app
 from edge.usage import OneLineUsage
 from export.bundle import app as bundle_app
 from export.cli import app as export_app
+from export.loop import app as loop_app
 from train.cli import app as train_app
 
 app = typer.Typer(
@@ -39,6 +40,7 @@ def main(verbose: Annotated[bool, typer.Option(
 app.add_typer(train_app)
 app.add_typer(export_app)
 app.add_typer(bundle_app)
+app.add_typer(loop_app)
 app.add_typer(edge_app, name="edge")
 
 if __name__ == "__main__":

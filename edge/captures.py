@@ -25,6 +25,7 @@ import numpy as np
 from edge.atomic import atomic_output
 from edge.errors import NoodleError
 from edge.escape import escape_name, label_problem, shown
+from edge.manifest import sha256_file
 from edge.preprocess import crop_square
 
 UNSURE = "_unsure"
@@ -76,6 +77,8 @@ class CaptureStore:
         self.root, self.max_bytes, self.unsure_max = Path(root), int(max_mb * 1e6), unsure_max
         self._lock = threading.Lock()
         self._n = 0
+        # sha256 of each photo by (path, mtime, size): a pull's listing hashes only what changed.
+        self._sums: dict[str, tuple[int, int, str]] = {}
 
     # --- writing
 
@@ -165,6 +168,28 @@ class CaptureStore:
 
     def bytes_used(self) -> int:
         return sum(p.stat().st_size for label in [*self.labels(), UNSURE] for p in self._photos(label))
+
+    def files(self, unsure: bool = False) -> list[dict]:
+        """Every capture as {label, name, bytes, sha256} (`noodle pull`'s index), _unsure with `unsure`."""
+        out, seen = [], set()
+        for label in [*self.labels(), *([UNSURE] if unsure else [])]:
+            for path in self._photos(label):
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue  # deleted meanwhile
+                key = str(path)
+                seen.add(key)
+                cached = self._sums.get(key)
+                if cached is None or cached[:2] != (st.st_mtime_ns, st.st_size):
+                    cached = (st.st_mtime_ns, st.st_size, sha256_file(path))
+                    self._sums[key] = cached
+                out.append({"label": label, "name": path.name, "bytes": st.st_size, "sha256": cached[2]})
+        if not unsure:
+            seen |= {k for k in self._sums if Path(k).parent.name == UNSURE}
+        for gone in set(self._sums) - seen:
+            self._sums.pop(gone, None)
+        return out
 
     def listing(self, recent: int = 0) -> dict:
         """Counts and bytes per class, the _unsure ring, the total and the limit (GET /v1/captures)."""

@@ -21,6 +21,7 @@ from edge.serve_options import (
     Host,
     Loop,
     MaxBodyMb,
+    MaxModelMb,
     MaxStreams,
     Mqtt,
     MqttCa,
@@ -394,6 +395,7 @@ def serve(
     captures: Captures = None,
     captures_max_mb: CapturesMaxMb = SERVE.captures_max_mb,
     unsure: Unsure = SERVE.unsure,
+    max_model_mb: MaxModelMb = SERVE.max_model_mb,
     verbose: Verbose = False,
     threads: Threads = None,
     runtime: Runtime = None,
@@ -406,18 +408,12 @@ def serve(
     and answers the top-k as JSON; GET /v1/latest, /snapshot.jpg, /metrics...: docs/serve.md.
     """
     _check_numbers(threads)
-    from edge import camera as cam
     from edge import serve as srv
     from edge.files import default_workers
 
     token = srv.resolve_token(token, token_file, host)
     srv.check_token_strength(token, host)
-    make_frames = None
-    if source is not None or picamera:
-        cam.Frames(source or "0", picamera=picamera, retries=retries)  # a missing file: one line, now
-
-        def make_frames():
-            return cam.Frames(source or "0", picamera=picamera, retries=retries)
+    make_frames = _frames(source, picamera, retries)
     publisher = None
     if mqtt is not None:
         from edge.serve_mqtt import Publisher
@@ -427,7 +423,20 @@ def serve(
     srv.serve(clf, make_frames, host=host, port=port, token=token, top_k=top_k, threshold=threshold,
               repeat=loop, max_body=int(max_body_mb * 1e6), max_streams=max_streams, rate=rate,
               mqtt=publisher, captures=captures, captures_max_mb=captures_max_mb, unsure=unsure,
-              threads=threads)
+              threads=threads, max_model=int(max_model_mb * 1e6))
+
+
+def _frames(source: str | None, picamera: bool, retries: int):
+    """serve's maker of camera frames, or None (the API only); a missing file is one line, now."""
+    from edge import camera as cam
+
+    if source is None and not picamera:
+        return None
+    cam.Frames(source or "0", picamera=picamera, retries=retries)
+
+    def make_frames():
+        return cam.Frames(source or "0", picamera=picamera, retries=retries)
+    return make_frames
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ The parts, each in its own file:
     edge/serve_page.py     the live page
     edge/serve_mqtt.py     --mqtt: the label into home automation
     edge/serve_teach.py    --captures: the Teach routes, the teach job, the hot swap, rollback
+    edge/serve_deploy.py   --captures: the pull's index and tar, PUT /v1/model (noodle pull, deploy)
+    edge/serve_state.py    --captures: serving.json, so a restart resumes the model deployed or taught
 
 HTTP is aiohttp's (Home Assistant serves its UI and API from it on the same Pis): its
 llhttp parser refuses the malformed and ambiguous requests that a hand-written server
@@ -40,7 +42,7 @@ from edge import logs
 from edge.errors import Terminated
 from edge.escape import escape_name, shown
 from edge.preprocess import return_freed_decodes
-from edge.serve_auth import ServeError, check_token_strength, resolve_token  # noqa: F401 (the CLI's)
+from edge.serve_auth import ServeError, Tokens, check_token_strength, resolve_token  # noqa: F401 (the CLI's)
 from edge.serve_config import DEFAULTS
 from edge.serve_live import Live, guarded_camera_loop, need_opencv
 from edge.serve_metrics import Metrics  # noqa: F401 (tests and serve_mqtt read its counts)
@@ -71,6 +73,30 @@ def listen_error(exc: OSError, host: str, port: int) -> ServeError:
                           "another --port")
     return ServeError(f"--host {shown(host)} --port {port}: cannot listen there "
                       f"({exc.strerror or exc}); use an address of this machine")
+
+
+def teaching_of(model, captures, captures_max_mb: float, top_k: int, unsure: float, threads, mqtt):
+    """The Teach and deploy side (edge.serve_teach.Teaching), and the model serving.json resumes."""
+    from edge.serve_state import resume
+    from edge.serve_teach import Teaching
+
+    store, runtime = None, getattr(model.clf, "runtime", None)
+    if captures is not None:
+        from edge.captures import CaptureStore
+
+        store = CaptureStore(captures, captures_max_mb)
+    teaching = Teaching(model, store, top_k, unsure, threads, runtime, mqtt)
+    resumed = resume(teaching, threads, runtime)
+    if resumed is not None:
+        (log.warning if resumed.startswith("warning:") else log.info)(resumed)
+    return teaching
+
+
+def ready_line(clf, url: str, live, token: bool) -> str:
+    labels = ", ".join(map(shown, clf.labels[:10])) + (", ..." if len(clf.labels) > 10 else "")
+    return (f"serving {escape_name(str(clf.path))} ({shown(clf.variant)}, labels {labels}) on {url}"
+            + (f" from {shown(live.source)}" if live.source else ", the API only (no --source)")
+            + (f"; open {url} with ?token= and the token once" if token else "") + "; Ctrl-C stops")
 
 
 async def run(app, host: str, port: int, ready: str) -> bool:
@@ -104,19 +130,22 @@ def serve(clf, make_frames=None, host: str = DEFAULTS.host, port: int = DEFAULTS
           repeat: bool = False, max_body: int = int(DEFAULTS.max_body_mb * 1e6),
           max_streams: int = DEFAULTS.max_streams, rate: float = DEFAULTS.rate, mqtt=None, captures=None,
           captures_max_mb: float = DEFAULTS.captures_max_mb, unsure: float = DEFAULTS.unsure,
-          threads: int | None = None) -> None:
+          threads: int | None = None, max_model: int = int(DEFAULTS.max_model_mb * 1e6)) -> None:
     """Serve until Ctrl-C or SIGTERM; `make_frames()` gives a fresh edge.camera.Frames (None: API only).
 
     `mqtt`: an edge.serve_mqtt.Publisher, or None. serve calls its start(model_info, live, metrics)
     before listening, result(result) from the camera thread for each frame's result (its label
     `unknown` under `threshold`), and close() at the end. `captures`: the folder of captures to
-    teach from (edge/serve_teach.py's routes), or None; `threads` are a teach's.
+    teach from and to check deployed models on (edge/serve_teach.py's and edge/serve_deploy.py's
+    routes), or None; `threads` are a teach's. `token`: edge.serve_auth.Tokens, a token, or None.
     """
     try:
-        from edge.serve_teach import TeachApp, Teaching
+        from edge.serve_deploy import DeployApp
     except ImportError:
         raise ServeError(f"serve needs aiohttp, which is not installed; {AIOHTTP_FIX}") from None
-    logs.hide(token)
+    token = Tokens.parse([token]) if isinstance(token, str) else token
+    for secret in token.secrets if token is not None else []:
+        logs.hide(secret)
     warnings.showwarning = decoder_warning
     return_freed_decodes()  # uploads decode in many threads: glibc must give their memory back
     model = SharedModel(clf, top_k, threshold)
@@ -124,13 +153,8 @@ def serve(clf, make_frames=None, host: str = DEFAULTS.host, port: int = DEFAULTS
     if first is not None and not first.picamera:
         need_opencv(first.source)
     live = Live(first.name.removeprefix("source ") if first else None)
-    store = None
-    if captures is not None:
-        from edge.captures import CaptureStore
-
-        store = CaptureStore(captures, captures_max_mb)
-    teaching = Teaching(model, store, top_k, unsure, threads, getattr(clf, "runtime", None), mqtt)
-    app = TeachApp(model, live, token, max_body, max_streams, rate, teaching=teaching)
+    teaching = teaching_of(model, captures, captures_max_mb, top_k, unsure, threads, mqtt)
+    app = DeployApp(model, live, token, max_body, max_streams, rate, teaching=teaching, max_model=max_model)
     stop = threading.Event()
 
     def on_result(result: dict) -> None:
@@ -143,11 +167,7 @@ def serve(clf, make_frames=None, host: str = DEFAULTS.host, port: int = DEFAULTS
     if make_frames is not None:
         threading.Thread(target=guarded_camera_loop, name="camera", daemon=True,
                          args=(make_frames, model, live, app.metrics, stop, repeat, on_result)).start()
-    url = url_of(host, port)
-    labels = ", ".join(map(shown, clf.labels[:10])) + (", ..." if len(clf.labels) > 10 else "")
-    ready = (f"serving {escape_name(str(clf.path))} ({shown(clf.variant)}, labels {labels}) on {url}"
-             + (f" from {shown(live.source)}" if live.source else ", the API only (no --source)")
-             + (f"; open {url} with ?token= and the token once" if token else "") + "; Ctrl-C stops")
+    ready = ready_line(model.clf, url_of(host, port), live, token is not None)
     try:
         terminated = asyncio.run(run(app, host, port, ready))
     finally:

@@ -68,23 +68,76 @@ def loopback_name(host_header: str) -> bool:
         return False
 
 
-def resolve_token(token: str | None, token_file, host: str) -> str | None:
-    """The token from --token (or $NOODLE_TOKEN) or --token-file; required beyond loopback."""
+# What a token's name may hold (--token NAME:SECRET): it is logged and shown as "by whom".
+NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._")
+# A name is a word or two, never a second secret.
+NAME_MAX = 40
+# The name of a token given without one.
+UNNAMED = "token"
+
+
+class Tokens:
+    """The tokens serve accepts, each with a name (who deployed a model: the name, never the secret).
+
+    --token and each line of --token-file are SECRET or NAME:SECRET; ':' is no token character, so
+    the two never mix. A request may send SECRET or NAME:SECRET; only the secret is compared, with
+    each token's in constant time, and the name recorded is the matching token's own."""
+
+    def __init__(self, named: dict[str, str]):
+        self.named = named
+
+    @classmethod
+    def parse(cls, lines: list[str], where: str = "--token") -> Tokens:
+        named: dict[str, str] = {}
+        for i, line in enumerate(lines, 1):
+            name, sep, secret = line.rpartition(":")
+            if not sep:
+                name = UNNAMED if len(lines) == 1 else f"{UNNAMED}-{i}"
+            if not name or len(name) > NAME_MAX or not set(name) <= NAME_CHARS:
+                raise ServeError(f"{where}: a token's name (NAME:SECRET) is 1 to {NAME_MAX} of the letters "
+                                 "A-Z and a-z, digits and - . _; rename it")
+            if not secret or not set(secret) <= TOKEN_CHARS:
+                raise ServeError(f"{where}: the token may hold only the letters A-Z and a-z, digits and "
+                                 "- . _ ~ (printable ASCII that fits a header, an address and a cookie as "
+                                 f"it is), optionally after NAME: ; {MAKE_TOKEN}")
+            if name in named:
+                raise ServeError(f"{where}: two tokens named {name}; give each its own name (NAME:SECRET)")
+            named[name] = secret
+        return cls(named)
+
+    @property
+    def secrets(self) -> list[str]:
+        return list(self.named.values())
+
+    def match(self, given: str) -> str | None:
+        """The name of the token `given` is (SECRET or NAME:SECRET), or None; every one compared."""
+        secret = given.rpartition(":")[2]
+        found = None
+        for name, token in self.named.items():
+            if same_secret(secret, token) and found is None:
+                found = name
+        return found
+
+
+def resolve_token(token: str | None, token_file, host: str) -> Tokens | None:
+    """The tokens from --token (or $NOODLE_TOKEN) or --token-file (a token a line, # comments);
+    required beyond loopback."""
     if token is not None and token_file is not None:
         raise ServeError("--token and --token-file: give one")
     if token_file is not None:
         try:
             with open(token_file, encoding="utf-8") as f:
-                token = f.readline().strip()
+                lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
         except (OSError, UnicodeDecodeError) as exc:
             why = getattr(exc, "strerror", None) or "not UTF-8 text"
             raise ServeError(f"{escape_name(str(token_file))}: cannot read the token ({why}); "
                              "give a readable file holding it on its first line") from None
+        if not lines:
+            raise ServeError(f"{escape_name(str(token_file))}: no token in it; write one a line, "
+                             f"SECRET or NAME:SECRET ({MAKE_TOKEN})")
+        return Tokens.parse(lines, escape_name(str(token_file)))
     if token is not None:
-        if not token or not set(token) <= TOKEN_CHARS:
-            raise ServeError("the token may hold only the letters A-Z and a-z, digits and - . _ ~ (printable "
-                             f"ASCII that fits a header, an address and a cookie as it is); {MAKE_TOKEN}")
-        return token
+        return Tokens.parse([token])
     if not is_loopback(host):
         raise ServeError(f"--host {shown(host)} serves beyond this machine, so a token is required: "
                          f"--token, ${TOKEN_ENV} or --token-file (at least {TOKEN_MIN} characters; "
@@ -92,12 +145,11 @@ def resolve_token(token: str | None, token_file, host: str) -> str | None:
     return None
 
 
-def check_token_strength(token: str | None, host: str) -> None:
-    if token is not None and len(token) < TOKEN_MIN and not is_loopback(host):
-        raise ServeError(f"the token is {len(token)} characters; beyond loopback it must be at least "
+def check_token_strength(tokens: Tokens | None, host: str) -> None:
+    short = min((len(t) for t in tokens.secrets), default=TOKEN_MIN) if tokens is not None else TOKEN_MIN
+    if short < TOKEN_MIN and not is_loopback(host):
+        raise ServeError(f"a token is {short} characters; beyond loopback each must be at least "
                          f"{TOKEN_MIN}; {MAKE_TOKEN}")
-
-
 
 
 def given_token(query: dict, headers) -> tuple[str | None, bool]:

@@ -39,6 +39,9 @@ class ServeConfig:
     # answer is one of the model's classes, as before; a good value depends on the model and
     # the scene (the scores of frames of an empty room), so none is guessed here.
     threshold: float = 0.0
+    # The largest model PUT /v1/model takes: lite0's float32 is 14 MB and its int8 5 MB; 50 MB admits
+    # the float32 of a backbone three times lite0's, and a Pi 3's 1 GB holds it while it is checked.
+    max_model_mb: float = 50.0
     # Seconds between MQTT heartbeats: Home Assistant notices a dead device within a minute.
     mqtt_heartbeat: float = 30.0
 

@@ -34,7 +34,7 @@ from edge.errors import first_line
 from edge.jsonout import to_json
 from edge.logs import logger
 from edge.preprocess import ImageError, load_image
-from edge.serve_auth import COOKIE, given_token, loopback_name, same_secret
+from edge.serve_auth import COOKIE, given_token, loopback_name
 from edge.serve_conn import COMMON_HEADERS, REQUEST_TIMEOUT, json_response
 from edge.serve_metrics import Metrics, RateLimit
 from edge.serve_page import PAGE, PAGE_HEADERS
@@ -78,7 +78,8 @@ ROUTES = {
 }
 # Routes open without the token: a health check and an empty icon carry no secret and tell nothing.
 OPEN_ROUTES = {"/healthz", "/favicon.ico"}
-METHODS = ("GET", "POST", "DELETE")  # DELETE: the Teach routes (edge/serve_teach.py)
+# DELETE: the Teach routes (edge/serve_teach.py); PUT: a deployed model (edge/serve_deploy.py).
+METHODS = ("GET", "POST", "DELETE", "PUT")
 
 log = logger("serve.http")
 
@@ -171,7 +172,7 @@ class App:
                                "(127.0.0.1, localhost, [::1]); open it by one of those, or start it "
                                "with --token")
         if request.method not in METHODS:
-            raise Problem(405, "method not allowed; the routes take GET, POST or DELETE",
+            raise Problem(405, "method not allowed; the routes take GET, POST, PUT or DELETE",
                           {"Allow": ", ".join(METHODS)})
         if route == "other":
             raise Problem(404, f"no such route; the routes are {', '.join(self.routes)}")
@@ -189,17 +190,22 @@ class App:
         return await getattr(self, f"on_{name}")(request)
 
     def check_token(self, request: web.BaseRequest, route: str) -> None:
+        """The token, or a 401; its name (never the secret) is kept as request["by"]."""
+        request["by"] = None
         if self.token is None:
             return
         given, from_query = given_token(request.query, request.headers)
-        if given is None or not same_secret(given, self.token):
+        name = self.token.match(given) if given is not None else None
+        if name is None:
             raise Problem(401, "missing or wrong token; send it as Authorization: Bearer TOKEN, or open "
                                "the page as /?token=TOKEN once",
                           {"WWW-Authenticate": 'Bearer realm="noodle"'})
+        request["by"] = name
         if from_query and route == "/":
             # Kept in a cookie the page's stream and feed send too, and dropped from the address bar.
+            secret = self.token.named[name]
             raise Problem(303, "", {"Location": "/", "Set-Cookie":
-                                    f"{COOKIE}={self.token}; HttpOnly; SameSite=Strict; Path=/"})
+                                    f"{COOKIE}={secret}; HttpOnly; SameSite=Strict; Path=/"})
 
     # --- the routes ---
 
@@ -258,19 +264,19 @@ class App:
         self.metrics.classified("api", self.model.said_unknown(result))
         return json_response(200, {**result, "sha256": self.model.sha256, "variant": self.model.clf.variant})
 
-    def body_size(self, request: web.BaseRequest) -> int:
-        """The upload's declared size, checked before a byte of it is read."""
+    def body_size(self, request: web.BaseRequest, limit: int | None = None, what: str = "the image",
+                  fix: str = "--max-body-mb; send a smaller image") -> int:
+        """The upload's declared size, checked before a byte of it is read (at most `limit`)."""
         if request.headers.get("Transfer-Encoding", "identity").lower() != "identity":
-            raise Problem(411, "send the image with a Content-Length (chunked bodies are not taken)",
+            raise Problem(411, f"send {what} with a Content-Length (chunked bodies are not taken)",
                           close=True)
-        size = request.content_length
+        size, limit = request.content_length, limit or self.max_body
         if size is None:
-            raise Problem(411, "no Content-Length; POST the image's bytes (curl --data-binary @photo.jpg)")
-        if size > self.max_body:
-            raise Problem(413, f"a body of {size} bytes is over the {self.max_body} byte limit "
-                               "(--max-body-mb); send a smaller image")
+            raise Problem(411, f"no Content-Length; send {what} with one (curl --data-binary @photo.jpg)")
+        if size > limit:
+            raise Problem(413, f"a body of {size} bytes is over the {limit} byte limit ({fix})")
         if size == 0:
-            raise Problem(400, "empty body; POST the image's bytes (curl --data-binary @photo.jpg)")
+            raise Problem(400, f"empty body; send {what} (curl --data-binary @photo.jpg)")
         return size
 
     async def within(self, reading, size: int):

@@ -56,11 +56,14 @@ MqttName = Annotated[str | None, typer.Option(
     help="The device's name in Home Assistant (default: the topic prefix's last level, by default "
          "the hostname).")]
 Captures = Annotated[Path | None, typer.Option(
-    file_okay=False, help="Keep captures here (DIR/<label>/*.jpg) and teach from them: the page's Teach "
-                          "panel, /v1/captures, /v1/teach, /v1/model/rollback.")]
+    file_okay=False, help="Keep captures here (DIR/<label>/*.jpg), teach from them and check deployed "
+                          "models on them: the page's Teach panel, /v1/captures, /v1/teach, PUT /v1/model "
+                          "(`noodle deploy`), /v1/model/rollback; DIR/.models/ keeps the models served.")]
 CapturesMaxMb = Annotated[float, typer.Option(
     min=0.01, help="Megabytes the captures may use; a capture past it is refused in "
                    "words.")]
 Unsure = Annotated[float, typer.Option(
     min=0, max=1, help="A camera frame whose top score is under this is kept in "
                        "captures/_unsure/ (the last 100).")]
+MaxModelMb = Annotated[float, typer.Option(
+    min=0.1, max=1024, help="Largest model PUT /v1/model takes (`noodle deploy`), in MB.")]

@@ -49,6 +49,19 @@ function unknownUnder(m) {
   threshold = m.threshold || 0;
   return threshold ? "; unknown under " + (100 * threshold).toFixed(1) + " %" : "";
 }
+// Where the model came from (GET /v1/model's origin): shipped, taught here, or deployed from a run.
+function originOf(o) {
+  if (!o) { return ""; }
+  if (o.kind === "deployed") {
+    return "; deployed from run " + (o.run || "?") + " (" + (o.variant || "?") + ") at " + o.at
+         + " by " + o.by;
+  }
+  return o.kind === "taught" ? "; taught here at " + o.at : "; shipped";
+}
+function describe(m) {
+  return m.file + " (" + m.variant + ", " + m.input.width + "x" + m.input.height + "), labels: "
+       + m.labels.join(", ") + unknownUnder(m) + originOf(m.origin);
+}
 function show(r) {
   text("label", r.label === undefined ? "\\u2014" : r.label);
   $("label").classList.toggle("unknown", threshold > 0 && r.label === "unknown");
@@ -73,10 +86,8 @@ function show(r) {
     return li;
   }));
 }
-fetch("v1/model").then((r) => r.json()).then((m) => {
-  text("model", m.file + " (" + m.variant + ", " + m.input.width + "x" + m.input.height + "), labels: "
-       + m.labels.join(", ") + unknownUnder(m));
-}).catch(() => text("model", "model: unavailable"));
+fetch("v1/model").then((r) => r.json()).then((m) => text("model", describe(m)))
+  .catch(() => text("model", "model: unavailable"));
 fetch("v1/latest").then((r) => r.ok ? r.json() : Promise.reject(r)).then((r) => {
   show(r);
   $("stream").src = "stream.mjpg";
@@ -190,9 +201,7 @@ async function follow() {
   showTeach(job);
   if (job.state === "running") { setTimeout(() => follow().catch((e) => say(e.message)), 500); return; }
   if (job.state === "done") {
-    const m = await call("GET", "v1/model");
-    text("model", m.file + " (" + m.variant + ", " + m.input.width + "x" + m.input.height + "), labels: "
-         + m.labels.join(", ") + unknownUnder(m));
+    text("model", describe(await call("GET", "v1/model")));
   }
 }
 $("train").addEventListener("click", () => {
@@ -201,8 +210,7 @@ $("train").addEventListener("click", () => {
     .then(showTeach).then(follow).catch((e) => say(e.message));
 });
 $("rollback").addEventListener("click", () => {
-  call("POST", "v1/model/rollback").then((m) => text("model", m.file + " (" + m.variant + "), labels: "
-       + m.labels.join(", "))).catch((e) => say(e.message));
+  call("POST", "v1/model/rollback").then((m) => text("model", describe(m))).catch((e) => say(e.message));
 });
 counts();
 """

@@ -38,6 +38,7 @@ from edge.logs import logger
 from edge.preprocess import ImageError, load_image
 from edge.serve_conn import json_response
 from edge.serve_http import BODY_WAIT, ROUTES, App, Problem, file_field, read_body
+from edge.serve_state import MODELS, remember
 
 # A kept photo's long side: a camera's 640x480 frame, three times lite0's 224 px input, so a
 # capture can teach a later, larger backbone too.
@@ -50,7 +51,6 @@ UNSURE_EVERY = 1.0
 RECENT = 8
 # Bytes of POST /v1/teach's JSON options: {"replace": false} and room to spare.
 TEACH_BODY = 1024
-MODELS = ".models"
 
 TEACH_ROUTES = {
     "/v1/captures": ("GET", "captures"),
@@ -93,6 +93,14 @@ def swap(model, clf, top_k: int, origin: dict) -> None:
         model.clf, model.k, model.sha256, model.info = fresh.clf, fresh.k, info["sha256"], info
 
 
+def forget(served: Served) -> None:
+    """A taught or deployed model no longer kept: its folder under .models goes."""
+    path = Path(served.origin["path"])
+    folder = path if path.is_dir() else path.parent
+    if served.origin["kind"] in ("taught", "deployed") and folder.parent.name == MODELS:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class Teaching:
     """The captures, the teach job (one at a time) and the models served, for one serve."""
 
@@ -103,20 +111,37 @@ class Teaching:
         clf = model.clf
         self.base = getattr(clf, "folder", None) or clf.path  # what every teach starts from
         self.current = Served(clf, origin_of(clf))
+        self.shipped_sha256, self.log = model.sha256, log
         model.info = {**model.info, "origin": self.current.origin}
         self.before: list[Served] = []  # the models served before, oldest first
         self.lock = threading.Lock()
         self.job = {"state": "idle"}
+        self.deploying = False  # a PUT /v1/model being checked (edge/serve_deploy.py)
         self.last_unsure = 0.0
         self.n = 0
 
     # --- the teach job
 
+    def claim(self, what: str) -> None:
+        """One change of model at a time: a teach, a deploy or a rollback; a 409 for the second."""
+        if self.job["state"] == "running":
+            raise Problem(409, f"a teach is running; {what} waits until it has finished (GET /v1/teach "
+                               "says how far it is)")
+        if self.deploying:
+            raise Problem(409, f"a deployed model is being checked; {what} waits until it is done")
+
+    def begin_deploy(self) -> None:
+        with self.lock:
+            self.claim("a deploy")
+            self.deploying = True
+
+    def release(self) -> None:
+        with self.lock:
+            self.deploying = False
+
     def start(self, replace: bool) -> dict:
         with self.lock:
-            if self.job["state"] == "running":
-                raise Problem(409, "a teach is running already; GET /v1/teach says how far it is, wait "
-                                   "for it to finish")
+            self.claim("another teach")
             self.job = {"state": "running", "started": time.time(), "replace": replace}
             job = self.job
         threading.Thread(target=self._teach, args=(job,), name="teach", daemon=True).start()
@@ -169,23 +194,21 @@ class Teaching:
         self.before.append(self.current)
         self.current = served
         while len(self.before) > KEEP:
-            dropped = self.before.pop(0)
-            if dropped.origin["kind"] == "taught" and Path(dropped.origin["path"]).parent.name == MODELS:
-                shutil.rmtree(dropped.origin["path"], ignore_errors=True)
+            forget(self.before.pop(0))
+        remember(self)
         self.announce()
 
     def rollback(self) -> dict:
         with self.lock:
-            if self.job["state"] == "running":
-                raise Problem(409, "a teach is running; roll back once it has finished")
+            self.claim("a rollback")
             if not self.before:
                 raise Problem(409, "no earlier model to go back to: this is the one serve started with")
             previous = self.before.pop()
             swap(self.model, previous.clf, self.top_k, previous.origin)
             left = self.current
             self.current = previous
-        if left.origin["kind"] == "taught" and Path(left.origin["path"]).parent.name == MODELS:
-            shutil.rmtree(left.origin["path"], ignore_errors=True)  # undone: nothing comes back to it
+        forget(left)  # undone: nothing comes back to it
+        remember(self)
         self.announce()
         return self.model.info
 
