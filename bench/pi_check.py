@@ -45,6 +45,14 @@ ai-edge-litert). For each release in --releases:
    must bring back the shipped sha256. This machine's serve does the same
    steps with the same photos first: the labels must equal its labels. A
    model without embed.tflite (only lite0 exports one) skips it, saying so.
+9. deploy: `./noodle-edge serve MODEL --captures DIR --token-file F` in the
+   release (token NAME:SECRET); a client of this machine, in serve's network
+   namespace but outside the chroot, POSTs DEPLOY_CAPTURES photos a class,
+   runs `noodle deploy URL RUN --variant V` (the run's first of
+   DEPLOY_VARIANTS other than the shipped one), checks that /v1/model shows
+   V's sha256, deployed by NAME, POSTs DEPLOY_PHOTOS photos to /v1/classify
+   (labels equal to x86's `classify` of V) and POSTs /v1/model/rollback, which
+   must bring back the shipped sha256. A bundle given alone (no run) skips it.
 
     python -m bench.pi_check RUN_OR_BUNDLE PHOTOS [--model int8] [--releases "bookworm trixie"]
 """
@@ -207,13 +215,24 @@ def in_root(root: Path, binds: dict[str, Path], command: str,
     """COMMAND by the root's /bin/sh in a chroot, with no network and BINDS mounted; mounts vanish after.
 
     `loopback`: with the new namespace's loopback up (127.0.0.1 only; nothing beyond it)."""
+    return in_namespace(root, binds, chroot_argv(root, env, command), loopback)
+
+
+def chroot_argv(root: Path, env: dict[str, str], command: str) -> list[str]:
+    """COMMAND by the root's /bin/sh in a chroot, with ENV alone."""
+    return ["chroot", str(root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
+            "/bin/sh", "-c", command]
+
+
+def in_namespace(root: Path, binds: dict[str, Path], argv: list[str],
+                 loopback: bool = False) -> subprocess.CompletedProcess:
+    """ARGV in a mount and network namespace of its own, with ROOT's /dev, /proc and BINDS mounted:
+    a chroot_argv, or a program of this machine that starts one (both then share the loopback)."""
     mounts = [f"mount --rbind /dev {root}/dev", f"mount -t proc proc {root}/proc"]
     if loopback:
         mounts.insert(0, "ip link set lo up")
     mounts += [f"mount --bind {shlex.quote(str(host))} {root}/{inside}" for inside, host in binds.items()]
-    clean = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    chroot = f"exec chroot {root} /usr/bin/env -i {clean} /bin/sh -c {shlex.quote(command)}"
-    script = " && ".join(mounts + [chroot])
+    script = " && ".join(mounts + ["exec " + shlex.join(argv)])
     return subprocess.run(["unshare", "--mount", "--net", "--fork", "sh", "-c", script],
                           capture_output=True, text=True, timeout=STEP_TIMEOUT)
 
@@ -251,7 +270,7 @@ def compare(name: str, pi: dict[str, dict], x86: dict[str, dict]) -> list[str]:
 
 
 def check_release(target: Target, bundle: Path, photos: Path, cache: Path, x86: dict[str, dict],
-                  work: Path, clip: Clip, enrol: Enrol | None) -> bool:
+                  work: Path, clip: Clip, enrol: Enrol | None, deploy: Deploy | None) -> bool:
     start = time.perf_counter()
     root = build_root(target, cache)
     log(f"{target.release} (Debian {target.debian}): root ready in {time.perf_counter() - start:.0f} s "
@@ -292,7 +311,8 @@ def check_release(target: Target, bundle: Path, photos: Path, cache: Path, x86: 
     camera = check_camera(target, root, binds, env, model, clip, home)
     served = check_serve(target, root, binds, env, model, clip, x86, home)
     enrolled = check_enrol(target, root, binds, env, model, enrol, home) if enrol is not None else True
-    return bool(pi) and not differ and camera and served and enrolled
+    deployed = check_deploy(target, root, binds, env, model, deploy, home) if deploy is not None else True
+    return bool(pi) and not differ and camera and served and enrolled and deployed
 
 
 # The clip `camera --source` reads: photos as frames, 320x240 (4:3, so the centre
@@ -365,8 +385,10 @@ def check_camera(target: Target, root: Path, binds: dict, env: dict, model: Path
 CLIENT_LIB = r"""
 import json, sys, time, urllib.request
 
-def ask(port, path, body=None, kind="application/octet-stream"):
+def ask(port, path, body=None, kind="application/octet-stream", token=None):
     headers = {"Content-Type": kind} if body is not None else {}
+    if token:
+        headers["Authorization"] = "Bearer " + token
     request = urllib.request.Request("http://127.0.0.1:" + str(port) + path, data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=600) as answer:
         return json.load(answer)
@@ -645,6 +667,178 @@ def check_enrol(target: Target, root: Path, binds: dict, env: dict, model: Path,
     return True
 
 
+# Deploy from this machine: serve in the release with a named token and --captures, then `noodle deploy`
+# of the run's other variant from this machine's environment, over the loopback the two share (the
+# client runs outside the chroot, in serve's network namespace); then /v1/model, /v1/classify on photos
+# against x86's `classify` of that variant, and rollback. Few captures and photos: each is an emulated
+# float invoke (about 2 s; loading the model and scoring 2 + 2 captures took 16-18 s of the step).
+DEPLOY_CAPTURES, DEPLOY_PHOTOS = 2, 6
+# The variant deployed: the first of these the run exported that is not the one shipped. float16 runs
+# float kernels, which give x86's labels on aarch64, and its upload is half of float32's.
+DEPLOY_VARIANTS = ("float16", "float32", "dynamic", "int8")
+# Who deploys (NAME:SECRET): /v1/model must name the token's NAME, never its secret.
+DEPLOY_NAME = "pi-check"
+# Run by this machine's python in serve's namespace: starts serve in the root (job["serve"], a chroot),
+# POSTs the captures, runs `noodle deploy`, asks /v1/model, classifies, rolls back; a JSON line each.
+DEPLOY_CLIENT = r"""
+import json, subprocess, sys, time, urllib.parse
+from pi_client import ask, wait_healthy
+job = json.loads(sys.argv[1])
+port = job["port"]
+with open(job["token_file"]) as f:
+    token = f.read().strip()
+log = open(job["log"], "wb")
+server = subprocess.Popen(job["serve"], stderr=log)
+def show(**row):
+    print(json.dumps(row), flush=True)
+try:
+    wait_healthy(server, port, 900)
+    show(shipped=ask(port, "/v1/model", token=token))
+    for label, paths in job["captures"].items():
+        for path in paths:
+            with open(path, "rb") as f:
+                ask(port, "/v1/captures/" + urllib.parse.quote(label, safe=""), f.read(), "image/jpeg",
+                    token=token)
+    started = time.monotonic()
+    done = subprocess.run(job["deploy"], capture_output=True, text=True, timeout=900)
+    show(deploy={"rc": done.returncode, "out": done.stdout, "err": done.stderr,
+                 "seconds": round(time.monotonic() - started, 1)})
+    show(deployed=ask(port, "/v1/model", token=token))
+    for photo in job["photos"]:
+        with open(photo, "rb") as f:
+            print(json.dumps({"file": photo, **ask(port, "/v1/classify", f.read(), token=token)}), flush=True)
+    show(rollback=ask(port, "/v1/model/rollback", b"", token=token))
+    show(after=ask(port, "/v1/model", token=token))
+finally:
+    server.terminate()
+    server.wait(60)
+"""
+
+
+@dataclasses.dataclass
+class Deploy:
+    run: Path
+    variant: str
+    sha256: str  # the variant's, from the run's export manifest
+    captures: dict[str, list[Path]]  # label: photos POSTed before the deploy, which scores the model on them
+    photos: list[str]  # classified after the deploy, relative to PHOTOS (none of them captured)
+    x86: dict[str, str]  # the label of each, by this machine's `classify` of the variant
+
+
+def plan_deploy(run_dir: Path | None, shipped: str, photos: Path, x86: dict[str, dict],
+                edge_python: Path) -> Deploy | None:
+    """The run's variant to deploy, the captures and photos, and x86's labels of them with that variant.
+
+    None, said in one line, when there is no run folder or no other variant in it."""
+    if run_dir is None:
+        log("deploy skipped: a bundle alone holds one variant; give pi-check the run folder "
+            "(`make pi-check` does) to deploy another")
+        return None
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    variant = next((v for v in DEPLOY_VARIANTS if v != shipped and v in manifest["models"]
+                    and (run_dir / "export" / manifest["models"][v]["file"]).is_file()), None)
+    if variant is None:
+        log(f"deploy skipped: {run_dir}/export/ has no variant but {shipped}; `noodle export` writes "
+            "the others")
+        return None
+    from edge.captures import CaptureError, check_label
+
+    by_class: dict[str, list[str]] = {}
+    for f in sorted(x86):
+        if len(Path(f).parts) > 1:  # in a class folder, whose name is the capture's label
+            by_class.setdefault(Path(f).parts[0], []).append(f)
+    captures = {}
+    for label, files in by_class.items():
+        with contextlib.suppress(CaptureError):
+            if len(files) > DEPLOY_CAPTURES:
+                captures[check_label(label)] = files[-DEPLOY_CAPTURES:]
+    taken = {f for files in captures.values() for f in files}
+    spare = [f for f in sorted(x86) if f not in taken]
+    chosen = [spare[int(i * len(spare) / min(DEPLOY_PHOTOS, len(spare)))]
+              for i in range(min(DEPLOY_PHOTOS, len(spare)))]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "NOODLE_RUNTIME"))}
+    model = run_dir / "export" / manifest["models"][variant]["file"]
+    ran = run([str(edge_python), "-m", "edge", "classify", str(model), *(str(photos / f) for f in chosen),
+               "--json"], env=env)
+    labels = {f: row["label"] for f, row in parse_labels(ran.stdout, str(photos)).items()}
+    return Deploy(run_dir, variant, manifest["models"][variant]["sha256"],
+                  {label: [photos / f for f in files] for label, files in captures.items()}, chosen, labels)
+
+
+def deploy_problems(rows: dict, deploy: Deploy, shipped_sha: str) -> list[str]:
+    """What is wrong with one run of the deploy client, in words (none: it deployed and rolled back)."""
+    done, deployed, after = rows.get("deploy", {}), rows.get("deployed", {}), rows.get("after", {})
+    if done.get("rc") != 0:
+        return [f"`noodle deploy` exited {done.get('rc', 'unrun')}: "
+                + (done.get("err") or done.get("out") or "").strip()[-300:]]
+    problems = []
+    origin = deployed.get("origin") or {}
+    if deployed.get("sha256") != deploy.sha256 or origin.get("kind") != "deployed":
+        problems.append(f"/v1/model after the deploy shows sha256 {str(deployed.get('sha256'))[:12]} "
+                        f"({origin.get('kind')}), not the deployed {deploy.variant}'s {deploy.sha256[:12]}")
+    if origin.get("by") != DEPLOY_NAME:
+        problems.append(f"/v1/model says it was deployed by {origin.get('by')!r}, not the token's name "
+                        f"{DEPLOY_NAME!r}")
+    labels = {f: r["label"] for f, r in rows["files"].items()}
+    differ = [f for f in deploy.photos if labels.get(f) != deploy.x86.get(f)]
+    if differ:
+        problems.append(f"labels differ from x86's {deploy.variant} on {len(differ)} of {len(deploy.photos)} "
+                        "photo(s): " + ", ".join(f"{f} {labels.get(f)} vs {deploy.x86.get(f)}"
+                                                 for f in differ[:5]))
+    if after.get("sha256") != shipped_sha or rows.get("rollback", {}).get("sha256") != shipped_sha:
+        problems.append(f"after /v1/model/rollback the sha256 is {str(after.get('sha256'))[:12]}, not the "
+                        f"shipped {shipped_sha[:12]}")
+    return problems
+
+
+def check_deploy(target: Target, root: Path, binds: dict, env: dict, model: Path, deploy: Deploy,
+                 home: Path) -> bool:
+    """`noodle deploy` from this machine to serve in the release: /v1/model, labels vs x86, rollback."""
+    import secrets
+
+    # One file holds the token for serve (its /tmp), `noodle deploy` and the client: never in `ps`.
+    token_file = home / "deploy.token"
+    token_file.write_text(f"{DEPLOY_NAME}:{secrets.token_urlsafe(24)}\n")
+    token_file.chmod(0o600)
+    serve = chroot_argv(root, env, f"cd /bundle && exec ./noodle-edge serve {shlex.quote(str(model))} "
+                        f"--captures /tmp/deploy-captures --port {SERVE_PORT} --rate 0 "
+                        f"--token-file /tmp/{token_file.name}")
+    url = f"http://127.0.0.1:{SERVE_PORT}"
+    job = {"serve": serve, "port": SERVE_PORT, "token_file": str(token_file), "log": str(home / "deploy.log"),
+           "captures": {label: [str(p) for p in paths] for label, paths in deploy.captures.items()},
+           "photos": [str(binds["photos"] / f) for f in deploy.photos],
+           "deploy": [sys.executable, "-m", "noodle", "deploy", url, str(deploy.run), "--variant",
+                      deploy.variant, "--token-file", str(token_file)]}
+    client = write_client(home, "deploy_client.py", DEPLOY_CLIENT)
+    start = time.perf_counter()
+    ran = in_namespace(root, binds, [sys.executable, str(client), json.dumps(job)], loopback=True)
+    seconds = time.perf_counter() - start
+    rows = enrol_rows(ran.stdout)
+    rows["files"] = {os.path.relpath(f, binds["photos"]): r for f, r in rows["files"].items()}
+    logged = (home / "deploy.log").read_text(errors="replace") if (home / "deploy.log").is_file() else ""
+    manifest = json.loads((Path(binds["bundle"]) / model.parent / "manifest.json").read_text())
+    shipped_sha = manifest["models"][model.stem]["sha256"]
+    problems = [f"the client exited {ran.returncode}"] if ran.returncode != 0 else []
+    problems += deploy_problems(rows, deploy, shipped_sha)
+    if "Traceback" in logged:
+        problems.append("serve's log holds a traceback")
+    if problems:
+        for line in (ran.stderr.strip().splitlines() + logged.strip().splitlines())[-10:]:
+            log(f"{target.release}:   | {line}")
+        log(f"{target.release}: FAILED: deploy from x86: " + "; ".join(problems))
+        return False
+    origin = rows["deployed"]["origin"]
+    log(f"{target.release}: deploy from x86: `noodle deploy {url} {deploy.run.name} --variant "
+        f"{deploy.variant}` in {rows['deploy']['seconds']} s:")
+    for line in rows["deploy"]["out"].strip().splitlines():
+        log(f"{target.release}:   noodle deploy | {line}")
+    log(f"{target.release}: /v1/model {deploy.sha256[:12]} ({deploy.variant}, {origin.get('kind')} by "
+        f"{origin.get('by')}, run {origin.get('run')}); /v1/classify labels equal to x86's "
+        f"{deploy.variant} on {len(deploy.photos)} of {len(deploy.photos)} photos; /v1/model/rollback "
+        f"restored the shipped sha256 {shipped_sha[:12]} ({seconds:.0f} s under qemu)")
+    return True
+
+
 # picamera2 comes from Raspberry Pi's own apt archive (python3-picamera2), which
 # these Debian roots cannot reach; its Python files are on PyPI. Put where the
 # apt package puts them, they prove that the bundle's venv sees the system's
@@ -717,7 +911,7 @@ def sample_photos(photos: Path, count: int, into: Path) -> Path:
 
 
 def check(bundle: Path, photos: Path, releases: list[Target], cache: Path, edge_python: Path,
-          sample: int = 0) -> int:
+          sample: int = 0, run_dir: Path | None = None) -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pi-check-") as tmp:
         work = Path(tmp)
@@ -740,10 +934,11 @@ def check(bundle: Path, photos: Path, releases: list[Target], cache: Path, edge_
             f"{len(x86)} photos")
         clip = make_clip(photos, work, host_dir, model)
         enrol = plan_enrol(source, x86, host_dir, model, edge_python, work)
+        deploy = plan_deploy(run_dir, model.stem, photos, x86, edge_python)
         passed = []
         with aarch64_binfmt():
             for target in releases:
-                if check_release(target, bundle, photos, cache, x86, work, clip, enrol):
+                if check_release(target, bundle, photos, cache, x86, work, clip, enrol, deploy):
                     passed.append(target.release)
     failed = [r.release for r in releases if r.release not in passed]
     log(f"{'FAILED on ' + ', '.join(failed) if failed else 'passed on ' + ', '.join(passed)} "
@@ -780,7 +975,8 @@ def main(
         if unknown or not releases.split():
             raise CheckFailed(f"--releases {releases!r}: use some of {', '.join(RELEASES)}")
         code = check(bundle.resolve(), photos.resolve(), [RELEASES[r] for r in releases.split()],
-                     cache.resolve(), edge_python.absolute(), sample)
+                     cache.resolve(), edge_python.absolute(), sample,
+                     None if source.name.endswith(".tar.gz") else source.resolve())
     except (CheckFailed, subprocess.TimeoutExpired) as exc:
         print(f"pi-check: error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
