@@ -423,7 +423,7 @@ def serve(
     srv.serve(clf, make_frames, host=host, port=port, token=token, top_k=top_k, threshold=threshold,
               repeat=loop, max_body=int(max_body_mb * 1e6), max_streams=max_streams, rate=rate,
               mqtt=publisher, captures=captures, captures_max_mb=captures_max_mb, unsure=unsure,
-              threads=threads, max_model=int(max_model_mb * 1e6))
+              threads=threads, max_model=int(max_model_mb * 1e6), strict=strict)
 
 
 def _frames(source: str | None, picamera: bool, retries: int):

@@ -75,7 +75,8 @@ def listen_error(exc: OSError, host: str, port: int) -> ServeError:
                       f"({exc.strerror or exc}); use an address of this machine")
 
 
-def teaching_of(model, captures, captures_max_mb: float, top_k: int, unsure: float, threads, mqtt):
+def teaching_of(model, captures, captures_max_mb: float, top_k: int, unsure: float, threads, mqtt,
+                strict: bool = False):
     """The Teach and deploy side (edge.serve_teach.Teaching), and the model serving.json resumes."""
     from edge.serve_state import resume
     from edge.serve_teach import Teaching
@@ -86,6 +87,7 @@ def teaching_of(model, captures, captures_max_mb: float, top_k: int, unsure: flo
 
         store = CaptureStore(captures, captures_max_mb)
     teaching = Teaching(model, store, top_k, unsure, threads, runtime, mqtt)
+    teaching.strict = strict
     resumed = resume(teaching, threads, runtime)
     if resumed is not None:
         (log.warning if resumed.startswith("warning:") else log.info)(resumed)
@@ -130,7 +132,8 @@ def serve(clf, make_frames=None, host: str = DEFAULTS.host, port: int = DEFAULTS
           repeat: bool = False, max_body: int = int(DEFAULTS.max_body_mb * 1e6),
           max_streams: int = DEFAULTS.max_streams, rate: float = DEFAULTS.rate, mqtt=None, captures=None,
           captures_max_mb: float = DEFAULTS.captures_max_mb, unsure: float = DEFAULTS.unsure,
-          threads: int | None = None, max_model: int = int(DEFAULTS.max_model_mb * 1e6)) -> None:
+          threads: int | None = None, max_model: int = int(DEFAULTS.max_model_mb * 1e6),
+          strict: bool = False) -> None:
     """Serve until Ctrl-C or SIGTERM; `make_frames()` gives a fresh edge.camera.Frames (None: API only).
 
     `mqtt`: an edge.serve_mqtt.Publisher, or None. serve calls its start(model_info, live, metrics)
@@ -138,6 +141,7 @@ def serve(clf, make_frames=None, host: str = DEFAULTS.host, port: int = DEFAULTS
     `unknown` under `threshold`), and close() at the end. `captures`: the folder of captures to
     teach from and to check deployed models on (edge/serve_teach.py's and edge/serve_deploy.py's
     routes), or None; `threads` are a teach's. `token`: edge.serve_auth.Tokens, a token, or None.
+    `strict`: a deployed or resumed model too must record that its export's validation passed.
     """
     try:
         from edge.serve_deploy import DeployApp
@@ -153,7 +157,7 @@ def serve(clf, make_frames=None, host: str = DEFAULTS.host, port: int = DEFAULTS
     if first is not None and not first.picamera:
         need_opencv(first.source)
     live = Live(first.name.removeprefix("source ") if first else None)
-    teaching = teaching_of(model, captures, captures_max_mb, top_k, unsure, threads, mqtt)
+    teaching = teaching_of(model, captures, captures_max_mb, top_k, unsure, threads, mqtt, strict)
     app = DeployApp(model, live, token, max_body, max_streams, rate, teaching=teaching, max_model=max_model)
     stop = threading.Event()
 

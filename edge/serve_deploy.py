@@ -296,7 +296,11 @@ def loaded(path: Path, teaching):
     if len(shape) != 4 or shape[0] not in (1, -1) or shape[3] != 3:
         raise Problem(422, f"its input is {shape}, not one [1, H, W, 3] image; noodle deploys image "
                            "classifiers `noodle export` wrote")
-    return Classifier(path, threads=teaching.threads, runtime=teaching.runtime)
+    clf = Classifier(path, threads=teaching.threads, runtime=teaching.runtime)
+    if teaching.strict and clf.validation != "passed":
+        raise Problem(422, f"its manifest records that its export's validation {clf.validation}; this serve "
+                           "runs with --strict (as the boot service does): deploy an export that passed")
+    return clf
 
 
 def score(clf, store) -> dict:

@@ -80,6 +80,8 @@ def resume(teaching, threads: int | None, runtime: str | None) -> str | None:
         if served_sha256(path) != sha:
             raise NoodleError("its sha256 differs from the one recorded; it was altered")
         clf = load_classifier(path, threads=threads, runtime=runtime)
+        if teaching.strict and clf.validation not in ("passed", None) and not path.is_dir():
+            raise NoodleError(f"its export's validation {clf.validation}, and serve runs with --strict")
         teaching.switch(Served(clf, origin))
     except (NoodleError, OSError, ValueError) as exc:
         return (f"warning: {escape_name(str(path))}: not resumed ({first_line(exc)}); serving the shipped "

@@ -117,6 +117,7 @@ class Teaching:
         self.lock = threading.Lock()
         self.job = {"state": "idle"}
         self.deploying = False  # a PUT /v1/model being checked (edge/serve_deploy.py)
+        self.strict = False  # serve --strict: a deployed model's validation must have passed too
         self.last_unsure = 0.0
         self.n = 0
 
