@@ -224,17 +224,17 @@ def chroot_argv(root: Path, env: dict[str, str], command: str) -> list[str]:
             "/bin/sh", "-c", command]
 
 
-def in_namespace(root: Path, binds: dict[str, Path], argv: list[str],
-                 loopback: bool = False) -> subprocess.CompletedProcess:
+def in_namespace(root: Path, binds: dict[str, Path], argv: list[str], loopback: bool = False,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """ARGV in a mount and network namespace of its own, with ROOT's /dev, /proc and BINDS mounted:
-    a chroot_argv, or a program of this machine that starts one (both then share the loopback)."""
+    a chroot_argv, or a program of this machine (with ENV) that starts one; both share the loopback."""
     mounts = [f"mount --rbind /dev {root}/dev", f"mount -t proc proc {root}/proc"]
     if loopback:
         mounts.insert(0, "ip link set lo up")
     mounts += [f"mount --bind {shlex.quote(str(host))} {root}/{inside}" for inside, host in binds.items()]
     script = " && ".join(mounts + ["exec " + shlex.join(argv)])
     return subprocess.run(["unshare", "--mount", "--net", "--fork", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=STEP_TIMEOUT)
+                          capture_output=True, text=True, timeout=STEP_TIMEOUT, env=env)
 
 
 def unpack(bundle: Path, into: Path) -> Path:
@@ -415,6 +415,21 @@ def write_client(folder: Path, name: str, source: str) -> Path:
     return folder / name
 
 
+def step_passed(target: Target, step: str, problems: list[str], ran: subprocess.CompletedProcess,
+                serve_log: Path) -> bool:
+    """Whether a client's STEP passed: no PROBLEMS, and no traceback in serve's log. A failure is
+    said in one line, after the last lines of the client's stderr and of serve's log."""
+    logged = serve_log.read_text(errors="replace") if serve_log.is_file() else ""
+    if "Traceback" in logged:
+        problems = [*problems, "serve's log holds a traceback"]
+    if not problems:
+        return True
+    for line in (ran.stderr.strip().splitlines() + logged.strip().splitlines())[-10:]:
+        log(f"{target.release}:   | {line}")
+    log(f"{target.release}: FAILED: {step}: " + "; ".join(problems))
+    return False
+
+
 # `serve` in the release: photos POSTed over loopback, labels against x86's `classify`.
 SERVE_PHOTOS, SERVE_PORT = 10, SERVE.port
 # Run by the bundle's .venv python in the root: starts serve, asks it, prints a JSON line per
@@ -451,7 +466,6 @@ def check_serve(target: Target, root: Path, binds: dict, env: dict, model: Path,
     ran = in_root(root, binds, "cd /bundle && .venv/bin/python /tmp/serve_client.py "
                   + " ".join(map(shlex.quote, args)), env, loopback=True)
     rows = [json.loads(line) for line in ran.stdout.splitlines() if line.startswith("{")]
-    logged = (home / "serve.log").read_text(errors="replace") if (home / "serve.log").is_file() else ""
     info = next((r["model"] for r in rows if "model" in r), None)
     answers = {os.path.relpath(r["file"], "/photos"): r for r in rows if "file" in r}
     latest = next((r["latest"] for r in rows if "latest" in r), {})
@@ -467,12 +481,7 @@ def check_serve(target: Target, root: Path, binds: dict, env: dict, model: Path,
         problems.append(f"labels differ from x86's on {len(differ)} photo(s): " + ", ".join(differ[:5]))
     if not latest.get("frame"):
         problems.append("/v1/latest has no camera frame")
-    if "Traceback" in logged:
-        problems.append("serve's log holds a traceback")
-    if problems:
-        for line in (ran.stderr.strip().splitlines() + logged.strip().splitlines())[-10:]:
-            log(f"{target.release}:   | {line}")
-        log(f"{target.release}: FAILED: ./noodle-edge serve: " + "; ".join(problems))
+    if not step_passed(target, "./noodle-edge serve", problems, ran, home / "serve.log"):
         return False
     log(f"{target.release}: ./noodle-edge serve --source {clip.path.name}: /v1/model {info['variant']} "
         f"{info['runtime']['name']} {info['runtime']['version']}; /v1/classify labels equal to x86's on "
@@ -642,7 +651,6 @@ def check_enrol(target: Target, root: Path, binds: dict, env: dict, model: Path,
                   + shlex.quote(enrol_client(home, job)), env, loopback=True)
     seconds = time.perf_counter() - start
     rows = enrol_rows(ran.stdout)
-    logged = (home / "enrol.log").read_text(errors="replace") if (home / "enrol.log").is_file() else ""
     problems = [f"the client exited {ran.returncode}"] if ran.returncode != 0 else []
     problems += enrol_problems(rows, enrol.x86["sha256"], list(enrol.captures), len(enrol.photos))
     labels = {os.path.relpath(f, "/photos"): r["label"] for f, r in rows["files"].items()}
@@ -650,12 +658,7 @@ def check_enrol(target: Target, root: Path, binds: dict, env: dict, model: Path,
     if not problems and differ:
         problems.append(f"labels differ from x86's taught model on {len(differ)} photo(s): "
                         + ", ".join(f"{f} {labels.get(f)} vs {enrol.x86['labels'][f]}" for f in differ[:5]))
-    if "Traceback" in logged:
-        problems.append("serve's log holds a traceback")
-    if problems:
-        for line in (ran.stderr.strip().splitlines() + logged.strip().splitlines())[-10:]:
-            log(f"{target.release}:   | {line}")
-        log(f"{target.release}: FAILED: enrolment through serve --captures: " + "; ".join(problems))
+    if not step_passed(target, "enrolment through serve --captures", problems, ran, home / "enrol.log"):
         return False
     teach = rows["teach"]
     log(f"{target.release}: enrolment through serve --captures: "
@@ -811,21 +814,17 @@ def check_deploy(target: Target, root: Path, binds: dict, env: dict, model: Path
                       deploy.variant, "--token-file", str(token_file)]}
     client = write_client(home, "deploy_client.py", DEPLOY_CLIENT)
     start = time.perf_counter()
-    ran = in_namespace(root, binds, [sys.executable, str(client), json.dumps(job)], loopback=True)
+    # A proxy named in the environment would take even 127.0.0.1's requests, and none is reachable here.
+    plain = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    ran = in_namespace(root, binds, [sys.executable, str(client), json.dumps(job)], loopback=True, env=plain)
     seconds = time.perf_counter() - start
     rows = enrol_rows(ran.stdout)
     rows["files"] = {os.path.relpath(f, binds["photos"]): r for f, r in rows["files"].items()}
-    logged = (home / "deploy.log").read_text(errors="replace") if (home / "deploy.log").is_file() else ""
     manifest = json.loads((Path(binds["bundle"]) / model.parent / "manifest.json").read_text())
     shipped_sha = manifest["models"][model.stem]["sha256"]
     problems = [f"the client exited {ran.returncode}"] if ran.returncode != 0 else []
     problems += deploy_problems(rows, deploy, shipped_sha)
-    if "Traceback" in logged:
-        problems.append("serve's log holds a traceback")
-    if problems:
-        for line in (ran.stderr.strip().splitlines() + logged.strip().splitlines())[-10:]:
-            log(f"{target.release}:   | {line}")
-        log(f"{target.release}: FAILED: deploy from x86: " + "; ".join(problems))
+    if not step_passed(target, "deploy from x86", problems, ran, home / "deploy.log"):
         return False
     origin = rows["deployed"]["origin"]
     log(f"{target.release}: deploy from x86: `noodle deploy {url} {deploy.run.name} --variant "

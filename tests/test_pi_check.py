@@ -49,3 +49,20 @@ def test_a_bundle_alone_or_a_run_of_one_variant_skips_the_step_in_one_line(tmp_p
     assert pi_check.plan_deploy(tmp_path, "int8", tmp_path, {}, Path("python")) is None
     said = [line for line in capsys.readouterr().out.splitlines() if "deploy" in line]
     assert len(said) == 2 and "give pi-check the run folder" in said[0] and "no variant but int8" in said[1]
+
+
+def test_a_step_fails_on_its_problems_or_a_traceback_in_serves_log_and_says_which(tmp_path, capsys):
+    import subprocess
+
+    target = pi_check.RELEASES["bookworm"]
+    ran = subprocess.CompletedProcess([], 0, "", "client's last words\n")
+    serve_log = tmp_path / "serve.log"
+    serve_log.write_text("serving model/int8.tflite\n")
+    assert pi_check.step_passed(target, "deploy from x86", [], ran, serve_log)
+    assert not pi_check.step_passed(target, "deploy from x86", ["labels differ"], ran, serve_log)
+    serve_log.write_text("Traceback (most recent call last):\n")
+    assert not pi_check.step_passed(target, "deploy from x86", [], ran, serve_log)
+    out = capsys.readouterr().out.splitlines()
+    assert "pi-check: bookworm:   | client's last words" in out
+    assert out[-1] == "pi-check: bookworm: FAILED: deploy from x86: serve's log holds a traceback"
+    assert "pi-check: bookworm: FAILED: deploy from x86: labels differ" in out
