@@ -232,3 +232,14 @@ def test_tokens_have_names_and_a_file_holds_several(tmp_path):
                                                                                    "a token's name"):
         with pytest.raises(ServeError, match=said):
             Tokens.parse(bad)
+
+
+def test_deploy_finds_the_model_of_a_run_an_export_or_a_file(exported_run):
+    from export.deploy import find_model
+
+    export = exported_run / "export"
+    for given, variant, wanted in ((exported_run, None, "int8"), (export, "float16", "float16"),
+                                   (export / "dynamic.tflite", None, "dynamic")):
+        model, manifest, _, found, run = find_model(given, variant)
+        assert (found, run, manifest) == (wanted, exported_run.name, export / "manifest.json")
+        assert model == export / f"{wanted}.tflite"

@@ -165,3 +165,14 @@ def test_a_wrong_token_and_no_device_are_one_line_each(tmp_path):
 
     line = one_error(pull(f"http://127.0.0.1:{free_port()}", tmp_path / "out"))
     assert "cannot reach http://127.0.0.1:" in line and "Connection refused" in line
+
+
+def test_a_tar_cut_off_midway_keeps_nothing_half_written(tmp_path):
+    whole = tarball([member(f"cat/{NAME}", GOOD * 100)])
+    fake = Fake({"files": [entry("cat", data=GOOD * 100)]}, whole[: tarfile.BLOCKSIZE + 300])
+    try:
+        line = one_error(pull(fake.url, tmp_path / "out"))
+    finally:
+        fake.close()
+    assert "broke off after 0 files" in line and "pull again" in line, line
+    assert everything(tmp_path / "out") <= {"cat"}  # no partial photo, no temporary file left
