@@ -79,6 +79,7 @@ class CaptureStore:
         self._n = 0
         # sha256 of each photo by (path, mtime, size): a pull's listing hashes only what changed.
         self._sums: dict[str, tuple[int, int, str]] = {}
+        self._sums_lock = threading.Lock()  # two pulls at once list from two threads
 
     # --- writing
 
@@ -171,6 +172,10 @@ class CaptureStore:
 
     def files(self, unsure: bool = False) -> list[dict]:
         """Every capture as {label, name, bytes, sha256} (`noodle pull`'s index), _unsure with `unsure`."""
+        with self._sums_lock:
+            return self._files(unsure)
+
+    def _files(self, unsure: bool) -> list[dict]:
         out, seen = [], set()
         for label in [*self.labels(), *([UNSURE] if unsure else [])]:
             for path in self._photos(label):

@@ -45,7 +45,7 @@ from edge.escape import escape_name, shown
 from edge.logs import logger
 from edge.manifest import ExportManifest, ManifestError
 from edge.serve_conn import COMMON_HEADERS, json_response
-from edge.serve_http import BODY_WAIT, MAX_PARTS, STALL_SECONDS, BodyBudget, Problem, read_body
+from edge.serve_http import BODY_WAIT, STALL_SECONDS, BodyBudget, Problem, read_body
 from edge.serve_state import MODELS
 from edge.serve_teach import Served, TeachApp, origin_of
 
@@ -172,9 +172,10 @@ async def read_form(request) -> dict:
     try:
         reader = MultipartReader(request.headers, request.content)
         while (part := await reader.next()) is not None:
-            if len(form) >= MAX_PARTS or isinstance(part, MultipartReader) or part.name not in FIELDS:
-                raise Problem(400, f"a form field {shown(str(part.name))[:40]}: PUT /v1/model takes the "
-                                   f"fields {', '.join(FIELDS)}", close=True)
+            if part.name in form or isinstance(part, MultipartReader) or part.name not in FIELDS:
+                raise Problem(400, f"a form field {shown(str(part.name))[:40]} (again, or unknown, or "
+                                   f"nested): PUT /v1/model takes the fields {', '.join(FIELDS)}, once each",
+                              close=True)
             data = await part.read()
             limit = {"model": None, "manifest": MANIFEST_BYTES}.get(part.name, FIELD_BYTES)
             if limit is not None and len(data) > limit:

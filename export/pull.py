@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import tarfile
 from collections import Counter
@@ -115,7 +116,7 @@ def extract(stream, out: Path, wanted: dict[str, Wanted], done: Pulled, where: s
                 del wanted[want.key]
                 done.new[want.label] += 1
                 done.bytes += want.bytes
-    except (tarfile.ReadError, EOFError, OSError) as exc:
+    except (tarfile.ReadError, EOFError, OSError, http.client.HTTPException) as exc:
         if isinstance(exc, NoodleError):
             raise
         raise DeviceError(f"{where}: the tar broke off after {sum(done.new.values())} files ({exc}); "

@@ -104,6 +104,7 @@ def test_pull_deploy_swap_mqtt_restart_and_rollback(exported_run, sample_data, t
         log = served.stop()
         assert "deployed int8.tflite" in log and "by laptop" in log and "Traceback" not in log
         served = start(export, tmp_path, *mqtt)
+        url = f"http://127.0.0.1:{served.port}/"
         assert "resumed the deployed model" in served.text() and "rollback" in served.text()
         assert call(served, "GET", "/v1/model")[1]["sha256"] == int8
 
@@ -111,6 +112,19 @@ def test_pull_deploy_swap_mqtt_restart_and_rollback(exported_run, sample_data, t
         status, back = call(served, "POST", "/v1/model/rollback")
         assert status == 200 and back["sha256"] == shipped and back["origin"]["kind"] == "shipped"
         assert not (tmp_path / "captures" / ".models" / "serving.json").exists()
+
+        # Deployed again, then altered on disk while serve was down: not resumed, said in one line.
+        redo = noodle("deploy", url, str(exported_run), "--token", TOKEN)
+        assert redo.exit_code == 0, redo.stderr
+        served.stop()
+        (kept,) = (tmp_path / "captures" / ".models").glob("deployed-*/int8.tflite")
+        data = bytearray(kept.read_bytes())
+        data[len(data) // 2] ^= 1
+        kept.write_bytes(bytes(data))
+        served = start(export, tmp_path, *mqtt)
+        assert "not resumed (its sha256 differs from the one recorded" in served.text()
+        assert call(served, "GET", "/v1/model")[1]["sha256"] == shipped
+        assert not list((tmp_path / "captures" / ".models").iterdir())  # the file and the model gone
     finally:
         log = served.stop()
         sub.close()
@@ -202,3 +216,30 @@ def test_deploy_says_a_wrong_token_and_a_missing_variant_in_one_line(exported_ru
     assert wrong.exit_code == 1 and "401" in line and "--token" in line and "nope-" not in line, line
     (line,) = missing.stderr.strip().splitlines()
     assert missing.exit_code == 2 and "no variant int4" in line, line
+
+
+def test_tokens_have_names_and_a_file_holds_several(tmp_path):
+    from edge.serve_auth import ServeError, Tokens, resolve_token
+
+    tokens = Tokens.parse(["laptop:" + "a" * 20])
+    assert tokens.match("a" * 20) == tokens.match("someone:" + "a" * 20) == "laptop"
+    assert tokens.match("b" * 20) is None and Tokens.parse(["c" * 20]).match("c" * 20) == "token"
+    file = tmp_path / "serve.token"
+    file.write_text("# who may deploy\nlaptop:" + "a" * 20 + "\nphone:" + "b" * 20 + "\n" + "c" * 20 + "\n")
+    tokens = resolve_token(None, file, "0.0.0.0")
+    assert [tokens.match(x * 20) for x in "abcd"] == ["laptop", "phone", "token-3", None]
+    for bad, said in (["x:" + "a" * 20, "x:" + "b" * 20], "two tokens named x"), (["bad name:" + "a" * 20],
+                                                                                   "a token's name"):
+        with pytest.raises(ServeError, match=said):
+            Tokens.parse(bad)
+
+
+def test_deploy_finds_the_model_of_a_run_an_export_or_a_file(exported_run):
+    from export.deploy import find_model
+
+    export = exported_run / "export"
+    for given, variant, wanted in ((exported_run, None, "int8"), (export, "float16", "float16"),
+                                   (export / "dynamic.tflite", None, "dynamic")):
+        model, manifest, _, found, run = find_model(given, variant)
+        assert (found, run, manifest) == (wanted, exported_run.name, export / "manifest.json")
+        assert model == export / f"{wanted}.tflite"

@@ -97,7 +97,7 @@ def everything(root: Path) -> set[str]:
 PLANTED = {
     "dot-dot": ([member(f"../{NAME}")], "would land outside"),
     "deeper dot-dot": ([member(f"cat/../../{NAME}")], "would land outside"),
-    "absolute": ([member(f"/tmp/{NAME}")], "would land outside"),
+    "absolute": ([member(f"/{NAME}")], "would land outside"),
     "link out": ([member(f"cat/{NAME}", b"", tarfile.SYMTYPE, "../../../outside")],
                  "LinkOutsideDestinationError"),
     "symlink out": ([member(f"cat/{NAME}", b"", tarfile.SYMTYPE, "/etc/passwd")], "AbsoluteLinkError"),
@@ -124,7 +124,7 @@ def test_a_planted_tarball_writes_nothing_outside_dir_and_says_why(case, tmp_pat
     assert said in line and ("nothing of it was written" in line or "pull again" in line), line
     # Nothing but OUT's own folders, and no file of the member's under a name of its own.
     assert everything(root) <= {"data", "data/pulled", "data/pulled/cat"}, everything(root)
-    assert not list(tmp_path.parent.glob(NAME)) and not Path("/tmp", NAME).exists()
+    assert not list(tmp_path.parent.glob(NAME)) and not Path("/", NAME).exists()
 
 
 def test_an_index_naming_a_path_is_refused_before_anything_is_fetched(tmp_path):
@@ -165,3 +165,14 @@ def test_a_wrong_token_and_no_device_are_one_line_each(tmp_path):
 
     line = one_error(pull(f"http://127.0.0.1:{free_port()}", tmp_path / "out"))
     assert "cannot reach http://127.0.0.1:" in line and "Connection refused" in line
+
+
+def test_a_tar_cut_off_midway_keeps_nothing_half_written(tmp_path):
+    whole = tarball([member(f"cat/{NAME}", GOOD * 100)])
+    fake = Fake({"files": [entry("cat", data=GOOD * 100)]}, whole[: tarfile.BLOCKSIZE + 300])
+    try:
+        line = one_error(pull(fake.url, tmp_path / "out"))
+    finally:
+        fake.close()
+    assert "broke off after 0 files" in line and "pull again" in line, line
+    assert everything(tmp_path / "out") <= {"cat"}  # no partial photo, no temporary file left
