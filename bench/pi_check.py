@@ -674,7 +674,7 @@ def check_enrol(target: Target, root: Path, binds: dict, env: dict, model: Path,
 # of the run's other variant from this machine's environment, over the loopback the two share (the
 # client runs outside the chroot, in serve's network namespace); then /v1/model, /v1/classify on photos
 # against x86's `classify` of that variant, and rollback. Few captures and photos: each is an emulated
-# float invoke (about 2 s; loading the model and scoring 2 + 2 captures took 16-18 s of the step).
+# float invoke (the step's seconds are in docs/device.md).
 DEPLOY_CAPTURES, DEPLOY_PHOTOS = 2, 6
 # The variant deployed: the first of these the run exported that is not the one shipped. float16 runs
 # float kernels, which give x86's labels on aarch64, and its upload is half of float32's.
@@ -736,6 +736,9 @@ def plan_deploy(run_dir: Path | None, shipped: str, photos: Path, x86: dict[str,
     if run_dir is None:
         log("deploy skipped: a bundle alone holds one variant; give pi-check the run folder "
             "(`make pi-check` does) to deploy another")
+        return None
+    if not (run_dir / "export" / "manifest.json").is_file():
+        log(f"deploy skipped: {run_dir}/export/manifest.json is missing; `noodle export {run_dir}` writes it")
         return None
     manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
     variant = next((v for v in DEPLOY_VARIANTS if v != shipped and v in manifest["models"]
