@@ -97,6 +97,95 @@ def test_embed_skips_unreadable_photos_and_keeps_full_batches(sample_data, tmp_p
     assert got.y.tolist() == want.y.tolist() and json.dumps(got.y.tolist())
 
 
+class _Logged:
+    """The train loggers' messages while inside."""
+
+    def __enter__(self):
+        self.lines, self.handler = [], logging.Handler()
+        self.handler.emit = lambda record: self.lines.append(record.getMessage())
+        self.logger = logging.getLogger("train")
+        self.level = self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+        return self.lines
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+
+def test_a_rerun_reads_the_features_back_from_the_cache(tmp_path, monkeypatch):
+    """A run stopped after embedding leaves its features: the rerun embeds 0 photos, solves the same head."""
+    import keras
+
+    from train import pretrained
+    from train.fit import TrainConfig, train
+    from train.sample import write_sample
+
+    data = tmp_path / "data"
+    write_sample(data, seed=4, train_per_class=20, test_per_class=5)
+    embedded = []
+    caller = stream._caller
+
+    def counting(model, strategy):
+        call = caller(model, strategy)
+        return lambda pixels: embedded.append(len(pixels)) or call(pixels)
+
+    monkeypatch.setattr(stream, "_caller", counting)
+    solve = pretrained.solve_head
+
+    def stopped(*args):
+        raise RuntimeError("the machine went down")
+
+    monkeypatch.setattr(pretrained, "solve_head", stopped)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="went down"):
+        train(TrainConfig(data=data, out=out, verbose=0))
+    assert sum(embedded) == 50
+    assert sorted(p.name for p in (out / ".cache").iterdir()) == ["test.json", "test.npy", "train.json",
+                                                                  "train.npy"]
+    monkeypatch.setattr(pretrained, "solve_head", solve)
+    embedded.clear()
+    with _Logged() as log:
+        manifest = train(TrainConfig(data=data, out=out, verbose=0))
+    assert sum(embedded) == 0
+    assert any(line.startswith("train: features of 40 photos read back from the run's cache") for line in log)
+    assert not (out / ".cache").exists()  # written: the cache goes
+    fresh = train(TrainConfig(data=data, out=tmp_path / "fresh", verbose=0))
+    assert sum(embedded) == 50
+    assert manifest["metrics"]["test"] == fresh["metrics"]["test"]
+    for a, b in zip(*(keras.saving.load_model(run / "model.keras").layers[-1].layers[-1].get_weights()
+                      for run in (out, tmp_path / "fresh")), strict=True):
+        assert np.abs(a - b).max() < 1e-6
+
+
+def test_a_changed_photo_is_embedded_again(tmp_path):
+    """The cache is keyed by the photos' sha256s: one photo rewritten, the split is embedded afresh."""
+    import keras
+
+    from train.sample import write_sample
+
+    data = tmp_path / "data"
+    write_sample(data, seed=5, train_per_class=4, test_per_class=2)
+    items = find_dataset(data).splits["train"]
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    cache = tmp_path / "cache"
+    first = stream.embed(items, (16, 16), model, cache_dir=cache, name="train", key="k")
+    with _Logged() as log:
+        again = stream.embed(items, (16, 16), model, cache_dir=cache, name="train", key="k")
+    assert any("read back" in line for line in log) and np.array_equal(first.x, again.x)
+    shutil.copy(items[1][0], items[0][0])  # other pixels under the first photo's name
+    with _Logged() as log:
+        changed = stream.embed(items, (16, 16), model, cache_dir=cache, name="train", key="k")
+    assert not any("read back" in line for line in log)
+    assert any("other photos or another model" in line for line in log)
+    assert np.array_equal(changed.x[0], first.x[1])
+    with _Logged() as log:
+        stream.embed(items, (16, 16), model, cache_dir=cache, name="train", key="another backbone")
+    assert any("other photos or another model" in line for line in log)
+
+
 def _free_ports(n: int) -> list[int]:
     import socket
 

@@ -79,11 +79,15 @@ def _train(cfg: TrainConfig, dataset: datasets.Dataset | None, cluster_resolver,
     parts = pretrained.frozen(cfg, classes) if cfg.pretrained else None
     # Pretrained: each photo's features (or maps) as it is decoded, never a split's pixels;
     # in a cluster each worker embeds its shard, and every worker gets them all (train.shard).
-    embed = parts and pretrained.embedder(cfg, parts[1], work.cache, strategy)
+    # Every worker keeps what it embedded in the run folder's cache (on its own host) until the run
+    # is written, so a rerun after a stop resumes from it.
+    cache = RunDir(cfg.out).cache
+    embed = parts and pretrained.embedder(cfg, parts[1], cache, strategy)
     if embed and cluster_resolver is not None:
         embed = shard.embedder(strategy, cluster_resolver, embed)
     splits = decode_splits(cfg, dataset, work, embed)
     if embed and not chief:
+        shard.forget(cache, cluster_resolver)
         log.info(f"{clusters.task_name(cluster_resolver)} done: its shard embedded; the chief solves the "
                  "head and writes the run folder")
         return None

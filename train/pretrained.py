@@ -6,6 +6,7 @@ the backbone cut for --fine-tune, and the fine-tuning of its top blocks.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -46,10 +47,17 @@ def embedder(cfg: TrainConfig, bottom, cache: Path, strategy=None):
     epoch: kept in memory when they fit under FEATURES_IN_MEMORY_LIMIT, else
     memory-mapped to the run's cache (the log says which). Under a local
     MirroredStrategy (several GPUs) each batch is split over its replicas.
+    What is computed stays in `cache` until the run is written, keyed by the
+    photos' sha256s, the backbone (its weights, where it is cut) and the size,
+    so a rerun after a stop embeds only what was not done (train.stream).
     """
+    from train.runs import _weights_id as weights_id
+
     size = (cfg.image_size, cfg.image_size)
+    key = json.dumps({"arch": cfg.arch, "weights": weights_id(cfg.weights), "fine_tune": cfg.fine_tune,
+                      "size": cfg.image_size})
     return lambda items, name: stream.embed(items, size, bottom, cache_dir=cache, name=name,
-                                            strategy=strategy)
+                                            strategy=strategy, key=key)
 
 
 def make_stage(cfg: TrainConfig, parts, splits: DecodedSplits) -> Stage:

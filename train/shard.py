@@ -34,7 +34,8 @@ def embedder(strategy, cluster_resolver, embed):
 
     def sharded(items, name):
         mine = np.arange(me, len(items), workers, dtype=np.int64)
-        got = embed([items[i] for i in mine], name)
+        # Each shard is kept in the cache under its own name, for a rerun of this worker.
+        got = embed([items[i] for i in mine], shard_name(name, me, workers))
         log.info(f"{name}: {len(mine)} of {len(items)} photos embedded by worker {me} of {workers}")
         kept = gather(strategy, workers, mine[got.rows])
         x = gather(strategy, workers, np.asarray(got.x, np.float32))
@@ -46,6 +47,17 @@ def embedder(strategy, cluster_resolver, embed):
                        rows=rows)
 
     return sharded
+
+
+def shard_name(name: str, me: int, workers: int) -> str:
+    return f"{name}.shard-{me}-of-{workers}"
+
+
+def forget(cache, cluster_resolver) -> None:
+    """This worker's shards out of the cache, once the chief has them all."""
+    me, workers = rank(cluster_resolver)
+    for path in cache.glob(f"*.shard-{me}-of-{workers}.*"):
+        path.unlink(missing_ok=True)
 
 
 def gather(strategy, workers: int, rows: np.ndarray) -> np.ndarray:
