@@ -18,7 +18,7 @@ import numpy as np
 
 from train import cluster as clusters
 from train import data as datasets
-from train import pretrained, results, runs, scratch, shard
+from train import pretrained, results, runs, scratch, shard, stream
 from train.config import TrainConfig, resolved, trains_on_val
 from train.quiet import quiet_tensorflow
 from train.rundir import RunDir
@@ -73,6 +73,9 @@ def _train(cfg: TrainConfig, dataset: datasets.Dataset | None, cluster_resolver,
     dataset = dataset or datasets.find_dataset(cfg.data)
     cfg = resolved(cfg)
     classes = len(dataset.labels)
+    if cfg.pretrained:
+        # Before TensorFlow starts its thread pools: decoding and the frozen model share the cores.
+        log.info(f"streaming the photos: {stream.share_cores()}")
     keras.utils.set_random_seed(cfg.seed)
     # Before anything touches a GPU: the strategy sets their memory growth.
     strategy = pick_strategy(cfg.cpu_replicas, cluster_resolver)

@@ -45,11 +45,31 @@ GPU_FEATURE_BATCH = 256
 # busy while a slow file decodes, few enough to bound the pixels held
 # (3 x 64 x 110 KB at 192x192, 21 MB).
 AHEAD = 3
+# On a CPU, decoding and TensorFlow share the cores: decode threads on every
+# core the process may use, TensorFlow's intra-op pool on every core too and
+# one inter-op thread. On 2 cores that embedded 52 photos a second against 41
+# with TensorFlow's own pools (bench.stream_split, docs/experiments.md).
+INTER_OP_THREADS = 1
 # Above this many bytes of a split's outputs they go to a memory-mapped file in
 # the run's cache instead of memory: 1 GiB holds 200,000 photos' pooled
 # features (1,280 float32). Set NOODLE_FEATURES_IN_MEMORY_LIMIT (bytes) lower on
 # a machine with little memory.
 FEATURES_IN_MEMORY_LIMIT = int(os.environ.get("NOODLE_FEATURES_IN_MEMORY_LIMIT", 1 << 30))
+
+
+def share_cores() -> str:
+    """Set TensorFlow's CPU pools for streaming (before it starts them); say what was set, or why not."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "TensorFlow's own thread pools (a GPU embeds)"
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(cores())
+        tf.config.threading.set_inter_op_parallelism_threads(INTER_OP_THREADS)
+    except RuntimeError:  # started already (another run in this process): its pools stay
+        return "TensorFlow's thread pools as this process started them"
+    return (f"{cores()} decode threads, TensorFlow on {cores()} intra-op and {INTER_OP_THREADS} inter-op "
+            "thread(s)")
 
 
 def embed(items: list[tuple[Path, int]], size: tuple[int, int], model, *, cache_dir: Path | None = None,
