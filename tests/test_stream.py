@@ -159,6 +159,45 @@ def test_a_rerun_reads_the_features_back_from_the_cache(tmp_path, monkeypatch):
         assert np.abs(a - b).max() < 1e-6
 
 
+def test_fine_tuning_streams_the_maps_again_when_they_do_not_fit(tmp_path, monkeypatch):
+    """--fine-tune past MAPS_LIMIT: the frozen blocks run on the photos each epoch; the tuned model scores."""
+    import keras
+
+    from train import pretrained
+    from train.fit import TrainConfig, train
+    from train.results import classification_metrics, predict_probabilities
+    from train.sample import write_sample
+
+    data = tmp_path / "data"
+    write_sample(data, seed=6, train_per_class=16, test_per_class=6)
+    monkeypatch.setattr(pretrained, "MAPS_LIMIT", 1)
+    embedded = []
+    caller = stream._caller
+
+    def counting(model, strategy):
+        call = caller(model, strategy)
+        return lambda pixels: embedded.append(model.output_shape) or call(pixels)
+
+    monkeypatch.setattr(stream, "_caller", counting)
+    with _Logged() as log:
+        manifest = train(TrainConfig(data=data, out=tmp_path / "run", fine_tune=1, epochs=2, verbose=0))
+    assert any("each epoch streams them again from the photos" in line for line in log), log
+    assert any(line.startswith("fine-tuned the top 1 blocks") and "streamed" in line for line in log), log
+    # Only the whole backbone's features were computed (never the maps): before tuning, then again after.
+    assert {shape[1:] for shape in embedded} == {(1280,)}
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    dataset = find_dataset(data)
+    test = decode(dataset.splits["test"], (manifest["input"]["height"],) * 2)
+    scored = classification_metrics(test.y, predict_probabilities(model, test.x), dataset.labels)
+    assert manifest["metrics"]["test"]["confusion_matrix"] == scored["confusion_matrix"]
+    monkeypatch.setattr(pretrained, "MAPS_LIMIT", 1 << 40)
+    embedded.clear()
+    with _Logged() as log:
+        train(TrainConfig(data=data, out=tmp_path / "kept", fine_tune=1, epochs=1, verbose=0))
+    assert not any("streams them again" in line for line in log)
+    assert {shape[1:] for shape in embedded} != {(1280,)}  # the maps were computed and kept
+
+
 def test_a_changed_photo_is_embedded_again(tmp_path):
     """The cache is keyed by the photos' sha256s: one photo rewritten, the split is embedded afresh."""
     import keras
@@ -184,6 +223,14 @@ def test_a_changed_photo_is_embedded_again(tmp_path):
     with _Logged() as log:
         stream.embed(items, (16, 16), model, cache_dir=cache, name="train", key="another backbone")
     assert any("other photos or another model" in line for line in log)
+
+
+def test_the_feature_batch_is_sized_to_the_device():
+    gpus = ["/job:localhost/replica:0/task:0/device:GPU:0", "/job:localhost/replica:0/task:0/device:GPU:1"]
+    assert stream.feature_batch(gpus) == stream.GPU_FEATURE_BATCH == 256
+    cpu = ["/job:localhost/replica:0/task:0/device:CPU:0"]
+    assert stream.feature_batch(cpu) == stream.FEATURE_BATCH == 64
+    assert stream.feature_batch(["CPU"]) == 64 and stream.feature_batch([]) == 64
 
 
 def _free_ports(n: int) -> list[int]:
@@ -267,6 +314,9 @@ def test_a_mirrored_strategy_splits_each_batch_over_its_replicas(streamed, sampl
     result = subprocess.run([sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(out),
                              "--cpu-replicas", "2", "-q"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    # A CPU replica's batch (64) on each of the two: what two GPUs would run with 256 each.
+    assert "train: embedding 120 photos in batches of 128 on 2 CPU device(s)" in result.stderr, \
+        result.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["replicas"] == 2
     one, alone, _ = streamed

@@ -85,7 +85,8 @@ def _train(cfg: TrainConfig, dataset: datasets.Dataset | None, cluster_resolver,
     # Every worker keeps what it embedded in the run folder's cache (on its own host) until the run
     # is written, so a rerun after a stop resumes from it.
     cache = RunDir(cfg.out).cache
-    embed = parts and pretrained.embedder(cfg, parts[1], cache, strategy)
+    photos = sum(len(items) for items in dataset.splits.values())
+    embed = parts and pretrained.embedder(cfg, parts, cache, strategy, photos)
     if embed and cluster_resolver is not None:
         embed = shard.embedder(strategy, cluster_resolver, embed)
     splits = decode_splits(cfg, dataset, work, embed)

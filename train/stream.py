@@ -26,7 +26,7 @@ import numpy as np
 
 from edge.atomic import atomic_output, write_json
 from edge.manifest import sha256_file
-from edge.preprocess import ImageError, load_image
+from edge.preprocess import ImageError, load_image, return_freed_decodes
 from train.data import Decoded, cores
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,9 @@ def _bytes(items, model) -> int:
 
 def _embed(items, size, model, cache_dir, name, limit, workers, batch, strategy) -> Decoded:
     """`embed` itself: decoded a few batches ahead by `workers` threads, embedded a full batch at a time."""
+    # Each batch's pixels are freed after its call: with glibc's moving mmap threshold their blocks
+    # would stay in the heap and in the decode threads' arenas, and memory creep with the photos.
+    return_freed_decodes()
     call = _caller(model, strategy)
     devices = _devices(strategy)
     batch = (batch or feature_batch(devices)) * _replicas(strategy)
