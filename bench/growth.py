@@ -12,7 +12,8 @@ features a second (photos over the log's "decoded and embedded" seconds).
 The workers row: the same WORKERS_PHOTOS photos trained by one process
 pinned to one core (taskset -c), then by a chief and a worker on loopback
 (TF_CONFIG) pinned to a core each; their walls, photos a second, and whether
-they solved the same head and scored the same test accuracy.
+they solved the same head and scored the same test accuracy. Each run's
+log is kept beside its folder with its RSS every 0.5 s (.rss): where the peak falls.
 """
 from __future__ import annotations
 

@@ -315,8 +315,8 @@ def test_a_mirrored_strategy_splits_each_batch_over_its_replicas(streamed, sampl
                              "--cpu-replicas", "2", "-q"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     # A CPU replica's batch (64) on each of the two: what two GPUs would run with 256 each.
-    assert "train: embedding 120 photos in batches of 128 on 2 CPU device(s)" in result.stderr, \
-        result.stderr[-3000:]
+    assert "train: embedding 120 photos in batches of 128 on 2 CPU device(s)" in result.stdout, \
+        result.stdout[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["replicas"] == 2
     one, alone, _ = streamed

@@ -58,6 +58,11 @@ def forget(cache, cluster_resolver) -> None:
     me, workers = rank(cluster_resolver)
     for path in cache.glob(f"*.shard-{me}-of-{workers}.*"):
         path.unlink(missing_ok=True)
+    for folder in (cache, cache.parent):  # made for the shard alone: left empty, they go too
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def gather(strategy, workers: int, rows: np.ndarray) -> np.ndarray:
