@@ -7,7 +7,7 @@
 #   make test                        ruff + the test suite
 #   make bundle [MODEL=int8] [FORCE=1]  the last export's run, for a Raspberry Pi: dist/noodle-edge-*.tar.gz
 #   make pi-check                    install it offline on Pi OS Bookworm and Trixie (qemu), labels vs x86
-#   make bench [REPEATS=3]           BENCHMARKS.md: the noodle clock, edge vs Keras (minutes)
+#   make bench [REPEATS=3] [ONLY=growth,teach]  BENCHMARKS.md: the noodle clock, edge vs Keras, growth
 #   make host-check                  make export + make test on a fresh Debian 13 host (chroot)
 
 # Pythons TensorFlow 2.21 (the train extra) has wheels for. .venv is made by the
@@ -225,8 +225,10 @@ $(SERVE_OPENCV)/.installed: | edge-env
 # against the seed's Keras loop, and `noodle-edge serve` under load (bench/serve_load.py).
 # Writes BENCHMARKS.md and bench.json.
 REPEATS ?= 3
+# Some sections only (python -m bench --help lists them), the others' figures kept: ONLY=growth,teach
+ONLY ?=
 bench: setup edge-env $(SERVE_OPENCV)/.installed
-	$(BIN)/python -m bench --repeats $(REPEATS)
+	$(BIN)/python -m bench --repeats $(REPEATS) $(if $(ONLY),--only $(ONLY))
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,14 +1,20 @@
 """`python -m bench` (`make bench`): noodle's speed claims measured side by side.
 
-Six rows: the noodle clock (each stage of `make export` as a
-subprocess), the device path against the seed's Keras loop, classify against
-its decode floor, cold start and memory, int8 against float32, and training
-throughput. Every comparison runs its sides back to back in one run,
-`repeats` times interleaved; the report gives medians with min and max, and
-ratios of medians. The edge side is the edge runner's own `bench` (start-up
-not counted) in the device environment (.venv-edge, tflite-runtime 2.14, the
-Pi's runtime) and in this one (ai-edge-litert). TensorFlow loads only in the
-child processes. Writes BENCHMARKS.md and bench.json, each atomically.
+BENCHMARKS.md is made of the sections of SECTIONS (one table: the --only
+option, the dispatch and the list in BENCHMARKS.md come from it). `device`,
+rows 1-7: the noodle clock (each stage of `make export` as a subprocess), the
+device path against the seed's Keras loop, classify against its decode floor,
+cold start and memory, int8 against float32, training throughput, serve under
+load. Every comparison runs its sides back to back in one run, `repeats`
+times interleaved; the report gives medians with min and max, and ratios of
+medians. The edge side is the edge runner's own `bench` (start-up not
+counted) in the device environment (.venv-edge, tflite-runtime 2.14, the
+Pi's runtime) and in this one (ai-edge-litert). `growth` and `workers`: the
+default's cost against the photos and a second worker (bench.growth);
+`teach`: enrolment on the device (bench.teach). TensorFlow loads only in the
+child processes. `--only` measures some sections and keeps the others'
+figures from bench.json, each section with its own date and load average.
+Writes BENCHMARKS.md and bench.json, each atomically.
 """
 from __future__ import annotations
 
@@ -22,12 +28,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from bench import report as report_md
 from edge.bench import loadavg, rss_mb
 from edge.errors import NoodleError, one_line_errors
 from edge.manifest import ExportManifest, load_export, load_run
@@ -67,6 +76,80 @@ class StepFailed(Exception):
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 
+@dataclass(frozen=True)
+class Options:
+    repeats: int = REPEATS
+    photos: Path | None = None
+    run: Path | None = None
+    work: Path = WORK
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of BENCHMARKS.md: what it measures, how (-> its figures), how it is shown."""
+
+    what: str
+    measure: Callable[[Options], dict]
+    render: Callable[[dict], list[str]]
+
+
+def _device(opts: Options) -> dict:
+    return measure_device(opts.repeats, opts.photos, opts.run, opts.work)
+
+
+def _growth(opts: Options) -> dict:
+    from bench import growth
+
+    return growth.growth(Path(opts.work) / "growth")
+
+
+def _workers(opts: Options) -> dict:
+    from bench import growth
+
+    return growth.workers(Path(opts.work) / "growth")
+
+
+def _teach(opts: Options) -> dict:
+    from bench import teach
+
+    if not (SHARED / "train").is_dir():
+        return {"skipped": f"the shared photos ({rel(SHARED)}) are not beside the checkout"}
+    scratch = Path(opts.work) / "teach"
+    third = _third_class(scratch)
+    try:
+        return teach.enrolment(rel(SHARED), scratch, third=third, say=log.info)
+    except teach.Failed as exc:
+        return {"skipped": str(exc)}
+
+
+# The sections, in BENCHMARKS.md's order: `--only` takes their names, `run_bench` measures the ones
+# chosen, `render` shows every one bench.json holds, and `--help` lists them from here.
+SECTIONS = {
+    "device": Section("rows 1-7: the noodle clock, the device path against the seed's loop, its decode "
+                      "floor, cold start, int8 against float32, training throughput, serve under load "
+                      "(about an hour)", _device, report_md.render_device),
+    "growth": Section("the default trained on 1,000, 4,000 and 16,000 photos: seconds a photo, peak RSS, "
+                      "disk, features a second (issue 38; about 6 minutes on 2 cores, and one to make the "
+                      "photos once)",
+                      _growth, report_md.render_growth),
+    "workers": Section("two workers on loopback, one core each, against one worker on one core, the same "
+                       "2,000 photos (issue 38; about a minute)", _workers, report_md.render_workers),
+    "teach": Section("enrolment on the device (noodle-edge teach) against make export from 5, 10, 20 and "
+                     "50 photos a class, and a third class, both runtimes (issue 34; about 10 minutes)",
+                     _teach, report_md.render_teach),
+}
+
+
+def _only(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise typer.BadParameter(f"no section {', '.join(unknown)}; the sections: {', '.join(SECTIONS)}")
+    return names
+
+
 @app.command("bench")
 @one_line_errors
 def bench_command(
@@ -78,30 +161,75 @@ def bench_command(
         help="Reuse this exported run folder and skip the clock (default: train and export afresh).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for BENCHMARKS.md and bench.json.")] = Path("."),
     work: Annotated[Path, typer.Option(help="Folder for the clock's data and run folders.")] = WORK,
+    only: Annotated[str | None, typer.Option(
+        help="Measure only these sections (comma-separated), keeping the others' figures from the existing "
+             "bench.json: " + "; ".join(f"{name}: {s.what}" for name, s in SECTIONS.items()),
+        callback=_only)] = None,
 ) -> None:
     """Benchmark noodle against the seed's way and the limits; write BENCHMARKS.md and bench.json."""
     show_progress()
-    report = run_bench(repeats=repeats, photos=photos, run=run, out=out, work=work)
-    met = sum(t["met"] is True for t in report["targets"])
+    report = run_bench(repeats=repeats, photos=photos, run=run, out=out, work=work, only=only)
+    met = sum(t["met"] is True for t in report.get("targets", []))
     typer.echo(f"wrote {out / 'BENCHMARKS.md'} and {out / 'bench.json'} "
-               f"({met} of {len(report['targets'])} targets met)")
+               f"({met} of {len(report.get('targets', []))} targets met)")
 
 
 def run_bench(repeats: int = REPEATS, photos: Path | None = None, run: Path | None = None,
-              out: Path = Path("."), work: Path = WORK) -> dict:
-    """Measure everything, write out/BENCHMARKS.md and out/bench.json, return the report."""
-    from bench.report import render, targets
+              out: Path = Path("."), work: Path = WORK, only: list[str] | None = None) -> dict:
+    """Measure the sections chosen (all by default), write out/BENCHMARKS.md and out/bench.json.
+
+    With `only`, the other sections keep their figures from out/bench.json, each with its own date.
+    """
     from edge.atomic import write_bytes, write_json
-    from edge.files import default_workers
 
     if run is not None:  # bad input fails now, not after minutes of measuring
         exported_run(Path(run))
     if run is not None or photos is not None:
         photo_list(photos, Path(run) if run else None)
+    chosen = only or list(SECTIONS)
+    kept = Path(out) / "bench.json"
+    report = json.loads(kept.read_text()) if only and kept.is_file() else {}
+    opts = Options(repeats, photos, run, Path(work))
+    for name in chosen:
+        log.info(f"section {name}: {SECTIONS[name].what}")
+        if name == "device":  # rows 1-7 keep their place at the top of bench.json
+            report = {**report, **_device(opts)}
+            continue
+        stamp = {"generated": now(), "command": f"python -m bench --only {name}", "machine": machine(),
+                 "loadavg": {"before": loadavg()}}
+        figures = SECTIONS[name].measure(opts)
+        stamp["loadavg"]["after"] = loadavg()
+        report.setdefault("sections", {})[name] = {**stamp, **figures}
+    write_json(Path(out) / "bench.json", report)
+    write_bytes(Path(out) / "BENCHMARKS.md", render(report).encode())
+    return report
+
+
+def render(report: dict) -> str:
+    """BENCHMARKS.md: every section bench.json holds, in SECTIONS' order."""
+    lines = ["# noodle benchmarks", "",
+             "Written by `make bench` (`python -m bench`); `python -m bench --only NAME[,NAME]` measures "
+             "some sections again and keeps the others' figures. The sections:", ""]
+    lines += [f"- `{name}`: {s.what}" for name, s in SECTIONS.items()] + [""]
+    for name, s in SECTIONS.items():
+        got = report if name == "device" else report.get("sections", {}).get(name)
+        if got and (name != "device" or "sides" in got):
+            lines += s.render(got)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def measure_device(repeats: int, photos: Path | None, run: Path | None, work: Path) -> dict:
+    """Rows 1-7: the clock, the device path, its floor, cold start, the variants, training, serve."""
+    from bench.report import targets
+    from edge.files import default_workers
+
     command = ["python -m bench", f"--repeats {repeats}"] + ([f"--photos {photos}"] if photos else []) \
         + ([f"--run {run}"] if run else [])
-    report = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "command": " ".join(command), "repeats": repeats, "machine": machine(),
+    report = {"generated": now(), "command": " ".join(command), "repeats": repeats, "machine": machine(),
               "loadavg": {"before": loadavg()}}
     envs = environments()
     report["environments"] = envs
@@ -137,9 +265,17 @@ def run_bench(repeats: int = REPEATS, photos: Path | None = None, run: Path | No
     report["training"] = training(runs or [(str(run_dir), run_dir, "the run's own history.csv")])
     report["loadavg"]["after"] = loadavg()
     report["targets"] = targets(report)
-    write_json(Path(out) / "bench.json", report)
-    write_bytes(Path(out) / "BENCHMARKS.md", render(report).encode())
     return report
+
+
+def _third_class(scratch: Path) -> Path:
+    """20 synthetic `stripes` photos (the sample generator's): a class the cats-vs-dogs models never saw."""
+    from train.sample import write_sample
+
+    sample = scratch / "third-sample"
+    if not sample.is_dir():
+        write_sample(sample, seed=3, train_per_class=20, test_per_class=0)
+    return sample / "train" / "stripes"
 
 
 # --- the machine and the environments -------------------------------------------------------

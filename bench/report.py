@@ -179,11 +179,11 @@ def _env_label(env: dict) -> str:
     return f"{env['runtime']} {env['versions'][env['runtime']]} ({env['venv']})"
 
 
-def render(report: dict) -> str:
+def render_device(report: dict) -> list[str]:
+    """Rows 1-7 (the `device` section of bench.cli.SECTIONS)."""
     s = report.setdefault("summary", summarize(report))
     envs = report["environments"]
-    lines = ["# noodle benchmarks", "",
-             f"Written by `make bench` (`{report['command']}`) on {report['generated']}. Each comparison "
+    lines = [f"Rows 1-7 written by `{report['command']}` on {report['generated']}. Each comparison "
              f"ran its sides back to back in this one run, {report['repeats']} time(s) interleaved; figures "
              "are medians with (min–max) over the repeats, and ratios are ratios of medians. "
              "Regenerate with `make bench`; the raw samples are in bench.json.", ""]
@@ -201,7 +201,7 @@ def render(report: dict) -> str:
     lines += _training(report, s)
     lines += _serving(report, envs)
     lines += _limits(report, s, envs)
-    return "\n".join(lines).rstrip() + "\n"
+    return lines
 
 
 def _machine(report: dict, s: dict) -> list[str]:
@@ -465,3 +465,115 @@ def _limits(report: dict, s: dict, envs: list[dict]) -> list[str]:
     if not notes:
         return []
     return ["## What limits the targets not met", ""] + [f"- {n}" for n in notes] + [""]
+
+
+# --- the sections measured on their own (bench.cli.SECTIONS) --------------------------------------
+
+def stamp(section: dict) -> str:
+    """A section's own date, command, machine and load average."""
+    m, la = section["machine"], section["loadavg"]
+    return (f"Measured {section['generated']} by `{section['command']}` on {m['cpu']}, {m['cores']} cores "
+            f"({m['usable_cores']} usable), {m['memory_gib']} GiB; load average (1, 5, 15 min) before "
+            f"{la['before']}, after {la.get('after')}.")
+
+
+def _mb(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def render_growth(g: dict) -> list[str]:
+    lines = ["## 8. Cost growth of the default (issue 38)", "", stamp(g), "",
+             "`python -m bench.growth`: the default (lite0) trained by `noodle train` on N photos of the "
+             "sample generator (80 % train, 20 % test), each size in a fresh process into an empty run "
+             "folder, under nice, using every core. Peak RSS is that process's ru_maxrss; disk is the run "
+             "folder with its cache at its largest while training (polled every 0.5 s); features a second "
+             "are the photos over the seconds the log gives to decoding and embedding them.", ""]
+    if "skipped" in g:
+        return lines + [f"Not measured: {g['skipped']}.", ""]
+    rows = []
+    for r in g["rows"]:
+        if "error" in r:
+            rows.append([f"{r['photos']:,}"] + [f"not measured: {r['error']}"] * 6)
+            continue
+        fps = r.get("features_per_second")
+        rows.append([f"{r['photos']:,}", f"{r['seconds']:.1f}", f"{r['seconds_a_photo'] * 1000:.1f}",
+                     _mb(r["peak_rss_mb"]), f"{r['peak_disk_bytes'] / 1e6:.1f} "
+                     f"({r['disk_bytes_a_photo'] / 1000:.1f} KB a photo)",
+                     "n/a" if fps is None else f"{fps:.1f}", f"{r['loadavg_before']} → {r['loadavg_after']}"])
+    lines += table(["photos", "wall s", "ms a photo", "peak RSS MB", "run folder + cache MB (a photo)",
+                    "features a second", "load average before → after"], rows)
+    c = g["checks"]
+    if "not_measured" in c:
+        return lines + [f"Checks not made: {c['not_measured']}.", ""]
+    ratios = ", ".join(f"{a:,} → {b:,} photos: wall ×{r['wall_ratio']:.2f} for ×{r['photo_ratio']:.0f}"
+                       for r in c["ratios"] for a, b in [r["photos"]])
+    return lines + [
+        f"- Time grows linearly (each wall ratio at most 1.15× the photo ratio): "
+        f"{'yes' if c['linear'] else '**no**'} ({ratios}).",
+        f"- Memory stays flat (peak RSS grows by at most 10 KB a photo): {'yes' if c['flat'] else '**no**'} "
+        f"({c['rss_growth_mb']:+.0f} MB from the fewest photos to the most, "
+        f"{c['rss_bytes_a_photo'] / 1000:.1f} KB a photo).",
+        f"- The run folder and its cache under 20 KB a photo: {'yes' if c['disk_ok'] else '**no**'} "
+        f"(at most {c['disk_bytes_a_photo'] / 1000:.1f} KB a photo).", ""]
+
+
+def render_workers(w: dict) -> list[str]:
+    lines = ["## 9. Two workers against one (issue 38)", "", stamp(w), "",
+             "`python -m bench.growth --workers-only` (or `python -m bench --only workers`): the same photos "
+             "trained by one `noodle train` pinned to one core (`taskset -c`), then by a chief and a worker "
+             "on loopback (TF_CONFIG, `--cluster tf-config`), each pinned to a core of its own: each embeds "
+             "its shard, the features are gathered by the strategy's collectives, the chief solves the head. "
+             "Wall time from the first start to the last exit.", ""]
+    if "not_measured" in w or "skipped" in w:
+        return lines + [f"Not measured: {w.get('not_measured') or w['skipped']}.", ""]
+    if "error" in w:
+        return lines + [f"Not measured: {w['error']}.", ""]
+    same = w["same"]
+    rows = [["one worker, one core", f"{w['photos']:,}", f"{w['one']['seconds']:.1f}",
+             f"{w['one']['photos_per_second']:.1f}", "1.00", _mb(w["one"]["peak_rss_mb"])],
+            ["two workers, one core each", f"{w['photos']:,}", f"{w['two']['seconds']:.1f}",
+             f"{w['two']['photos_per_second']:.1f}", f"{w['ratio']:.2f}",
+             f"{_mb(w['two']['chief']['peak_rss_mb'])} + {_mb(w['two']['worker']['peak_rss_mb'])}"]]
+    lines += table(["run", "photos", "wall s", "photos a second", "wall vs one worker", "peak RSS MB"], rows)
+    head = ("not compared: " + same["not_measured"] if "not_measured" in same else
+            f"largest head difference {same['head_max_difference']:.2g}, test accuracy "
+            f"{same['test_accuracy'][0] * 100:.2f} % and {same['test_accuracy'][1] * 100:.2f} %")
+    return lines + [f"- Two workers at most 0.65× one's wall: {'yes' if w['met'] else '**no**'} "
+                    f"({w['ratio']:.2f}×).",
+                    f"- The same head (1e-5) and test accuracy: {'yes' if same.get('same') else '**no**'} "
+                    f"({head}).", ""]
+
+
+def render_teach(t: dict) -> list[str]:
+    lines = ["## 10. Enrolment on the device (issue 34)", "", stamp(t), ""]
+    if "skipped" in t:
+        return lines + [f"Not measured: {t['skipped']}.", ""]
+    lines += [f"`python -m bench.teach` on {t['data']}: for k photos a class (the first k of a seeded "
+              "shuffle), `noodle train` + `noodle export --variants int8` on them, and `noodle-edge teach "
+              "--replace` of the same photos as captures onto that export's embed.tflite; both scored on the "
+              f"set's {t['test_photos']} test photos, under ai-edge-litert and tflite-runtime. Teach s is "
+              "teach's own figure (load, decode, features, solve, write, check); an enrolment costs one "
+              "embed.tflite invoke per batch of captures, so a Pi's figure is about captures × the Pi's "
+              "per-photo int8 invoke time + a second.", ""]
+    rows = []
+    for r in t["rows"]:
+        a, b = r["ai-edge-litert"], r["tflite-runtime"]
+        rows.append([r["per_class"], f"{r['train_seconds']:.0f} + {r['export_seconds']:.0f}",
+                     f"{a['export_int8'] * 100:.2f} %", f"{a['taught'] * 100:.2f} %",
+                     f"{b['export_int8'] * 100:.2f} %", f"{b['taught'] * 100:.2f} %",
+                     f"{a['teach_seconds']} / {b['teach_seconds']}",
+                     f"{a['captures_embedded']} / {a['invokes']}", a["solve"]["iterations"]])
+    lines += table(["photos a class", "train + export s", "export int8, litert", "taught, litert",
+                    "export int8, tflite-runtime", "taught, tflite-runtime",
+                    "teach s, litert / tflite-runtime",
+                    "captures embedded / invokes", "solve iterations"], rows)
+    third = t.get("third")
+    if third:
+        a, b = third["ai-edge-litert"], third["tflite-runtime"]
+        lines += [f"A third class: {third['photos']} synthetic `{third['class']}` photos taught onto the "
+                  f"last export ({third['shipped']}), its classes kept (labels {', '.join(a['labels'])}); "
+                  f"the first two classes' test accuracy, shipped int8 → with the third class: "
+                  f"ai-edge-litert {a['shipped_int8'] * 100:.2f} % → {a['three_classes'] * 100:.2f} %, "
+                  f"tflite-runtime {b['shipped_int8'] * 100:.2f} % → {b['three_classes'] * 100:.2f} % "
+                  f"(teach {a['teach_seconds']} s / {b['teach_seconds']} s).", ""]
+    return lines

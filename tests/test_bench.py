@@ -12,8 +12,9 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from bench.cli import app
-from bench.report import render, summarize, targets
+from bench import cli
+from bench.cli import app, render
+from bench.report import summarize, targets
 from export.validate import edge_python
 from tests.device_env import tflite_runtime_missing
 from train.config import ARCHITECTURES, DEFAULT_ARCH
@@ -64,7 +65,7 @@ def test_bench_smoke(exported_run, trained_run, photos, tmp_path):
     shutil.copy2(trained_run / "history.csv", run / "history.csv")
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["--run", str(run), "--photos", str(photos),
-                                      "--repeats", "1", "--out", str(out)])
+                                      "--repeats", "1", "--out", str(out), "--only", "device"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "bench.json").read_text())
     markdown = (out / "BENCHMARKS.md").read_text()
@@ -169,3 +170,64 @@ def test_a_failed_child_is_said_in_words_with_its_log(tmp_path, monkeypatch):
     with pytest.raises(ChildFailed, match="could not start python.*Resource temporarily unavailable.*out of "
                                           "processes or memory"):
         run_json([sys.executable, "-c", "pass"], timeout=60)
+
+
+GROWTH = {"rows": [{"photos": n, "seconds": 10.0 * n / 1000 + 5, "peak_rss_mb": 1300.0 + n / 1000,
+                    "embed_seconds": n / 100, "peak_disk_bytes": 14_000_000 + 5000 * n,
+                    "disk_bytes": 14_000_000, "seconds_a_photo": (10.0 * n / 1000 + 5) / n,
+                    "disk_bytes_a_photo": 14_000_000 / n + 5000,
+                    "features_per_second": 100.0, "loadavg_before": [1.0, 1.0, 1.0],
+                    "loadavg_after": [1.5, 1.0, 1.0]} for n in (1000, 4000)]}
+
+
+def test_only_measures_the_sections_named_and_keeps_the_others(tmp_path, monkeypatch):
+    """--only growth: the growth section measured and dated; the teach section kept from bench.json."""
+    from bench.growth import checks
+
+    growth = {**GROWTH, "checks": checks(GROWTH["rows"])}
+    kept = {"generated": "2026-01-01 00:00 UTC", "command": "python -m bench --only teach",
+            "machine": cli.machine(), "loadavg": {"before": [0, 0, 0], "after": [0, 0, 0]},
+            "skipped": "the shared photos are not beside the checkout"}
+    (tmp_path / "bench.json").write_text(json.dumps({"sections": {"teach": kept}}))
+    called = []
+    section = cli.SECTIONS["growth"]
+    monkeypatch.setitem(cli.SECTIONS, "growth", cli.Section(
+        section.what, lambda opts: called.append(opts) or growth, section.render))
+    result = CliRunner().invoke(app, ["--only", "growth", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert len(called) == 1
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["sections"]["teach"] == kept
+    assert report["sections"]["growth"]["rows"] == growth["rows"]
+    assert report["sections"]["growth"]["command"] == "python -m bench --only growth"
+    markdown = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## 8. Cost growth" in markdown and "## 10. Enrolment" in markdown
+    assert "Measured 2026-01-01 00:00 UTC" in markdown  # each section keeps its own date
+    assert "Time grows linearly (each wall ratio at most 1.15× the photo ratio): yes" in markdown
+    assert "Memory stays flat (peak RSS grows by at most 10 KB a photo): yes" in markdown
+    for name in cli.SECTIONS:
+        assert f"`{name}`" in markdown  # the list of sections comes from the table
+    result = CliRunner().invoke(app, ["--only", "growth,nothing", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "no section nothing" in result.output
+
+
+def test_the_workers_and_teach_sections_render_their_figures():
+    from bench.report import render_teach, render_workers
+
+    stamp = {"generated": "2026-01-01 00:00 UTC", "command": "c", "machine": cli.machine(),
+             "loadavg": {"before": [0, 0, 0], "after": [0, 0, 0]}}
+    one = {"seconds": 100.0, "peak_rss_mb": 1300.0, "photos_per_second": 20.0}
+    two = {"seconds": 60.0, "photos_per_second": 33.3, "chief": {"peak_rss_mb": 1300.0},
+           "worker": {"peak_rss_mb": 1200.0}}
+    workers = {**stamp, "photos": 2000, "one": one, "two": two, "ratio": 0.6, "met": True,
+               "same": {"head_max_difference": 1e-7, "test_accuracy": [1.0, 1.0], "same": True}}
+    text = "\n".join(render_workers(workers))
+    assert "Two workers at most 0.65× one's wall: yes (0.60×)" in text
+    side = {"export_int8": 0.97, "taught": 0.97, "teach_seconds": 0.9, "captures_embedded": 40, "invokes": 3,
+            "solve": {"iterations": 16}}
+    teach = {**stamp, "data": "cats-vs-dogs", "test_photos": 400,
+             "rows": [{"per_class": 20, "train_seconds": 38.0, "export_seconds": 90.0,
+                       "ai-edge-litert": side, "tflite-runtime": side}]}
+    rows = table_rows("\n".join(render_teach(teach)))
+    assert rows == [["20", "38 + 90", "97.00 %", "97.00 %", "97.00 %", "97.00 %", "0.9 / 0.9", "40 / 3",
+                     "16"]]

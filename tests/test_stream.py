@@ -97,6 +97,142 @@ def test_embed_skips_unreadable_photos_and_keeps_full_batches(sample_data, tmp_p
     assert got.y.tolist() == want.y.tolist() and json.dumps(got.y.tolist())
 
 
+class _Logged:
+    """The train loggers' messages while inside."""
+
+    def __enter__(self):
+        self.lines, self.handler = [], logging.Handler()
+        self.handler.emit = lambda record: self.lines.append(record.getMessage())
+        self.logger = logging.getLogger("train")
+        self.level = self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+        return self.lines
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+
+def test_a_rerun_reads_the_features_back_from_the_cache(tmp_path, monkeypatch):
+    """A run stopped after embedding leaves its features: the rerun embeds 0 photos, solves the same head."""
+    import keras
+
+    from train import pretrained
+    from train.fit import TrainConfig, train
+    from train.sample import write_sample
+
+    data = tmp_path / "data"
+    write_sample(data, seed=4, train_per_class=20, test_per_class=5)
+    embedded = []
+    caller = stream._caller
+
+    def counting(model, strategy):
+        call = caller(model, strategy)
+        return lambda pixels: embedded.append(len(pixels)) or call(pixels)
+
+    monkeypatch.setattr(stream, "_caller", counting)
+    solve = pretrained.solve_head
+
+    def stopped(*args):
+        raise RuntimeError("the machine went down")
+
+    monkeypatch.setattr(pretrained, "solve_head", stopped)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="went down"):
+        train(TrainConfig(data=data, out=out, verbose=0))
+    assert sum(embedded) == 50
+    assert sorted(p.name for p in (out / ".cache").iterdir()) == ["test.json", "test.npy", "train.json",
+                                                                  "train.npy"]
+    monkeypatch.setattr(pretrained, "solve_head", solve)
+    embedded.clear()
+    with _Logged() as log:
+        manifest = train(TrainConfig(data=data, out=out, verbose=0))
+    assert sum(embedded) == 0
+    assert any(line.startswith("train: features of 40 photos read back from the run's cache") for line in log)
+    assert not (out / ".cache").exists()  # written: the cache goes
+    fresh = train(TrainConfig(data=data, out=tmp_path / "fresh", verbose=0))
+    assert sum(embedded) == 50
+    assert manifest["metrics"]["test"] == fresh["metrics"]["test"]
+    for a, b in zip(*(keras.saving.load_model(run / "model.keras").layers[-1].layers[-1].get_weights()
+                      for run in (out, tmp_path / "fresh")), strict=True):
+        assert np.abs(a - b).max() < 1e-6
+
+
+def test_fine_tuning_streams_the_maps_again_when_they_do_not_fit(tmp_path, monkeypatch):
+    """--fine-tune past MAPS_LIMIT: the frozen blocks run on the photos each epoch; the tuned model scores."""
+    import keras
+
+    from train import pretrained
+    from train.fit import TrainConfig, train
+    from train.results import classification_metrics, predict_probabilities
+    from train.sample import write_sample
+
+    data = tmp_path / "data"
+    write_sample(data, seed=6, train_per_class=16, test_per_class=6)
+    monkeypatch.setattr(pretrained, "MAPS_LIMIT", 1)
+    embedded = []
+    caller = stream._caller
+
+    def counting(model, strategy):
+        call = caller(model, strategy)
+        return lambda pixels: embedded.append(model.output_shape) or call(pixels)
+
+    monkeypatch.setattr(stream, "_caller", counting)
+    with _Logged() as log:
+        manifest = train(TrainConfig(data=data, out=tmp_path / "run", fine_tune=1, epochs=2, verbose=0))
+    assert any("each epoch streams them again from the photos" in line for line in log), log
+    assert any(line.startswith("fine-tuned the top 1 blocks") and "streamed" in line for line in log), log
+    # Only the whole backbone's features were computed (never the maps): before tuning, then again after.
+    assert {shape[1:] for shape in embedded} == {(1280,)}
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    dataset = find_dataset(data)
+    test = decode(dataset.splits["test"], (manifest["input"]["height"],) * 2)
+    scored = classification_metrics(test.y, predict_probabilities(model, test.x), dataset.labels)
+    assert manifest["metrics"]["test"]["confusion_matrix"] == scored["confusion_matrix"]
+    monkeypatch.setattr(pretrained, "MAPS_LIMIT", 1 << 40)
+    embedded.clear()
+    with _Logged() as log:
+        train(TrainConfig(data=data, out=tmp_path / "kept", fine_tune=1, epochs=1, verbose=0))
+    assert not any("streams them again" in line for line in log)
+    assert {shape[1:] for shape in embedded} != {(1280,)}  # the maps were computed and kept
+
+
+def test_a_changed_photo_is_embedded_again(tmp_path):
+    """The cache is keyed by the photos' sha256s: one photo rewritten, the split is embedded afresh."""
+    import keras
+
+    from train.sample import write_sample
+
+    data = tmp_path / "data"
+    write_sample(data, seed=5, train_per_class=4, test_per_class=2)
+    items = find_dataset(data).splits["train"]
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    cache = tmp_path / "cache"
+    first = stream.embed(items, (16, 16), model, cache_dir=cache, name="train", key="k")
+    with _Logged() as log:
+        again = stream.embed(items, (16, 16), model, cache_dir=cache, name="train", key="k")
+    assert any("read back" in line for line in log) and np.array_equal(first.x, again.x)
+    shutil.copy(items[1][0], items[0][0])  # other pixels under the first photo's name
+    with _Logged() as log:
+        changed = stream.embed(items, (16, 16), model, cache_dir=cache, name="train", key="k")
+    assert not any("read back" in line for line in log)
+    assert any("other photos or another model" in line for line in log)
+    assert np.array_equal(changed.x[0], first.x[1])
+    with _Logged() as log:
+        stream.embed(items, (16, 16), model, cache_dir=cache, name="train", key="another backbone")
+    assert any("other photos or another model" in line for line in log)
+
+
+def test_the_feature_batch_is_sized_to_the_device():
+    gpus = ["/job:localhost/replica:0/task:0/device:GPU:0", "/job:localhost/replica:0/task:0/device:GPU:1"]
+    assert stream.feature_batch(gpus) == stream.GPU_FEATURE_BATCH == 256
+    cpu = ["/job:localhost/replica:0/task:0/device:CPU:0"]
+    assert stream.feature_batch(cpu) == stream.FEATURE_BATCH == 64
+    assert stream.feature_batch(["CPU"]) == 64 and stream.feature_batch([]) == 64
+
+
 def _free_ports(n: int) -> list[int]:
     import socket
 
@@ -178,6 +314,9 @@ def test_a_mirrored_strategy_splits_each_batch_over_its_replicas(streamed, sampl
     result = subprocess.run([sys.executable, "-m", "noodle", "train", str(sample_data), "--out", str(out),
                              "--cpu-replicas", "2", "-q"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    # A CPU replica's batch (64) on each of the two: what two GPUs would run with 256 each.
+    assert "train: embedding 120 photos in batches of 128 on 2 CPU device(s)" in result.stdout, \
+        result.stdout[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["replicas"] == 2
     one, alone, _ = streamed

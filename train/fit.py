@@ -18,7 +18,7 @@ import numpy as np
 
 from train import cluster as clusters
 from train import data as datasets
-from train import pretrained, results, runs, scratch, shard
+from train import pretrained, results, runs, scratch, shard, stream
 from train.config import TrainConfig, resolved, trains_on_val
 from train.quiet import quiet_tensorflow
 from train.rundir import RunDir
@@ -73,17 +73,25 @@ def _train(cfg: TrainConfig, dataset: datasets.Dataset | None, cluster_resolver,
     dataset = dataset or datasets.find_dataset(cfg.data)
     cfg = resolved(cfg)
     classes = len(dataset.labels)
+    if cfg.pretrained:
+        # Before TensorFlow starts its thread pools: decoding and the frozen model share the cores.
+        log.info(f"streaming the photos: {stream.share_cores()}")
     keras.utils.set_random_seed(cfg.seed)
     # Before anything touches a GPU: the strategy sets their memory growth.
     strategy = pick_strategy(cfg.cpu_replicas, cluster_resolver)
     parts = pretrained.frozen(cfg, classes) if cfg.pretrained else None
     # Pretrained: each photo's features (or maps) as it is decoded, never a split's pixels;
     # in a cluster each worker embeds its shard, and every worker gets them all (train.shard).
-    embed = parts and pretrained.embedder(cfg, parts[1], work.cache, strategy)
+    # Every worker keeps what it embedded in the run folder's cache (on its own host) until the run
+    # is written, so a rerun after a stop resumes from it.
+    cache = RunDir(cfg.out).cache
+    photos = sum(len(items) for items in dataset.splits.values())
+    embed = parts and pretrained.embedder(cfg, parts, cache, strategy, photos)
     if embed and cluster_resolver is not None:
         embed = shard.embedder(strategy, cluster_resolver, embed)
     splits = decode_splits(cfg, dataset, work, embed)
     if embed and not chief:
+        shard.forget(cache, cluster_resolver)
         log.info(f"{clusters.task_name(cluster_resolver)} done: its shard embedded; the chief solves the "
                  "head and writes the run folder")
         return None

@@ -34,29 +34,56 @@ def embedder(strategy, cluster_resolver, embed):
 
     def sharded(items, name):
         mine = np.arange(me, len(items), workers, dtype=np.int64)
-        got = embed([items[i] for i in mine], name)
+        # Each shard is kept in the cache under its own name, for a rerun of this worker.
+        got = embed([items[i] for i in mine], shard_name(name, me, workers))
         log.info(f"{name}: {len(mine)} of {len(items)} photos embedded by worker {me} of {workers}")
-        kept = gather(strategy, workers, mine[got.rows])
-        x = gather(strategy, workers, np.asarray(got.x, np.float32))
-        lost = np.sort(gather(strategy, workers, np.setdiff1d(mine, mine[got.rows])))
+        rows, read, x = gather(strategy, workers, len(items), mine, got)
+        kept, lost = rows[read], np.sort(rows[~read])
         order = np.argsort(kept, kind="stable")
-        rows = kept[order]
-        return Decoded(x=x[order], y=np.array([items[i][1] for i in rows], np.int32),
-                       files=[items[i][0] for i in rows], skipped=[_reason(items[i][0]) for i in lost],
-                       rows=rows)
+        kept = kept[order]
+        return Decoded(x=x[read][order], y=np.array([items[i][1] for i in kept], np.int32),
+                       files=[items[i][0] for i in kept], skipped=[_reason(items[i][0]) for i in lost],
+                       rows=kept)
 
     return sharded
 
 
-def gather(strategy, workers: int, rows: np.ndarray) -> np.ndarray:
-    """Every worker's `rows` (its own count of them), concatenated in worker order, on every worker."""
-    counts = _all_gather(strategy, workers, np.array([len(rows)], np.int64))
+def shard_name(name: str, me: int, workers: int) -> str:
+    return f"{name}.shard-{me}-of-{workers}"
+
+
+def forget(cache, cluster_resolver) -> None:
+    """This worker's shards out of the cache, once the chief has them all."""
+    me, workers = rank(cluster_resolver)
+    for path in cache.glob(f"*.shard-{me}-of-{workers}.*"):
+        path.unlink(missing_ok=True)
+    for folder in (cache, cache.parent):  # made for the shard alone: left empty, they go too
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def gather(strategy, workers: int, photos: int, mine: np.ndarray, got: Decoded):
+    """(rows, read, features) of every worker's shard, on every worker, in one collective.
+
+    Every worker knows every shard's length (photos k, k+W, ...), so each sends a
+    block of the longest's rows, no counts exchanged first: a collective costs
+    a second or more to trace and run, and one a split keeps two workers near
+    half of one's time. A block's row is [photo's row, read or not, features]
+    in float64 (a row number is exact to 2**53); padding rows are -1.
+    """
     # The collective takes equal shapes, and never an empty one (TensorFlow 2.21 crashes on it).
-    most = max(1, int(counts.max()))
-    padded = np.zeros((most, *rows.shape[1:]), rows.dtype)
-    padded[: len(rows)] = rows
-    got = _all_gather(strategy, workers, padded)
-    return np.concatenate([got[w * most : w * most + int(c)] for w, c in enumerate(counts)])
+    most = max(1, -(-photos // workers))
+    shape = got.x.shape[1:]
+    block = np.full((most, 2 + int(np.prod(shape))), -1.0)
+    block[: len(mine), 0], block[: len(mine), 1] = mine, 0.0
+    block[got.rows, 1] = 1.0
+    block[got.rows, 2:] = np.asarray(got.x, np.float32).reshape(len(got.rows), block.shape[1] - 2)
+    every = _all_gather(strategy, workers, block)
+    every = every[every[:, 0] >= 0]
+    x = every[:, 2:].astype(np.float32).reshape(len(every), *shape)
+    return every[:, 0].astype(np.int64), every[:, 1] == 1.0, x
 
 
 def _all_gather(strategy, workers: int, value: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ class Stage:
     features: dict | None = None  # pretrained: the backbone's features of each photo, per split
     maps: dict | None = None  # fine-tuning: what the frozen blocks make of each photo, per split
     top: object = None  # fine-tuning: the backbone's top blocks, trained on `maps`
+    bottom: object = None  # fine-tuning without `maps` (too many): the frozen blocks, run every epoch
     scorer: object = None  # pretrained: a split's `x` (features or maps) -> probabilities
 
     @property
