@@ -129,13 +129,14 @@ SECTIONS = {
                       "floor, cold start, int8 against float32, training throughput, serve under load "
                       "(about an hour)", _device, report_md.render_device),
     "growth": Section("the default trained on 1,000, 4,000 and 16,000 photos: seconds a photo, peak RSS, "
-                      "disk, features a second (issue 38; about 6 minutes on 2 cores, and one to make the "
+                      "disk, features a second (about 6 minutes on 2 cores, and one to make the "
                       "photos once)",
                       _growth, report_md.render_growth),
     "workers": Section("two workers on loopback, one core each, against one worker on one core, the same "
-                       "2,000 photos (issue 38; about a minute)", _workers, report_md.render_workers),
+                       "2,000 photos, three turns each (about 3 minutes)",
+                       _workers, report_md.render_workers),
     "teach": Section("enrolment on the device (noodle-edge teach) against make export from 5, 10, 20 and "
-                     "50 photos a class, and a third class, both runtimes (issue 34; about 10 minutes)",
+                     "50 photos a class, and a third class, both runtimes (about 10 minutes)",
                      _teach, report_md.render_teach),
 }
 

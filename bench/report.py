@@ -482,7 +482,7 @@ def _mb(value: float) -> str:
 
 
 def render_growth(g: dict) -> list[str]:
-    lines = ["## 8. Cost growth of the default (issue 38)", "", stamp(g), "",
+    lines = ["## 8. Cost growth of the default", "", stamp(g), "",
              "`python -m bench.growth`: the default (lite0) trained by `noodle train` on N photos of the "
              "sample generator (80 % train, 20 % test), each size in a fresh process into an empty run "
              "folder, under nice, using every core. Peak RSS is that process's ru_maxrss; disk is the run "
@@ -518,12 +518,13 @@ def render_growth(g: dict) -> list[str]:
 
 
 def render_workers(w: dict) -> list[str]:
-    lines = ["## 9. Two workers against one (issue 38)", "", stamp(w), "",
+    lines = ["## 9. Two workers against one", "", stamp(w), "",
              "`python -m bench.growth --workers-only` (or `python -m bench --only workers`): the same photos "
              "trained by one `noodle train` pinned to one core (`taskset -c`), then by a chief and a worker "
              "on loopback (TF_CONFIG, `--cluster tf-config`), each pinned to a core of its own: each embeds "
              "its shard, the features are gathered by the strategy's collectives, the chief solves the head. "
-             "Wall time from the first start to the last exit.", ""]
+             "Wall time from the first start to the last exit. One and two are run by turns; each row is "
+             "that side's median run.", ""]
     if "not_measured" in w or "skipped" in w:
         return lines + [f"Not measured: {w.get('not_measured') or w['skipped']}.", ""]
     if "error" in w:
@@ -538,14 +539,16 @@ def render_workers(w: dict) -> list[str]:
     head = ("not compared: " + same["not_measured"] if "not_measured" in same else
             f"largest head difference {same['head_max_difference']:.2g}, test accuracy "
             f"{same['test_accuracy'][0] * 100:.2f} % and {same['test_accuracy'][1] * 100:.2f} %")
+    turns = ", ".join(f"{r:.2f}×" for r in w.get("ratios", []))
+    turns = f"; each turn's: {turns}" if turns else ""
     return lines + [f"- Two workers at most 0.65× one's wall: {'yes' if w['met'] else '**no**'} "
-                    f"({w['ratio']:.2f}×).",
+                    f"({w['ratio']:.2f}× of the medians{turns}).",
                     f"- The same head (1e-5) and test accuracy: {'yes' if same.get('same') else '**no**'} "
                     f"({head}).", ""]
 
 
 def render_teach(t: dict) -> list[str]:
-    lines = ["## 10. Enrolment on the device (issue 34)", "", stamp(t), ""]
+    lines = ["## 10. Enrolment on the device", "", stamp(t), ""]
     if "skipped" in t:
         return lines + [f"Not measured: {t['skipped']}.", ""]
     lines += [f"`python -m bench.teach` on {t['data']}: for k photos a class (the first k of a seeded "

@@ -222,7 +222,10 @@ def test_the_workers_and_teach_sections_render_their_figures():
     workers = {**stamp, "photos": 2000, "one": one, "two": two, "ratio": 0.6, "met": True,
                "same": {"head_max_difference": 1e-7, "test_accuracy": [1.0, 1.0], "same": True}}
     text = "\n".join(render_workers(workers))
-    assert "Two workers at most 0.65× one's wall: yes (0.60×)" in text
+    assert "Two workers at most 0.65× one's wall: yes (0.60× of the medians)" in text
+    text = "\n".join(render_workers({**workers, "ratio": 0.7, "met": False, "ratios": [0.62, 0.7, 0.71]}))
+    assert "Two workers at most 0.65× one's wall: **no** (0.70× of the medians; each turn's: 0.62×, 0.70×, " \
+           "0.71×)" in text
     side = {"export_int8": 0.97, "taught": 0.97, "teach_seconds": 0.9, "captures_embedded": 40, "invokes": 3,
             "solve": {"iterations": 16}}
     teach = {**stamp, "data": "cats-vs-dogs", "test_photos": 400,

@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
+from tests.ports import free_ports
 from train import stream
 from train.data import decode, find_dataset
 
@@ -233,19 +234,6 @@ def test_the_feature_batch_is_sized_to_the_device():
     assert stream.feature_batch(["CPU"]) == 64 and stream.feature_batch([]) == 64
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @pytest.mark.slow
 def test_two_workers_embed_a_shard_each_and_the_chief_solves_the_same_head(streamed, sample_data, tmp_path):
     """A chief and a worker on the loopback: half the photos each, gathered by collectives, one head."""
@@ -257,7 +245,7 @@ def test_two_workers_embed_a_shard_each_and_the_chief_solves_the_same_head(strea
 
     import keras
 
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{ports[1]}"]}
     # gRPC would send even loopback traffic through a proxy named in the environment.
     proxies = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")
@@ -340,7 +328,7 @@ def test_a_worker_that_dies_fails_the_run_in_one_line_naming_it(tmp_path):
     data = tmp_path / "data"
     # Many test photos: the worker is still embedding them when it is killed, so the gather waits for it.
     write_sample(data, seed=2, train_per_class=30, test_per_class=150)
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{ports[1]}"]}
     proxies = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")
     plain = {k: v for k, v in os.environ.items() if k.lower() not in proxies}
