@@ -130,3 +130,26 @@ def test_report_md_gives_no_keras_figure_of_a_split_that_shares_bursts():
     assert _keras_accuracy(Trained(), validation) is None  # was: 100.00 %, of frames training saw twins of
     Trained.data = {}
     assert _keras_accuracy(Trained(), validation) == 1.0
+
+
+@pytest.mark.parametrize("bitwise_count", [True, False], ids=["numpy-2", "numpy-1"])
+def test_near_pairs_are_every_pair_within_near_bits_once(monkeypatch, bitwise_count):
+    """The blocked word-wise comparison finds exactly the pairs a plain bit count of each pair finds."""
+    from train.groups import BLOCK_PAIRS, NEAR_BITS, near_pairs
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (700, 24), dtype=np.uint8)
+    for i in range(0, 300, 3):  # near-duplicates a few bits to a few more than NEAR_BITS apart
+        bits = np.unpackbits(codes[i])
+        bits[rng.choice(192, rng.integers(0, NEAR_BITS + 6), replace=False)] ^= 1
+        codes[i + 1] = np.packbits(bits)
+    if not bitwise_count:
+        monkeypatch.delattr(np, "bitwise_count")
+    monkeypatch.setattr("train.groups.BLOCK_PAIRS", 700 * 50)  # several blocks, not one
+    assert BLOCK_PAIRS > 700 * 50
+    found = list(near_pairs(codes.tobytes()))
+    distance = np.unpackbits(codes[:, None, :] ^ codes[None, :, :], axis=-1).sum(-1)
+    expected = {(a, b) for a, b in zip(*np.nonzero(distance <= NEAR_BITS), strict=True) if a < b}
+    assert len(found) == len(set(found)) and set(found) == expected
+    assert 20 < len(expected) < 100  # planted pairs on both sides of the line, no random ones
+    assert list(near_pairs(b"")) == []
