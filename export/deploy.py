@@ -20,6 +20,9 @@ DEFAULT_VARIANT = "int8"
 
 def find_model(path: Path, variant: str | None) -> tuple[Path, Path, ExportManifest, str, str]:
     """(model file, manifest file, manifest, variant, run name) for a run folder, its export/ or a .tflite."""
+    if not path.exists():
+        raise NoodleError(f"{escape_name(str(path))}: no such run folder, export folder or .tflite; give "
+                          "what `noodle export` wrote (make export prints the run folder)")
     if path.is_dir():
         export = path / "export" if (path / "export").is_dir() else path
         manifest_path = export / MANIFEST_NAME

@@ -18,6 +18,8 @@ from test_serve import Served, free_port
 from test_serve_mqtt import Broker, Subscriber
 from typer.testing import CliRunner
 
+from edge.errors import NoodleError
+
 TOKEN = "laptop:" + "s3cret-token-of-the-test"
 SECRET = TOKEN.split(":")[1]
 PER_CLASS = 6
@@ -243,3 +245,5 @@ def test_deploy_finds_the_model_of_a_run_an_export_or_a_file(exported_run):
         model, manifest, _, found, run = find_model(given, variant)
         assert (found, run, manifest) == (wanted, exported_run.name, export / "manifest.json")
         assert model == export / f"{wanted}.tflite"
+    with pytest.raises(NoodleError, match="/no-such-run: no such run folder, export folder or .tflite"):
+        find_model(exported_run.parent / "no-such-run", None)
