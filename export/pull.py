@@ -171,8 +171,8 @@ def summary(done: Pulled, url: str) -> list[str]:
         lines.append(f"warning: {len(done.missing)} listed captures did not come (deleted on the device "
                      "meanwhile?); pull again to check")
     if (done.out / UNSURE).is_dir():
-        lines.append(f"note: {UNSURE}/ holds the frames the device was unsure of; move each into its "
-                     f"class folder, or `noodle train` reads {UNSURE} as a class")
+        lines.append(f"note: {UNSURE}/ holds the frames the device was unsure of; `noodle train` skips it: "
+                     "move each into its class folder to train on it")
     counts = {p.name: sum(1 for _ in p.glob("*.jpg")) for p in sorted(done.out.iterdir())
               if p.is_dir() and not p.name.startswith(".")} if done.out.is_dir() else {}
     if counts:

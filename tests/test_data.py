@@ -528,6 +528,7 @@ def test_macos_and_hidden_entries_are_ignored(tmp_path):
     (tmp_path / "zipped" / "cats" / ".hidden").mkdir()
     photo(tmp_path / "zipped" / "cats" / ".hidden" / "cat.x.jpg")
     (tmp_path / "zipped" / ".DS_Store").write_bytes(b"\x00")
+    photo(tmp_path / "zipped" / "_unsure" / "20261206-101010-1.jpg")  # `noodle pull --unsure`'s frames
     ds = find_dataset(tmp_path / "zipped")
     assert ds.labels == ["cats", "dogs"]
     files = [f for items in ds.splits.values() for f, _ in items]

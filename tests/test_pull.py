@@ -154,6 +154,25 @@ def test_a_good_tar_is_written_and_a_second_pull_asks_for_nothing(tmp_path):
     assert fake.asked == [{"files": [f"cat/{NAME}", f"dog/{NAME}"]}]  # the second pull asked for none
 
 
+def test_unsure_frames_come_only_when_asked_and_training_skips_them(tmp_path):
+    from train.data import find_dataset
+    from train.names import DataError
+
+    files = [entry("cat"), entry("dog", data=GOOD + b"dog"), entry("_unsure", data=GOOD + b"?")]
+    fake = Fake({"files": files}, tarball([member(f"cat/{NAME}"), member(f"dog/{NAME}", GOOD + b"dog"),
+                                           member(f"_unsure/{NAME}", GOOD + b"?")]))
+    try:
+        result = pull(fake.url, tmp_path / "out", "--unsure")
+    finally:
+        fake.close()
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "out" / "_unsure" / NAME).read_bytes() == GOOD + b"?"
+    assert "_unsure/ holds the frames the device was unsure of; `noodle train` skips it" in result.stderr
+    with pytest.raises(DataError) as err:  # a photo a class is too few, but the classes are these two
+        find_dataset(tmp_path / "out")
+    assert "2 class(es) with too few training photos ('cat' has 1, 'dog' has 1)" in str(err.value)
+
+
 def test_a_wrong_token_and_no_device_are_one_line_each(tmp_path):
     fake = Fake({}, b"", status=401)
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from edge.captures import UNSURE
 from edge.errors import NoodleError
 from edge.escape import escape_name, label_problem
 
@@ -22,8 +23,9 @@ class DataError(NoodleError, ValueError):
 
 
 def hidden(name: str) -> bool:
-    """Dot files, macOS's AppleDouble `._*` files and the `__MACOSX/` folder zips add."""
-    return name.startswith(".") or name == "__MACOSX"
+    """Dot files, macOS's AppleDouble `._*` files, the `__MACOSX/` folder zips add, and the frames a
+    device was unsure of (`noodle pull --unsure`): unlabelled until someone moves them into a class."""
+    return name.startswith(".") or name in ("__MACOSX", UNSURE)
 
 
 def class_name(label: str, where: str | os.PathLike) -> str:
