@@ -22,13 +22,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from bench.serve_load import free_ports
 from edge.bench import loadavg, rss_mb
 
 SIZES = (1000, 4000, 16000)
@@ -156,17 +156,6 @@ def checks(rows: list[dict]) -> dict:
             "disk_ok": worst_disk < DISK_BYTES_A_PHOTO}
 
 
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def workers(work: Path, photos: int = WORKERS_PHOTOS, repeats: int = WORKERS_REPEATS) -> dict:
     """One worker on one core against a chief and a worker on loopback, a core each, on the same photos.
 
@@ -206,7 +195,7 @@ def _two_workers(data: Path, work: Path, cores: list[int]) -> dict:
     """A chief and a worker on loopback, each pinned to its core: their runs and the wall of both."""
     from bench.cli import child_env
 
-    ports = _ports(2)
+    ports = free_ports(2)
     cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{ports[1]}"]}
     # gRPC would send even loopback traffic through a proxy named in the environment.
     plain = {k: v for k, v in child_env().items() if k.lower() not in ("http_proxy", "https_proxy",

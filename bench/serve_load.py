@@ -57,10 +57,20 @@ class LoadError(NoodleError):
     pass
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free on the loopback now (all held open while choosing)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def write_clip(photos: list[str], path: Path) -> Path:

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.ports import free_ports
+
 ROOT = Path(__file__).resolve().parent.parent
 # Seconds a server may take to answer /healthz after it is started (loading the runtime).
 START_SECONDS = 60
@@ -46,9 +48,7 @@ def installed(package: str, *names: str) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class Served:
