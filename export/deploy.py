@@ -6,6 +6,7 @@ model and its manifest, sends them as multipart/form-data, and prints the verdic
 """
 from __future__ import annotations
 
+import csv
 import secrets
 from pathlib import Path
 from urllib.parse import quote
@@ -13,7 +14,7 @@ from urllib.parse import quote
 from edge.errors import NoodleError
 from edge.escape import escape_name, shown
 from edge.manifest import MANIFEST_NAME, ExportManifest, load_export
-from export.device import Device
+from export.device import Device, DeviceError
 
 DEFAULT_VARIANT = "int8"
 
@@ -66,14 +67,33 @@ def form(fields: dict[str, bytes], files: dict[str, tuple[str, bytes]]) -> tuple
 
 
 def deploy(device: Device, path: Path, variant: str | None, min_accuracy: float | None) -> dict:
-    """PUT the model and its manifest; the device's verdict (DeviceError with its refusal)."""
+    """PUT the model and its manifest; the device's verdict (DeviceError with its refusal), with
+    `learned`: how many of the device's captures the run trained on (`learned_from`)."""
     model, manifest_path, _, variant, run = find_model(path, variant)
     fields = {"variant": variant.encode(), "run": run.encode()}
     if min_accuracy is not None:
         fields["min_accuracy"] = repr(min_accuracy).encode()
     body, content_type = form(fields, {"manifest": (MANIFEST_NAME, manifest_path.read_bytes()),
                                        "model": (model.name, model.read_bytes())})
-    return device.json("PUT", "/v1/model", body, {"Content-Type": content_type})
+    answer = device.json("PUT", "/v1/model", body, {"Content-Type": content_type})
+    try:  # the model is in: a failed listing only leaves the note out
+        files = device.json("GET", "/v1/captures?files=1").get("files") or []
+    except DeviceError:
+        files = []
+    answer["learned"] = learned_from(manifest_path.parent.parent / "splits.csv", files)
+    return answer
+
+
+def learned_from(splits_csv: Path, files: list[dict]) -> tuple[int, int] | None:
+    """(captures whose sha256 the run trained or validated on, captures listed), or None without a
+    splits.csv. After `noodle pull` and `make export`, the device's captures are the training photos:
+    its accuracy on them is then a fit, not a test score, and the verdict says so."""
+    try:
+        with open(splits_csv, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            seen = {row["sha256"] for row in csv.DictReader(f) if row.get("split") in ("train", "val")}
+    except (OSError, KeyError, csv.Error):
+        return None
+    return sum(entry.get("sha256") in seen for entry in files), len(files)
 
 
 def verdict(answer: dict, url: str) -> list[str]:
@@ -89,6 +109,11 @@ def verdict(answer: dict, url: str) -> list[str]:
         per = ", ".join(f"{shown(k)} {v['correct']}/{v['photos']}" for k, v in acc["per_class"].items())
         lines.append(f"accuracy on the device's {acc['photos']} captures: {acc['accuracy']:.1%} ({per}); "
                      f"checked and swapped in {answer.get('seconds')} s")
+    learned = answer.get("learned")
+    if acc.get("accuracy") is not None and learned and learned[0]:
+        lines.append(f"note: {learned[0]} of the device's {learned[1]} captures are photos this run trained "
+                     "on, so that figure is partly how well it fits them, not how it does on new frames; the "
+                     "run's report scores photos it never saw")
     if acc.get("not_in_model"):
         lines.append("captures of classes it does not know, not scored: " + ", ".join(
             f"{shown(k)} {v}" for k, v in acc["not_in_model"].items()))

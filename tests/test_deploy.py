@@ -247,3 +247,20 @@ def test_deploy_finds_the_model_of_a_run_an_export_or_a_file(exported_run):
         assert model == export / f"{wanted}.tflite"
     with pytest.raises(NoodleError, match="/no-such-run: no such run folder, export folder or .tflite"):
         find_model(exported_run.parent / "no-such-run", None)
+
+
+def test_the_verdict_says_when_the_captures_scored_are_photos_the_run_trained_on(tmp_path):
+    """After pull and make export the device's captures are training photos: a fit, not a test score."""
+    from export.deploy import learned_from, verdict
+
+    splits = tmp_path / "splits.csv"
+    splits.write_text("file,label,split,sha256\na.jpg,cat,train,aa\nb.jpg,cat,val,bb\nc.jpg,dog,test,cc\n")
+    files = [{"sha256": s} for s in ("aa", "bb", "cc", "dd")]
+    assert learned_from(splits, files) == (2, 4)
+    assert learned_from(tmp_path / "none.csv", files) is None
+    answer = {"file": "int8.tflite", "variant": "int8", "run": "r", "sha256": "0" * 64, "labels": ["cat"],
+              "accuracy": {"accuracy": 1.0, "photos": 4, "per_class": {"cat": {"correct": 4, "photos": 4}}},
+              "learned": (2, 4)}
+    said = "\n".join(verdict(answer, "http://device"))
+    assert "note: 2 of the device's 4 captures are photos this run trained on" in said
+    assert "note:" not in "\n".join(verdict({**answer, "learned": (0, 4)}, "http://device"))
